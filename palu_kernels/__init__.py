@@ -1,0 +1,24 @@
+"""palu_kernels: fused kernels for PALU (Prefix-Aware Localized Unlearning)."""
+
+from ._validation import set_value_checks
+from .loss import PALULoss, palu_local_entropy_loss
+from .masks import initiating_mask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PALULoss",
+    "initiating_mask",
+    "palu_local_entropy_loss",
+    "set_value_checks",
+    "topk_threshold",
+]
+
+
+def __getattr__(name):
+    # Triton-backed entry points import triton lazily, so the torch backend works without it.
+    if name == "topk_threshold":
+        from .ops.topk import topk_threshold
+
+        return topk_threshold
+    raise AttributeError(f"module 'palu_kernels' has no attribute {name!r}")

@@ -1,0 +1,184 @@
+"""Argument checking for the PALU loss: the one place where inputs are validated.
+
+Every public entry point funnels through :func:`check_loss_args`, which raises a
+``TypeError`` / ``ValueError`` naming the argument, what was expected and what came, and
+returns a :class:`PALUArgs` with everything normalised to ``[N, V]`` rows and ``[N]`` masks.
+Backends receive only ``PALUArgs`` and never re-check.
+
+Value checks (NaN in a reference row that carries loss, a row both initiating and common)
+read tensor contents, which on a GPU costs a host synchronisation. They always run on CPU
+tensors (no device to wait for); on other devices they run only when enabled with
+:func:`set_value_checks` or the environment variable ``PALU_KERNELS_CHECK_VALUES=1``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+TARGETS = ("mean", "mean_detached", "topk_mean")
+KLS = ("reverse", "forward", None)
+REDUCTIONS = ("mean", "sum", "none")
+BACKENDS = ("auto", "torch", "triton")
+
+_value_checks_on_device = os.environ.get("PALU_KERNELS_CHECK_VALUES", "0") == "1"
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Enable (or disable) value checks on non-CPU tensors; they cost one host sync per call."""
+    global _value_checks_on_device
+    _value_checks_on_device = bool(enabled)
+
+
+@dataclass(frozen=True)
+class PALUArgs:
+    """Validated, normalised arguments of one loss call."""
+
+    logits: torch.Tensor  # [N, V], any strides, requires grad possibly
+    ref_logits: torch.Tensor  # [N, V], detached, same dtype and device as logits
+    initiating: torch.Tensor  # [N] bool, rows in I
+    common: torch.Tensor  # [N] bool, rows in C (all False when kl is None)
+    k: int  # 1 <= k <= V
+    target: str  # "mean" | "mean_detached" | "topk_mean" | "const"
+    target_value: float  # the constant when target == "const"
+    kl: str | None  # "reverse" | "forward" | None
+    gamma: float
+    alpha: float
+    reduction: str  # "mean" | "sum" | "none"
+    row_shape: tuple  # shape of the masks, for reduction="none"
+
+    @property
+    def vocab(self) -> int:
+        return self.logits.shape[1]
+
+
+def _shape(t) -> str:
+    return "x".join(str(s) for s in t.shape) if t.dim() else "scalar"
+
+
+def _check_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _check_mask(name, mask, lead_shape, device):
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of dtype bool, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must have dtype torch.bool, got {mask.dtype}")
+    if tuple(mask.shape) != tuple(lead_shape):
+        raise ValueError(
+            f"{name} must have shape {list(lead_shape)} (the logits' leading dimensions), "
+            f"got {list(mask.shape)}"
+        )
+    if mask.device != device:
+        raise ValueError(f"{name} must be on {device} like logits, got {mask.device}")
+    return mask.reshape(-1)
+
+
+def check_loss_args(
+    logits, ref_logits, initiating_mask, common_mask, *, k, target, kl, gamma, alpha,
+    reduction,
+) -> PALUArgs:
+    """Validate the arguments of :func:`palu_kernels.palu_local_entropy_loss`."""
+    for name, t in (("logits", logits), ("ref_logits", ref_logits)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name} must be a floating tensor (float32, bfloat16, float16 or float64), "
+                f"got {t.dtype}"
+            )
+        if t.dim() not in (2, 3):
+            raise ValueError(f"{name} must have shape [B, T, V] or [N, V], got {_shape(t)}")
+    if ref_logits.shape != logits.shape:
+        raise ValueError(
+            f"ref_logits must have the shape of logits {list(logits.shape)}, "
+            f"got {list(ref_logits.shape)}"
+        )
+    if ref_logits.dtype != logits.dtype:
+        raise TypeError(f"ref_logits must have the dtype of logits {logits.dtype}, got {ref_logits.dtype}")
+    if ref_logits.device != logits.device:
+        raise ValueError(f"ref_logits must be on {logits.device} like logits, got {ref_logits.device}")
+    v = logits.shape[-1]
+    if v < 1:
+        raise ValueError(f"logits must have a vocabulary dimension of at least 1, got {v}")
+
+    if k is None:
+        k_eff = v
+    else:
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be an int or None, got {type(k).__name__} {k!r}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (or None for the whole vocabulary), got {k}")
+        k_eff = min(k, v)
+
+    if isinstance(target, str):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS} or a float, got {target!r}")
+        target_kind, target_value = target, 0.0
+    else:
+        target_kind, target_value = "const", _check_number("target", target)
+    if kl not in KLS:
+        raise ValueError(f"kl must be 'reverse', 'forward' or None, got {kl!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    gamma = _check_number("gamma", gamma)
+    alpha = _check_number("alpha", alpha)
+
+    lead = logits.shape[:-1]
+    i_mask = _check_mask("initiating_mask", initiating_mask, lead, logits.device)
+    if common_mask is None or kl is None:
+        if common_mask is not None:
+            _check_mask("common_mask", common_mask, lead, logits.device)
+        c_mask = torch.zeros_like(i_mask)
+    else:
+        c_mask = _check_mask("common_mask", common_mask, lead, logits.device)
+
+    z = logits.reshape(-1, v)
+    r = ref_logits.detach().reshape(-1, v)
+
+    if logits.device.type == "cpu" or _value_checks_on_device:
+        both = i_mask & c_mask
+        if bool(both.any()):
+            row = int(both.nonzero()[0, 0])
+            raise ValueError(
+                f"initiating_mask and common_mask must not overlap, got {int(both.sum())} "
+                f"row(s) in both (first: flat row {row})"
+            )
+        loss_rows = i_mask | c_mask
+        bad = torch.isnan(r).any(dim=1) & loss_rows
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"ref_logits must not hold NaN in rows that carry loss, got NaN in "
+                f"{int(bad.sum())} such row(s) (first: flat row {row})"
+            )
+
+    return PALUArgs(
+        logits=z, ref_logits=r, initiating=i_mask, common=c_mask, k=k_eff,
+        target=target_kind, target_value=target_value, kl=kl, gamma=gamma, alpha=alpha,
+        reduction=reduction, row_shape=tuple(lead),
+    )
+
+
+def check_backend(backend: str, device: torch.device) -> str:
+    """Resolve ``backend`` ("auto" picks triton on CUDA) and check it can run on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda":
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (got tensors on {device}); on the CPU "
+                "set TRITON_INTERPRET=1 before importing triton, or use backend='torch'"
+            )
+    return backend

@@ -1,0 +1,18 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="palu_kernels",
+    version="0.1.0",
+    description="Fused Triton kernels for PALU (Prefix-Aware Localized Unlearning)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["palu_kernels", "palu_kernels.*", "reference", "reference.*"]),
+    python_requires=">=3.9",
+    # torch is not pinned: a GPU user keeps their CUDA build (and the triton that came with
+    # it); a CPU machine installs torch first (see README) and any 2.x satisfies this.
+    install_requires=["torch>=2.1", "triton>=3.0; platform_system == 'Linux'", "numpy"],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
+        "bench": ["matplotlib>=3.5", "psutil"],
+    },
+)
