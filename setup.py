@@ -14,5 +14,15 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
         "bench": ["matplotlib>=3.5", "psutil"],
+        "train": ["transformers>=4.46", "accelerate>=0.34", "safetensors", "tqdm", "peft>=0.13"],
+        "eval": ["rouge-score", "scipy", "matplotlib>=3.5", "tqdm"],
+        "smollm2": ["gguf>=0.10", "accelerate>=0.34"],
+    },
+    entry_points={
+        "console_scripts": [
+            "palu-unlearn=palu_kernels.train.cli:main",
+            "palu-eval=palu_kernels.eval.cli:main",
+            "palu-compare=palu_kernels.eval.compare:main",
+        ]
     },
 )
