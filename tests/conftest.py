@@ -1,0 +1,22 @@
+"""Test configuration.
+
+Without a GPU the Triton kernels run through the interpreter on the CPU; the interpreter is
+chosen by TRITON_INTERPRET=1, which must be set before triton is first imported, so it is
+set here, at collection time. On a machine with CUDA the kernels compile as in production
+(the interpreter tests then skip and tests/test_triton_cuda.py runs).
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import settings  # noqa: E402
+
+# Deterministic, bounded property searches: CI must stay fast and reproducible.
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+                          print_blob=True)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
