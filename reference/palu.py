@@ -25,7 +25,7 @@ def topk_set_reference(ref_logits: torch.Tensor, k: int | None) -> torch.Tensor:
 
 
 def _per_row_terms(logits, ref_logits, k, target, kl):
-    """Per-row local term and KL term for *every* row (masks are applied by the caller)."""
+    """Per-row local term and KL term for every row it is given (masks applied by the caller)."""
     z, r = logits, ref_logits.detach()
     v = z.shape[-1]
     kk = v if k is None else min(int(k), v)
@@ -92,12 +92,20 @@ def palu_loss_reference(
 ) -> torch.Tensor:
     """The specification's loss, differentiable through autograd (w.r.t. ``logits`` only).
 
-    Every row's terms are computed; rows outside ``I`` / ``C`` are then masked with
-    ``torch.where`` so that a non-finite value in an unused row cannot leak into the result.
+    The local term is computed on the rows of ``I`` and the KL term on the rows of ``C``
+    (every other row reads as zeros), then the per-row values are masked and reduced.
     """
     if kl is None:
         common_mask = None
-    local, kl_term = _per_row_terms(logits, ref_logits, k, target, kl)
+    c_mask = torch.zeros_like(initiating_mask) if common_mask is None else common_mask
+    # Each term sees only its own rows (zeros elsewhere), so that a non-finite value in a row
+    # that does not carry that term reaches neither the loss nor the gradient.
+    def rows(x, mask):
+        return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype))
+
+    r = ref_logits.detach()
+    local, _ = _per_row_terms(rows(logits, initiating_mask), rows(r, initiating_mask), k, target, None)
+    _, kl_term = _per_row_terms(rows(logits, c_mask), rows(r, c_mask), k, target, kl)
     return _reduce(local, kl_term, initiating_mask, common_mask, gamma, alpha, reduction)
 
 

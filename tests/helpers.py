@@ -1,0 +1,73 @@
+"""Shared builders and comparisons for the loss tests (torch and Triton backends)."""
+
+from __future__ import annotations
+
+import torch
+
+import reference
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def make_case(shape, dtype=torch.float32, *, seed=0, p_init=0.3, p_common=0.5, ties=False,
+              scale=3.0, device="cpu"):
+    """Random logits, reference logits and disjoint I / C masks of leading shape ``shape[:-1]``.
+
+    ``ties=True`` draws the reference from a handful of values, so the K-th value is
+    shared by many entries of a row.
+    """
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    if ties:
+        r = torch.randint(0, 4, shape, generator=g).to(torch.float64)
+    else:
+        r = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    u = torch.rand(shape[:-1], generator=g)
+    i_mask = u < p_init
+    c_mask = (u >= p_init) & (u < p_init + p_common)
+    return (z.to(dtype).to(device), r.to(dtype).to(device), i_mask.to(device),
+            c_mask.to(device))
+
+
+def loss_and_grad(fn, z, r, i_mask, c_mask, grad_out=None, **opts):
+    """Loss and d(loss)/d(z) of ``fn`` (a loss with the public signature)."""
+    z = z.detach().clone().requires_grad_(True)
+    loss = fn(z, r, i_mask, c_mask, **opts)
+    if grad_out is None:
+        grad_out = torch.ones_like(loss)
+    (grad,) = torch.autograd.grad(loss, z, grad_out.to(loss.dtype))
+    return loss.detach(), grad
+
+
+def reference_loss(z, r, i_mask, c_mask, **opts):
+    opts = {k: v for k, v in opts.items() if k != "backend"}
+    return reference.palu_loss_reference(z, r, i_mask, c_mask, **opts)
+
+
+def assert_matches_reference(fn, z, r, i_mask, c_mask, grad_out=None, **opts):
+    """Compare ``fn`` with the specification.
+
+    fp32/fp64: loss and gradient within the dtype's relative tolerance of the reference run
+    in fp64. bf16/fp16: the error against the fp64 ground truth must not exceed the plain
+    reference's own error in that dtype, plus a small tolerance (the Cut Cross-Entropy
+    oracle): a kernel that computes in fp32 must be at least as accurate.
+    """
+    loss, grad = loss_and_grad(fn, z, r, i_mask, c_mask, grad_out, **opts)
+    assert grad.dtype == z.dtype
+    truth_loss, truth_grad = loss_and_grad(reference_loss, z.double(), r.double(), i_mask,
+                                           c_mask, grad_out, **opts)
+    tol = TOL[z.dtype]
+    if z.dtype in (torch.float32, torch.float64):
+        budget_loss = torch.zeros_like(truth_loss)
+        budget_grad = 0.0
+    else:
+        ref_loss, ref_grad = loss_and_grad(reference_loss, z, r, i_mask, c_mask, grad_out, **opts)
+        budget_loss = (ref_loss.double() - truth_loss).abs().nan_to_num(0.0)
+        budget_grad = (ref_grad.double() - truth_grad).norm().nan_to_num(0.0).item()
+    err = (loss.double() - truth_loss).abs()
+    assert torch.all(err <= budget_loss + tol * (1 + truth_loss.abs())), (
+        f"loss error {err.max().item():.3e} above budget; loss {loss} vs truth {truth_loss}")
+    gerr = (grad.double() - truth_grad).norm().item()
+    gscale = truth_grad.norm().item()
+    assert gerr <= budget_grad + tol * (1e-3 + gscale), (
+        f"gradient error {gerr:.3e} above budget {budget_grad:.3e} + tol (|g| = {gscale:.3e})")
