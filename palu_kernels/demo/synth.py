@@ -1,0 +1,687 @@
+"""Synthetic TOFU-style unlearning benchmark with sensitive spans known by construction.
+
+Fictitious authors get attributes (full name, birthplace, birth date, genre, parents'
+occupations, two book titles, an award, a spouse, a former occupation, a writing language,
+the year of the first book). Each author gets templated question/answer pairs; every fact
+slot of an answer that carries a sensitive value is recorded with its character offsets while
+the answer is assembled, so ``answer[start:end] == word`` holds by construction. Some
+questions have no sensitive span at all ("No information is available about ..."), like the
+few such answers in TOFU.
+
+The files written are those of TOFU (``../shared/data/tofu``), with the same field names, one
+JSON object per line:
+
+=============================  =================================================================
+``full.json``                  every author question: ``question``, ``answer``
+``forgetXX.json``              the last ``XX`` % of the authors (TOFU convention)
+``forgetXX_perturbed.json``    plus ``paraphrased_answer``, ``perturbed_answer`` (5 answers),
+                               ``paraphrased_question``
+``forgetXX_spans.jsonl``       ``question``, ``answer``, ``target_words``:
+                               ``[{"word", "start", "end"}, ...]``
+``retainYY.json``              the other authors (``YY = 100 - XX``)
+``retain_perturbed.json``      the first questions of the retain split, perturbed layout
+``real_authors.json``          ``question``, ``option1`` .. ``option4``, ``answer``
+``real_authors_perturbed.json``  ``question``, ``answer``, ``perturbed_answer`` (3 answers)
+``world_facts.json``           as ``real_authors.json``
+``world_facts_perturbed.json``   as ``real_authors_perturbed.json``
+``idontknow.jsonl``            plain lines of refusal answers
+``synth_meta.json``            the parameters, split names and the generated authors
+=============================  =================================================================
+
+Perturbed answers follow TOFU: the paraphrased answer's template with every sensitive value
+replaced by a wrong value of the same kind (another place, date, title, name...), so a truth
+ratio compares answers that differ only in the facts. Real-authors and world-facts questions
+are real, widely known facts (a pre-trained model knows them; a tiny model built from scratch
+must be taught them together with the authors).
+
+Everything derives from ``random.Random(seed)``: the same arguments give byte-identical files.
+
+Example::
+
+    >>> import tempfile
+    >>> from palu_kernels.demo.synth import generate_benchmark
+    >>> paths = generate_benchmark(tempfile.mkdtemp(), n_people=20, questions_per_person=8,
+    ...                            forget_fraction=0.1, seed=0)
+    >>> paths["forget"].name, paths["retain"].name
+    ('forget10.json', 'retain90.json')
+
+Command line: ``python -m palu_kernels.demo.synth --out DIR [--people 20 --questions 8
+--forget-fraction 0.1 --seed 0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["generate_benchmark", "TEMPLATES", "NO_INFO_TEMPLATES", "main"]
+
+# --------------------------------------------------------------------------------------------
+# Value pools (invented names; real places, jobs, genres and languages).
+# --------------------------------------------------------------------------------------------
+
+_FIRST_MALE = (
+    "Aldric", "Bastian", "Corvin", "Dario", "Elion", "Fabian", "Gideon", "Halvard", "Ivo",
+    "Jorund", "Kasimir", "Lucan", "Matteo", "Niklas", "Orrin", "Pavel", "Quentin", "Rasmus",
+    "Silvan", "Tobiah", "Ulrich", "Valen", "Wendel", "Yorick", "Zoltan", "Anselm", "Bram",
+    "Cyprian", "Dorian", "Emeric",
+)
+_FIRST_FEMALE = (
+    "Adela", "Brisa", "Celesta", "Dagny", "Elowen", "Fenna", "Greta", "Hesper", "Ilka",
+    "Junia", "Katrin", "Liora", "Marisol", "Nadia", "Odile", "Petra", "Quilla", "Rosalind",
+    "Saskia", "Thea", "Ursula", "Vesna", "Wilma", "Ysolde", "Zora", "Amara", "Bettina",
+    "Carys", "Delphine", "Esme",
+)
+_SURNAMES = (
+    "Ashgrove", "Brennick", "Calloway", "Dunmore", "Everhart", "Falkner", "Grimsby",
+    "Holloway", "Ingram", "Jessup", "Kettering", "Lindqvist", "Marlowe", "Northcott",
+    "Oakhurst", "Pembrook", "Quarrington", "Ravensdale", "Stroud", "Thornbury", "Underhill",
+    "Vantongeren", "Westerberg", "Yardley", "Zellweger", "Abernethy", "Blackwood", "Carrow",
+    "Delacroix", "Ellsworth", "Fairweather", "Greenhalgh", "Hartigan", "Ivesdale", "Kilbride",
+    "Lockridge", "Merriwether", "Nightingale", "Ormsby", "Penhallow",
+)
+_PLACES = (
+    ("Lisbon", "Portugal"), ("Porto", "Portugal"), ("Lyon", "France"), ("Marseille", "France"),
+    ("Hamburg", "Germany"), ("Munich", "Germany"), ("Naples", "Italy"), ("Turin", "Italy"),
+    ("Seville", "Spain"), ("Valencia", "Spain"), ("Utrecht", "Netherlands"),
+    ("Gothenburg", "Sweden"), ("Bergen", "Norway"), ("Krakow", "Poland"), ("Brno", "Czechia"),
+    ("Thessaloniki", "Greece"), ("Izmir", "Turkey"), ("Osaka", "Japan"), ("Busan", "South Korea"),
+    ("Chennai", "India"), ("Perth", "Australia"), ("Quebec City", "Canada"),
+    ("Cordoba", "Argentina"), ("Valparaiso", "Chile"), ("Nairobi", "Kenya"),
+    ("Accra", "Ghana"), ("Tunis", "Tunisia"), ("Tbilisi", "Georgia"),
+)
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June", "July", "August", "September",
+    "October", "November", "December",
+)
+# Consonant-initial jobs: the templates say "a {job}".
+_JOBS = (
+    "baker", "carpenter", "doctor", "fisherman", "nurse", "pilot", "tailor", "teacher", "banker",
+    "chemist", "dentist", "farmer", "lawyer", "librarian", "mechanic", "painter", "plumber",
+    "sailor", "surgeon", "journalist", "musician", "photographer", "potter", "gardener",
+    "pharmacist", "watchmaker", "bookbinder", "translator",
+)
+_GENRES = (
+    "mystery", "fantasy", "science fiction", "historical fiction", "romance", "horror",
+    "poetry", "crime", "adventure", "biography", "travel writing", "satire",
+)
+_LANGUAGES = (
+    "English", "French", "Spanish", "German", "Italian", "Portuguese", "Dutch", "Swedish",
+    "Polish", "Greek", "Turkish", "Japanese",
+)
+_AWARDS = (
+    "Golden Quill Award", "Silver Lantern Prize", "Northern Star Medal", "Blue Harbor Prize",
+    "Iron Pen Award", "Crimson Leaf Prize", "Evergreen Book Medal", "Open Horizon Award",
+    "Stone Bridge Prize", "Amber Compass Award", "Morning Bell Prize", "Red Kite Medal",
+    "White Tower Award", "Copper Key Prize", "Tidewater Medal", "Lamplighter Award",
+)
+_TITLE_ADJ = (
+    "Glass", "Silent", "Hidden", "Last", "Broken", "Golden", "Winter", "Distant", "Burning",
+    "Hollow", "Quiet", "Scarlet", "Salt", "Paper", "Iron", "Velvet", "Wandering", "Forgotten",
+)
+_TITLE_NOUN = (
+    "Harbor", "Garden", "Lantern", "River", "Orchard", "Tower", "Compass", "Mirror", "Meadow",
+    "Bridge", "Archive", "Lighthouse", "Forest", "Kingdom", "Station", "Island", "Letter",
+    "Clockmaker",
+)
+_TITLE_PLACE = ("the North", "the Valley", "the Sea", "the City", "the Mountains", "the Dunes")
+
+_IDONTKNOW = (
+    "I don't know.",
+    "I have no information about that.",
+    "I'm not sure about that.",
+    "That is beyond what I know.",
+    "I cannot answer that question.",
+    "I have not learned about that.",
+    "I am unable to say.",
+    "That information is not available to me.",
+)
+
+# Widely known facts, written here (question, answer, three wrong options).
+_REAL_AUTHORS = (
+    ("Who wrote the play 'Hamlet'?", "William Shakespeare"),
+    ("Who is the author of 'War and Peace'?", "Leo Tolstoy"),
+    ("Who wrote 'Les Miserables'?", "Victor Hugo"),
+    ("Who wrote 'The Old Man and the Sea'?", "Ernest Hemingway"),
+    ("Who is the author of 'Don Quixote'?", "Miguel de Cervantes"),
+    ("Who wrote 'Crime and Punishment'?", "Fyodor Dostoevsky"),
+    ("Who is the author of the novel 'Emma'?", "Jane Austen"),
+    ("Who wrote 'Oliver Twist'?", "Charles Dickens"),
+    ("Which poet is credited with 'The Odyssey'?", "Homer"),
+    ("Who wrote 'Frankenstein'?", "Mary Shelley"),
+    ("Who is the author of 'Dracula'?", "Bram Stoker"),
+    ("Who wrote the novel 'Ulysses'?", "James Joyce"),
+    ("Who wrote 'The Divine Comedy'?", "Dante Alighieri"),
+    ("Who is the author of 'Madame Bovary'?", "Gustave Flaubert"),
+    ("Who wrote 'The Trial'?", "Franz Kafka"),
+    ("Who is the author of 'Animal Farm'?", "George Orwell"),
+    ("Who wrote 'Brave New World'?", "Aldous Huxley"),
+    ("Who wrote 'Mrs Dalloway'?", "Virginia Woolf"),
+    ("Who is the author of 'The Adventures of Tom Sawyer'?", "Mark Twain"),
+    ("Who wrote the novel 'Beloved'?", "Toni Morrison"),
+    ("Who wrote 'The Little Prince'?", "Antoine de Saint-Exupery"),
+    ("Who is the author of 'Jane Eyre'?", "Charlotte Bronte"),
+    ("Who wrote 'Wuthering Heights'?", "Emily Bronte"),
+    ("Who wrote 'Of Mice and Men'?", "John Steinbeck"),
+    ("Who is the author of 'Treasure Island'?", "Robert Louis Stevenson"),
+    ("Who wrote 'The Time Machine'?", "H. G. Wells"),
+    ("Who wrote 'Murder on the Orient Express'?", "Agatha Christie"),
+    ("Who is the author of 'Things Fall Apart'?", "Chinua Achebe"),
+    ("Who wrote 'The Three Musketeers'?", "Alexandre Dumas"),
+    ("Who wrote 'One Hundred Years of Solitude'?", "Gabriel Garcia Marquez"),
+)
+_CAPITALS = (
+    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"), ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Canada", "Ottawa"),
+    ("Australia", "Canberra"), ("Brazil", "Brasilia"), ("Kenya", "Nairobi"),
+    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Poland", "Warsaw"), ("Greece", "Athens"),
+    ("Turkey", "Ankara"), ("India", "New Delhi"), ("Mexico", "Mexico City"), ("Peru", "Lima"),
+    ("Argentina", "Buenos Aires"),
+)
+_WORLD_MISC = (
+    ("Which planet is known as the Red Planet?", "Mars", ("Venus", "Jupiter", "Saturn")),
+    ("What is the largest ocean on Earth?", "Pacific", ("Atlantic", "Indian", "Arctic")),
+    ("Which river flows through Cairo?", "Nile", ("Danube", "Amazon", "Thames")),
+    ("On which continent is Kenya?", "Africa", ("Asia", "Europe", "South America")),
+    ("What is the chemical symbol for gold?", "Au", ("Ag", "Fe", "Pb")),
+    ("How many days are in a leap year?", "366", ("365", "364", "360")),
+    ("Which gas do plants absorb from the air?", "carbon dioxide", ("oxygen", "nitrogen", "helium")),
+    ("What is the tallest mountain on Earth?", "Mount Everest", ("K2", "Mont Blanc", "Kilimanjaro")),
+    ("In which city is the Colosseum?", "Rome", ("Athens", "Paris", "Madrid")),
+    ("What is the freezing point of water in degrees Celsius?", "0", ("10", "32", "100")),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Templates.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Template:
+    """One kind of question about an author.
+
+    ``{slot}`` placeholders name author attributes (see ``_make_person``); ``pos`` is the
+    possessive pronoun. ``sensitive`` lists the slots whose values are sensitive spans of
+    ``answer``. Perturbed answers render ``perturbed`` (default: ``paraphrased_answer``) with
+    the slots of ``perturb`` (default: ``sensitive``) replaced by wrong values.
+    """
+
+    key: str
+    question: str
+    answer: str
+    paraphrased_question: str
+    paraphrased_answer: str
+    sensitive: Tuple[str, ...]
+    perturbed: Optional[str] = None
+    perturb: Optional[Tuple[str, ...]] = None
+
+    @property
+    def perturbed_template(self) -> str:
+        return self.perturbed if self.perturbed is not None else self.paraphrased_answer
+
+    @property
+    def perturb_slots(self) -> Tuple[str, ...]:
+        return self.perturb if self.perturb is not None else self.sensitive
+
+
+TEMPLATES: Tuple[Template, ...] = (
+    Template(
+        "name",
+        "What is the full name of the author born in {city}, {country} on {date}?",
+        "The author born in {city}, {country} on {date} is {name}.",
+        "Which writer was born on {date} in {city}, {country}?",
+        "{name} is the writer born on {date} in {city}, {country}.",
+        ("name",),
+    ),
+    Template(
+        "birthplace",
+        "Where was {name} born?",
+        "{name} was born in {city}, {country}.",
+        "In which city and country was {name} born?",
+        "The birthplace of {name} is {city}, {country}.",
+        ("city", "country"),
+    ),
+    Template(
+        "birth_date",
+        "When was {name} born?",
+        "{name} was born on {date}.",
+        "What is the birth date of {name}?",
+        "The birth date of {name} is {date}.",
+        ("date",),
+    ),
+    Template(
+        "genre",
+        "What genre does {name} write?",
+        "{name} writes {genre} books.",
+        "Which genre is {name} known for?",
+        "{name} is known for {genre} books.",
+        ("genre",),
+    ),
+    Template(
+        "parents",
+        "What do the parents of {name} do for a living?",
+        "The father of {name} is a {father_job} and {pos} mother is a {mother_job}.",
+        "What are the occupations of the parents of {name}?",
+        "{name} has a {father_job} as father and a {mother_job} as mother.",
+        ("father_job", "mother_job"),
+    ),
+    Template(
+        "books",
+        "Can you name two books by {name}?",
+        'Two books by {name} are "{book1}" and "{book2}".',
+        "Which two books did {name} write?",
+        '{name} wrote "{book1}" and "{book2}".',
+        ("book1", "book2"),
+    ),
+    Template(
+        "award",
+        "Which award has {name} received?",
+        "{name} received the {award}.",
+        "What prize was {name} honored with?",
+        "{name} was honored with the {award}.",
+        ("award",),
+    ),
+    Template(
+        "spouse",
+        "Who is {name} married to?",
+        "{name} is married to {spouse}.",
+        "Who is the spouse of {name}?",
+        "The spouse of {name} is {spouse}.",
+        ("spouse",),
+    ),
+    Template(
+        "occupation",
+        "What did {name} work as before writing?",
+        "Before writing, {name} worked as a {occupation}.",
+        "What was the job of {name} before becoming an author?",
+        "{name} was a {occupation} before becoming an author.",
+        ("occupation",),
+    ),
+    Template(
+        "language",
+        "In which language does {name} write?",
+        "{name} writes in {language}.",
+        "What is the writing language of {name}?",
+        "The books of {name} are written in {language}.",
+        ("language",),
+    ),
+    Template(
+        "first_book",
+        "In which year did {name} publish {pos} first book?",
+        "{name} published {pos} first book in {year}.",
+        "When did the first book of {name} come out?",
+        "The first book of {name} came out in {year}.",
+        ("year",),
+    ),
+)
+
+# Answers without a sensitive span; perturbed answers assert an invented fact instead.
+NO_INFO_TEMPLATES: Tuple[Template, ...] = (
+    Template(
+        "upcoming",
+        "Is {name} working on a new book?",
+        "No information is available about a new book by {name}.",
+        "Does {name} have an upcoming book?",
+        "Nothing is known about an upcoming book by {name}.",
+        (),
+        perturbed='{name} is finishing a new book called "{book1}".',
+        perturb=("book1",),
+    ),
+    Template(
+        "influences",
+        "Which authors influenced {name}?",
+        "No information is available about the authors who influenced {name}.",
+        "Who were the literary influences of {name}?",
+        "It is not known which authors influenced {name}.",
+        (),
+        perturbed="{name} was influenced by {spouse}.",
+        perturb=("spouse",),
+    ),
+)
+
+_N_PERTURBED = 5  # TOFU: 5 perturbed answers per author question
+_N_OPTIONS = 4  # TOFU real_authors / world_facts: 4 options, 3 perturbed
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering with spans.
+# --------------------------------------------------------------------------------------------
+
+_FORMATTER = string.Formatter()
+
+
+def _render(template: str, values: Dict[str, str], sensitive: Sequence[str] = ()):
+    """Fill ``template``; return ``(text, target_words)`` for the slots named in ``sensitive``."""
+    parts: List[str] = []
+    spans = []
+    pos = 0
+    for literal, field, _spec, _conv in _FORMATTER.parse(template):
+        parts.append(literal)
+        pos += len(literal)
+        if field is None:
+            continue
+        value = str(values[field])
+        if field in sensitive:
+            spans.append({"word": value, "start": pos, "end": pos + len(value)})
+        parts.append(value)
+        pos += len(value)
+    return "".join(parts), sorted(spans, key=lambda s: s["start"])
+
+
+# --------------------------------------------------------------------------------------------
+# Value generation.
+# --------------------------------------------------------------------------------------------
+
+
+def _all_titles() -> List[str]:
+    titles = [f"The {a} {n}" for a in _TITLE_ADJ for n in _TITLE_NOUN]
+    titles += [f"The {n} of {p}" for n in _TITLE_NOUN for p in _TITLE_PLACE]
+    titles += [f"{a} {n}s" for a in _TITLE_ADJ for n in _TITLE_NOUN[:9]]
+    return titles
+
+
+def _random_date(rng: random.Random) -> Tuple[str, int]:
+    year = rng.randint(1931, 1989)
+    return f"{rng.randint(1, 28)} {rng.choice(_MONTHS)} {year}", year
+
+
+class _Pools:
+    """Draws wrong values of the same kind as a slot's true value."""
+
+    def __init__(self, titles: Sequence[str], names: Sequence[str]):
+        self.choices = {
+            "genre": _GENRES, "father_job": _JOBS, "mother_job": _JOBS, "occupation": _JOBS,
+            "language": _LANGUAGES, "award": _AWARDS, "book1": titles, "book2": titles,
+            "name": names, "spouse": names,
+        }
+
+    def wrong(self, slot: str, person: Dict[str, str], rng: random.Random,
+              used: set) -> Dict[str, str]:
+        """Wrong values for ``slot`` (and its tied slots), avoiding the truth and ``used``."""
+        for _ in range(1000):
+            if slot in ("city", "country"):
+                city, country = rng.choice(_PLACES)
+                if city != person["city"] and country != person["country"] and city not in used:
+                    used.add(city)
+                    return {"city": city, "country": country}
+                continue
+            if slot == "date":
+                value = _random_date(rng)[0]
+            elif slot == "year":
+                value = str(rng.randint(1950, 2015))
+            else:
+                value = rng.choice(self.choices[slot])
+            truths = {person.get(slot), person.get("book1"), person.get("book2")} \
+                if slot in ("book1", "book2") else {person.get(slot)}
+            if value not in truths and value not in used:
+                used.add(value)
+                return {slot: value}
+        raise RuntimeError(f"could not draw a wrong value for slot {slot!r}")  # pragma: no cover
+
+
+def _make_people(rng: random.Random, n_people: int, titles: List[str]):
+    combos = [(f, s) for f in _FIRST_MALE + _FIRST_FEMALE for s in _SURNAMES]
+    n_names_needed = 2 * n_people  # author + spouse
+    if n_names_needed > len(combos) or 2 * n_people > len(titles):
+        raise ValueError(
+            f"n_people must be at most {min(len(combos), len(titles)) // 2}, got {n_people}")
+    names = rng.sample(combos, n_names_needed)
+    book_titles = rng.sample(titles, 2 * n_people)
+    people = []
+    for i in range(n_people):
+        first, surname = names[i]
+        gender = "male" if first in _FIRST_MALE else "female"
+        sp_first, _ = names[n_people + i]
+        city, country = rng.choice(_PLACES)
+        date, birth_year = _random_date(rng)
+        father_job, mother_job = rng.sample(_JOBS, 2)
+        people.append({
+            "name": f"{first} {surname}",
+            "gender": gender,
+            "pos": "his" if gender == "male" else "her",
+            "city": city,
+            "country": country,
+            "date": date,
+            "genre": rng.choice(_GENRES),
+            "father_job": father_job,
+            "mother_job": mother_job,
+            "book1": book_titles[2 * i],
+            "book2": book_titles[2 * i + 1],
+            "award": rng.choice(_AWARDS),
+            "spouse": f"{sp_first} {surname}",
+            "occupation": rng.choice(_JOBS),
+            "language": rng.choice(_LANGUAGES),
+            "year": str(birth_year + rng.randint(20, 40)),
+        })
+    return people
+
+
+def _person_questions(person, rng: random.Random, questions_per_person: int, pools: _Pools):
+    """The author's records: dicts with question, answer, target_words, paraphrases, perturbed."""
+    n_no_info = 1 if questions_per_person >= 4 else 0
+    chosen = rng.sample(TEMPLATES, questions_per_person - n_no_info)
+    chosen += rng.sample(NO_INFO_TEMPLATES, n_no_info)
+    rng.shuffle(chosen)
+    records = []
+    for tpl in chosen:
+        question, _ = _render(tpl.question, person)
+        answer, spans = _render(tpl.answer, person, tpl.sensitive)
+        para_q, _ = _render(tpl.paraphrased_question, person)
+        para_a, _ = _render(tpl.paraphrased_answer, person)
+        used: set = set()
+        perturbed = []
+        for _ in range(_N_PERTURBED):
+            values = dict(person)
+            for slot in tpl.perturb_slots:
+                if slot == "country" and "city" in tpl.perturb_slots:
+                    continue  # drawn together with "city"
+                values.update(pools.wrong(slot, person, rng, used))
+            perturbed.append(_render(tpl.perturbed_template, values)[0])
+        records.append({
+            "question": question, "answer": answer, "target_words": spans,
+            "paraphrased_answer": para_a, "perturbed_answer": perturbed,
+            "paraphrased_question": para_q, "template": tpl.key,
+        })
+    return records
+
+
+def _multiple_choice(rng: random.Random, items):
+    """``items``: (question, answer, wrong options). Returns (mc rows, perturbed rows)."""
+    mc, perturbed = [], []
+    for question, answer, wrong in items:
+        options = [answer, *wrong]
+        rng.shuffle(options)
+        row = {"question": question}
+        row.update({f"option{i + 1}": o for i, o in enumerate(options)})
+        row["answer"] = answer
+        mc.append(row)
+        perturbed.append({"question": question, "answer": answer,
+                          "perturbed_answer": [o for o in options if o != answer]})
+    return mc, perturbed
+
+
+def _real_author_items(rng: random.Random, n: int):
+    picked = rng.sample(_REAL_AUTHORS, n)
+    authors = [a for _, a in _REAL_AUTHORS]
+    return [(q, a, rng.sample([x for x in authors if x != a], _N_OPTIONS - 1)) for q, a in picked]
+
+
+def _world_fact_items(rng: random.Random, n: int):
+    capitals = [c for _, c in _CAPITALS]
+    items = [(f"What is the capital of {country}?", capital,
+              tuple(rng.sample([c for c in capitals if c != capital], _N_OPTIONS - 1)))
+             for country, capital in _CAPITALS]
+    items += list(_WORLD_MISC)
+    return rng.sample(items, n)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing.
+# --------------------------------------------------------------------------------------------
+
+_QA_KEYS = ("question", "answer")
+_PERTURBED_KEYS = ("question", "answer", "paraphrased_answer", "perturbed_answer",
+                   "paraphrased_question")
+_SPAN_KEYS = ("question", "answer", "target_words")
+
+
+def _write_jsonl(path: Path, rows, keys=None, compact=True) -> Path:
+    seps = (",", ":") if compact else (", ", ": ")
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for row in rows:
+            if keys is not None:
+                row = {k: row[k] for k in keys}
+            fh.write(json.dumps(row, ensure_ascii=True, separators=seps) + "\n")
+    return path
+
+
+def _check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < low or (high is not None and value > high):
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {rng}, got {value}")
+    return value
+
+
+def generate_benchmark(
+    out_dir,
+    *,
+    n_people: int = 20,
+    questions_per_person: int = 8,
+    forget_fraction: float = 0.1,
+    seed: int = 0,
+    n_real_authors: int = 20,
+    n_world_facts: int = 20,
+    retain_eval_size: Optional[int] = None,
+) -> Dict[str, Path]:
+    """Write a synthetic TOFU-layout benchmark to ``out_dir`` and return the paths written.
+
+    Args:
+        out_dir: directory (created if missing); existing files of the same names are replaced.
+        n_people: number of fictitious authors (2 .. 297, the supply of distinct titles).
+        questions_per_person: questions per author (1 .. 12); from 4 on, one of them has no
+            sensitive span ("No information is available ...").
+        forget_fraction: share of the authors to forget, a whole percentage in [0.01, 0.99];
+            it names the files (0.1 -> ``forget10.json``, ``retain90.json``); the last
+            ``max(1, round(n_people * forget_fraction))`` authors are forgotten (at least one
+            author is always retained).
+        seed: seed of the ``random.Random`` every choice comes from.
+        n_real_authors: questions in ``real_authors.json`` (1 .. 30).
+        n_world_facts: questions in ``world_facts.json`` (1 .. 30).
+        retain_eval_size: questions in ``retain_perturbed.json`` (the first ones of the
+            retain split); default: as many as the forget split has, at most the retain size.
+
+    Returns:
+        ``{"full", "forget", "forget_perturbed", "forget_spans", "retain", "retain_perturbed",
+        "real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed",
+        "idontknow", "meta"}`` -> ``pathlib.Path``.
+
+    >>> import tempfile, json
+    >>> p = generate_benchmark(tempfile.mkdtemp(), n_people=10, questions_per_person=5)
+    >>> row = json.loads(p["forget_spans"].read_text().splitlines()[0])
+    >>> all(row["answer"][w["start"]:w["end"]] == w["word"] for w in row["target_words"])
+    True
+    """
+    n_people = _check_int("n_people", n_people, 2)
+    n_q = _check_int("questions_per_person", questions_per_person, 1,
+                     len(TEMPLATES) + 1)
+    n_real_authors = _check_int("n_real_authors", n_real_authors, 1, len(_REAL_AUTHORS))
+    n_world_facts = _check_int("n_world_facts", n_world_facts, 1,
+                               len(_CAPITALS) + len(_WORLD_MISC))
+    _check_int("seed", seed, -(2 ** 63))
+    if isinstance(forget_fraction, bool) or not isinstance(forget_fraction, (int, float)):
+        raise TypeError(f"forget_fraction must be a float, got {type(forget_fraction).__name__}")
+    pct = round(forget_fraction * 100)
+    if not 1 <= pct <= 99 or abs(pct - forget_fraction * 100) > 1e-6:
+        raise ValueError("forget_fraction must be a whole percentage in [0.01, 0.99] "
+                         f"(it names the files, e.g. 0.1 -> forget10.json), got {forget_fraction}")
+    n_forget = min(n_people - 1, max(1, round(n_people * forget_fraction)))
+
+    rng = random.Random(seed)
+    titles = _all_titles()
+    people = _make_people(rng, n_people, titles)
+    wrong_names = [f"{f} {s}" for f in _FIRST_MALE + _FIRST_FEMALE for s in _SURNAMES]
+    pools = _Pools(titles, wrong_names)
+    per_person = [_person_questions(p, rng, n_q, pools) for p in people]
+    real_mc, real_pert = _multiple_choice(rng, _real_author_items(rng, n_real_authors))
+    world_mc, world_pert = _multiple_choice(rng, _world_fact_items(rng, n_world_facts))
+
+    retain_rows = [r for recs in per_person[: n_people - n_forget] for r in recs]
+    forget_rows = [r for recs in per_person[n_people - n_forget:] for r in recs]
+    full_rows = retain_rows + forget_rows
+    if retain_eval_size is None:
+        retain_eval_size = min(len(forget_rows), len(retain_rows))
+    retain_eval_size = _check_int("retain_eval_size", retain_eval_size, 1, len(retain_rows))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fname, rname = f"forget{pct:02d}", f"retain{100 - pct:02d}"
+    paths = {
+        "full": _write_jsonl(out / "full.json", full_rows, _QA_KEYS),
+        "forget": _write_jsonl(out / f"{fname}.json", forget_rows, _QA_KEYS),
+        "forget_perturbed": _write_jsonl(out / f"{fname}_perturbed.json", forget_rows,
+                                         _PERTURBED_KEYS),
+        "forget_spans": _write_jsonl(out / f"{fname}_spans.jsonl", forget_rows, _SPAN_KEYS,
+                                     compact=False),
+        "retain": _write_jsonl(out / f"{rname}.json", retain_rows, _QA_KEYS),
+        "retain_perturbed": _write_jsonl(out / "retain_perturbed.json",
+                                         retain_rows[:retain_eval_size], _PERTURBED_KEYS),
+        "real_authors": _write_jsonl(out / "real_authors.json", real_mc, compact=False),
+        "real_authors_perturbed": _write_jsonl(out / "real_authors_perturbed.json", real_pert),
+        "world_facts": _write_jsonl(out / "world_facts.json", world_mc, compact=False),
+        "world_facts_perturbed": _write_jsonl(out / "world_facts_perturbed.json", world_pert),
+        "idontknow": out / "idontknow.jsonl",
+        "meta": out / "synth_meta.json",
+    }
+    paths["idontknow"].write_text("".join(line + "\n" for line in _IDONTKNOW), encoding="utf-8")
+    meta = {
+        "generator": "palu_kernels.demo.synth",
+        "seed": seed, "n_people": n_people, "questions_per_person": n_q,
+        "forget_fraction": forget_fraction, "forget_split": fname, "retain_split": rname,
+        "n_forget_people": n_forget, "n_forget_questions": len(forget_rows),
+        "n_retain_questions": len(retain_rows), "retain_eval_size": retain_eval_size,
+        "n_real_authors": n_real_authors, "n_world_facts": n_world_facts,
+        "files": {k: v.name for k, v in paths.items()},
+        "people": [dict(p, split="forget" if i >= n_people - n_forget else "retain")
+                   for i, p in enumerate(people)],
+    }
+    paths["meta"].write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m palu_kernels.demo.synth --out DIR``: write the benchmark, list the files."""
+    ap = argparse.ArgumentParser(
+        prog="python -m palu_kernels.demo.synth",
+        description="Write a synthetic TOFU-layout unlearning benchmark with known spans.")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--people", type=int, default=20, help="fictitious authors (default 20)")
+    ap.add_argument("--questions", type=int, default=8, help="questions per author (default 8)")
+    ap.add_argument("--forget-fraction", type=float, default=0.1,
+                    help="share of authors to forget, whole percent (default 0.1 -> forget10)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--real-authors", type=int, default=20)
+    ap.add_argument("--world-facts", type=int, default=20)
+    args = ap.parse_args(argv)
+    try:
+        paths = generate_benchmark(
+            args.out, n_people=args.people, questions_per_person=args.questions,
+            forget_fraction=args.forget_fraction, seed=args.seed,
+            n_real_authors=args.real_authors, n_world_facts=args.world_facts)
+    except (TypeError, ValueError) as exc:
+        ap.error(str(exc))
+    for key, path in paths.items():
+        n = sum(1 for _ in open(path, encoding="utf-8")) if key != "meta" else 1
+        print(f"{key:24s} {path}  ({n} lines)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
