@@ -1,0 +1,364 @@
+"""The PALU loss straight from hidden states and the output projection (``lm_head``).
+
+:func:`palu_fused_linear_loss` computes the same value and gradients as::
+
+    palu_local_entropy_loss(hidden @ weight.T + bias, ref_hidden @ ref_weight.T + ref_bias,
+                            initiating_mask, common_mask, ...)
+
+without ever holding the ``T x V`` logits of either model. At V = 128k and 8k tokens the
+logits alone are 4 GB per model in fp32; here the peak is a few chunks of ``chunk_rows x V``.
+
+How it works (forward, reductions ``"mean"`` and ``"sum"``):
+
+* the rows that carry loss (``I`` or ``C``) are listed once with ``nonzero``; rows outside
+  them are never projected. On the CPU this is free; on a GPU it is this function's single
+  host synchronisation (the row count sizes the loop);
+* rows go through in chunks of ``chunk_rows``. Per chunk: both models' logits by one matmul
+  each (the reference side without autograd), the loss and ``dloss/dlogits`` of the chunk by
+  :func:`palu_kernels.palu_local_entropy_loss` with ``reduction="none"`` (so the ``"torch"``
+  and ``"triton"`` backends plug in unchanged and no loss arithmetic is repeated here), then
+  ``grad_hidden[rows] = dlogits @ weight``, ``grad_weight += dlogits^T @ hidden`` and
+  ``grad_bias += dlogits.sum(0)``, the last two accumulated in fp32 (fp64 for fp64 inputs);
+* ``"mean"`` weighs each row with ``1 / max(1, |I|)`` or ``1 / max(1, |C|)`` from the global
+  counts (device tensors, no synchronisation);
+* backward scales the stored gradients by the scalar ``grad_output``.
+
+With ``reduction="none"`` the output is one value per row and ``grad_output`` one weight per
+row. The weight gradient ``sum_t g_t dlogits_t^T h_t`` cannot be rebuilt from an unweighted
+sum, so in that case the forward computes values only and the backward recomputes the chunks
+(logits and dlogits) with the per-row weights ``g_t``: twice the matmuls, no extra memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._validation import FLOAT_DTYPES, _shape, check_backend, check_loss_args
+from .loss import palu_local_entropy_loss
+
+# Working-memory budget of one chunk, in bytes, by device type. A chunk holds about
+# CHUNK_TENSORS tensors of chunk_rows x V fp32 at once (both models' logits, their fp32
+# copies, the backend's softmax temporaries and dlogits), plus chunk_rows x H per hidden side.
+# Every chunk re-reads both projections and the fp32 weight-gradient accumulator, so on a GPU
+# the budget is larger: ~256 rows at V = 128k keeps the matmuls compute-bound.
+CHUNK_BYTES = {"cpu": 128 << 20}
+CHUNK_BYTES_DEFAULT = 1 << 30
+CHUNK_TENSORS = 8
+
+
+def default_chunk_rows(vocab: int, hidden_size: int, ref_hidden_size: int | None = None,
+                       device_type: str = "cpu") -> int:
+    """Rows per chunk so that one chunk's temporaries stay within ``CHUNK_BYTES``.
+
+    >>> default_chunk_rows(32000, 512)
+    128
+    >>> default_chunk_rows(128256, 4096, device_type="cuda")
+    256
+    """
+    ref_hidden_size = hidden_size if ref_hidden_size is None else ref_hidden_size
+    per_row = 4 * (CHUNK_TENSORS * vocab + 2 * (hidden_size + ref_hidden_size))
+    rows = max(1, CHUNK_BYTES.get(device_type, CHUNK_BYTES_DEFAULT) // per_row)
+    return rows - rows % 16 if rows >= 16 else rows  # whole tiles for the matmuls
+
+
+def _check_tensor(name, t, dims, optional=False):
+    if t is None and optional:
+        return None
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float32, bfloat16, float16 or float64), "
+            f"got {t.dtype}"
+        )
+    if t.dim() not in dims:
+        want = {(2, 3): "[B, T, H] or [N, H]", (2,): "[V, H]", (1,): "[V]"}[tuple(dims)]
+        raise ValueError(f"{name} must have shape {want}, got {_shape(t)}")
+    return t
+
+
+def check_fused_linear_args(
+    hidden, weight, ref_hidden, ref_weight, initiating_mask, common_mask, *, bias, ref_bias,
+    chunk_rows, k, target, kl, gamma, alpha, reduction,
+):
+    """Validate the arguments of :func:`palu_fused_linear_loss`.
+
+    Shapes, dtypes and devices of the hidden states and projections are checked here; masks
+    and loss options go through :func:`palu_kernels._validation.check_loss_args` on a
+    ``[..., 1]`` stand-in for the logits (same leading shape, no memory), so the messages and
+    rules are those of :func:`palu_kernels.palu_local_entropy_loss`. Returns
+    ``(PALUArgs, chunk_rows)``; the ``PALUArgs`` carries the flat masks and options (its
+    ``k`` is clipped to the real vocabulary here, its logits are the stand-ins).
+    """
+    _check_tensor("hidden", hidden, (2, 3))
+    _check_tensor("ref_hidden", ref_hidden, (2, 3))
+    _check_tensor("weight", weight, (2,))
+    _check_tensor("ref_weight", ref_weight, (2,))
+    _check_tensor("bias", bias, (1,), optional=True)
+    _check_tensor("ref_bias", ref_bias, (1,), optional=True)
+    dtype, device = hidden.dtype, hidden.device
+    named = [("weight", weight), ("ref_hidden", ref_hidden), ("ref_weight", ref_weight),
+             ("bias", bias), ("ref_bias", ref_bias)]
+    for name, t in named:
+        if t is None:
+            continue
+        if t.dtype != dtype:
+            raise TypeError(
+                f"{name} must have the dtype of hidden {dtype}, got {t.dtype} (under autocast, "
+                "cast hidden and the projections to one dtype before the call)"
+            )
+        if t.device != device:
+            raise ValueError(f"{name} must be on {device} like hidden, got {t.device}")
+    if ref_hidden.shape[:-1] != hidden.shape[:-1]:
+        raise ValueError(
+            f"ref_hidden must have the leading shape of hidden {list(hidden.shape[:-1])}, "
+            f"got {list(ref_hidden.shape[:-1])}"
+        )
+    for name, w, h, hname in (("weight", weight, hidden, "hidden"),
+                              ("ref_weight", ref_weight, ref_hidden, "ref_hidden")):
+        if w.shape[1] != h.shape[-1]:
+            raise ValueError(
+                f"{name} must have shape [V, {h.shape[-1]}] (the hidden size of {hname}), "
+                f"got {list(w.shape)}"
+            )
+    vocab = weight.shape[0]
+    if vocab < 1:
+        raise ValueError(f"weight must have a vocabulary dimension of at least 1, got {vocab}")
+    if ref_weight.shape[0] != vocab:
+        raise ValueError(
+            f"ref_weight must have the vocabulary size of weight ({vocab} rows), "
+            f"got {ref_weight.shape[0]}"
+        )
+    for name, b in (("bias", bias), ("ref_bias", ref_bias)):
+        if b is not None and b.shape[0] != vocab:
+            raise ValueError(f"{name} must have shape [{vocab}] (the vocabulary), got {_shape(b)}")
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(vocab, hidden.shape[-1], ref_hidden.shape[-1],
+                                        device.type)
+    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int):
+        raise TypeError(f"chunk_rows must be a positive int or None, got {type(chunk_rows).__name__} {chunk_rows!r}")
+    elif chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1 (or None to choose from V), got {chunk_rows}")
+
+    stand_in = torch.zeros((), dtype=dtype, device=device).expand(*hidden.shape[:-1], 1)
+    args = check_loss_args(
+        stand_in, stand_in, initiating_mask, common_mask, k=k, target=target, kl=kl,
+        gamma=gamma, alpha=alpha, reduction=reduction,
+    )
+    k_eff = vocab if k is None else min(k, vocab)
+    return args.__class__(**{**args.__dict__, "k": k_eff}), chunk_rows
+
+
+def _acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _mm_acc(a, b, acc):
+    """``a @ b`` with an ``acc``-dtype result, accumulated in ``acc`` without rounding to the
+    inputs' dtype first (CUDA: ``out_dtype``; elsewhere the inputs are upcast)."""
+    if a.dtype == acc:
+        return a @ b
+    if a.is_cuda:
+        try:
+            return torch.mm(a, b, out_dtype=acc)
+        except (RuntimeError, TypeError):  # older torch or an unsupported dtype pair
+            pass
+    return a.to(acc) @ b.to(acc)
+
+
+class _Sweep:
+    """One pass over the loss rows in chunks: values and/or weighted gradients."""
+
+    def __init__(self, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, a, chunk_rows,
+                 backend, rows=None):
+        self.h = hidden.reshape(-1, hidden.shape[-1])
+        self.rh = ref_hidden.reshape(-1, ref_hidden.shape[-1])
+        self.w, self.b, self.rw, self.rb = weight, bias, ref_weight, ref_bias
+        self.a, self.chunk_rows, self.backend = a, chunk_rows, backend
+        # One host sync on a GPU (the count of loss rows sizes the loop); none on the CPU.
+        if rows is None:
+            rows = (a.initiating | a.common).nonzero().squeeze(1)
+        self.rows = rows
+
+    def _chunk_loss(self, idx, z):
+        a = self.a
+        with torch.no_grad():
+            r = F.linear(self.rh.index_select(0, idx), self.rw, self.rb)
+        return palu_local_entropy_loss(
+            z, r, a.initiating.index_select(0, idx),
+            a.common.index_select(0, idx) if a.kl is not None else None,
+            k=a.k, target=a.target_value if a.target == "const" else a.target, kl=a.kl,
+            gamma=a.gamma, alpha=a.alpha, reduction="none", backend=self.backend,
+        )
+
+    def values(self):
+        """Per-row loss values ``[N]`` (0 outside I and C), no gradient work."""
+        acc = _acc_dtype(self.h.dtype)
+        out = torch.zeros(self.h.shape[0], dtype=acc, device=self.h.device)
+        with torch.no_grad():
+            for start in range(0, self.rows.numel(), self.chunk_rows):
+                idx = self.rows[start:start + self.chunk_rows]
+                z = F.linear(self.h.index_select(0, idx), self.w, self.b)
+                out.index_copy_(0, idx, self._chunk_loss(idx, z).to(acc))
+        return out
+
+    def grads(self, row_weight, need_h, need_w, need_b, want_values=False):
+        """Gradients of ``sum_t row_weight[t] * loss_t`` (and the per-row values if asked).
+
+        ``row_weight`` is ``[N]`` (acc dtype). Returns ``(values, g_hidden, g_weight,
+        g_bias)`` with ``g_weight`` / ``g_bias`` in the accumulation dtype.
+        """
+        h, w, b = self.h, self.w, self.b
+        acc = _acc_dtype(h.dtype)
+        values = torch.zeros(h.shape[0], dtype=acc, device=h.device) if want_values else None
+        g_h = torch.zeros_like(h, memory_format=torch.contiguous_format) if need_h else None
+        g_w = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
+        g_b = torch.zeros(w.shape[0], dtype=acc, device=w.device) if need_b else None
+        for start in range(0, self.rows.numel(), self.chunk_rows):
+            idx = self.rows[start:start + self.chunk_rows]
+            h_c = h.index_select(0, idx)
+            with torch.no_grad():
+                z = F.linear(h_c, w, b)
+            z.requires_grad_(True)
+            with torch.enable_grad():
+                loss = self._chunk_loss(idx, z)
+                (dz,) = torch.autograd.grad(
+                    loss, z, grad_outputs=row_weight.index_select(0, idx).to(loss.dtype))
+            if values is not None:
+                values.index_copy_(0, idx, loss.detach().to(acc))
+            del z, loss
+            if g_h is not None:
+                g_h.index_copy_(0, idx, (dz @ w).to(g_h.dtype))
+            if g_w is not None:
+                g_w.add_(_mm_acc(dz.t(), h_c, acc))
+            if g_b is not None:
+                g_b.add_(dz.sum(dim=0, dtype=acc))
+            del dz, h_c
+        return values, g_h, g_w, g_b
+
+
+def _row_weight(a, acc):
+    """Weight of each row's value in a "mean" or "sum" loss (global |I|, |C|; no sync)."""
+    if a.reduction == "sum":
+        return torch.ones(a.initiating.shape, dtype=acc, device=a.initiating.device)
+    n_i = a.initiating.sum().clamp(min=1).to(acc)
+    n_c = a.common.sum().clamp(min=1).to(acc)
+    return a.initiating.to(acc) / n_i + a.common.to(acc) / n_c
+
+
+class _FusedLinearPALU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, ref_hidden, ref_weight, ref_bias, a, chunk_rows,
+                backend):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        sweep = _Sweep(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, a, chunk_rows,
+                       backend)
+        ctx.reduction, ctx.hidden_shape = a.reduction, hidden.shape
+        if a.reduction == "none":
+            # Per-row grad_output: recompute in backward (see the module docstring).
+            ctx.a, ctx.chunk_rows, ctx.backend = a, chunk_rows, backend
+            ctx.save_for_backward(hidden, weight, bias, ref_hidden, ref_weight, ref_bias,
+                                  sweep.rows)
+            return sweep.values().reshape(a.row_shape)
+        acc = _acc_dtype(hidden.dtype)
+        row_weight = _row_weight(a, acc)
+        if not (need_h or need_w or need_b):
+            return (sweep.values() * row_weight).sum()
+        values, g_h, g_w, g_b = sweep.grads(row_weight, need_h, need_w, need_b,
+                                            want_values=True)
+        ctx.save_for_backward(
+            g_h, None if g_w is None else g_w.to(weight.dtype),
+            None if g_b is None else g_b.to(bias.dtype))
+        return (values * row_weight).sum()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        none = (None,) * 6
+        if ctx.reduction == "none":
+            hidden, weight, bias, ref_hidden, ref_weight, ref_bias, rows = ctx.saved_tensors
+            sweep = _Sweep(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, ctx.a,
+                           ctx.chunk_rows, ctx.backend, rows=rows)
+            acc = _acc_dtype(hidden.dtype)
+            _, g_h, g_w, g_b = sweep.grads(grad_output.reshape(-1).to(acc),
+                                           *ctx.needs_input_grad[:3])
+            g_w = None if g_w is None else g_w.to(weight.dtype)
+            g_b = None if g_b is None else g_b.to(bias.dtype)
+        else:
+            g_h, g_w, g_b = (None if g is None else g * grad_output for g in ctx.saved_tensors)
+        if g_h is not None:
+            g_h = g_h.reshape(ctx.hidden_shape)
+        return (g_h, g_w, g_b) + none
+
+
+def palu_fused_linear_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    ref_hidden: torch.Tensor,
+    ref_weight: torch.Tensor,
+    initiating_mask: torch.Tensor,
+    common_mask: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    ref_bias: torch.Tensor | None = None,
+    chunk_rows: int | None = None,
+    k: int | None = 5000,
+    target="mean",
+    kl: str | None = "reverse",
+    gamma: float = 1.0,
+    alpha: float = 1.0,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The PALU forget loss from last hidden states and the output projection, fused.
+
+    Equal to ``palu_local_entropy_loss(hidden @ weight.T + bias, ref_hidden @ ref_weight.T
+    + ref_bias, initiating_mask, common_mask, ...)`` (``../shared/docs/palu_loss.md``) up to
+    rounding, but the ``[rows, V]`` logits of the two models are never materialised: only the
+    rows in I or C are projected, ``chunk_rows`` at a time.
+
+    Args:
+        hidden: trainable model's last hidden states (after the final norm), ``[B, T, H]`` or
+            ``[N, H]``, already shifted: row t predicts token t+1.
+        weight: its output projection (``lm_head.weight``, tied embeddings included), ``[V, H]``.
+        ref_hidden: frozen reference model's hidden states, leading shape of ``hidden``
+            (its hidden size may differ). Never gets a gradient.
+        ref_weight: the reference projection ``[V, H_ref]``. Never gets a gradient.
+        initiating_mask, common_mask: bool, shaped like ``hidden`` without its last dimension;
+            the rows in I and in C (see :func:`palu_kernels.initiating_mask`).
+        bias, ref_bias: optional ``[V]`` output biases.
+        chunk_rows: rows projected at once; None picks it from V and the hidden sizes so a
+            chunk's working memory stays near ``CHUNK_BYTES`` (128 MiB on the CPU, 1 GiB on
+            a GPU; see :func:`default_chunk_rows`).
+        k, target, kl, gamma, alpha, reduction, backend: as in
+            :func:`palu_kernels.palu_local_entropy_loss`.
+
+    All tensors share one dtype (fp32, bf16, fp16; fp64 on the torch backend) and device.
+
+    Returns:
+        The loss, fp32 (fp64 for fp64 inputs), differentiable with respect to ``hidden``,
+        ``weight`` and ``bias`` (gradients in their dtypes; the weight and bias gradients are
+        accumulated over chunks in fp32).
+
+    Example:
+        >>> import torch
+        >>> from palu_kernels.fused_linear import palu_fused_linear_loss
+        >>> h = torch.randn(2, 6, 16, requires_grad=True)
+        >>> w = torch.randn(50, 16, requires_grad=True)
+        >>> i = torch.zeros(2, 6, dtype=torch.bool); i[:, 1] = True
+        >>> c = torch.zeros(2, 6, dtype=torch.bool); c[:, 3:] = True
+        >>> loss = palu_fused_linear_loss(h, w, h.detach(), w.detach(), i, c, k=10)
+        >>> loss.backward()
+        >>> h.grad.shape, w.grad.shape
+        (torch.Size([2, 6, 16]), torch.Size([50, 16]))
+    """
+    args, chunk_rows = check_fused_linear_args(
+        hidden, weight, ref_hidden, ref_weight, initiating_mask, common_mask, bias=bias,
+        ref_bias=ref_bias, chunk_rows=chunk_rows, k=k, target=target, kl=kl, gamma=gamma,
+        alpha=alpha, reduction=reduction,
+    )
+    backend = check_backend(backend, hidden.device)
+    return _FusedLinearPALU.apply(
+        hidden, weight, bias, ref_hidden.detach(), ref_weight.detach(),
+        None if ref_bias is None else ref_bias.detach(), args, chunk_rows, backend,
+    )
