@@ -1,0 +1,160 @@
+"""``palu-eval``: evaluate a causal LM on TOFU (forget, retain, real authors, world facts).
+
+Example (a tiny model, two questions per split, on the CPU)::
+
+    palu-eval --model /tmp/tiny-llama --data-dir ../shared/data/tofu --forget-split forget01 \\
+        --max-samples 2 --max-new-tokens 16 --output-dir /tmp/eval-tiny
+
+Writes ``<output-dir>/eval.json`` (config, metrics, per-question values, the forget-set
+truth ratios) and ``<output-dir>/eval.md`` (a summary), and prints the summary. Forget
+Quality needs the retain model: ``--retain-model DIR`` evaluates it on the forget set (truth
+ratios only, no generation), ``--retain-result FILE`` reads ``forget_truth_ratios`` from a
+previous ``eval.json`` of the retain model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+from .tofu import FORGET_SPLITS, evaluate_model, forget_truth_ratios, split_file, summary_markdown
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="palu-eval",
+        description="TOFU metrics of a causal LM: probability, ROUGE-L recall, truth ratio, "
+                    "Forget Quality, Model Utility, exact memorisation, extraction strength.")
+    p.add_argument("--model", required=True,
+                   help="model directory (Hugging Face format, model + tokenizer), loaded "
+                        "offline")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory (default: the model directory)")
+    p.add_argument("--data-dir", default=os.path.join("..", "shared", "data", "tofu"),
+                   help="TOFU data directory (default: %(default)s)")
+    p.add_argument("--forget-split", default="forget01", choices=FORGET_SPLITS,
+                   help="forget set (default: %(default)s)")
+    retain = p.add_mutually_exclusive_group()
+    retain.add_argument("--retain-model", default=None,
+                        help="retain model directory, for Forget Quality")
+    retain.add_argument("--retain-result", default=None,
+                        help="eval.json of a previous palu-eval run of the retain model, for "
+                             "Forget Quality")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="evaluate the first N questions of each split (default: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    p.add_argument("--max-new-tokens", type=int, default=200,
+                   help="greedy generation limit for ROUGE (default: %(default)s)")
+    p.add_argument("--output-dir", default=None,
+                   help="where eval.json and eval.md go (default: <model>/eval_<split>)")
+    p.add_argument("--device", default=None,
+                   help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="weights dtype (default: the checkpoint's); metrics are fp32 anyway")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
+
+
+def _positive(parser, name, value):
+    if value is not None and value < 1:
+        parser.error(f"{name}: expected a positive integer, got {value}")
+
+
+def load_model_and_tokenizer(path: str, device, dtype: str = "auto",
+                             tokenizer_path: Optional[str] = None):
+    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from local directories (no hub access)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory not found: {path}")
+    tok_path = tokenizer_path or path
+    if not os.path.isdir(tok_path):
+        raise FileNotFoundError(f"tokenizer directory not found: {tok_path}")
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(tok_path, local_files_only=True)
+    return model.to(device).eval(), tokenizer
+
+
+def _read_retain_result(path: str, forget_split: str) -> List[float]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--retain-result: file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    ratios = data.get("forget_truth_ratios") if isinstance(data, dict) else None
+    if not isinstance(ratios, list) or not ratios:
+        raise ValueError(f"--retain-result: {path} has no 'forget_truth_ratios' list (expected "
+                         "the eval.json written by palu-eval)")
+    got = (data.get("config") or {}).get("forget_split")
+    if got is not None and got != forget_split:
+        raise ValueError(f"--retain-result: {path} was computed on {got!r}, but "
+                         f"--forget-split is {forget_split!r}")
+    return [float(x) for x in ratios]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("max_samples", "batch_size", "max_new_tokens"):
+        _positive(parser, "--" + name.replace("_", "-"), getattr(args, name))
+    if not os.path.isdir(args.data_dir):
+        parser.error(f"--data-dir: TOFU data directory not found: {args.data_dir}")
+    missing = [split_file(args.data_dir, s, args.forget_split)
+               for s in ("forget", "retain", "real_authors", "world_facts")]
+    missing = [m for m in missing if not os.path.isfile(m)]
+    if missing:
+        parser.error("--data-dir: missing TOFU file(s): " + ", ".join(missing))
+
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    output_dir = args.output_dir or os.path.join(args.model, f"eval_{args.forget_split}")
+    progress = not args.no_progress
+    t0 = time.perf_counter()
+    try:
+        retain_ratios = None
+        if args.retain_result:
+            retain_ratios = _read_retain_result(args.retain_result, args.forget_split)
+        elif args.retain_model:
+            rmodel, rtok = load_model_and_tokenizer(args.retain_model, device, args.dtype)
+            retain_ratios = forget_truth_ratios(rmodel, rtok, args.data_dir, args.forget_split,
+                                                max_samples=args.max_samples,
+                                                batch_size=args.batch_size, progress=progress)
+            del rmodel
+        model, tokenizer = load_model_and_tokenizer(args.model, device, args.dtype,
+                                                    args.tokenizer)
+        result = evaluate_model(model, tokenizer, args.data_dir, args.forget_split,
+                                max_samples=args.max_samples, batch_size=args.batch_size,
+                                max_new_tokens=args.max_new_tokens,
+                                retain_truth_ratios=retain_ratios, progress=progress)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"palu-eval: error: {e}", file=sys.stderr)
+        return 2
+    result["config"].update({"model": os.path.abspath(args.model),
+                             "retain_model": args.retain_model,
+                             "retain_result": args.retain_result, "device": str(device),
+                             "seconds": round(time.perf_counter() - t0, 2)})
+    if args.retain_model:
+        result["retain_forget_truth_ratios"] = retain_ratios
+    os.makedirs(output_dir, exist_ok=True)
+    json_path = os.path.join(output_dir, "eval.json")
+    md_path = os.path.join(output_dir, "eval.md")
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1, ensure_ascii=False)
+    md = summary_markdown(result, title=f"TOFU evaluation of {args.model}")
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(md)
+    print(md)
+    print(f"wrote {json_path} and {md_path} ({result['config']['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
