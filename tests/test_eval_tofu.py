@@ -195,3 +195,25 @@ def test_cli_errors(tiny, tmp_path, capsys):
     if os.path.isdir(DATA):
         assert main(["--model", str(tmp_path / "nomodel"), "--data-dir", DATA]) == 2
         assert "model directory not found" in capsys.readouterr().err
+
+
+CHAT = ("{% for m in messages %}<|bos|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def test_chat_template_prompt_matches_trainer():
+    from palu_kernels.tiny import build_tokenizer
+    from palu_kernels.train.data import QARecord, encode_record
+
+    tok = build_tokenizer(["user: Who wrote it?\nassistant: Basil wrote it."] * 8,
+                          vocab_size=300, chat_template=CHAT)
+    enc = PromptEncoder(tok)
+    assert enc.prompt_format == "chat template"
+    q, a = "Who wrote it?", "Basil wrote it."
+    p_ids, a_ids = enc.pair(q, a)
+    assert tok.decode(p_ids) == "<|bos|>user: Who wrote it?\nassistant:"
+    assert encode_record(tok, QARecord(question=q, answer=a))["input_ids"].tolist() == \
+        p_ids + a_ids
+    # An explicit format_prompt replaces both the chat and the plain template.
+    custom = PromptEncoder(tok, format_prompt=lambda s: f"Q: {s} A:")
+    assert tok.decode(custom.prompt_ids(q)) == "<|bos|>Q: Who wrote it? A:"

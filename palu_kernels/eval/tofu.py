@@ -189,6 +189,19 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values))
 
 
+def _stop_ids(model, encoder: PromptEncoder) -> List[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (e.g. an end-of-turn
+    token of a chat model): generation stops at any of them."""
+    ids = [encoder.eos_token_id]
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(extra, int):
+        extra = [extra]
+    for e in extra or []:
+        if int(e) not in ids:
+            ids.append(int(e))
+    return ids
+
+
 def evaluate_split(model, encoder: PromptEncoder, records: Sequence[dict], split: str, *,
                    batch_size: int = 8, max_new_tokens: int = 200, generate: bool = True,
                    progress: bool = True) -> dict:
@@ -215,7 +228,7 @@ def evaluate_split(model, encoder: PromptEncoder, records: Sequence[dict], split
     if generate:
         gen_ids = generate_greedy(model, [encoder.prompt_ids(r["question"]) for r in records],
                                   pad_token_id=encoder.pad_token_id,
-                                  eos_token_id=encoder.eos_token_id,
+                                  eos_token_id=_stop_ids(model, encoder),
                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
                                   desc=f"{split}: generating", progress=progress)
         generations = [encoder.decode(g) for g in gen_ids]
