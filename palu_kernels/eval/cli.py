@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES,
                    help="weights dtype (default: the checkpoint's); metrics are fp32 anyway")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is often fastest "
+                        "for tiny models on a busy machine)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -102,7 +105,7 @@ def _read_retain_result(path: str, forget_split: str) -> List[float]:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("max_samples", "batch_size", "max_new_tokens"):
+    for name in ("max_samples", "batch_size", "max_new_tokens", "threads"):
         _positive(parser, "--" + name.replace("_", "-"), getattr(args, name))
     if not os.path.isdir(args.data_dir):
         parser.error(f"--data-dir: TOFU data directory not found: {args.data_dir}")
@@ -114,9 +117,29 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import torch
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:
+        parser.error(f"--device: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device: {device} requested but CUDA is not available")
     output_dir = args.output_dir or os.path.join(args.model, f"eval_{args.forget_split}")
     progress = not args.no_progress
+    from transformers.utils import logging as hf_logging
+
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        return _run(args, device, output_dir, progress)
+    finally:
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+
+
+def _run(args, device, output_dir: str, progress: bool) -> int:
     t0 = time.perf_counter()
     try:
         retain_ratios = None
