@@ -22,6 +22,7 @@ from .tofu import (
     forget_truth_ratios,
     load_split,
     summary_markdown,
+    write_result,
 )
 
 __all__ = [
@@ -44,4 +45,5 @@ __all__ = [
     "summary_markdown",
     "truth_ratio",
     "truth_ratio_score",
+    "write_result",
 ]

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import List, Optional
 
-from .tofu import FORGET_SPLITS, evaluate_model, forget_truth_ratios, split_file, summary_markdown
+from .tofu import FORGET_SPLITS, evaluate_model, forget_truth_ratios, split_file, write_result
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -166,14 +166,10 @@ def _run(args, device, output_dir: str, progress: bool) -> int:
                              "seconds": round(time.perf_counter() - t0, 2)})
     if args.retain_model:
         result["retain_forget_truth_ratios"] = retain_ratios
-    os.makedirs(output_dir, exist_ok=True)
-    json_path = os.path.join(output_dir, "eval.json")
-    md_path = os.path.join(output_dir, "eval.md")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1, ensure_ascii=False)
-    md = summary_markdown(result, title=f"TOFU evaluation of {args.model}")
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write(md)
+    json_path, md_path = write_result(result, output_dir,
+                                      title=f"TOFU evaluation of {args.model}")
+    with open(md_path, encoding="utf-8") as f:
+        md = f.read()
     print(md)
     print(f"wrote {json_path} and {md_path} ({result['config']['seconds']} s)")
     return 0

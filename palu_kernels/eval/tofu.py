@@ -385,7 +385,21 @@ def summary_markdown(result: dict, title: str = "TOFU evaluation") -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_result(result: dict, output_dir: str, title: str = "TOFU evaluation"
+                 ) -> Tuple[str, str]:
+    """Write ``eval.json`` (the whole result) and ``eval.md`` (:func:`summary_markdown`)."""
+    os.makedirs(output_dir, exist_ok=True)
+    json_path = os.path.join(output_dir, "eval.json")
+    md_path = os.path.join(output_dir, "eval.md")
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1, ensure_ascii=False)
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(summary_markdown(result, title=title))
+    return json_path, md_path
+
+
 __all__ = ["EVAL_SPLITS", "FORGET_SPLITS", "PromptEncoder", "UTILITY_KEYS",
            "evaluate_model", "evaluate_split", "forget_truth_ratios",
-           "load_split", "read_json_records", "split_file", "summary_markdown"]
+           "load_split", "read_json_records", "split_file", "summary_markdown",
+           "write_result"]
 
