@@ -1,0 +1,185 @@
+"""Sweep the PALU loss providers and write CSV, a markdown table and PNG plots.
+
+    python -m bench.run --device cpu --quick     # about 5 minutes on 2 cores
+    python -m bench.run --device cuda            # one GPU (see bench/gpu.sh)
+
+Providers: ``triton`` (CUDA only), ``torch`` (the torch backend), ``reference`` (the spec's
+formulation, eager), ``reference_compile`` (the same under ``torch.compile``) and
+``released`` (the released code's arithmetic). Modes: forward, backward, forward+backward.
+Metrics: median time, peak memory above the inputs and, for forward+backward, achieved
+bandwidth against the device's peak (see ``bench/common.py``). A provider that fails on a
+shape (compilation error, out of memory) is recorded as failed and the sweep goes on.
+
+Output, under ``--out`` (default ``bench/results/<device>/``): ``results.csv`` (one row per
+provider, mode, shape, dtype and metric, with device, versions and timestamp),
+``results.md``, ``raw.json`` and the plots ``time_memory_vs_rows.png`` and
+``time_memory_vs_vocab.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import report
+from .common import (
+    Case, Unavailable, _RssWindow, environment, make_inputs, peak_bandwidth_gbps,
+    release_free_memory, run_case, topk_providers,
+)
+from .grids import palu_grid, topk_grid
+from .worker import run_in_subprocess
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dedupe(grid, providers=None):
+    """``{case: (sections, providers)}`` in first-seen order, providers unioned."""
+    merged = {}
+    for section, case, provs in grid:
+        secs, ps = merged.setdefault(case, ([], []))
+        if section not in secs:
+            secs.append(section)
+        for p in provs:
+            if p not in ps and (providers is None or p in providers):
+                ps.append(p)
+    return merged
+
+
+def measure_palu(device, quick, providers=None, sections=None, reps=3, budget_s=None):
+    """Run the loss grid; returns ``[(sections, record)]``."""
+    grid = [g for g in palu_grid(device, quick) if sections is None or g[0] in sections]
+    merged = _dedupe(grid, providers)
+    total = sum(len(ps) for _, ps in merged.values())
+    bar = tqdm(total=total, desc=f"PALU loss on {device}", unit="run", file=sys.stderr)
+    out = []
+    t0 = time.perf_counter()
+    if device == "cpu":
+        # One fresh process per provider (its cases run in it one after the other).
+        order = [p for p in report.PROVIDER_ORDER if any(p in ps for _, ps in merged.values())]
+        for p in order:
+            cases = [c for c, (_, ps) in merged.items() if p in ps]
+            bar.set_postfix_str(p)
+
+            def done(rec):
+                bar.update(1)
+                bar.set_postfix_str(f"{rec['provider']} {Case(**rec['case']).label()}")
+
+            for rec in run_in_subprocess(p, cases, reps=reps, on_result=done):
+                out.append((merged[Case(**rec["case"])][0], rec))
+    else:
+        for case, (secs, ps) in merged.items():
+            for p in ps:
+                bar.set_postfix_str(f"{p} {case.label()}")
+                if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                    rec = {"provider": p, "case": case.to_dict(), "device": device,
+                           "status": "skipped", "error": f"time budget {budget_s} s spent"}
+                else:
+                    rec = run_case(p, case, device)
+                out.append((secs, rec))
+                bar.update(1)
+    bar.close()
+    return out
+
+
+def _time_topk(fn, r, device, reps):
+    if torch.device(device).type == "cuda":
+        from triton.testing import do_bench
+
+        fn(r)
+        ms = do_bench(lambda: fn(r), return_mode="median")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        res = fn(r)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        del res
+        return ms, peak
+    fn(r)
+    times, peaks = [], []
+    for _ in range(reps):
+        with _RssWindow() as w:
+            t = time.perf_counter()
+            res = fn(r)
+            times.append(time.perf_counter() - t)
+        peaks.append(w.extra)
+        del res
+    peaks = [p for p in peaks if p is not None]
+    return 1e3 * statistics.median(times), (max(peaks) if peaks else None)
+
+
+def measure_topk(device, quick, reps=3):
+    """Top-K selection: ``[(["topk"], record)]`` with one record per provider and shape."""
+    grid = topk_grid(device, quick)
+    out = []
+    for rows, vocab, k, dtype in tqdm(grid, desc=f"top-K on {device}", file=sys.stderr):
+        case = Case(rows=rows, vocab=vocab, k=k, init_frac=1.0, common_frac=0.0, dtype=dtype)
+        r = make_inputs(case, device, requires_grad=False)[1]
+        for name, fn in topk_providers(device, case.k_eff).items():
+            rec = {"provider": name, "case": case.to_dict(), "device": str(device)}
+            try:
+                ms, peak = _time_topk(fn, r, device, reps)
+                rec.update(status="ok", op=name, **{"forward": {"time_ms": ms, "peak_bytes": peak}})
+            except (RuntimeError, Unavailable, NotImplementedError) as e:
+                rec.update(status="failed", error=f"{type(e).__name__}: {e}"[:300])
+            out.append((["topk"], rec))
+        del r
+        release_free_memory()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Sweep the PALU loss providers (CSV, table, plots).")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--quick", action="store_true", help="the reduced grid (see bench/grids.py)")
+    ap.add_argument("--out", type=Path, help="output folder (default bench/results/<device>)")
+    ap.add_argument("--providers", nargs="+", help="only these providers")
+    ap.add_argument("--sections", nargs="+",
+                    help="only these sections (headline rows vocab k fractions dtype topk)")
+    ap.add_argument("--reps", type=int, default=3, help="CPU: timed repeats after one warm-up")
+    ap.add_argument("--budget-s", type=float,
+                    help="CUDA: start no new measurement after this many seconds")
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available here")
+
+    out_dir = args.out or REPO_ROOT / "bench" / "results" / args.device
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    env = environment(args.device)
+    peak_bw, bw_source = peak_bandwidth_gbps(args.device)
+    env.update(peak_bandwidth_gbps=round(peak_bw, 1), peak_bandwidth_source=bw_source,
+               command="python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(f"{env['device_name']}: peak bandwidth {peak_bw:.1f} GB/s ({bw_source})",
+          file=sys.stderr)
+
+    records = []
+    if args.sections is None or set(args.sections) - {"topk"}:
+        records += measure_palu(args.device, args.quick, args.providers, args.sections,
+                                args.reps, args.budget_s)
+    if args.sections is None or "topk" in args.sections:
+        records += measure_topk(args.device, args.quick, args.reps)
+    env["wall_s"] = round(time.perf_counter() - t0, 1)
+
+    rows = report.to_rows(records, env)
+    report.write_csv(rows, out_dir / "results.csv")
+    (out_dir / "raw.json").write_text(json.dumps(
+        {"env": env, "records": [{"sections": s, **r} for s, r in records]}, indent=1))
+    md = report.markdown(rows, env)
+    (out_dir / "results.md").write_text(md)
+    plots = report.plots(rows, env, out_dir)
+    print(md)
+    print(f"wrote {out_dir / 'results.csv'}, {out_dir / 'results.md'}, "
+          + ", ".join(str(p) for p in plots) + f" in {env['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
