@@ -378,7 +378,9 @@ def summary_markdown(result: dict, title: str = "TOFU evaluation") -> str:
                      f"{_fmt(d.get('rouge_l_recall'))} | {_fmt(d['truth_ratio'])} |")
     lines += ["", "Truth ratio: mean min(R, 1/R) on forget (1 = cannot tell), mean "
               "max(0, 1 - R) elsewhere (higher = prefers the truth). Probability on real "
-              "authors and world facts: P(correct) / (P(correct) + sum P(wrong options))."]
+              "authors and world facts: P(correct) / (P(correct) + sum P(wrong options)). Model "
+              "Utility: harmonic mean of the retain, real-authors and world-facts rows (0 when "
+              "any of the nine is 0)."]
     if m["forget_quality"] is None:
         lines += ["", "Forget Quality needs the retain model (--retain-model or "
                   "--retain-result)."]
