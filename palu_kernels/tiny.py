@@ -162,7 +162,7 @@ def build_tiny_llama(tokenizer_or_vocab_size, hidden_size: int = 64, num_layers:
 
 
 def save_tiny_model(directory: str, texts: Sequence[str] | None = None, *, vocab_size: int = 512,
-                    hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
+                    hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, seed: int = 0,
                     chat_template: str | None = None) -> str:
     """Build a tokenizer and a tiny Llama and save both (safetensors) into ``directory``.
 
@@ -175,7 +175,8 @@ def save_tiny_model(directory: str, texts: Sequence[str] | None = None, *, vocab
         default = os.path.join("..", "shared", "data", "tofu", "full.json")
         texts = tofu_texts(default) if os.path.exists(default) else _FALLBACK_TEXTS * 8
     tok = build_tokenizer(texts, vocab_size=vocab_size, chat_template=chat_template)
-    model = build_tiny_llama(tok, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    model = build_tiny_llama(tok, hidden_size=hidden_size, num_layers=num_layers,
+                             num_heads=num_heads, seed=seed)
     os.makedirs(directory, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
     tok.save_pretrained(directory)

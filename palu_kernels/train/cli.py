@@ -187,10 +187,15 @@ def run(args, callbacks=None) -> dict:
     model_dir, gguf = check_paths(args)
     set_seed(args.seed)
 
-    forget, forget_report = load_records(args.forget, spans="required", skip_bad=args.skip_bad_records)
-    retain, retain_report = (None, None)
-    if args.retain:
-        retain, retain_report = load_records(args.retain, spans="ignore", skip_bad=args.skip_bad_records)
+    try:
+        forget, forget_report = load_records(args.forget, spans="required",
+                                             skip_bad=args.skip_bad_records)
+        retain, retain_report = (None, None)
+        if args.retain:
+            retain, retain_report = load_records(args.retain, spans="ignore",
+                                                 skip_bad=args.skip_bad_records)
+    except ValueError as e:
+        raise SystemExit(f"palu-unlearn: {e}") from None
 
     load_kw = {"trust_remote_code": args.trust_remote_code}
     if gguf:
@@ -225,7 +230,10 @@ def run(args, callbacks=None) -> dict:
         save_total_limit=args.save_total_limit, seed=args.seed, data_seed=args.seed,
         bf16=args.bf16, report_to="none", remove_unused_columns=False,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False,
+        disable_tqdm=False, ddp_find_unused_parameters=False,
+        # accelerate treats several CPU processes (torchrun, gloo) as distributed only with use_cpu
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend=None if torch.cuda.is_available() else "gloo",
     )
     _ = targs.device  # joins the process group: every process has checked the paths above
     state = PartialState()
