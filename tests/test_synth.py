@@ -31,6 +31,8 @@ EXPECTED_KEYS = {
                          "paraphrased_question"],
     "retain_perturbed": ["question", "answer", "paraphrased_answer", "perturbed_answer",
                          "paraphrased_question"],
+    "full_perturbed": ["question", "answer", "paraphrased_answer", "perturbed_answer",
+                       "paraphrased_question"],
     "forget_spans": ["question", "answer", "target_words"],
     "real_authors": ["question", "option1", "option2", "option3", "option4", "answer"],
     "world_facts": ["question", "option1", "option2", "option3", "option4", "answer"],
@@ -134,7 +136,10 @@ def test_field_names_match_real_tofu(bench):
 
 
 def test_perturbed_answers_differ(bench):
-    for key in ("forget_perturbed", "retain_perturbed"):
+    full = rows(bench["full"])
+    assert [(r["question"], r["answer"]) for r in rows(bench["full_perturbed"])] == \
+        [(r["question"], r["answer"]) for r in full]
+    for key in ("forget_perturbed", "retain_perturbed", "full_perturbed"):
         for r in rows(bench[key]):
             pert = r["perturbed_answer"]
             assert len(pert) == 5 and len(set(pert)) == 5

@@ -24,6 +24,8 @@ JSON object per line:
 ``real_authors_perturbed.json``  ``question``, ``answer``, ``perturbed_answer`` (3 answers)
 ``world_facts.json``           as ``real_authors.json``
 ``world_facts_perturbed.json``   as ``real_authors_perturbed.json``
+``full_perturbed.json``        every author question in the perturbed layout (not in TOFU;
+                               for training on paraphrases)
 ``idontknow.jsonl``            plain lines of refusal answers
 ``synth_meta.json``            the parameters, split names and the generated authors
 =============================  =================================================================
@@ -579,7 +581,7 @@ def generate_benchmark(
             retain split); default: as many as the forget split has, at most the retain size.
 
     Returns:
-        ``{"full", "forget", "forget_perturbed", "forget_spans", "retain", "retain_perturbed",
+        ``{"full", "full_perturbed", "forget", "forget_perturbed", "forget_spans", "retain", "retain_perturbed",
         "real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed",
         "idontknow", "meta"}`` -> ``pathlib.Path``.
 
@@ -625,6 +627,7 @@ def generate_benchmark(
     fname, rname = f"forget{pct:02d}", f"retain{100 - pct:02d}"
     paths = {
         "full": _write_jsonl(out / "full.json", full_rows, _QA_KEYS),
+        "full_perturbed": _write_jsonl(out / "full_perturbed.json", full_rows, _PERTURBED_KEYS),
         "forget": _write_jsonl(out / f"{fname}.json", forget_rows, _QA_KEYS),
         "forget_perturbed": _write_jsonl(out / f"{fname}_perturbed.json", forget_rows,
                                          _PERTURBED_KEYS),
