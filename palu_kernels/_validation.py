@@ -153,8 +153,12 @@ def check_loss_args(
                 f"initiating_mask and common_mask must not overlap, got {int(both.sum())} "
                 f"row(s) in both (first: flat row {row})"
             )
+        # A NaN makes its row sum NaN: one cheap read, no [N, V] temporary. Rows flagged so
+        # (also +inf beside -inf) are then confirmed entry by entry.
         loss_rows = i_mask | c_mask
-        bad = torch.isnan(r).any(dim=1) & loss_rows
+        bad = loss_rows & torch.isnan(r.sum(dim=1, dtype=torch.float32))
+        if bool(bad.any()):
+            bad[bad.clone()] = torch.isnan(r[bad]).any(dim=1)
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
             raise ValueError(

@@ -50,17 +50,16 @@ def local_rows(z, r, a: PALUArgs):
     if a.target in ("mean", "mean_detached"):
         c = z.mean(dim=1, keepdim=True)
     elif a.target == "topk_mean":
-        c = torch.where(in_s, z, 0.0).sum(dim=1, keepdim=True) / k
+        c = torch.einsum("rv,rv->r", z, in_s.to(z.dtype))[:, None] / k
     else:
         c = torch.full_like(z[:, :1], a.target_value)
-    d = torch.where(in_s, z - c, 0.0)
-    loss = d.square().sum(dim=1) / k
-    grad = d
+    d = (z - c).mul_(in_s)  # d_j = (z_j - c) [j in S]
+    loss = torch.einsum("rv,rv->r", d, d) / k
     if a.target == "mean":
-        grad = grad - d.sum(dim=1, keepdim=True) / v
+        d.sub_(d.sum(dim=1, keepdim=True) / v)
     elif a.target == "topk_mean":
-        grad = grad - torch.where(in_s, d.sum(dim=1, keepdim=True) / k, 0.0)
-    return loss, grad * (2.0 / k)
+        d.sub_(in_s * (d.sum(dim=1, keepdim=True) / k))
+    return loss, d.mul_(2.0 / k)
 
 
 def kl_rows(z, r, kl: str):
@@ -73,12 +72,13 @@ def kl_rows(z, r, kl: str):
     lq = torch.log_softmax(r, dim=1)
     p = lp.exp()
     if kl == "reverse":
-        diff = torch.where(p > 0, lp - lq, 0.0)
-        val = (p * diff).sum(dim=1)
-        return val, p * (diff - val[:, None])
+        diff = lp.sub_(lq).masked_fill_(p == 0, 0.0)  # log p - log q, 0 where p = 0
+        val = torch.einsum("rv,rv->r", p, diff)
+        return val, diff.sub_(val[:, None]).mul_(p)
     q = lq.exp()
-    val = (q * torch.where(q > 0, lq - lp, 0.0)).sum(dim=1)
-    return val, p - q
+    diff = lq.sub_(lp).masked_fill_(q == 0, 0.0)  # log q - log p, 0 where q = 0
+    val = torch.einsum("rv,rv->r", q, diff)
+    return val, p.sub_(q)
 
 
 class _PALUTorch(torch.autograd.Function):
@@ -87,53 +87,71 @@ class _PALUTorch(torch.autograd.Function):
         n, v = a.logits.shape
         acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
         need_grad = ctx.needs_input_grad[0]
-        per_row = torch.zeros(n, dtype=acc, device=logits.device)
-        grad = torch.zeros_like(a.logits, memory_format=torch.contiguous_format) if need_grad else None
         chunk = max(1, CHUNK_ELEMENTS // v)
 
-        jobs = [(a.initiating, a.gamma, lambda z, r: local_rows(z, r, a))]
+        # Row weights of the reduction, folded into the gradient written here so that
+        # backward only multiplies by grad_output. mean: gamma/max(1,|I|), alpha/max(1,|C|).
+        if a.reduction == "mean":
+            w_local = a.gamma / a.initiating.sum().clamp(min=1).to(acc)
+            w_kl = a.alpha / a.common.sum().clamp(min=1).to(acc)
+        else:
+            w_local, w_kl = a.gamma, a.alpha
+
+        per_row = torch.zeros(n, dtype=acc, device=logits.device)  # gamma*local + alpha*KL
+        grad = None
+        if need_grad:
+            # Only rows without loss need zeros; the others are written below.
+            grad = torch.empty((n, v), dtype=logits.dtype, device=logits.device)
+            grad[~(a.initiating | a.common)] = 0
+
+        jobs = [(a.initiating, a.gamma, w_local, lambda z, r: local_rows(z, r, a))]
         if a.kl is not None:
-            jobs.append((a.common, a.alpha, lambda z, r: kl_rows(z, r, a.kl)))
-        for mask, weight, fn in jobs:
+            jobs.append((a.common, a.alpha, w_kl, lambda z, r: kl_rows(z, r, a.kl)))
+        for mask, weight, grad_weight, fn in jobs:
             rows = mask.nonzero().squeeze(1)  # CPU: no device sync
             for start in range(0, rows.numel(), chunk):
                 idx = rows[start:start + chunk]
                 z = a.logits.index_select(0, idx).to(acc)
                 r = a.ref_logits.index_select(0, idx).to(acc)
                 val, g = fn(z, r)
-                per_row.index_copy_(0, idx, weight * val)
+                per_row.index_copy_(0, idx, val * weight if weight != 1.0 else val)
                 if need_grad:
-                    grad.index_copy_(0, idx, (weight * g).to(grad.dtype))
+                    grad.index_copy_(0, idx, g.mul_(grad_weight).to(grad.dtype))
 
         if a.reduction == "none":
-            scale = None
             loss = per_row.reshape(a.row_shape)
         elif a.reduction == "sum":
-            scale = None
             loss = per_row.sum()
         else:
-            # mean: each I row weighs 1/max(1,|I|), each C row 1/max(1,|C|)
-            n_i = a.initiating.sum().clamp(min=1).to(acc)
-            n_c = a.common.sum().clamp(min=1).to(acc)
-            scale = a.initiating.to(acc) / n_i + a.common.to(acc) / n_c
-            loss = (per_row * scale).sum()
+            loss = _mean_of_rows(per_row, a)
         ctx.reduction = a.reduction
         ctx.shape = logits.shape
-        ctx.save_for_backward(grad, scale)
+        ctx.save_for_backward(grad)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad, scale = ctx.saved_tensors
+        (grad,) = ctx.saved_tensors
         if grad is None:
             return None, None
         if ctx.reduction == "none":
-            row_scale = grad_output.reshape(-1, 1)
-        elif ctx.reduction == "sum":
-            row_scale = grad_output
-        else:
-            row_scale = (scale * grad_output).reshape(-1, 1)
-        return (grad * row_scale).to(grad.dtype).reshape(ctx.shape), None
+            # Per-row grad_output; the saved rows hold d(per-row loss)/dz.
+            return (grad * grad_output.reshape(-1, 1)).to(grad.dtype).reshape(ctx.shape), None
+        # mean / sum: the saved gradient is already weighted; scale by the scalar. On CPU a
+        # grad_output of exactly 1 (the usual loss.backward()) costs no pass at all.
+        if grad_output.device.type == "cpu" and bool(grad_output == 1):
+            return grad.reshape(ctx.shape), None
+        return (grad * grad_output).to(grad.dtype).reshape(ctx.shape), None
+
+
+def _mean_of_rows(per_row, a: PALUArgs):
+    """mean reduction: gamma*sum_I local/max(1,|I|) + alpha*sum_C KL/max(1,|C|).
+
+    ``per_row`` already holds gamma*local and alpha*KL.
+    """
+    n_i = a.initiating.sum().clamp(min=1).to(per_row.dtype)
+    n_c = a.common.sum().clamp(min=1).to(per_row.dtype)
+    return (per_row * (a.initiating / n_i + a.common / n_c)).sum()
 
 
 def palu_loss_torch(logits: torch.Tensor, a: PALUArgs) -> torch.Tensor:
