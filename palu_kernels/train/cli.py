@@ -231,9 +231,9 @@ def run(args, callbacks=None) -> dict:
         bf16=args.bf16, report_to="none", remove_unused_columns=False,
         dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False, ddp_find_unused_parameters=False,
-        # accelerate treats several CPU processes (torchrun, gloo) as distributed only with use_cpu
+        # accelerate treats several CPU processes (torchrun) as distributed, with gloo, only
+        # when use_cpu is set
         use_cpu=not torch.cuda.is_available(),
-        ddp_backend=None if torch.cuda.is_available() else "gloo",
     )
     _ = targs.device  # joins the process group: every process has checked the paths above
     state = PartialState()
