@@ -213,3 +213,27 @@ def test_collator_right_pads_each_part():
     ds.set_epoch(1)
     pairs1 = [ds.retain_index(i) for i in range(2)]
     assert pairs0 != pairs1 and set(pairs0 + pairs1) == {0, 1, 2}
+
+
+def test_chat_template_prompt_and_plain_prompt():
+    from palu_kernels.tiny import build_tokenizer
+    from palu_kernels.train.data import format_prompt, prompt_ids
+
+    texts = ["User: who wrote it?\nAssistant: Basil wrote it."] * 20
+    template = ("{% for m in messages %}<|bos|>User: {{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}Assistant:{% endif %}")
+    plain = build_tokenizer(texts, vocab_size=280)
+    chat = build_tokenizer(texts, vocab_size=280, chat_template=template)
+    rec = QARecord("who wrote it?", " Basil wrote it.", (Span(1, 6, "Basil"),))
+    assert format_prompt(chat, rec.question) == ("<|bos|>User: who wrote it?\nAssistant:", "", True)
+    assert format_prompt(plain, rec.question) == ("Question: who wrote it?\nAnswer:", " ", False)
+    for tok in (plain, chat):
+        e = encode_record(tok, rec, first_n=1)
+        n_prompt = len(prompt_ids(tok, rec.question))
+        assert e["input_ids"].tolist()[:n_prompt] == prompt_ids(tok, rec.question)
+        assert prompt_ids(tok, rec.question)[0] == tok.bos_token_id
+        assert prompt_ids(tok, rec.question).count(tok.bos_token_id) == 1
+        answer = tok.decode(e["input_ids"][n_prompt:-1])
+        assert answer.strip() == "Basil wrote it."
+        sens_text = tok.decode(e["input_ids"][e["sensitive"]])
+        assert sens_text.strip() == "Basil"

@@ -279,7 +279,8 @@ def run(args, callbacks=None) -> dict:
                  "retain": retain_report.describe() if retain_report else None,
                  "retain_skipped": ([f"{args.retain}:{ln}: {why}" for ln, why in retain_report.skipped]
                                     if retain_report else []),
-                 "truncated_forget": sum(e["truncated"] for e in dataset.forget)},
+                 "truncated_forget": sum(e["truncated"] for e in dataset.forget),
+                 "truncated_retain": dataset.n_truncated_retain},
         "palu": palu.to_dict(),
         "steps": trainer.state.global_step,
         "train_runtime_s": round(time.time() - t0, 2),
