@@ -21,7 +21,9 @@ How it works (forward, reductions ``"mean"`` and ``"sum"``):
   ``grad_bias += dlogits.sum(0)``, the last two accumulated in fp32 (fp64 for fp64 inputs);
 * ``"mean"`` weighs each row with ``1 / max(1, |I|)`` or ``1 / max(1, |C|)`` from the global
   counts (device tensors, no synchronisation);
-* backward scales the stored gradients by the scalar ``grad_output``.
+* backward scales the stored gradients by the scalar ``grad_output`` (out of place, so a
+  ``retain_graph`` backward can run again; on the CPU a ``grad_output`` of exactly 1 returns
+  them as they are, saving a weight-sized copy; on a GPU that test would cost a sync).
 
 With ``reduction="none"`` the output is one value per row and ``grad_output`` one weight per
 row. The weight gradient ``sum_t g_t dlogits_t^T h_t`` cannot be rebuilt from an unweighted
@@ -42,7 +44,7 @@ from .loss import palu_local_entropy_loss
 # copies, the backend's softmax temporaries and dlogits), plus chunk_rows x H per hidden side.
 # Every chunk re-reads both projections and the fp32 weight-gradient accumulator, so on a GPU
 # the budget is larger: ~256 rows at V = 128k keeps the matmuls compute-bound.
-CHUNK_BYTES = {"cpu": 128 << 20}
+CHUNK_BYTES = {"cpu": 64 << 20}
 CHUNK_BYTES_DEFAULT = 1 << 30
 CHUNK_TENSORS = 8
 
@@ -52,7 +54,7 @@ def default_chunk_rows(vocab: int, hidden_size: int, ref_hidden_size: int | None
     """Rows per chunk so that one chunk's temporaries stay within ``CHUNK_BYTES``.
 
     >>> default_chunk_rows(32000, 512)
-    128
+    64
     >>> default_chunk_rows(128256, 4096, device_type="cuda")
     256
     """
@@ -154,17 +156,19 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _mm_acc(a, b, acc):
-    """``a @ b`` with an ``acc``-dtype result, accumulated in ``acc`` without rounding to the
-    inputs' dtype first (CUDA: ``out_dtype``; elsewhere the inputs are upcast)."""
-    if a.dtype == acc:
-        return a @ b
-    if a.is_cuda:
-        try:
-            return torch.mm(a, b, out_dtype=acc)
-        except (RuntimeError, TypeError):  # older torch or an unsupported dtype pair
-            pass
-    return a.to(acc) @ b.to(acc)
+def _addmm_acc(out, a, b):
+    """``out += a @ b`` with ``out`` in the accumulation dtype (fp32/fp64), in place, without
+    rounding the product to the inputs' dtype first (CUDA: ``out_dtype``; elsewhere the
+    inputs are upcast)."""
+    if a.dtype != out.dtype:
+        if a.is_cuda:
+            try:
+                out.add_(torch.mm(a, b, out_dtype=out.dtype))
+                return
+            except (RuntimeError, TypeError):  # older torch or an unsupported dtype pair
+                pass
+        a, b = a.to(out.dtype), b.to(out.dtype)
+    out.addmm_(a, b)
 
 
 class _Sweep:
@@ -231,7 +235,7 @@ class _Sweep:
             if g_h is not None:
                 g_h.index_copy_(0, idx, (dz @ w).to(g_h.dtype))
             if g_w is not None:
-                g_w.add_(_mm_acc(dz.t(), h_c, acc))
+                _addmm_acc(g_w, dz.t(), h_c)
             if g_b is not None:
                 g_b.add_(dz.sum(dim=0, dtype=acc))
             del dz, h_c
@@ -284,6 +288,8 @@ class _FusedLinearPALU(torch.autograd.Function):
                                            *ctx.needs_input_grad[:3])
             g_w = None if g_w is None else g_w.to(weight.dtype)
             g_b = None if g_b is None else g_b.to(bias.dtype)
+        elif grad_output.device.type == "cpu" and bool(grad_output == 1):
+            g_h, g_w, g_b = ctx.saved_tensors  # the usual loss.backward(): nothing to scale
         else:
             g_h, g_w, g_b = (None if g is None else g * grad_output for g in ctx.saved_tensors)
         if g_h is not None:
@@ -328,7 +334,7 @@ def palu_fused_linear_loss(
             the rows in I and in C (see :func:`palu_kernels.initiating_mask`).
         bias, ref_bias: optional ``[V]`` output biases.
         chunk_rows: rows projected at once; None picks it from V and the hidden sizes so a
-            chunk's working memory stays near ``CHUNK_BYTES`` (128 MiB on the CPU, 1 GiB on
+            chunk's working memory stays near ``CHUNK_BYTES`` (64 MiB on the CPU, 1 GiB on
             a GPU; see :func:`default_chunk_rows`).
         k, target, kl, gamma, alpha, reduction, backend: as in
             :func:`palu_kernels.palu_local_entropy_loss`.
