@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (AdamW)")
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--optim", default="adamw_torch",
+                   help="optimizer name of transformers.TrainingArguments (e.g. adamw_torch, sgd)")
     p.add_argument("--epochs", type=float, default=10)
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length")
@@ -173,8 +175,13 @@ def trainer_class(method: str):
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
-def run(args, callbacks=None) -> dict:
-    """Run one unlearning job from parsed arguments; returns the run summary."""
+def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
+    """Run one unlearning job from parsed arguments; returns the run summary.
+
+    ``callbacks`` are extra ``TrainerCallback`` objects; ``trainer_cls`` (default
+    ``trainer_class(args.method)``) and ``trainer_kwargs`` (extra constructor arguments) let a
+    caller run another :class:`~palu_kernels.train.trainer.PALUTrainer` subclass.
+    """
     import torch
     from accelerate import PartialState
     from transformers import (AutoModelForCausalLM, AutoTokenizer, TrainerCallback,
@@ -223,7 +230,7 @@ def run(args, callbacks=None) -> dict:
     targs = TrainingArguments(
         output_dir=args.output_dir, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr,
-        weight_decay=args.weight_decay, num_train_epochs=args.epochs, max_steps=args.max_steps,
+        weight_decay=args.weight_decay, optim=args.optim, num_train_epochs=args.epochs, max_steps=args.max_steps,
         warmup_steps=warmup, lr_scheduler_type="linear", logging_steps=args.logging_steps,
         save_strategy="steps" if args.save_steps > 0 else "epoch",
         save_steps=args.save_steps if args.save_steps > 0 else 500,
@@ -252,9 +259,10 @@ def run(args, callbacks=None) -> dict:
 
     palu = PALUConfig(k=args.k, target=args.target, kl=None if args.kl == "none" else args.kl,
                       gamma=args.gamma, alpha=args.alpha, backend=args.backend)
-    trainer = trainer_class(args.method)(
+    trainer = (trainer_cls or trainer_class(args.method))(
         model=model, args=targs, train_dataset=dataset, data_collator=collator, palu=palu,
-        processing_class=tokenizer, callbacks=[_Epoch(), *(callbacks or [])])
+        processing_class=tokenizer, callbacks=[_Epoch(), *(callbacks or [])],
+        **(trainer_kwargs or {}))
 
     # Fixed measurement set: every forget record, each paired with a retain record.
     eval_items = [dataset[i] for i in range(len(dataset))]
