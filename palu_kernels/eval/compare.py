@@ -105,14 +105,18 @@ def parse_methods(text: str) -> List[str]:
 def unlearn(args) -> dict:
     """Run ``palu-unlearn`` (:func:`palu_kernels.train.cli.run`) on parsed arguments whose
     ``method`` may be any key of :data:`palu_kernels.train.baselines.METHODS`."""
+    import inspect
+
     from ..train import baselines, cli
 
     if args.method in cli.METHODS:
         return cli.run(args)
-    # cli.py not yet wired to the baselines registry: the same run, with the trainer class
-    # (and its BaselineConfig from args) taken from the registry.
+    # cli.py not (yet) wired to the baselines registry: the same run, with the trainer class
+    # and its BaselineConfig (from args) taken from the registry.
     cls = baselines.trainer_class(args.method)
     kwargs = baselines.method_kwargs(args)
+    if "trainer_cls" in inspect.signature(cli.run).parameters:
+        return cli.run(args, trainer_cls=cls, trainer_kwargs=kwargs)
     saved = cli.trainer_class
     cli.trainer_class = lambda method: (lambda *a, **kw: cls(*a, **kwargs, **kw))
     try:
