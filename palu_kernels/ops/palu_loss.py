@@ -29,6 +29,8 @@ deterministic. No host synchronisation in the forward pass.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
@@ -50,21 +52,6 @@ _KLS = {None: 0, "reverse": 1, "forward": 2}
 
 
 @triton.jit
-def _in_topk(r, valid, thr, ties, run):
-    """Membership in ``S`` of one tile and the updated running count of ties before it.
-
-    ``j in S  <=>  r_j > thr  or  (r_j == thr  and  #{i <= j : r_i == thr} <= ties)``;
-    ``run`` is the number of entries equal to ``thr`` in the tiles before this one, and the
-    inclusive ``cumsum`` ranks the ties inside the tile by vocabulary index.
-    """
-    eq = (r == thr) & valid
-    eq_i = eq.to(tl.int32)
-    rank = run + tl.cumsum(eq_i, axis=0)
-    member = valid & ((r > thr) | (eq & (rank <= ties)))
-    return member, run + tl.sum(eq_i, axis=0)
-
-
-@triton.jit
 def _local_row(
     z_row, r_row, g_row, stride_zv, stride_rv, V, K, target_value, weight,
     TARGET: tl.constexpr, TOPK_ALL: tl.constexpr, WRITE_GRAD: tl.constexpr,
@@ -77,6 +64,12 @@ def _local_row(
         ties = 0
     else:
         thr, ties = _topk_search(r_row, stride_rv, V, K, BLOCK_SEL, RADIX_BITS)
+
+    # Membership of a tile in S (written out in both passes: under the interpreter every call
+    # of a jit helper costs milliseconds):
+    #   j in S  <=>  r_j > thr  or  (r_j == thr  and  #{i <= j : r_i == thr} <= ties),
+    # with `run` the number of entries equal to thr in the tiles before this one and the
+    # inclusive cumsum ranking the ties inside the tile by vocabulary index.
 
     # Pass A: c = sum_V z / V ("mean", "mean_detached") or sum_S z / K ("topk_mean"); for
     # "mean" also sum_S z, for s = sum_S (z_j - c) = sum_S z - K c (gradient through c).
@@ -96,7 +89,10 @@ def _local_row(
                     member = valid
                 else:
                     r = tl.load(r_row + c64 * stride_rv, mask=valid, other=0.0).to(tl.float32)
-                    member, run = _in_topk(r, valid, thr, ties, run)
+                    eq = ((r == thr) & valid).to(tl.int32)
+                    rank = run + tl.cumsum(eq, axis=0)
+                    member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
+                    run += tl.sum(eq, axis=0)
                 sum_s += tl.where(member, z, 0.0)
     if TARGET == 2:
         c = tl.sum(sum_s, axis=0) / K
@@ -122,7 +118,10 @@ def _local_row(
             member = valid
         else:
             r = tl.load(r_row + c64 * stride_rv, mask=valid, other=0.0).to(tl.float32)
-            member, run = _in_topk(r, valid, thr, ties, run)
+            eq = ((r == thr) & valid).to(tl.int32)
+            rank = run + tl.cumsum(eq, axis=0)
+            member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
+            run += tl.sum(eq, axis=0)
         d = tl.where(member, z - c, 0.0)
         sq += d * d
         if WRITE_GRAD:
@@ -266,10 +265,12 @@ def _palu_fwd_kernel(
 
 
 def default_block_v(v: int) -> int:
-    """Vocabulary tile of the streaming passes: the row in chunks of at most 4096 (2^16 in the
-    interpreter, where fewer, larger tiles run faster)."""
-    cap = (1 << 16) if interpreting() else 4096
-    return min(triton.next_power_of_2(v), cap)
+    """Vocabulary tile of the streaming passes: the row in chunks of at most 4096 (2^16 under
+    the interpreter, where fewer, larger tiles run faster). Compiled, small vocabularies
+    share one 256-wide tile (fewer kernel variants to compile)."""
+    if interpreting():
+        return min(triton.next_power_of_2(v), 1 << 16)
+    return max(256, min(triton.next_power_of_2(v), 4096))
 
 
 def _row_weights(a: PALUArgs):
@@ -341,23 +342,38 @@ def scale_rows(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 class _PALUTriton(torch.autograd.Function):
+    """Forward runs the fused kernel (writing the gradient when the logits require grad);
+    backward hands that gradient over, scaled by ``grad_output`` out of place.
+
+    With ``grad_output`` exactly 1 (the common ``loss.backward()``) the written gradient is
+    returned as is, without a copy (the spec's 3 units of traffic). Autograd may then keep
+    it as ``.grad`` and accumulate into it in place, so it is handed over only once: a later
+    backward through the same graph (``retain_graph=True``, gradcheck) recomputes it from the
+    saved inputs (whose in-place modification autograd detects).
+    """
+
     @staticmethod
     def forward(ctx, logits, a: PALUArgs, opts: dict):
         per_row, grad = palu_forward(a, ctx.needs_input_grad[0], **opts)
         loss = per_row.reshape(a.row_shape) if a.reduction == "none" else per_row.sum()
         ctx.shape = logits.shape
-        ctx.save_for_backward(grad)
+        ctx.args, ctx.opts, ctx.grad = a, opts, grad
+        if grad is not None:
+            ctx.save_for_backward(a.logits, a.ref_logits)  # references, for a recompute
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        if grad is None:
+        if not ctx.needs_input_grad[0]:
             return None, None, None
+        grad = ctx.grad
+        if grad is None:  # handed over by an earlier backward: recompute (version-checked)
+            z, r = ctx.saved_tensors
+            a = dataclasses.replace(ctx.args, logits=z, ref_logits=r)
+            grad = palu_forward(a, True, **ctx.opts)[1]
+            ctx.grad = grad
         if grad_output.numel() == 1 and bool(grad_output == 1):
-            # The spec's fast path: the forward already wrote the final gradient. Autograd
-            # never writes into a returned gradient that is still saved here (it copies before
-            # accumulating), so a second backward sees the same values.
+            ctx.grad = None  # autograd owns it from here
             out = grad
         else:
             # mean / sum: one scalar; "none": one value per row. Out of place.

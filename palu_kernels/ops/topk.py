@@ -45,21 +45,6 @@ _KEY_BIAS = tl.constexpr(2147483648)
 
 
 @triton.jit
-def _order_key(x):
-    """Signed int32 keys with the float order of fp32 block ``x`` (-0 folded into +0)."""
-    x = tl.where(x == 0.0, 0.0, x)
-    bits = x.to(tl.int32, bitcast=True)
-    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-
-
-@triton.jit
-def _key_to_float(key):
-    """Inverse of :func:`_order_key` (int32 key -> fp32 value)."""
-    bits = tl.where(key < 0, key ^ 0x7FFFFFFF, key)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _topk_search(
     r_row_ptr,  # pointer to r[row, 0] of one reference row
     stride_v,  # element stride between vocabulary entries of the row
@@ -82,7 +67,13 @@ def _topk_search(
             cols = start + offs
             valid = cols < V
             x = tl.load(r_row_ptr + cols.to(tl.int64) * stride_v, mask=valid, other=0.0)
-            ukey = _order_key(x.to(tl.float32)).to(tl.int64) + _KEY_BIAS
+            x = x.to(tl.float32)
+            # order-preserving key (written out here: under the interpreter every call of a
+            # jit helper costs milliseconds); -0 is folded into +0 first
+            x = tl.where(x == 0.0, 0.0, x)
+            bits = x.to(tl.int32, bitcast=True)
+            key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+            ukey = key.to(tl.int64) + _KEY_BIAS
             ge = (ukey[:, None] >= cand[None, :]) & valid[:, None]
             counts += tl.sum(ge.to(tl.int32), axis=0)
         # counts is non-increasing in d and counts[0] >= K (it held at the previous level):
@@ -91,8 +82,9 @@ def _topk_search(
         above = tl.sum(tl.where(digits == d + 1, counts, 0), axis=0)
         count_next = tl.where(d + 1 < NB, above, count_next)
         prefix += d.to(tl.int64) << shift
-    thr = _key_to_float((prefix - _KEY_BIAS).to(tl.int32))
-    return thr, K - count_next
+    key = (prefix - _KEY_BIAS).to(tl.int32)  # back from key to float bits
+    bits = tl.where(key < 0, key ^ 0x7FFFFFFF, key)
+    return bits.to(tl.float32, bitcast=True), K - count_next
 
 
 @triton.jit
@@ -131,10 +123,11 @@ def default_select_block(v: int, radix_bits: int) -> int:
     """Entries per tile of the selection passes: ``BLOCK * 2^radix_bits`` compares per tile.
 
     Under the interpreter bigger tiles mean fewer Python-level iterations; compiled, a tile of
-    16K comparisons keeps registers in check.
+    16K comparisons keeps registers in check, and small vocabularies share one 64-wide tile.
     """
-    budget = (1 << 18) if interpreting() else (1 << 14)
-    return max(1, min(triton.next_power_of_2(v), budget >> radix_bits))
+    if interpreting():
+        return max(1, min(triton.next_power_of_2(v), (1 << 18) >> radix_bits))
+    return max(64, min(triton.next_power_of_2(v), (1 << 14) >> radix_bits))
 
 
 def check_kernel_device(name: str, t: torch.Tensor) -> None:

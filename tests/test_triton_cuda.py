@@ -1,0 +1,132 @@
+"""The Triton kernels compiled for a GPU: the checks of tests/test_triton.py on CUDA tensors,
+plus what only a GPU can show (more than 2^31 elements, peak memory, backend="auto").
+
+Skipped without CUDA. Kept to a few dozen kernel variants: each one is compiled on first use.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+import palu_kernels as pk  # noqa: E402
+import reference  # noqa: E402
+import test_triton as T  # noqa: E402  (the shared check_* functions)
+from helpers import loss_and_grad, make_case  # noqa: E402
+
+DEV = "cuda"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_topk_threshold_matches_stable_sort(dtype):
+    for kind in ("ties", "all_equal", "signed_zero", "inf", "tiny", "randn"):
+        for v in (1, 7, 1000, 32003):
+            r = T.adversarial_rows(kind, 4, v, dtype, seed=v, device=DEV)
+            for k in (1, 3, v // 2 + 1, v, v + 1, None):
+                T.check_topk_threshold(r, k)
+
+
+def test_topk_threshold_large_vocabularies_and_digit_widths():
+    for v in (128256, 262144):
+        r = T.adversarial_rows("ties", 8, v, torch.bfloat16, seed=1, device=DEV)
+        for k in (1, 5000, v - 1):
+            T.check_topk_threshold(r, k)
+    r = T.adversarial_rows("inf", 4, 4099, seed=2, device=DEV)
+    for bits in (1, 2, 4, 8):
+        T.check_topk_threshold(r, 100, radix_bits=bits)
+
+
+@pytest.mark.parametrize("target", T.TARGETS)
+@pytest.mark.parametrize("kl", T.KLS)
+def test_every_option_fp32(target, kl):
+    for reduction in T.REDUCTIONS:
+        for k in (1, 5, 37, None):
+            T.check_every_option(DEV, torch.float32, target, kl, reduction, k, (3, 9, 37),
+                                 seed=k or 0, grad_out=True, ties=True)
+
+
+@pytest.mark.parametrize("dtype", T.LOW)
+@pytest.mark.parametrize("kl", ["reverse", "forward"])
+def test_low_precision_within_the_references_own_error(dtype, kl):
+    for target in ("mean", "topk_mean"):
+        T.check_every_option(DEV, dtype, target, kl, "mean", 40, (4, 12, 3000), seed=7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_vocab(dtype):
+    T.check_large_vocab(DEV, dtype)
+
+
+def test_adversarial_rows():
+    for dtype in (torch.float32, torch.bfloat16):
+        T.check_adversarial(DEV, dtype)
+    T.check_huge_magnitudes(DEV)
+
+
+def test_masks_contiguity_determinism_autograd():
+    T.check_empty_masks(DEV)
+    T.check_rows_without_loss_are_never_read(DEV)
+    T.check_non_contiguous(DEV)
+    T.check_deterministic_and_equal_to_torch_backend(DEV)
+    T.check_autograd_contract(DEV)
+
+
+def test_auto_backend_picks_triton_on_cuda():
+    z, r, i, c = make_case((4, 50), seed=3, device=DEV)
+    auto = pk.palu_local_entropy_loss(z, r, i, c, k=5)
+    assert torch.equal(auto, pk.palu_local_entropy_loss(z, r, i, c, k=5, backend="triton"))
+
+
+def test_nothing_of_size_rows_x_vocab_but_the_gradient():
+    n, v = 512, 32000
+    z, r, i, c = make_case((n, v), torch.bfloat16, seed=4, device=DEV)
+    grad_bytes = n * v * z.element_size()
+    slack = 1 << 20  # per-row statistics, masks, weights: O(rows)
+    for requires_grad, budget in ((False, slack), (True, grad_bytes + slack)):
+        x = z.clone().requires_grad_(requires_grad)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        loss = pk.palu_local_entropy_loss(x, r, i, c, k=5000, backend="triton")
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - base <= budget
+        del loss, x
+
+
+def test_more_than_2_31_elements():
+    n, v = 16800, 128256  # 2.15e9 elements: offsets past 2^31 need 64-bit arithmetic
+    need = 3 * n * v * 2 + (4 << 30)
+    free, _ = torch.cuda.mem_get_info()
+    if free < max(need, 40 << 30):
+        pytest.skip(f"needs ~{need / 2**30:.0f} GiB free on the GPU, {free / 2**30:.0f} GiB free")
+    g = torch.Generator(device=DEV).manual_seed(0)
+    z = torch.empty(n, v, dtype=torch.bfloat16, device=DEV).normal_(0, 2, generator=g)
+    r = torch.empty(n, v, dtype=torch.bfloat16, device=DEV).normal_(0, 2, generator=g)
+    i = torch.zeros(n, dtype=torch.bool, device=DEV)
+    c = torch.zeros(n, dtype=torch.bool, device=DEV)
+    last = torch.arange(n - 4, n, device=DEV)  # rows that start beyond element 2^31
+    assert int(last[0]) * v > 2**31
+    i[last[:2]] = True
+    c[last[2:]] = True
+    i[0] = True
+    z.requires_grad_(True)
+    loss = pk.palu_local_entropy_loss(z, r, i, c, k=5000, reduction="none", backend="triton")
+    loss.sum().backward()
+    rows = torch.cat([torch.tensor([0], device=DEV), last])
+    zs = z.detach()[rows].double().requires_grad_(True)
+    truth = reference.palu_loss_reference(zs, r[rows].double(), i[rows], c[rows], k=5000,
+                                          reduction="none")
+    truth.sum().backward()
+    torch.testing.assert_close(loss[rows].double(), truth, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z.grad[rows].double(), zs.grad, rtol=1e-2, atol=1e-6)
+    assert not z.grad[1:n - 4].any()
+
+
+def test_torch_backend_agrees_at_a_realistic_row():
+    z, r, i, c = make_case((2, 16, 128256), torch.bfloat16, seed=5, device=DEV)
+    a, ga = loss_and_grad(T.triton_loss, z, r, i, c, k=5000)
+    t, gt = loss_and_grad(T.torch_loss, z, r, i, c, k=5000)
+    torch.testing.assert_close(a, t, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ga.float(), gt.float(), rtol=1e-2, atol=1e-6)
