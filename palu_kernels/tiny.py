@@ -189,3 +189,74 @@ _FALLBACK_TEXTS = [
     "His father was a florist and his mother was a game developer.",
     "He is most known for his writings in the French literature genre.",
 ]
+
+
+def save_tiny_gguf(path: str, model, tokenizer) -> str:
+    """Write a Llama ``model`` (fp32) and its byte-level BPE ``tokenizer`` as one GGUF file.
+
+    For tests of the ``--model x.gguf`` path without a download: the result loads with
+    ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=name)`` (and the tokenizer likewise).
+    Only what :func:`build_tokenizer` / :func:`build_tiny_llama` produce is supported.
+    Returns ``path``.
+    """
+    import gguf
+    import numpy as np
+
+    cfg = model.config
+    if cfg.model_type != "llama":
+        raise ValueError(f"model must be a Llama model, got model_type {cfg.model_type!r}")
+    tok_json = json.loads(tokenizer.backend_tokenizer.to_str())
+    if tok_json["model"]["type"] != "BPE":
+        raise ValueError("tokenizer must be a byte-level BPE tokenizer (see build_tokenizer)")
+    vocab = tok_json["model"]["vocab"]
+    tokens = [None] * len(vocab)
+    for token, index in vocab.items():
+        tokens[index] = token
+    special = set(tokenizer.all_special_tokens)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok_json["model"]["merges"]]
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = cfg.hidden_size // n_head
+
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(float(getattr(cfg, "rope_theta", None)
+                               or cfg.rope_parameters.get("rope_theta", 10000.0)))
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in special else 1 for t in tokens])  # 3 = control
+    w.add_token_merges(merges)
+    w.add_bos_token_id(tokenizer.bos_token_id)
+    w.add_eos_token_id(tokenizer.eos_token_id)
+    w.add_pad_token_id(tokenizer.pad_token_id)
+    w.add_add_bos_token(False)
+
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+
+    def permute(t, heads):  # llama.cpp stores q/k rotary halves interleaved
+        return t.reshape(heads, 2, t.shape[0] // heads // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+
+    for name, tensor in model.state_dict().items():
+        base = name[: -len(".weight")] if name.endswith(".weight") else name
+        gname = name_map.get_name(base)
+        if gname is None:
+            raise ValueError(f"no GGUF name for tensor {name!r}")
+        arr = tensor.detach().float().cpu().numpy()
+        if name.endswith("q_proj.weight"):
+            arr = permute(arr, n_head)
+        elif name.endswith("k_proj.weight"):
+            arr = permute(arr, n_kv)
+        w.add_tensor(gname + ".weight", np.ascontiguousarray(arr, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

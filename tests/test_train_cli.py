@@ -141,3 +141,22 @@ def test_torchrun_two_processes(files, tmp_path):
     a, b = load_file(str(out / "model.safetensors")), load_file(str(single / "model.safetensors"))
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gguf_model_file(files, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from palu_kernels.tiny import save_tiny_gguf
+
+    model = AutoModelForCausalLM.from_pretrained(files["model"])
+    (tmp_path / "g").mkdir()
+    gguf = save_tiny_gguf(str(tmp_path / "g" / "tiny.gguf"), model, AutoTokenizer.from_pretrained(files["model"]))
+    out = tmp_path / "from_gguf"
+    s = cli.unlearn(argv(files, out, "--max-steps", "1", "--warmup-epochs", "0") + ["--model", gguf])
+    assert s["steps"] == 1 and sorted(os.listdir(tmp_path / "g")) == ["tiny.gguf"]
+    # the GGUF holds the same weights: the losses before unlearning match the directory model's
+    ref = cli.unlearn(argv(files, tmp_path / "from_dir", "--max-steps", "1", "--warmup-epochs", "0"))
+    for key in ("forget_nll", "retain_nll", "forget_local"):
+        assert s["before"][key] == pytest.approx(ref["before"][key], rel=1e-5)
+    assert AutoModelForCausalLM.from_pretrained(str(out)).config.model_type == "llama"
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())

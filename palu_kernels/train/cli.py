@@ -166,6 +166,18 @@ def _versions() -> dict:
     return out
 
 
+def _drop_gguf_quantizer(model) -> None:
+    """A model read from GGUF holds plain dequantized tensors but is still flagged as quantized
+    (the Trainer then refuses to fine-tune it, and the saved config would claim GGUF): drop it."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        if cfg is not None and getattr(cfg, "_is_quantized", False):
+            cfg._is_quantized = False
+
+
 def trainer_class(method: str):
     """The trainer class of a ``--method`` (a hook for further forget objectives)."""
     from .trainer import PALUTrainer
@@ -211,6 +223,8 @@ def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, **load_kw)
+    if gguf:
+        _drop_gguf_quantizer(model)
     if model.dtype in (torch.float16, torch.bfloat16) and not torch.cuda.is_available():
         model = model.float()  # half precision training on the CPU is slow and inexact
     if args.lora_r > 0:
