@@ -159,12 +159,15 @@ def plot(rows: List[dict], path: str, title: str) -> Optional[str]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    labels: dict = {}  # one label per point, naming every method that lands on it
     for r in pts:
         fq = max(float(r["forget_quality"]), 1e-300)  # a p-value may underflow to 0
         style = {"marker": "s", "color": "gray"} if r["method"] == "original" else {"marker": "o"}
         ax.scatter([r["model_utility"]], [fq], s=50, label=r["method"], **style)
-        ax.annotate(r["method"], (r["model_utility"], fq), textcoords="offset points",
-                    xytext=(5, 5), fontsize=9)
+        labels.setdefault((round(r["model_utility"], 4), float(f"{fq:.4g}")), []).append(r["method"])
+    for (mu, fq), names in labels.items():
+        ax.annotate(", ".join(names), (mu, fq), textcoords="offset points", xytext=(5, 5),
+                    fontsize=9)
     ax.set_yscale("log")
     ax.set_xlim(-0.02, max(1.0, max(r["model_utility"] for r in pts)) + 0.02)
     ax.set_xlabel("Model Utility (higher is better)")
