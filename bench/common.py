@@ -101,8 +101,9 @@ def make_inputs(case: Case, device="cpu", requires_grad=True):
     """
     dtype = DTYPES[case.dtype]
     gen = torch.Generator(device=device).manual_seed(case.seed)
-    z = torch.empty(case.rows, case.vocab, dtype=dtype, device=device).normal_(0.0, 2.0, generator=gen)
-    r = torch.empty(case.rows, case.vocab, dtype=dtype, device=device).normal_(0.0, 2.0, generator=gen)
+    shape = (case.rows, case.vocab)
+    z = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 2.0, generator=gen)
+    r = torch.empty(shape, dtype=dtype, device=device).normal_(0.0, 2.0, generator=gen)
     perm = torch.randperm(case.rows, generator=torch.Generator().manual_seed(case.seed))
     i = torch.zeros(case.rows, dtype=torch.bool)
     c = torch.zeros(case.rows, dtype=torch.bool)
@@ -228,7 +229,7 @@ def release_free_memory() -> None:
         _malloc_trim(0)
 
 
-class _RssWindow:
+class RssWindow:
     """Context measuring the resident peak above the RSS at entry (None if unsupported)."""
 
     def __enter__(self):
@@ -268,7 +269,7 @@ def measure_cpu(fn, inputs, *, reps=3, warmup=1, backward=True):
 
     t_f, t_b, c_f, c_b, m_f, m_b, m_fb = [], [], [], [], [], [], []
     for _ in range(reps):
-        with _RssWindow() as wf:
+        with RssWindow() as wf:
             a, ca = time.perf_counter(), time.process_time()
             loss = fn(*inputs)
             b, cb = time.perf_counter(), time.process_time()
@@ -277,7 +278,7 @@ def measure_cpu(fn, inputs, *, reps=3, warmup=1, backward=True):
         m_f.append(wf.extra)
         if backward:
             after_fwd = rss_bytes()
-            with _RssWindow() as wb:
+            with RssWindow() as wb:
                 a, ca = time.perf_counter(), time.process_time()
                 loss.backward()
                 b, cb = time.perf_counter(), time.process_time()
@@ -307,7 +308,7 @@ def measure_cpu(fn, inputs, *, reps=3, warmup=1, backward=True):
     return out
 
 
-def _cuda_peak(run, prepare=None):
+def cuda_peak(run, prepare=None):
     """Peak CUDA memory of ``run()`` above the memory allocated when it starts."""
     state = prepare() if prepare else None
     torch.cuda.synchronize()
@@ -321,9 +322,10 @@ def _cuda_peak(run, prepare=None):
 
 
 def measure_cuda(fn, inputs, *, modes=MODES, warmup_ms=25, rep_ms=100):
-    """Time (``triton.testing.do_bench``, median) and peak memory of each mode on CUDA."""
-    from triton.testing import do_bench
+    """Time (``triton.testing.do_bench``, median) and peak memory of each mode on CUDA.
 
+    A mode that fails (out of memory, say) is reported as ``{"error": ...}``; the others go on.
+    """
     z = inputs[0]
     t0 = time.perf_counter()
     fn(*inputs).backward()  # compiles (torch.compile, Triton JIT) outside the timings
@@ -333,22 +335,33 @@ def measure_cuda(fn, inputs, *, modes=MODES, warmup_ms=25, rep_ms=100):
     out = {"warmup_s": warmup_s}
     bench = dict(warmup=warmup_ms, rep=rep_ms, grad_to_none=[z], return_mode="median")
     for mode in modes:
-        if mode == "forward":
-            ms = do_bench(lambda: fn(*inputs), **bench)
-            peak = _cuda_peak(lambda _: fn(*inputs))
-        elif mode == "backward":
-            loss = fn(*inputs)
-            ms = do_bench(lambda: loss.backward(retain_graph=True), **bench)
-            del loss
-            z.grad = None
-            peak = _cuda_peak(lambda loss: loss.backward(), prepare=lambda: fn(*inputs))
-        else:
-            ms = do_bench(lambda: fn(*inputs).backward(), **bench)
-            z.grad = None
-            peak = _cuda_peak(lambda _: fn(*inputs).backward())
+        try:
+            out[mode] = _cuda_mode(fn, inputs, mode, bench)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory in one mode only
+            out[mode] = {"error": f"{type(e).__name__}: {str(e).strip()[:200]}"}
+            torch.cuda.empty_cache()
         z.grad = None
-        out[mode] = {"time_ms": ms, "times_ms": [ms], "peak_bytes": peak}
     return out
+
+
+def _cuda_mode(fn, inputs, mode, bench):
+    from triton.testing import do_bench
+
+    z = inputs[0]
+    if mode == "forward":
+        ms = do_bench(lambda: fn(*inputs), **bench)
+        peak = cuda_peak(lambda _: fn(*inputs))
+    elif mode == "backward":
+        loss = fn(*inputs)
+        ms = do_bench(lambda: loss.backward(retain_graph=True), **bench)
+        del loss
+        z.grad = None
+        peak = cuda_peak(lambda loss: loss.backward(), prepare=lambda: fn(*inputs))
+    else:
+        ms = do_bench(lambda: fn(*inputs).backward(), **bench)
+        z.grad = None
+        peak = cuda_peak(lambda _: fn(*inputs).backward())
+    return {"time_ms": ms, "times_ms": [ms], "peak_bytes": peak}
 
 
 def run_case(provider: str, case: Case, device="cpu", *, reps=3, warmup=1) -> dict:
@@ -418,6 +431,8 @@ def environment(device) -> dict:
         "python": platform.python_version(),
         "commit": git_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 

@@ -33,7 +33,7 @@ def palu_grid(device: str, quick: bool):
     """``[(section, Case, providers)]`` for the loss benchmarks on ``device``."""
     if device == "cuda":
         base = Case(rows=8192, vocab=128256, k=5000, dtype="bf16")
-        rows = (1024, 2048, 4096, 8192, 16384) if quick else (1024, 2048, 4096, 8192, 16384, 32768)
+        rows = (1024, 2048, 4096, 8192, 16384) + (() if quick else (32768,))
         ks = (1, 1000, None) if quick else (1, 100, 1000, 5000, None)
         fracs = ((0.02, 0.6), (0.3, 0.6), (0.1, 0.0)) if quick else (
             (0.02, 0.6), (0.3, 0.6), (0.1, 0.0), (0.1, 0.9), (1.0, 0.0))
@@ -43,13 +43,12 @@ def palu_grid(device: str, quick: bool):
         return grid
     base = Case(rows=256, vocab=32000, k=5000, dtype="fp32")
     rows = (256, 1024) if quick else (256, 1024, 2048, 4096)
-    vocabs = VOCABS if quick else VOCABS
-    ks = (1, 100, 1000, None) if quick else (1, 100, 1000, 5000, None)
-    fracs = ((0.02, 0.6), (0.3, 0.6)) if quick else ((0.02, 0.6), (0.3, 0.6), (0.1, 0.0), (1.0, 0.0))
+    ks = (1, 100, 1000, None)  # K = 5000 is the base shape
+    fracs = ((0.02, 0.6), (0.3, 0.6)) + (() if quick else ((0.1, 0.0), (1.0, 0.0)))
     cpu_all = ("torch", "reference", "reference_compile", "released")
     cpu_mid = ("torch", "reference", "released")
     cpu_fast = ("torch", "released")
-    return _sections(base, rows, vocabs, ks, fracs, ("bf16",), all_p=cpu_all, vocab_p=cpu_mid,
+    return _sections(base, rows, VOCABS, ks, fracs, ("bf16",), all_p=cpu_all, vocab_p=cpu_mid,
                      cheap_p=cpu_fast)
 
 

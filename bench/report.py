@@ -52,6 +52,10 @@ def to_rows(records, env) -> list[dict]:
             res = rec.get(mode)
             if res is None:
                 continue
+            if "error" in res:  # this mode failed, the others were measured
+                rows.append({**base, "mode": mode, "metric": "status", "unit": "",
+                             "value": "", "status": "failed", "note": res["error"]})
+                continue
             add(mode, "time_ms", res["time_ms"], "ms")
             if res.get("cpu_ms") is not None:
                 add(mode, "cpu_ms", res["cpu_ms"], "ms")

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from . import report
 from .common import (
-    Case, Unavailable, _RssWindow, environment, make_inputs, peak_bandwidth_gbps,
-    release_free_memory, run_case, topk_providers,
+    Case, RssWindow, Unavailable, copy_bandwidth_gbps, cuda_peak, environment, make_inputs,
+    peak_bandwidth_gbps, release_free_memory, run_case, topk_providers,
 )
 from .grids import palu_grid, topk_grid
 from .worker import run_in_subprocess
@@ -52,14 +52,13 @@ def _dedupe(grid, providers=None):
     return merged
 
 
-def measure_palu(device, quick, providers=None, sections=None, reps=3, budget_s=None):
+def measure_palu(device, quick, providers=None, sections=None, reps=3, deadline=None):
     """Run the loss grid; returns ``[(sections, record)]``."""
     grid = [g for g in palu_grid(device, quick) if sections is None or g[0] in sections]
     merged = _dedupe(grid, providers)
     total = sum(len(ps) for _, ps in merged.values())
     bar = tqdm(total=total, desc=f"PALU loss on {device}", unit="run", file=sys.stderr)
     out = []
-    t0 = time.perf_counter()
     if device == "cpu":
         # One fresh process per provider (its cases run in it one after the other).
         order = [p for p in report.PROVIDER_ORDER if any(p in ps for _, ps in merged.values())]
@@ -77,9 +76,9 @@ def measure_palu(device, quick, providers=None, sections=None, reps=3, budget_s=
         for case, (secs, ps) in merged.items():
             for p in ps:
                 bar.set_postfix_str(f"{p} {case.label()}")
-                if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                if deadline is not None and time.perf_counter() > deadline:
                     rec = {"provider": p, "case": case.to_dict(), "device": device,
-                           "status": "skipped", "error": f"time budget {budget_s} s spent"}
+                           "status": "skipped", "error": "time budget spent"}
                 else:
                     rec = run_case(p, case, device)
                 out.append((secs, rec))
@@ -94,18 +93,11 @@ def _time_topk(fn, r, device, reps):
 
         fn(r)
         ms = do_bench(lambda: fn(r), return_mode="median")
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        res = fn(r)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-        del res
-        return ms, peak
+        return ms, cuda_peak(lambda _: fn(r))
     fn(r)
     times, peaks = [], []
     for _ in range(reps):
-        with _RssWindow() as w:
+        with RssWindow() as w:
             t = time.perf_counter()
             res = fn(r)
             times.append(time.perf_counter() - t)
@@ -115,7 +107,7 @@ def _time_topk(fn, r, device, reps):
     return 1e3 * statistics.median(times), (max(peaks) if peaks else None)
 
 
-def measure_topk(device, quick, reps=3):
+def measure_topk(device, quick, reps=3, deadline=None):
     """Top-K selection: ``[(["topk"], record)]`` with one record per provider and shape."""
     grid = topk_grid(device, quick)
     out = []
@@ -124,6 +116,10 @@ def measure_topk(device, quick, reps=3):
         r = make_inputs(case, device, requires_grad=False)[1]
         for name, fn in topk_providers(device, case.k_eff).items():
             rec = {"provider": name, "case": case.to_dict(), "device": str(device)}
+            if deadline is not None and time.perf_counter() > deadline:
+                rec.update(status="skipped", error="time budget spent")
+                out.append((["topk"], rec))
+                continue
             try:
                 ms, peak = _time_topk(fn, r, device, reps)
                 rec.update(status="ok", op=name, **{"forward": {"time_ms": ms, "peak_bytes": peak}})
@@ -145,7 +141,8 @@ def main(argv=None) -> int:
                     help="only these sections (headline rows vocab k fractions dtype topk)")
     ap.add_argument("--reps", type=int, default=3, help="CPU: timed repeats after one warm-up")
     ap.add_argument("--budget-s", type=float,
-                    help="CUDA: start no new measurement after this many seconds")
+                    help="CUDA: start no new measurement after this many seconds (the rest "
+                         "is recorded as skipped)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available here")
@@ -156,16 +153,22 @@ def main(argv=None) -> int:
     env = environment(args.device)
     peak_bw, bw_source = peak_bandwidth_gbps(args.device)
     env.update(peak_bandwidth_gbps=round(peak_bw, 1), peak_bandwidth_source=bw_source,
-               command="python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]))
+               command="python -m bench.run "
+               + " ".join(argv if argv is not None else sys.argv[1:]))
+    if args.device == "cuda":
+        env["measured_copy_gbps"] = round(copy_bandwidth_gbps("cuda", 1 << 30), 1)
     print(f"{env['device_name']}: peak bandwidth {peak_bw:.1f} GB/s ({bw_source})",
           file=sys.stderr)
 
     records = []
+    # The loss sweep may use 85% of the budget; the top-K section gets the rest.
+    budget = args.budget_s
     if args.sections is None or set(args.sections) - {"topk"}:
         records += measure_palu(args.device, args.quick, args.providers, args.sections,
-                                args.reps, args.budget_s)
+                                args.reps, None if budget is None else t0 + 0.85 * budget)
     if args.sections is None or "topk" in args.sections:
-        records += measure_topk(args.device, args.quick, args.reps)
+        records += measure_topk(args.device, args.quick, args.reps,
+                                None if budget is None else t0 + budget)
     env["wall_s"] = round(time.perf_counter() - t0, 1)
 
     rows = report.to_rows(records, env)

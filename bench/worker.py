@@ -21,6 +21,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv=None) -> int:
     spec = json.loads((argv or sys.argv[1:])[0])
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(spec["threads"]))
     for case in spec["cases"]:
         rec = run_case(spec["provider"], Case(**case), spec.get("device", "cpu"),
                        reps=spec.get("reps", 3), warmup=spec.get("warmup", 1))
@@ -29,19 +33,20 @@ def main(argv=None) -> int:
 
 
 def run_in_subprocess(provider: str, cases, *, reps=3, warmup=1, timeout=900,
-                      on_result=None) -> list[dict]:
+                      on_result=None, threads=None) -> list[dict]:
     """Measure ``provider`` on ``cases`` in fresh CPU processes, one record per case.
 
     ``on_result(record)`` is called as each case finishes (for progress bars). A case that
     kills its process, or runs past ``timeout`` seconds, is recorded as failed and the
-    remaining cases go on in a new process.
+    remaining cases go on in a new process. ``threads``: torch intra-op threads of the
+    worker (default: torch's choice, one per core).
     """
     cases = list(cases)
     out = []
     while len(out) < len(cases):
         todo = cases[len(out):]
         spec = {"provider": provider, "device": "cpu", "reps": reps, "warmup": warmup,
-                "cases": [c.to_dict() for c in todo]}
+                "threads": threads, "cases": [c.to_dict() for c in todo]}
         cmd = [sys.executable, "-m", "bench.worker", json.dumps(spec)]
         with tempfile.TemporaryFile("w+") as errf:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True,
