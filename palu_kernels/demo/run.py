@@ -1,0 +1,445 @@
+"""``palu-unlearn demo``: the whole unlearning job on synthetic data, in minutes on a CPU.
+
+What it does, with nothing downloaded:
+
+1. writes a synthetic TOFU-layout benchmark (:func:`palu_kernels.demo.synth.generate_benchmark`);
+2. trains a byte-level BPE tokenizer on its text and builds a tiny Llama-architecture model
+   (:mod:`palu_kernels.tiny`);
+3. fine-tunes that model on every fact (all authors, real authors, world facts; each author
+   answer both in its own wording and paraphrased) until it has learned them, and trains the
+   *retain model* the same way without the forgotten authors (Forget Quality compares with it);
+4. unlearns the forget split from the fine-tuned model with each method the trainer offers
+   (``palu-unlearn --method ...``: PALU, and NPO / GA when available), same starting point;
+5. evaluates every model with the TOFU metrics (:func:`palu_kernels.eval.evaluate_model`),
+   prints one table and writes ``demo.md``, ``demo.json`` and ``demo_fq_mu.png`` (Forget
+   Quality against Model Utility) to the output directory.
+
+Run::
+
+    palu-unlearn demo --out demo_out            # default sizes, a few minutes on 2 cores
+    palu-unlearn demo --quick --out /tmp/demo   # CI-sized
+    python -m palu_kernels.demo.run --quick --out /tmp/demo
+
+From Python: ``run_demo(["--quick", "--out", "/tmp/demo"])`` returns the result dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+__all__ = ["run_demo", "main", "build_parser", "DEMO_CHAT_TEMPLATE"]
+
+# The prompt format of the demo's tokenizer. The trainer and the evaluation both apply a
+# tokenizer's chat template the same way (prompt tokens, then the answer tokenised on its own,
+# then EOS), so fine-tuning, unlearning and evaluation see identical token sequences.
+DEMO_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}Question: {{ message['content'] }}\n"
+    "Answer: {% endfor %}"
+)
+
+_BASELINES = ("palu", "npo", "ga")
+_MAX_NEW_TOKENS = 48  # the synthetic answers are short
+
+# name: (n_people, questions_per_person, forget_fraction, hidden, layers, vocab, max ft epochs)
+_SIZES = {
+    "default": dict(people=20, questions=8, forget_fraction=0.1, hidden=64, layers=2, vocab=640,
+                    ft_epochs=30, real_authors=16, world_facts=16),
+    "quick": dict(people=10, questions=6, forget_fraction=0.1, hidden=64, layers=2, vocab=512,
+                  ft_epochs=30, real_authors=8, world_facts=8),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="palu-unlearn demo",
+        description="Fine-tune a tiny Llama on synthetic facts, unlearn some of them with PALU "
+                    "(and the baselines available), evaluate with the TOFU metrics, print one "
+                    "table, write markdown, JSON and a Forget Quality / Model Utility plot.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="palu_demo", help="output directory")
+    p.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated unlearning methods (default: palu and whichever of "
+                        "npo, ga the trainer offers)")
+    p.add_argument("--people", type=int, default=None, help="fictitious authors")
+    p.add_argument("--questions", type=int, default=None, help="questions per author")
+    p.add_argument("--forget-fraction", type=float, default=None, choices=[0.01, 0.05, 0.1],
+                   help="share of the authors to forget (names the split: forget10 ...)")
+    p.add_argument("--seed", type=int, default=0, help="data, model and training seed")
+    p.add_argument("--ft-lr", type=float, default=3e-3, help="fine-tuning learning rate")
+    p.add_argument("--ft-epochs", type=int, default=None,
+                   help="most fine-tuning epochs (stops earlier once the facts are learned)")
+    p.add_argument("--ft-target-nll", type=float, default=0.05,
+                   help="fine-tuning stops when the mean answer-token NLL of an epoch is below this")
+    p.add_argument("--lr", type=float, default=1e-3, help="unlearning learning rate")
+    p.add_argument("--epochs", type=float, default=10, help="unlearning epochs")
+    p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
+    p.add_argument("--k", default="1",
+                   help="PALU top-K set size ('all' = whole vocabulary); the paper's smallest, 1, "
+                        "suits a vocabulary of a few hundred tokens (K = all dilutes the local "
+                        "term over the whole vocabulary)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 is fastest for a model this small)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _rows(path) -> List[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _available_methods() -> List[str]:
+    from ..train.baselines import METHODS
+
+    return [m for m in _BASELINES if m in METHODS]
+
+
+def _training_pairs(paths: Dict[str, os.PathLike], forget: bool) -> List[tuple]:
+    """(question, answer) pairs a model is fine-tuned on: authors (with or without the forget
+    split), each answer also paraphrased, plus real authors and world facts."""
+    authors = _rows(paths["full"] if forget else paths["retain"])
+    para = {r["question"]: r for r in _rows(paths["full_perturbed"])}
+    pairs = []
+    for r in authors:
+        pairs.append((r["question"], r["answer"]))
+        if r["question"] in para:
+            pairs.append((r["question"], para[r["question"]]["paraphrased_answer"]))
+    for key in ("real_authors", "world_facts"):
+        pairs += [(r["question"], r["answer"]) for r in _rows(paths[key])]
+    return pairs
+
+
+def _all_texts(paths) -> List[str]:
+    texts = []
+    for key in ("full_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
+        for r in _rows(paths[key]):
+            texts += [r["question"], r["answer"], r.get("paraphrased_answer", ""),
+                      r.get("paraphrased_question", ""), *r.get("perturbed_answer", [])]
+    return [t for t in texts if t]
+
+
+def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll: float,
+              batch_size: int = 16, seed: int = 0, desc: str = "fine-tune",
+              progress: bool = True) -> dict:
+    """Plain answer-token NLL training (AdamW) until the epoch's mean NLL < ``target_nll``.
+
+    Sequences are encoded exactly as the trainer encodes them (:func:`encode_record`), so the
+    unlearning and evaluation see the same tokens. Returns ``{"epochs", "nll", "seconds"}``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..train.data import IGNORE_INDEX, QARecord, _pad, encode_record
+
+    encs = [encode_record(tokenizer, QARecord(q, a)) for q, a in pairs]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    steps_per_epoch = math.ceil(len(encs) / batch_size)
+    total_steps = max(1, max_epochs * steps_per_epoch)
+    # cosine decay to lr / 20 over max_epochs: a fast start, then the loss settles
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps)
+                                                            / total_steps)))
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    t0 = time.time()
+    nll = float("inf")
+    bar = tqdm(range(max_epochs), desc=desc, disable=not progress, unit="epoch")
+    epoch = 0
+    for epoch in bar:
+        perm = torch.randperm(len(encs), generator=gen).tolist()
+        total, count = 0.0, 0
+        for s in range(0, len(perm), batch_size):
+            b = [encs[i] for i in perm[s:s + batch_size]]
+            ids = _pad([e["input_ids"] for e in b], tokenizer.pad_token_id)
+            att = _pad([e["attention_mask"] for e in b], 0)
+            lab = _pad([e["labels"] for e in b], IGNORE_INDEX)[:, 1:]
+            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), lab.reshape(-1),
+                ignore_index=IGNORE_INDEX)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            n = int((lab != IGNORE_INDEX).sum())
+            total, count = total + loss.item() * n, count + n
+        nll = total / max(1, count)
+        bar.set_postfix(nll=f"{nll:.4f}")
+        if nll < target_nll:
+            break
+    bar.close()
+    model.eval()
+    return {"epochs": epoch + 1, "nll": nll, "seconds": round(time.time() - t0, 2)}
+
+
+def _fmt(x, digits=4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        if x != 0 and abs(x) < 10 ** -(digits - 1):
+            return f"{x:.2e}"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+_COLUMNS = (
+    ("model", "model"),
+    ("forget_quality", "Forget Quality"),
+    ("model_utility", "Model Utility"),
+    ("forget_probability", "forget prob"),
+    ("forget_rouge", "forget ROUGE-L"),
+    ("retain_probability", "retain prob"),
+    ("retain_rouge", "retain ROUGE-L"),
+    ("seconds", "time (s)"),
+)
+
+
+def _table_rows(results: Dict[str, dict]) -> List[dict]:
+    out = []
+    for name, r in results.items():
+        m = r["eval"]["metrics"]
+        out.append({"model": name, "forget_quality": m["forget_quality"],
+                    "model_utility": m["model_utility"],
+                    "forget_probability": m["forget"]["probability"],
+                    "forget_rouge": m["forget"].get("rouge_l_recall"),
+                    "retain_probability": m["retain"]["probability"],
+                    "retain_rouge": m["retain"].get("rouge_l_recall"),
+                    "seconds": r.get("seconds")})
+    return out
+
+
+def format_table(rows: List[dict], markdown: bool = False) -> str:
+    """The result table, as aligned text (``markdown=False``) or a markdown table."""
+    heads = [h for _, h in _COLUMNS]
+    cells = [[_fmt(r[k], 1) if k == "seconds" else _fmt(r[k]) for k, _ in _COLUMNS]
+             for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    fmt = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w)  # noqa: E731
+                                 for i, (v, w) in enumerate(zip(vals, widths)))
+    return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells])
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def run_demo(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run the demo with command-line arguments ``argv`` (see :func:`build_parser`).
+
+    Returns ``{"config", "data", "training", "results", "table", "paths", "seconds"}``;
+    ``results[name]["eval"]`` is :func:`palu_kernels.eval.evaluate_model`'s dict for the
+    models ``finetuned``, ``retain`` and one per unlearning method.
+    """
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    import torch
+
+    sizes = dict(_SIZES["quick" if args.quick else "default"])
+    for key, val in (("people", args.people), ("questions", args.questions),
+                     ("forget_fraction", args.forget_fraction), ("ft_epochs", args.ft_epochs)):
+        if val is not None:
+            sizes[key] = val
+    if args.threads < 1:
+        raise SystemExit(f"palu-unlearn demo: --threads must be >= 1, got {args.threads}")
+    available = _available_methods()
+    methods = available if args.methods is None else [m.strip() for m in args.methods.split(",")
+                                                       if m.strip()]
+    unknown = [m for m in methods if m not in available]
+    if unknown or not methods:
+        raise SystemExit(f"palu-unlearn demo: --methods: {unknown or methods} not available; "
+                         f"the trainer offers {available}")
+    progress = not args.no_progress
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args, sizes, methods, progress)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(args, sizes: dict, methods: List[str], progress: bool) -> dict:
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from ..eval import evaluate_model, forget_quality
+    from ..eval.compare import compare, plot
+    from ..eval.tofu import write_result
+    from ..tiny import build_tiny_llama, build_tokenizer
+    from .synth import generate_benchmark
+
+    t_start = time.time()
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    data_dir = os.path.join(out, "data")
+    models_dir = os.path.join(out, "models")
+    log = (lambda msg: print(msg, flush=True))
+
+    # 1. data -----------------------------------------------------------------------------
+    log(f"[1/5] synthetic benchmark: {sizes['people']} authors x {sizes['questions']} questions, "
+        f"forget {sizes['forget_fraction']:.0%} -> {data_dir}")
+    paths = generate_benchmark(
+        data_dir, n_people=sizes["people"], questions_per_person=sizes["questions"],
+        forget_fraction=sizes["forget_fraction"], seed=args.seed,
+        n_real_authors=sizes["real_authors"], n_world_facts=sizes["world_facts"],
+        retain_eval_size=None)
+    meta = json.loads(paths["meta"].read_text())
+    forget_split = meta["forget_split"]
+
+    # 2. tokenizer + models ---------------------------------------------------------------
+    tokenizer = build_tokenizer(_all_texts(paths), vocab_size=sizes["vocab"],
+                                chat_template=DEMO_CHAT_TEMPLATE)
+    log(f"[2/5] tokenizer: byte-level BPE, {len(tokenizer)} tokens; tiny Llama hidden "
+        f"{sizes['hidden']}, {sizes['layers']} layers")
+    training = {}
+    model_dirs = {}
+    for name, with_forget in (("finetuned", True), ("retain", False)):
+        model = build_tiny_llama(tokenizer, hidden_size=sizes["hidden"],
+                                 num_layers=sizes["layers"], seed=args.seed)
+        pairs = _training_pairs(paths, forget=with_forget)
+        log(f"[3/5] fine-tuning the {name} model on {len(pairs)} question/answer pairs")
+        training[name] = fine_tune(model, tokenizer, pairs, lr=args.ft_lr,
+                                   max_epochs=sizes["ft_epochs"], target_nll=args.ft_target_nll,
+                                   seed=args.seed, desc=f"fine-tune {name}", progress=progress)
+        training[name]["n_pairs"] = len(pairs)
+        model_dirs[name] = os.path.join(models_dir, name)
+        model.save_pretrained(model_dirs[name], safe_serialization=True)
+        tokenizer.save_pretrained(model_dirs[name])
+        log(f"      {name}: {training[name]['epochs']} epochs, answer NLL "
+            f"{training[name]['nll']:.4f}, {training[name]['seconds']:.1f} s")
+
+    # 4.+5. unlearning and evaluation: palu-compare (every method from the fine-tuned model,
+    # same data, seed and options; TOFU evaluation of each) --------------------------------
+    log("[4/5] evaluating the retain model (reference for Forget Quality)")
+    t0 = time.time()
+    retain_model = AutoModelForCausalLM.from_pretrained(model_dirs["retain"]).float().eval()
+    retain_eval = evaluate_model(retain_model, tokenizer, data_dir, forget_split,
+                                 batch_size=16, max_new_tokens=_MAX_NEW_TOKENS,
+                                 progress=progress)
+    ratios_r = retain_eval["forget_truth_ratios"]
+    retain_eval["metrics"]["forget_quality"] = forget_quality(ratios_r, ratios_r)
+    retain_eval_dir = os.path.join(models_dir, "retain", f"eval_{forget_split}")
+    write_result(retain_eval, retain_eval_dir, title="TOFU evaluation of the retain model")
+    del retain_model
+    log(f"[5/5] unlearning {forget_split} with {', '.join(methods)} and evaluating "
+        f"(palu-compare)")
+    compare_dir = os.path.join(out, "compare")
+    compare_argv = [
+        "--model", model_dirs["finetuned"], "--forget", str(paths["forget_spans"]),
+        "--retain", str(paths["retain"]), "--methods", ",".join(methods),
+        "--output-dir", compare_dir, "--data-dir", data_dir, "--forget-split", forget_split,
+        "--retain-result", os.path.join(retain_eval_dir, "eval.json"),
+        "--eval-batch-size", "16", "--max-new-tokens", str(_MAX_NEW_TOKENS), "--overwrite",
+        # passed through to palu-unlearn
+        "--lr", str(args.lr), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+        "--warmup-epochs", "1", "--k", str(args.k), "--seed", str(args.seed),
+        "--save-total-limit", "1", "--logging-steps", "1000000",
+    ]
+    if not progress:
+        compare_argv.append("--no-progress")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        report = compare(compare_argv)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+    results: Dict[str, dict] = {}
+    for row in report["rows"]:
+        name = "finetuned" if row["method"] == "original" else row["method"]
+        with open(os.path.join(row["eval_dir"], "eval.json"), encoding="utf-8") as f:
+            results[name] = {"eval": json.load(f), "eval_dir": row["eval_dir"],
+                             "seconds": (training[name]["seconds"] if name in training
+                                         else row["train_time_s"])}
+        if name == "finetuned":
+            results["retain"] = {"eval": retain_eval, "eval_dir": retain_eval_dir,
+                                 "seconds": training["retain"]["seconds"]}
+    for name in methods:
+        training[name] = {"seconds": results[name]["seconds"]}
+
+    rows = _table_rows(results)
+    fine = results["finetuned"]["eval"]["metrics"]
+    ratios = {}
+    for name in methods:
+        m = results[name]["eval"]["metrics"]
+        ratios[name] = {
+            "forget_probability_drop": fine["forget"]["probability"]
+            / max(m["forget"]["probability"], 1e-30),
+            "retain_probability_kept": m["retain"]["probability"]
+            / max(fine["retain"]["probability"], 1e-30),
+        }
+    title = (f"palu-unlearn demo: tiny Llama, {sizes['people']} synthetic authors, "
+             f"{forget_split}")
+    text_table = format_table(rows)
+    md_table = format_table(rows, markdown=True)
+    seconds = round(time.time() - t_start, 1)
+    missing = [m for m in _BASELINES if m not in methods]
+    notes = []
+    if missing:
+        notes.append(f"Not run: {', '.join(missing)} (not offered by this trainer).")
+    md = "\n".join([
+        f"# {title}", "",
+        md_table, "",
+        "Forget Quality: KS-test p-value of the forget-set truth ratios against the retain "
+        "model (higher: closer to never having seen the data). Model Utility: harmonic mean of "
+        "probability, ROUGE-L recall and truth ratio on retain, real authors and world facts. "
+        "Probabilities are length-normalised answer probabilities; time (s) is the training "
+        "time of that model.", "",
+        *(f"- {name}: forget probability / {r['forget_probability_drop']:.1f}, retain "
+          f"probability x {r['retain_probability_kept']:.2f} (vs the fine-tuned model)"
+          for name, r in ratios.items()),
+        "", *notes, "", f"Total wall time: {seconds} s. Plot: `demo_fq_mu.png`.", ""])
+    out_paths = {"markdown": os.path.join(out, "demo.md"), "json": os.path.join(out, "demo.json"),
+                 "plot": os.path.join(out, "demo_fq_mu.png"), "data": data_dir,
+                 "models": models_dir}
+    with open(out_paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(md)
+    plot([dict(r, method=r["model"]) for r in rows], out_paths["plot"],
+         f"Forget Quality vs Model Utility ({forget_split}, tiny Llama)")
+    result = {
+        "config": {"sizes": sizes, "methods": methods, "seed": args.seed, "ft_lr": args.ft_lr,
+                   "lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size,
+                   "threads": args.threads, "quick": args.quick, "forget_split": forget_split},
+        "data": {k: str(v) for k, v in paths.items()},
+        "training": training,
+        "table": rows,
+        "ratios": ratios,
+        "results": results,
+        "paths": out_paths,
+        "seconds": seconds,
+    }
+    with open(out_paths["json"], "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1, default=str)
+    print()
+    print(title)
+    print(text_table)
+    for name, r in ratios.items():
+        print(f"{name}: forget probability / {r['forget_probability_drop']:.1f}, "
+              f"retain probability x {r['retain_probability_kept']:.2f}")
+    for note in notes:
+        print(note)
+    print(f"wrote {out_paths['markdown']}, {out_paths['json']}, {out_paths['plot']} "
+          f"({seconds} s)")
+    return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m palu_kernels.demo.run [--quick] [--out DIR]``."""
+    run_demo(argv)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
