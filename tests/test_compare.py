@@ -98,6 +98,7 @@ def test_table_and_plot_without_forget_quality(tmp_path):
     (["--method", "ga"], "--method is set by palu-compare"),
     (["--no-such-option", "1"], "unrecognized arguments: --no-such-option"),
     (["--max-samples", "0"], "--max-samples"),
+    (["--retain-result", "/nonexistent/eval.json"], "--retain-result: file not found"),
 ])
 def test_bad_arguments_fail_before_training(files, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"

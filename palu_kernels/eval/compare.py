@@ -224,6 +224,12 @@ def compare(argv: Optional[List[str]] = None) -> dict:
     out = args.output_dir
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
         parser.error(f"--output-dir {out!r} is not empty; pass --overwrite to replace its results")
+    retain_ratios = None
+    if args.retain_result:
+        try:
+            retain_ratios = _read_retain_result(args.retain_result, args.forget_split)
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
 
     from ..train import cli as unlearn_cli
 
@@ -248,10 +254,7 @@ def compare(argv: Optional[List[str]] = None) -> dict:
     os.makedirs(out, exist_ok=True)
     t_all = time.perf_counter()
     try:
-        retain_ratios = None
-        if args.retain_result:
-            retain_ratios = _read_retain_result(args.retain_result, args.forget_split)
-        elif args.retain_model:
+        if args.retain_model:
             from .tofu import forget_truth_ratios
 
             rmodel, rtok = load_model_and_tokenizer(args.retain_model, device)
