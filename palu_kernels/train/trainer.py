@@ -17,6 +17,7 @@ Subclasses implement other forget objectives by overriding :meth:`PALUTrainer.fo
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -41,11 +42,9 @@ class PALUConfig:
 
 
 def is_peft_model(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
+    """Whether ``model`` is a PEFT model (without importing peft when nobody did)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def batch_counts(inputs: dict) -> torch.Tensor:
