@@ -104,25 +104,12 @@ def parse_methods(text: str) -> List[str]:
 
 def unlearn(args) -> dict:
     """Run ``palu-unlearn`` (:func:`palu_kernels.train.cli.run`) on parsed arguments whose
-    ``method`` may be any key of :data:`palu_kernels.train.baselines.METHODS`."""
-    import inspect
-
+    ``method`` may be any key of :data:`palu_kernels.train.baselines.METHODS` (its trainer
+    class and :class:`~palu_kernels.train.baselines.BaselineConfig` come from the registry)."""
     from ..train import baselines, cli
 
-    if args.method in cli.METHODS:
-        return cli.run(args)
-    # cli.py not (yet) wired to the baselines registry: the same run, with the trainer class
-    # and its BaselineConfig (from args) taken from the registry.
-    cls = baselines.trainer_class(args.method)
-    kwargs = baselines.method_kwargs(args)
-    if "trainer_cls" in inspect.signature(cli.run).parameters:
-        return cli.run(args, trainer_cls=cls, trainer_kwargs=kwargs)
-    saved = cli.trainer_class
-    cli.trainer_class = lambda method: (lambda *a, **kw: cls(*a, **kwargs, **kw))
-    try:
-        return cli.run(args)
-    finally:
-        cli.trainer_class = saved
+    return cli.run(args, trainer_cls=baselines.trainer_class(args.method),
+                   trainer_kwargs=baselines.method_kwargs(args))
 
 
 def _row(method: str, result: dict, train_s: Optional[float], steps: Optional[int],
