@@ -137,71 +137,90 @@ def _kl_row(
 ):
     """``weight * KL`` of one row; writes ``weight * dKL/dz`` when WRITE_GRAD.
 
-    With running maxima ``m_z, m_r`` (kept finite: ``-inf`` rows use 0 as their shift),
-    ``s_z = sum exp(z - m_z)``, ``s_r = sum exp(r - m_r)`` and, per direction,
+    Online softmax with one state per lane of the tile (lane l sees entries l, l + BLOCK_V,
+    ...), so the streaming pass needs no reduction across the tile; lanes merge at the end.
+    With a lane's running maxima ``m_z, m_r`` (as shifts ``sh = m``, or 0 while ``m = -inf``),
+    ``s_z = sum exp(z - sh_z)``, ``s_r = sum exp(r - sh_r)`` and, per direction,
 
-        reverse: A = sum_j exp(z_j - m_z) ((z_j - m_z) - (r_j - m_r))
-                 KL(p||q) = A / s_z - log s_z + log s_r
-        forward: B = sum_j exp(r_j - m_r) ((r_j - m_r) - (z_j - m_z))
+        reverse: A = sum_j exp(z_j - sh_z) ((z_j - sh_z) - (r_j - sh_r))
+                 KL(p||q) = A / s_z - log s_z + log s_r          (over the merged row)
+        forward: B = sum_j exp(r_j - sh_r) ((r_j - sh_r) - (z_j - sh_z))
                  KL(q||p) = B / s_r - log s_r + log s_z
 
-    (differences taken against the maxima, so large logits do not cancel). When the maxima
-    move by ``dz = m_z' - m_z``, ``dr = m_r' - m_r``:
+    (differences taken against the maxima, so large logits do not cancel). When the shifts
+    move by ``dz = sh_z' - sh_z``, ``dr = sh_r' - sh_r``:
 
-        s_z' = e^{-dz} s_z,  A' = e^{-dz} (A + s_z (dr - dz)),  B' = e^{-dr} (B + s_r (dz - dr)).
+        s_z' = e^{-dz} s_z,  A' = e^{-dz} (A + s_z (dr - dz)),  B' = e^{-dr} (B + s_r (dz - dr)),
 
-    A zero weight (an entry at ``-inf``) contributes 0 (0 log 0 = 0).
+    and merging lanes is the same move, to the row's shifts. One exp per entry and tensor:
+    ``e^{-|z - m|}`` is the rescale factor when ``z`` is a new maximum and the entry's weight
+    otherwise. A zero weight (an entry at ``-inf``) contributes 0 (0 log 0 = 0).
     """
     offs = tl.arange(0, BLOCK_V)
-    m_z = tl.full([], float("-inf"), tl.float32)  # running max of z (may stay -inf)
-    m_r = tl.full([], float("-inf"), tl.float32)
-    sh_z = tl.zeros([], dtype=tl.float32)  # finite shift: m_z, or 0 while m_z = -inf
-    sh_r = tl.zeros([], dtype=tl.float32)
-    s_z = tl.zeros([], dtype=tl.float32)
-    s_r = tl.zeros([], dtype=tl.float32)
-    acc = tl.zeros([], dtype=tl.float32)  # A (reverse) or B (forward)
+    m_z = tl.full([BLOCK_V], float("-inf"), tl.float32)  # lane maxima (may stay -inf)
+    m_r = tl.full([BLOCK_V], float("-inf"), tl.float32)
+    s_z = tl.zeros([BLOCK_V], dtype=tl.float32)
+    s_r = tl.zeros([BLOCK_V], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_V], dtype=tl.float32)  # A (reverse) or B (forward), per lane
     for start in range(0, V, BLOCK_V):
         cols = start + offs
         valid = cols < V
         c64 = cols.to(tl.int64)
         z = tl.load(z_row + c64 * stride_zv, mask=valid, other=float("-inf")).to(tl.float32)
         r = tl.load(r_row + c64 * stride_rv, mask=valid, other=float("-inf")).to(tl.float32)
-        m_z_new = tl.maximum(m_z, tl.max(z, axis=0))
-        m_r_new = tl.maximum(m_r, tl.max(r, axis=0))
-        sh_z_new = tl.where(m_z_new == float("-inf"), 0.0, m_z_new)
-        sh_r_new = tl.where(m_r_new == float("-inf"), 0.0, m_r_new)
-        a_z = tl.exp(m_z - sh_z_new)  # 0 while nothing was accumulated
-        a_r = tl.exp(m_r - sh_r_new)
-        dz = sh_z_new - sh_z
-        dr = sh_r_new - sh_r
+        up_z = z > m_z  # z is the lane's new maximum
+        up_r = r > m_r
+        t_z = tl.where(z == float("-inf"), 0.0, tl.exp(-tl.abs(z - m_z)))
+        t_r = tl.where(r == float("-inf"), 0.0, tl.exp(-tl.abs(r - m_r)))
+        a_z = tl.where(up_z, t_z, 1.0)  # e^{-dz}: rescale of the lane's z sums
+        a_r = tl.where(up_r, t_r, 1.0)
+        e_z = tl.where(up_z, 1.0, t_z)  # exp(z - sh_z'): the entry's weight
+        e_r = tl.where(up_r, 1.0, t_r)
+        sh_z = tl.where(m_z == float("-inf"), 0.0, m_z)
+        sh_r = tl.where(m_r == float("-inf"), 0.0, m_r)
+        m_z = tl.maximum(m_z, z)
+        m_r = tl.maximum(m_r, r)
+        sh_z_new = tl.where(m_z == float("-inf"), 0.0, m_z)
+        sh_r_new = tl.where(m_r == float("-inf"), 0.0, m_r)
         zc = z - sh_z_new
         rc = r - sh_r_new
-        e_z = tl.exp(zc)  # 0 at -inf entries and masked lanes
-        e_r = tl.exp(rc)
         if KL == 1:
-            t = tl.where(e_z > 0.0, e_z * (zc - rc), 0.0)
-            acc = a_z * (acc + tl.where(s_z > 0.0, s_z * (dr - dz), 0.0)) + tl.sum(t, axis=0)
+            moved = tl.where(s_z > 0.0, s_z * ((sh_r_new - sh_r) - (sh_z_new - sh_z)), 0.0)
+            acc = a_z * (acc + moved) + tl.where(e_z > 0.0, e_z * (zc - rc), 0.0)
         else:
-            t = tl.where(e_r > 0.0, e_r * (rc - zc), 0.0)
-            acc = a_r * (acc + tl.where(s_r > 0.0, s_r * (dz - dr), 0.0)) + tl.sum(t, axis=0)
-        s_z = a_z * s_z + tl.sum(e_z, axis=0)
-        s_r = a_r * s_r + tl.sum(e_r, axis=0)
-        m_z = m_z_new
-        m_r = m_r_new
-        sh_z = sh_z_new
-        sh_r = sh_r_new
-    log_s_z = tl.log(s_z)
-    log_s_r = tl.log(s_r)
+            moved = tl.where(s_r > 0.0, s_r * ((sh_z_new - sh_z) - (sh_r_new - sh_r)), 0.0)
+            acc = a_r * (acc + moved) + tl.where(e_r > 0.0, e_r * (rc - zc), 0.0)
+        s_z = a_z * s_z + e_z
+        s_r = a_r * s_r + e_r
+    # merge the lanes: move every lane to the row's shifts and add up
+    row_m_z = tl.max(m_z, axis=0)
+    row_m_r = tl.max(m_r, axis=0)
+    sh_z_row = tl.where(row_m_z == float("-inf"), 0.0, row_m_z)
+    sh_r_row = tl.where(row_m_r == float("-inf"), 0.0, row_m_r)
+    sh_z = tl.where(m_z == float("-inf"), 0.0, m_z)
+    sh_r = tl.where(m_r == float("-inf"), 0.0, m_r)
+    f_z = tl.where(m_z == float("-inf"), 0.0, tl.exp(m_z - sh_z_row))
+    f_r = tl.where(m_r == float("-inf"), 0.0, tl.exp(m_r - sh_r_row))
     if KL == 1:
-        kl = acc / s_z - log_s_z + log_s_r
+        moved = tl.where(s_z > 0.0, s_z * ((sh_r_row - sh_r) - (sh_z_row - sh_z)), 0.0)
+        acc_row = tl.sum(tl.where(f_z > 0.0, f_z * (acc + moved), 0.0), axis=0)
     else:
-        kl = acc / s_r - log_s_r + log_s_z
+        moved = tl.where(s_r > 0.0, s_r * ((sh_z_row - sh_z) - (sh_r_row - sh_r)), 0.0)
+        acc_row = tl.sum(tl.where(f_r > 0.0, f_r * (acc + moved), 0.0), axis=0)
+    s_z_row = tl.sum(f_z * s_z, axis=0)
+    s_r_row = tl.sum(f_r * s_r, axis=0)
+    log_s_z = tl.log(s_z_row)
+    log_s_r = tl.log(s_r_row)
+    if KL == 1:
+        kl = acc_row / s_z_row - log_s_z + log_s_r
+    else:
+        kl = acc_row / s_r_row - log_s_r + log_s_z
 
     if WRITE_GRAD:
         # reverse: dKL/dz_j = p_j (log p_j - log q_j - KL); forward: dKL/dz_j = p_j - q_j,
         # with log p_j = z_j - lse_z, log q_j = r_j - lse_r.
-        lse_z = sh_z + log_s_z
-        lse_r = sh_r + log_s_r
+        lse_z = sh_z_row + log_s_z
+        lse_r = sh_r_row + log_s_r
         for start in range(0, V, BLOCK_V):
             cols = start + offs
             valid = cols < V
