@@ -109,8 +109,8 @@ def test_refusals(files, tmp_path):
                    '[{"word": "Basel", "start": 0, "end": 5}]}\n')
     with pytest.raises(SystemExit, match=r"bad\.jsonl:1: target_words\[0\]: answer\[0:5\] is 'Basil'"):
         cli.main(argv(files, tmp_path / "o") + ["--forget", str(bad)])
-    with pytest.raises(SystemExit):  # argparse: only palu for now
-        cli.main(argv(files, tmp_path / "o") + ["--method", "npo"])
+    with pytest.raises(SystemExit):  # argparse: not a method of baselines.METHODS
+        cli.main(argv(files, tmp_path / "o") + ["--method", "rmu"])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep")
     with pytest.raises(SystemExit, match="--resume .* or --overwrite"):

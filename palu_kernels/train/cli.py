@@ -25,7 +25,8 @@ import shutil
 import sys
 import time
 
-METHODS = ("palu",)
+METHODS = ("palu", "ga", "graddiff", "npo", "simnpo", "idkdpo")
+"""``--method`` choices: the keys of :data:`palu_kernels.train.baselines.METHODS`."""
 
 
 def _target(value: str):
@@ -77,8 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local target: mean, mean_detached, topk_mean or a float")
     p.add_argument("--kl", default="reverse", choices=["reverse", "forward", "none"],
                    help="KL on common rows")
-    p.add_argument("--gamma", type=float, default=1.0, help="weight of the local term")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of the KL and retain terms")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="weight of the local term (baselines: of the forget loss); "
+                        "default 1, simnpo 0.125")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="weight of the KL and retain terms (baselines: of the retain NLL)")
+    from .baselines import add_method_arguments
+
+    add_method_arguments(p)  # --beta, --delta, --idk-file
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (AdamW)")
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -179,12 +186,10 @@ def _drop_gguf_quantizer(model) -> None:
 
 
 def trainer_class(method: str):
-    """The trainer class of a ``--method`` (a hook for further forget objectives)."""
-    from .trainer import PALUTrainer
+    """The trainer class of a ``--method`` (:data:`palu_kernels.train.baselines.METHODS`)."""
+    from .baselines import trainer_class as registered_class
 
-    if method == "palu":
-        return PALUTrainer
-    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    return registered_class(method)
 
 
 def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
@@ -271,12 +276,16 @@ def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
         def on_epoch_begin(self, a, st, control, **kw):
             dataset.set_epoch(int((st.epoch or 0) + 1e-6))
 
+    from .baselines import method_kwargs
+
     palu = PALUConfig(k=args.k, target=args.target, kl=None if args.kl == "none" else args.kl,
-                      gamma=args.gamma, alpha=args.alpha, backend=args.backend)
+                      gamma=1.0 if args.gamma is None else args.gamma, alpha=args.alpha,
+                      backend=args.backend)
+    kwargs = method_kwargs(args) if trainer_cls is None else {}  # BaselineConfig from --beta ...
     trainer = (trainer_cls or trainer_class(args.method))(
         model=model, args=targs, train_dataset=dataset, data_collator=collator, palu=palu,
         processing_class=tokenizer, callbacks=[_Epoch(), *(callbacks or [])],
-        **(trainer_kwargs or {}))
+        **{**kwargs, **(trainer_kwargs or {})})
 
     # Fixed measurement set: every forget record, each paired with a retain record.
     eval_items = [dataset[i] for i in range(len(dataset))]
@@ -304,6 +313,7 @@ def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
                  "truncated_forget": sum(e["truncated"] for e in dataset.forget),
                  "truncated_retain": dataset.n_truncated_retain},
         "palu": palu.to_dict(),
+        "method": {"name": args.method, **getattr(trainer, "hparams", {})},
         "steps": trainer.state.global_step,
         "train_runtime_s": round(time.time() - t0, 2),
         "loss_curve": [{k: v for k, v in h.items()} for h in trainer.state.log_history if "loss" in h],
