@@ -14,10 +14,9 @@ Paths (both give gradients of ``hidden`` and ``weight``; the reference side is f
 
 Each path runs in a fresh process. Peak memory is measured above the inputs:
 
-* CPU: the process's resident high-water mark (``VmHWM``), reset through
-  ``/proc/self/clear_refs`` right before the measured call (after ``malloc_trim`` has returned
-  cached heap memory), minus the resident size at that moment; without ``/proc`` it falls
-  back to ``ru_maxrss`` minus the resident size (an upper bound of the same quantity).
+* CPU: the process's resident high-water mark above the resident size right before the
+  measured call (``bench.common.RssWindow``: ``malloc_trim``, then ``VmHWM`` reset through
+  ``/proc/self/clear_refs``; NaN where Linux's ``/proc`` is missing).
 * CUDA: ``torch.cuda.max_memory_allocated`` minus the allocated memory before the call.
 
 Time: median (and best) of ``--repeats`` forward+backward calls after one warm-up call; on a
@@ -29,10 +28,9 @@ The masks follow a PALU batch: a share of rows are initiating (``--frac-i``), a 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import contextlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -44,41 +42,13 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.common import RssWindow  # noqa: E402
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PATHS = ("unfused", "fused")
 
 
 # ---------------------------------------------------------------- measurement (worker side)
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_cpu_peak() -> bool:
-    """Return cached heap memory to the OS and reset the peak-RSS counter (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
 
 def _inputs(cfg, device):
     dtype = DTYPES[cfg["dtype"]]
@@ -126,6 +96,8 @@ def worker(path, cfg):
     import palu_kernels.fused_linear  # noqa: F401  (imports outside the measured calls)
     import palu_kernels.loss  # noqa: F401
 
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
     torch.manual_seed(0)
     tensors = _inputs(cfg, device)
@@ -137,29 +109,26 @@ def worker(path, cfg):
     # summary of the gradients, to check that both paths agree
     check = {"loss": float(loss), "grad_hidden_norm": float(hidden.grad.double().norm()),
              "grad_weight_norm": float(weight.grad.double().norm())}
-    times, peaks, exact = [], [], True
+    times, cpu_times, peaks = [], [], []
     for _ in range(cfg["repeats"]):
         hidden.grad = weight.grad = None
         sync()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        else:
-            exact = _reset_cpu_peak() and _hwm_bytes() is not None
-            base = _rss_bytes()
-        t0 = time.perf_counter()
-        _step(path, tensors, cfg)
-        sync()
-        times.append(time.perf_counter() - t0)
+        window = RssWindow() if not cuda else None
+        with window or contextlib.nullcontext():
+            t0, c0 = time.perf_counter(), time.process_time()
+            _step(path, tensors, cfg)
+            sync()
+            times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         if cuda:
-            peak = torch.cuda.max_memory_allocated()
-        elif exact:
-            peak = _hwm_bytes()
-        else:  # ru_maxrss: the process's all-time peak, an upper bound
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        peaks.append((peak - base) / 2 ** 20)
-    return {"path": path, "peak_mib": max(peaks), "peaks_mib": peaks, "exact_peak": exact,
-            "median_s": statistics.median(times), "times_s": times, **check}
+            peaks.append((torch.cuda.max_memory_allocated() - base) / 2 ** 20)
+        else:
+            peaks.append(float("nan") if window.extra is None else window.extra / 2 ** 20)
+    return {"path": path, "peak_mib": max(peaks), "peaks_mib": peaks,
+            "median_s": statistics.median(times), "times_s": times, "cpu_s": cpu_times, **check}
 
 
 # ---------------------------------------------------------------- driver
@@ -187,13 +156,15 @@ def compare(cfg):
     print(f"\n== {cfg['device']}: rows={cfg['rows']} hidden={cfg['hidden']} "
           f"vocab={cfg['vocab']} dtype={cfg['dtype']} k={cfg['k']} backend={cfg['backend']} "
           f"chunk_rows={chunk}{'' if cfg['chunk_rows'] else ' (default)'} "
-          f"frac_i={cfg['frac_i']} frac_c={cfg['frac_c']} repeats={cfg['repeats']}")
+          f"frac_i={cfg['frac_i']} frac_c={cfg['frac_c']} repeats={cfg['repeats']} "
+          f"threads={cfg['threads'] or torch.get_num_threads()}")
     res = {}
     for path in PATHS:
         res[path] = r = _spawn(path, cfg)
         print(f"{path:8s} peak_above_inputs={r['peak_mib']:9.1f} MiB  "
               f"fwd+bwd median={r['median_s'] * 1e3:9.1f} ms  "
-              f"peaks_mib={[round(m, 1) for m in r['peaks_mib']]}  times_ms={[round(t * 1e3, 1) for t in r['times_s']]}  loss={r['loss']:.6g}  "
+              f"peaks_mib={[round(m, 1) for m in r['peaks_mib']]}  "
+              f"process_cpu_ms={[round(t * 1e3) for t in r['cpu_s']]}  times_ms={[round(t * 1e3, 1) for t in r['times_s']]}  loss={r['loss']:.6g}  "
               f"|grad_h|={r['grad_hidden_norm']:.6g}  |grad_w|={r['grad_weight_norm']:.6g}",
               flush=True)
     f, u = res["fused"], res["unfused"]
@@ -202,10 +173,13 @@ def compare(cfg):
     mem_ratio = u["peak_mib"] / max(f["peak_mib"], 1e-9)
     time_ratio = f["median_s"] / u["median_s"]
     min_ratio = min(f["times_s"]) / min(u["times_s"])
+    cpu_ratio = statistics.median(f["cpu_s"]) / statistics.median(u["cpu_s"])
     logits_mib = cfg["rows"] * cfg["vocab"] * torch.finfo(DTYPES[cfg["dtype"]]).bits / 8 / 2**20
     print(f"one model's logits: {logits_mib:.1f} MiB; unfused/fused peak memory = "
           f"{mem_ratio:.2f}x (goal >= 4x); fused/unfused time = {time_ratio:.2f}x "
-          f"(goal <= 1.3x; best-of-repeats ratio {min_ratio:.2f}x); max relative difference of loss and gradient norms = {rel:.2e}")
+          f"(goal <= 1.3x; best-of-repeats ratio {min_ratio:.2f}x, "
+          f"process CPU time ratio {cpu_ratio:.2f}x); max relative difference of loss and gradient norms = {rel:.2e}")
+    print("load average after:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return res
 
 
@@ -221,6 +195,7 @@ def main(argv=None):
     p.add_argument("--frac-c", type=float, default=0.65, help="share of common rows")
     p.add_argument("--repeats", type=int, default=3, help="measured calls after one warm-up")
     p.add_argument("--backend", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU size even on CUDA")
     p.add_argument("--gpu-only", action="store_true", help="only the GPU size")
     p.add_argument("--worker", choices=PATHS, help=argparse.SUPPRESS)
@@ -233,9 +208,11 @@ def main(argv=None):
     prog = "python -m bench.bench_fused_linear" if __package__ else "python " + sys.argv[0]
     print("command:", " ".join([prog] + sys.argv[1:]))
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU(s), "
-          f"cuda={'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}")
+          f"cuda={'yes: ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no'}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (a shared machine "
+          "inflates wall times)")
     base = dict(k=a.k, chunk_rows=a.chunk_rows, frac_i=a.frac_i, frac_c=a.frac_c,
-                repeats=a.repeats, backend=a.backend)
+                repeats=a.repeats, backend=a.backend, threads=a.threads)
     if not a.gpu_only:
         compare(dict(base, device="cpu", rows=a.rows, hidden=a.hidden, vocab=a.vocab,
                      dtype=a.dtype))
