@@ -62,14 +62,18 @@ def _local_row(
     if TOPK_ALL:  # K = V: S is the whole row, no selection
         thr = 0.0
         ties = 0
+        all_ties = True
     else:
-        thr, ties = _topk_search(r_row, stride_rv, V, K, BLOCK_SEL, RADIX_BITS)
+        thr, ties, n_eq = _topk_search(r_row, stride_rv, V, K, BLOCK_SEL, RADIX_BITS)
+        all_ties = ties == n_eq  # every entry equal to thr is in S: r >= thr is the set
 
     # Membership of a tile in S (written out in both passes: under the interpreter every call
     # of a jit helper costs milliseconds):
     #   j in S  <=>  r_j > thr  or  (r_j == thr  and  #{i <= j : r_i == thr} <= ties),
     # with `run` the number of entries equal to thr in the tiles before this one and the
-    # inclusive cumsum ranking the ties inside the tile by vocabulary index.
+    # inclusive cumsum ranking the ties inside the tile by vocabulary index. When all the
+    # entries equal to thr are in S (the usual case, no tie across the boundary), the set is
+    # just r >= thr and the ranking is skipped.
 
     # Pass A: c = sum_V z / V ("mean", "mean_detached") or sum_S z / K ("topk_mean"); for
     # "mean" also sum_S z, for s = sum_S (z_j - c) = sum_S z - K c (gradient through c).
@@ -89,10 +93,13 @@ def _local_row(
                     member = valid
                 else:
                     r = tl.load(r_row + c64 * stride_rv, mask=valid, other=0.0).to(tl.float32)
-                    eq = ((r == thr) & valid).to(tl.int32)
-                    rank = run + tl.cumsum(eq, axis=0)
-                    member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
-                    run += tl.sum(eq, axis=0)
+                    if all_ties:
+                        member = valid & (r >= thr)
+                    else:
+                        eq = ((r == thr) & valid).to(tl.int32)
+                        rank = run + tl.cumsum(eq, axis=0)
+                        member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
+                        run += tl.sum(eq, axis=0)
                 sum_s += tl.where(member, z, 0.0)
     if TARGET == 2:
         c = tl.sum(sum_s, axis=0) / K
@@ -118,10 +125,13 @@ def _local_row(
             member = valid
         else:
             r = tl.load(r_row + c64 * stride_rv, mask=valid, other=0.0).to(tl.float32)
-            eq = ((r == thr) & valid).to(tl.int32)
-            rank = run + tl.cumsum(eq, axis=0)
-            member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
-            run += tl.sum(eq, axis=0)
+            if all_ties:
+                member = valid & (r >= thr)
+            else:
+                eq = ((r == thr) & valid).to(tl.int32)
+                rank = run + tl.cumsum(eq, axis=0)
+                member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
+                run += tl.sum(eq, axis=0)
         d = tl.where(member, z - c, 0.0)
         sq += d * d
         if WRITE_GRAD:
@@ -238,7 +248,7 @@ def _kl_row(
     return weight * kl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])  # one compiled variant for every K
 def _palu_fwd_kernel(
     z_ptr,  # [N, V] logits (fp32 / bf16 / fp16), strides (stride_zn, stride_zv)
     r_ptr,  # [N, V] reference logits, same dtype, strides (stride_rn, stride_rv)
@@ -284,12 +294,16 @@ def _palu_fwd_kernel(
 
 
 def default_block_v(v: int) -> int:
-    """Vocabulary tile of the streaming passes: the row in chunks of at most 4096 (2^16 under
+    """Vocabulary tile of the streaming passes: the row in chunks of at most 2048 (2^16 under
     the interpreter, where fewer, larger tiles run faster). Compiled, small vocabularies
-    share one 256-wide tile (fewer kernel variants to compile)."""
+    share one 256-wide tile (fewer kernel variants to compile).
+
+    2048 with 8 warps: the per-lane online-softmax state (5 fp32 vectors) plus the tile stay
+    near 100 registers per thread (ptxas, sm_90, no spills), two programs per SM; 4096 took
+    about 156 registers, one program per SM."""
     if interpreting():
         return min(triton.next_power_of_2(v), 1 << 16)
-    return max(256, min(triton.next_power_of_2(v), 4096))
+    return max(256, min(triton.next_power_of_2(v), 2048))
 
 
 def _row_weights(a: PALUArgs):

@@ -53,12 +53,14 @@ def _topk_search(
     BLOCK: tl.constexpr,  # entries per tile (power of two); a tile is BLOCK x 2^RADIX_BITS
     RADIX_BITS: tl.constexpr,  # bits per digit (1, 2, 4 or 8; divides 32)
 ):
-    """Return ``(thr, ties)``: fp32 K-th largest value of the row and #ties in ``S``."""
+    """Return ``(thr, ties, n_eq)``: the fp32 K-th largest value of the row, how many of the
+    entries equal to it are in ``S`` and how many there are (``ties == n_eq``: all of them)."""
     NB: tl.constexpr = 1 << RADIX_BITS
     offs = tl.arange(0, BLOCK)
     digits = tl.arange(0, NB).to(tl.int64)  # candidate digits d = 0 .. NB-1
     prefix = tl.zeros([], dtype=tl.int64)  # digits of u* fixed so far
     count_next = tl.zeros([], dtype=tl.int32)  # #(ukey >= the candidate just above u*)
+    count_at = tl.zeros([], dtype=tl.int32)  # #(ukey >= the chosen candidate)
     for level in range(32 // RADIX_BITS):
         shift = 32 - RADIX_BITS * (level + 1)
         cand = prefix + (digits << shift)  # [NB] candidate lower bounds of u*
@@ -79,15 +81,17 @@ def _topk_search(
         # counts is non-increasing in d and counts[0] >= K (it held at the previous level):
         # the chosen digit is the last d with counts[d] >= K.
         d = tl.sum((counts >= K).to(tl.int32), axis=0) - 1
+        count_at = tl.sum(tl.where(digits == d, counts, 0), axis=0)
         above = tl.sum(tl.where(digits == d + 1, counts, 0), axis=0)
         count_next = tl.where(d + 1 < NB, above, count_next)
         prefix += d.to(tl.int64) << shift
     key = (prefix - _KEY_BIAS).to(tl.int32)  # back from key to float bits
     bits = tl.where(key < 0, key ^ 0x7FFFFFFF, key)
-    return bits.to(tl.float32, bitcast=True), K - count_next
+    # after the last level the chosen candidate is u* itself: count_at = #(ukey >= u*)
+    return bits.to(tl.float32, bitcast=True), K - count_next, count_at - count_next
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["K"])  # one compiled variant for every K
 def _topk_threshold_kernel(
     r_ptr,  # [N, V] reference logits (fp32 / bf16 / fp16), any strides
     thr_ptr,  # [N] out: K-th largest value of each row, in r's dtype (exact)
@@ -100,7 +104,7 @@ def _topk_threshold_kernel(
     RADIX_BITS: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    thr, ties = _topk_search(r_ptr + row * stride_rn, stride_rv, V, K, BLOCK, RADIX_BITS)
+    thr, ties, _ = _topk_search(r_ptr + row * stride_rn, stride_rv, V, K, BLOCK, RADIX_BITS)
     tl.store(thr_ptr + row, thr.to(thr_ptr.dtype.element_ty))
     tl.store(ties_ptr + row, ties.to(tl.int64))
 
