@@ -52,6 +52,26 @@ _KLS = {None: 0, "reverse": 1, "forward": 2}
 
 
 @triton.jit
+def _topk_member(r, valid, thr, ties, all_ties, run):
+    """Membership in ``S`` of one tile of reference values, and the updated tie count.
+
+    ``j in S  <=>  r_j > thr  or  (r_j == thr  and  #{i <= j : r_i == thr} <= ties)``, with
+    ``run`` the number of entries equal to ``thr`` in the tiles before this one and the
+    inclusive ``cumsum`` ranking the ties inside the tile by vocabulary index. When all the
+    entries equal to ``thr`` are in ``S`` (``all_ties``: the usual case, no tie across the
+    boundary) the set is just ``r >= thr`` and the ranking is skipped.
+    """
+    if all_ties:
+        member = valid & (r >= thr)
+    else:
+        eq = ((r == thr) & valid).to(tl.int32)
+        rank = run + tl.cumsum(eq, axis=0)
+        member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
+        run += tl.sum(eq, axis=0)
+    return member, run
+
+
+@triton.jit
 def _local_row(
     z_row, r_row, g_row, stride_zv, stride_rv, V, K, target_value, weight,
     TARGET: tl.constexpr, TOPK_ALL: tl.constexpr, WRITE_GRAD: tl.constexpr,
@@ -66,14 +86,6 @@ def _local_row(
     else:
         thr, ties, n_eq = _topk_search(r_row, stride_rv, V, K, BLOCK_SEL, RADIX_BITS)
         all_ties = ties == n_eq  # every entry equal to thr is in S: r >= thr is the set
-
-    # Membership of a tile in S (written out in both passes: under the interpreter every call
-    # of a jit helper costs milliseconds):
-    #   j in S  <=>  r_j > thr  or  (r_j == thr  and  #{i <= j : r_i == thr} <= ties),
-    # with `run` the number of entries equal to thr in the tiles before this one and the
-    # inclusive cumsum ranking the ties inside the tile by vocabulary index. When all the
-    # entries equal to thr are in S (the usual case, no tie across the boundary), the set is
-    # just r >= thr and the ranking is skipped.
 
     # Pass A: c = sum_V z / V ("mean", "mean_detached") or sum_S z / K ("topk_mean"); for
     # "mean" also sum_S z, for s = sum_S (z_j - c) = sum_S z - K c (gradient through c).
@@ -93,13 +105,7 @@ def _local_row(
                     member = valid
                 else:
                     r = tl.load(r_row + c64 * stride_rv, mask=valid, other=0.0).to(tl.float32)
-                    if all_ties:
-                        member = valid & (r >= thr)
-                    else:
-                        eq = ((r == thr) & valid).to(tl.int32)
-                        rank = run + tl.cumsum(eq, axis=0)
-                        member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
-                        run += tl.sum(eq, axis=0)
+                    member, run = _topk_member(r, valid, thr, ties, all_ties, run)
                 sum_s += tl.where(member, z, 0.0)
     if TARGET == 2:
         c = tl.sum(sum_s, axis=0) / K
@@ -125,13 +131,7 @@ def _local_row(
             member = valid
         else:
             r = tl.load(r_row + c64 * stride_rv, mask=valid, other=0.0).to(tl.float32)
-            if all_ties:
-                member = valid & (r >= thr)
-            else:
-                eq = ((r == thr) & valid).to(tl.int32)
-                rank = run + tl.cumsum(eq, axis=0)
-                member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
-                run += tl.sum(eq, axis=0)
+            member, run = _topk_member(r, valid, thr, ties, all_ties, run)
         d = tl.where(member, z - c, 0.0)
         sq += d * d
         if WRITE_GRAD:
