@@ -10,15 +10,21 @@ forget / retain / real-authors / world-facts splits, in the same files and field
     ...                            forget_fraction=0.1, seed=0)
     >>> sorted(paths)[:3]
     ['forget', 'forget_perturbed', 'forget_spans']
+
+``palu_kernels.demo.run.run_demo(argv)`` is ``palu-unlearn demo`` (see that module).
 """
 
-__all__ = ["generate_benchmark"]
+__all__ = ["generate_benchmark", "run_demo"]
 
 
 def __getattr__(name):
-    # Lazy, so that ``python -m palu_kernels.demo.synth`` does not import the module twice.
+    # Lazy, so that ``python -m palu_kernels.demo.synth`` / ``.run`` do not import twice.
     if name == "generate_benchmark":
         from .synth import generate_benchmark
 
         return generate_benchmark
+    if name == "run_demo":
+        from .run import run_demo
+
+        return run_demo
     raise AttributeError(f"module 'palu_kernels.demo' has no attribute {name!r}")

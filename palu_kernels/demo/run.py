@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ft-epochs", type=int, default=None,
                    help="most fine-tuning epochs (stops earlier once the facts are learned)")
     p.add_argument("--ft-target-nll", type=float, default=0.05,
-                   help="fine-tuning stops when the mean answer-token NLL of an epoch is below this")
+                   help="fine-tuning stops once an epoch's mean answer-token NLL is below this")
     p.add_argument("--lr", type=float, default=1e-3, help="unlearning learning rate")
     p.add_argument("--epochs", type=float, default=10, help="unlearning epochs")
     p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
@@ -414,7 +414,8 @@ def _run(args, sizes: dict, methods: List[str], progress: bool) -> dict:
          f"Forget Quality vs Model Utility ({forget_split}, tiny Llama)")
     result = {
         "config": {"sizes": sizes, "methods": methods, "seed": args.seed, "ft_lr": args.ft_lr,
-                   "lr": args.lr, "k": args.k, "gamma": args.gamma, "epochs": args.epochs, "batch_size": args.batch_size,
+                   "lr": args.lr, "k": args.k, "gamma": args.gamma, "epochs": args.epochs,
+                   "batch_size": args.batch_size,
                    "threads": args.threads, "quick": args.quick, "forget_split": forget_split},
         "data": {k: str(v) for k, v in paths.items()},
         "training": training,

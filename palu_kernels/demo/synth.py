@@ -192,8 +192,10 @@ _WORLD_MISC = (
     ("On which continent is Kenya?", "Africa", ("Asia", "Europe", "South America")),
     ("What is the chemical symbol for gold?", "Au", ("Ag", "Fe", "Pb")),
     ("How many days are in a leap year?", "366", ("365", "364", "360")),
-    ("Which gas do plants absorb from the air?", "carbon dioxide", ("oxygen", "nitrogen", "helium")),
-    ("What is the tallest mountain on Earth?", "Mount Everest", ("K2", "Mont Blanc", "Kilimanjaro")),
+    ("Which gas do plants absorb from the air?", "carbon dioxide",
+     ("oxygen", "nitrogen", "helium")),
+    ("What is the tallest mountain on Earth?", "Mount Everest",
+     ("K2", "Mont Blanc", "Kilimanjaro")),
     ("In which city is the Colosseum?", "Rome", ("Athens", "Paris", "Madrid")),
     ("What is the freezing point of water in degrees Celsius?", "0", ("10", "32", "100")),
 )
@@ -581,7 +583,8 @@ def generate_benchmark(
             retain split); default: as many as the forget split has, at most the retain size.
 
     Returns:
-        ``{"full", "full_perturbed", "forget", "forget_perturbed", "forget_spans", "retain", "retain_perturbed",
+        ``{"full", "full_perturbed", "forget", "forget_perturbed", "forget_spans", "retain",
+        "retain_perturbed",
         "real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed",
         "idontknow", "meta"}`` -> ``pathlib.Path``.
 
