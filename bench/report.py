@@ -118,6 +118,9 @@ def _cell(vals, fails, key, p, mode, with_bw=False):
     if t is None:
         return fails.get((key, p), "")
     s = f"{_fmt(t['value'])} ms"
+    cpu = vals.get((key, p, mode, "cpu_ms"))
+    if cpu is not None and cpu["value"] != "":
+        s += f" ({_fmt(cpu['value'])} ms CPU)"
     m = vals.get((key, p, mode, "peak_mem_mib"))
     if m is not None and m["value"] != "":
         s += f" / {_fmt(m['value'])} MiB"
@@ -154,10 +157,14 @@ def markdown(rows, env) -> str:
         f"# PALU loss benchmarks on {env['device_name']}",
         "",
         f"torch {env['torch']}, triton {env['triton']}, commit {env['commit']}, "
-        f"{env['timestamp']}; sweep wall time {env.get('wall_s', '?')} s.",
+        f"{env['timestamp']}; sweep wall time {env.get('wall_s', '?')} s, CPU time "
+        f"{env.get('cpu_s', '?')} s on {env.get('cpu_count', '?')} cores, load average "
+        f"{env.get('load_average_1min', '?')} at the start, "
+        f"{env.get('load_average_1min_end', '?')} at the end.",
         f"Command: `{env.get('command', '?')}`.",
         "",
-        f"Cells: median time / extra peak memory above the inputs (/ achieved bandwidth as a "
+        f"Cells: median wall time (on CPU: median process CPU time, all threads) / extra peak "
+        f"memory above the inputs (/ achieved bandwidth as a "
         f"fraction of the device's peak, {env['peak_bandwidth_gbps']:.1f} GB/s, "
         f"{env['peak_bandwidth_source']}; minimum traffic = 3 x loss rows x V x element "
         "size). Target \"mean\", reverse KL, mean reduction. I, C: fractions of initiating and "

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import sys
 import time
@@ -52,7 +54,8 @@ def _dedupe(grid, providers=None):
     return merged
 
 
-def measure_palu(device, quick, providers=None, sections=None, reps=3, deadline=None):
+def measure_palu(device, quick, providers=None, sections=None, reps=3, deadline=None,
+                 threads=None):
     """Run the loss grid; returns ``[(sections, record)]``."""
     grid = [g for g in palu_grid(device, quick) if sections is None or g[0] in sections]
     merged = _dedupe(grid, providers)
@@ -70,7 +73,7 @@ def measure_palu(device, quick, providers=None, sections=None, reps=3, deadline=
                 bar.update(1)
                 bar.set_postfix_str(f"{rec['provider']} {Case(**rec['case']).label()}")
 
-            for rec in run_in_subprocess(p, cases, reps=reps, on_result=done):
+            for rec in run_in_subprocess(p, cases, reps=reps, on_result=done, threads=threads):
                 out.append((merged[Case(**rec["case"])][0], rec))
     else:
         for case, (secs, ps) in merged.items():
@@ -140,6 +143,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", nargs="+",
                     help="only these sections (headline rows vocab k fractions dtype topk)")
     ap.add_argument("--reps", type=int, default=3, help="CPU: timed repeats after one warm-up")
+    ap.add_argument("--threads", type=int,
+                    help="CPU: torch threads per process (default one per core); with 1, the "
+                         "CPU time of a measurement is what it takes on an idle core, even on "
+                         "a loaded machine")
     ap.add_argument("--budget-s", type=float,
                     help="CUDA: start no new measurement after this many seconds (the rest "
                          "is recorded as skipped)")
@@ -147,6 +154,8 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available here")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the top-K section runs in this process
     out_dir = args.out or REPO_ROOT / "bench" / "results" / args.device
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -165,11 +174,17 @@ def main(argv=None) -> int:
     budget = args.budget_s
     if args.sections is None or set(args.sections) - {"topk"}:
         records += measure_palu(args.device, args.quick, args.providers, args.sections,
-                                args.reps, None if budget is None else t0 + 0.85 * budget)
+                                args.reps, None if budget is None else t0 + 0.85 * budget,
+                                args.threads)
     if args.sections is None or "topk" in args.sections:
         records += measure_topk(args.device, args.quick, args.reps,
                                 None if budget is None else t0 + budget)
     env["wall_s"] = round(time.perf_counter() - t0, 1)
+    # CPU seconds of this process and its workers: what the sweep costs on an idle machine
+    # (a loaded machine stretches the wall time, much less the CPU time).
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    env["cpu_s"] = round(sum(u.ru_utime + u.ru_stime for u in used), 1)
+    env["load_average_1min_end"] = round(os.getloadavg()[0], 2)
 
     rows = report.to_rows(records, env)
     report.write_csv(rows, out_dir / "results.csv")
