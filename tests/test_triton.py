@@ -360,6 +360,18 @@ def test_autograd_contract():
     check_autograd_contract(DEVICE)
 
 
+def test_recompute_refuses_logits_modified_in_place():
+    z, r, i, c = make_case((6, 11), seed=18)
+    zg = z.clone().requires_grad_(True)
+    x = zg * 1.0  # a non-leaf, as a model's logits are
+    loss = triton_loss(x, r, i, c, k=3)
+    loss.backward(retain_graph=True)  # hands the fused gradient over
+    with torch.no_grad():
+        x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()  # would recompute from changed logits
+
+
 def test_float64_is_refused_with_a_pointer_to_the_torch_backend():
     z, r, i, c = make_case((2, 5), torch.float64, seed=0)
     with pytest.raises(TypeError, match="backend='torch'"):

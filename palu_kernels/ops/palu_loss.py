@@ -13,9 +13,9 @@ One program per row of ``[N, V]`` logits ``z`` and reference logits ``r`` (spec:
     3. pass B: ``d_j = (z_j - c) [j in S]``, ``L = (1/K) sum_j d_j^2`` (two-pass, so no
        cancellation), and the gradient ``dL/dz_j = (2/K) (d_j - s dc/dz_j)``.
 * a row in ``C`` (KL term):
-    1. pass 1, online softmax over blocks of V: running maxima ``m_z, m_r``, sums
-       ``s_z = sum exp(z - m_z)``, ``s_r = sum exp(r - m_r)`` and the KL numerator, all
-       rescaled when a maximum moves;
+    1. pass 1, online softmax over tiles of V with one state per lane of the tile (running
+       maxima ``m_z, m_r``, sums ``s_z = sum exp(z - m_z)``, ``s_r = sum exp(r - m_r)`` and
+       the KL numerator, rescaled when a maximum moves), merged across lanes at the end;
     2. pass 2 (only with a gradient): ``p, q`` from ``lse_z, lse_r`` and the gradient.
 
 The gradient is written during the forward pass into a new ``[N, V]`` tensor (never into
@@ -380,9 +380,10 @@ class _PALUTriton(torch.autograd.Function):
 
     With ``grad_output`` exactly 1 (the common ``loss.backward()``) the written gradient is
     returned as is, without a copy (the spec's 3 units of traffic). Autograd may then keep
-    it as ``.grad`` and accumulate into it in place, so it is handed over only once: a later
-    backward through the same graph (``retain_graph=True``, gradcheck) recomputes it from the
-    saved inputs (whose in-place modification autograd detects).
+    it as ``.grad`` and accumulate into it in place, so it is handed over only once (and the
+    node keeps no ``N x V`` buffer after its first backward): a later backward through the
+    same graph (``retain_graph=True``, gradcheck) recomputes it from the saved inputs, whose
+    in-place modification autograd detects.
     """
 
     @staticmethod
@@ -390,24 +391,24 @@ class _PALUTriton(torch.autograd.Function):
         per_row, grad = palu_forward(a, ctx.needs_input_grad[0], **opts)
         loss = per_row.reshape(a.row_shape) if a.reduction == "none" else per_row.sum()
         ctx.shape = logits.shape
-        ctx.args, ctx.opts, ctx.grad = a, opts, grad
+        ctx.opts, ctx.grad = opts, grad
         if grad is not None:
-            ctx.save_for_backward(a.logits, a.ref_logits)  # references, for a recompute
+            # the inputs by reference, for a recompute; the rest of the arguments as they are
+            ctx.save_for_backward(a.logits, a.ref_logits)
+            ctx.args = dataclasses.replace(a, logits=None, ref_logits=None)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        grad = ctx.grad
+        grad, ctx.grad = ctx.grad, None
         if grad is None:  # handed over by an earlier backward: recompute (version-checked)
             z, r = ctx.saved_tensors
             a = dataclasses.replace(ctx.args, logits=z, ref_logits=r)
             grad = palu_forward(a, True, **ctx.opts)[1]
-            ctx.grad = grad
         if grad_output.numel() == 1 and bool(grad_output == 1):
-            ctx.grad = None  # autograd owns it from here
-            out = grad
+            out = grad  # autograd owns it from here
         else:
             # mean / sum: one scalar; "none": one value per row. Out of place.
             out = scale_rows(grad, grad_output)
