@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_method_arguments(p)  # --beta, --delta, --idk-file
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--fused-linear", action="store_true",
+                   help="palu only: compute the forget loss from the last hidden states and the "
+                        "lm_head weight in row chunks, never the batch x length x vocab logits "
+                        "(models with a plain Linear output projection: Llama, Qwen, SmolLM, ...)")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows projected at once with --fused-linear (default: chosen from the "
+                        "vocabulary and hidden sizes)")
     p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (AdamW)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--optim", default="adamw_torch",
@@ -153,6 +160,12 @@ def check_paths(args) -> tuple[str, str | None]:
                              f"got {getattr(args, flag)}")
     if args.lora_r < 0:
         raise SystemExit(f"palu-unlearn: --lora-r must be >= 0, got {args.lora_r}")
+    if getattr(args, "fused_linear", False) and args.method != "palu":
+        raise SystemExit(f"palu-unlearn: --fused-linear applies to --method palu only (the PALU "
+                         f"loss from hidden states); --method {args.method} needs full logits")
+    chunk_rows = getattr(args, "chunk_rows", None)
+    if chunk_rows is not None and chunk_rows < 1:
+        raise SystemExit(f"palu-unlearn: --chunk-rows must be >= 1, got {chunk_rows}")
     return model_dir, gguf
 
 
@@ -205,7 +218,7 @@ def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
                               TrainingArguments, set_seed)
 
     from .data import PALUCollator, PALUDataset, load_records
-    from .trainer import PALUConfig, is_peft_model
+    from .trainer import FusedLinearError, PALUConfig, is_peft_model
 
     t0 = time.time()
     model_dir, gguf = check_paths(args)
@@ -280,12 +293,16 @@ def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
 
     palu = PALUConfig(k=args.k, target=args.target, kl=None if args.kl == "none" else args.kl,
                       gamma=1.0 if args.gamma is None else args.gamma, alpha=args.alpha,
-                      backend=args.backend)
+                      backend=args.backend, fused_linear=getattr(args, "fused_linear", False),
+                      chunk_rows=getattr(args, "chunk_rows", None))
     kwargs = method_kwargs(args) if trainer_cls is None else {}  # BaselineConfig from --beta ...
-    trainer = (trainer_cls or trainer_class(args.method))(
-        model=model, args=targs, train_dataset=dataset, data_collator=collator, palu=palu,
-        processing_class=tokenizer, callbacks=[_Epoch(), *(callbacks or [])],
-        **{**kwargs, **(trainer_kwargs or {})})
+    try:
+        trainer = (trainer_cls or trainer_class(args.method))(
+            model=model, args=targs, train_dataset=dataset, data_collator=collator, palu=palu,
+            processing_class=tokenizer, callbacks=[_Epoch(), *(callbacks or [])],
+            **{**kwargs, **(trainer_kwargs or {})})
+    except FusedLinearError as e:  # the model cannot take --fused-linear: say why, no traceback
+        raise SystemExit(f"palu-unlearn: {e}") from None
 
     # Fixed measurement set: every forget record, each paired with a retain record.
     eval_items = [dataset[i] for i in range(len(dataset))]
