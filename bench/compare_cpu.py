@@ -19,6 +19,8 @@ import time
 
 import torch
 
+import palu_kernels.torch_backend as tb
+
 from .common import Case, cpu_name, environment
 from .worker import run_in_subprocess
 
@@ -30,11 +32,12 @@ def _mib(b):
     return "n/a" if b is None else f"{b / 2**20:,.0f} MiB"
 
 
-def compare(case: Case, reps: int, providers=PROVIDERS, threads=None) -> list[dict]:
+def compare(case: Case, reps: int, providers=PROVIDERS, threads=None, chunk=None) -> list[dict]:
     recs = []
     for p in providers:
         print(f"measuring {p} ...", file=sys.stderr, flush=True)
-        recs.extend(run_in_subprocess(p, [case], reps=reps, warmup=1, threads=threads))
+        recs.extend(run_in_subprocess(p, [case], reps=reps, warmup=1, threads=threads,
+                                      torch_chunk_elements=chunk))
     return recs
 
 
@@ -75,6 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int,
                     help="torch threads per provider process (default: one per core); 1 "
                          "gives times that a loaded machine disturbs less")
+    ap.add_argument("--torch-chunk-elements", type=int,
+                    help="override palu_kernels.torch_backend.CHUNK_ELEMENTS (what-if)")
     ap.add_argument("--json", help="also write the raw records to this file")
     args = ap.parse_args(argv)
 
@@ -82,7 +87,7 @@ def main(argv=None) -> int:
                 dtype="fp32")
     env = environment("cpu")
     t0 = time.perf_counter()
-    recs = compare(case, args.reps, threads=args.threads)
+    recs = compare(case, args.reps, threads=args.threads, chunk=args.torch_chunk_elements)
     wall = time.perf_counter() - t0
     inputs_mib = case.input_bytes / 2**20
     threads = args.threads or torch.get_num_threads()
@@ -93,6 +98,9 @@ def main(argv=None) -> int:
           f"median of {args.reps} repeats after 1 warm-up, each provider in a fresh process; "
           f"extra peak = resident peak above the inputs (includes the {inputs_mib / 2:,.0f} MiB "
           f"gradient)")
+    if args.torch_chunk_elements:
+        print(f"torch backend run with CHUNK_ELEMENTS = {args.torch_chunk_elements} (override; "
+              f"the library default is {tb.CHUNK_ELEMENTS})")
     print()
     print(table(recs))
     print()

@@ -25,6 +25,10 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(int(spec["threads"]))
+    if spec.get("torch_chunk_elements"):  # a what-if knob of the torch backend
+        import palu_kernels.torch_backend as tb
+
+        tb.CHUNK_ELEMENTS = int(spec["torch_chunk_elements"])
     for case in spec["cases"]:
         rec = run_case(spec["provider"], Case(**case), spec.get("device", "cpu"),
                        reps=spec.get("reps", 3), warmup=spec.get("warmup", 1))
@@ -33,20 +37,22 @@ def main(argv=None) -> int:
 
 
 def run_in_subprocess(provider: str, cases, *, reps=3, warmup=1, timeout=900,
-                      on_result=None, threads=None) -> list[dict]:
+                      on_result=None, threads=None, torch_chunk_elements=None) -> list[dict]:
     """Measure ``provider`` on ``cases`` in fresh CPU processes, one record per case.
 
     ``on_result(record)`` is called as each case finishes (for progress bars). A case that
     kills its process, or runs past ``timeout`` seconds, is recorded as failed and the
     remaining cases go on in a new process. ``threads``: torch intra-op threads of the
-    worker (default: torch's choice, one per core).
+    worker (default: torch's choice, one per core). ``torch_chunk_elements`` overrides the
+    torch backend's ``CHUNK_ELEMENTS`` in the worker (to measure a proposed setting).
     """
     cases = list(cases)
     out = []
     while len(out) < len(cases):
         todo = cases[len(out):]
         spec = {"provider": provider, "device": "cpu", "reps": reps, "warmup": warmup,
-                "threads": threads, "cases": [c.to_dict() for c in todo]}
+                "threads": threads, "torch_chunk_elements": torch_chunk_elements,
+                "cases": [c.to_dict() for c in todo]}
         cmd = [sys.executable, "-m", "bench.worker", json.dumps(spec)]
         with tempfile.TemporaryFile("w+") as errf:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True,
