@@ -113,7 +113,7 @@ def test_topk_threshold_matches_stable_sort(v, kind, k, dtype, radix_bits, seed)
     check_topk_threshold(r, k, radix_bits=radix_bits)
 
 
-@pytest.mark.parametrize("radix_bits,block", [(1, 2), (2, 4), (4, 8)])
+@pytest.mark.parametrize("radix_bits,block", [(1, 4), (2, 4), (4, 8)])
 def test_topk_threshold_several_tiles_and_digit_widths(radix_bits, block):
     # bisection on the bits (32 passes), 2- and 4-bit digits, several tiles per row
     r = adversarial_rows("ties", 2, 19, seed=1)
@@ -248,11 +248,9 @@ def check_adversarial(device, dtype):
     masked[::5] = True
     z = torch.where(c[:, None] & masked, float("-inf"), z)  # masked in both models ...
     r = torch.where(masked, float("-inf"), r)  # ... (and in the reference of I rows)
-    for kl in ("reverse", "forward"):
-        for k in (1, 10, 30):
-            assert_matches_reference(triton_loss, z, r, i, c, k=k, kl=kl, reduction="none")
-            loss = triton_loss(z, r, i, c, k=k, kl=kl)
-            assert torch.isfinite(loss)
+    for k, kl in ((1, "reverse"), (10, "forward"), (30, "reverse")):
+        assert_matches_reference(triton_loss, z, r, i, c, k=k, kl=kl, reduction="none")
+    assert torch.isfinite(triton_loss(z, r, i, c, k=10, kl="forward"))
 
 
 def test_adversarial_rows_fp32():
