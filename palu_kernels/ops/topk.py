@@ -160,7 +160,8 @@ def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, radix_bits: int |
         value of each row, ``ties`` (int64) how many entries equal to ``thr`` are in the set,
         lowest vocabulary indices first. The set is
         ``(r > thr) | ((r == thr) & (cumsum(r == thr) <= ties))``, the first ``k`` places of
-        a stable descending sort.
+        a stable descending sort. ``-0.0`` and ``+0.0`` count as equal; rows holding NaN get an
+        unspecified set (the loss rejects NaN in reference rows that carry loss).
 
     Example::
 
