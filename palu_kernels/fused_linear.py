@@ -11,8 +11,9 @@ logits alone are 4 GB per model in fp32; here the peak is a few chunks of ``chun
 How it works (forward, reductions ``"mean"`` and ``"sum"``):
 
 * the rows that carry loss (``I`` or ``C``) are listed once with ``nonzero``; rows outside
-  them are never projected. On the CPU this is free; on a GPU it is this function's single
-  host synchronisation (the row count sizes the loop);
+  them are never projected. On the CPU this is free; on a GPU it is this function's own
+  single host synchronisation (the row count sizes the loop). The ``"triton"`` backend adds
+  none; the ``"torch"`` backend on a GPU lists each chunk's rows with its own ``nonzero``;
 * rows go through in chunks of ``chunk_rows``. Per chunk: both models' logits by one matmul
   each (the reference side without autograd), the loss and ``dloss/dlogits`` of the chunk by
   :func:`palu_kernels.palu_local_entropy_loss` with ``reduction="none"`` (so the ``"torch"``
@@ -28,7 +29,10 @@ How it works (forward, reductions ``"mean"`` and ``"sum"``):
 With ``reduction="none"`` the output is one value per row and ``grad_output`` one weight per
 row. The weight gradient ``sum_t g_t dlogits_t^T h_t`` cannot be rebuilt from an unweighted
 sum, so in that case the forward computes values only and the backward recomputes the chunks
-(logits and dlogits) with the per-row weights ``g_t``: twice the matmuls, no extra memory.
+(logits and dlogits) with the per-row weights ``g_t``: 6 matmuls per chunk instead of 4, no
+extra memory. A caller that wants two separately weighted sums (say the local and the KL
+term) gets them cheaper from two ``"sum"`` calls on disjoint masks, each projecting only its
+own rows.
 """
 
 from __future__ import annotations
