@@ -1,6 +1,7 @@
 """palu_kernels: fused kernels for PALU (Prefix-Aware Localized Unlearning)."""
 
 from ._validation import set_value_checks
+from .fused_linear import palu_fused_linear_loss
 from .loss import PALULoss, palu_local_entropy_loss
 from .masks import initiating_mask
 
@@ -9,6 +10,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PALULoss",
     "initiating_mask",
+    "palu_fused_linear_loss",
     "palu_local_entropy_loss",
     "set_value_checks",
     "topk_threshold",
