@@ -15,8 +15,10 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
-from palu_kernels.tiny import build_tiny_llama, build_tokenizer, save_tiny_model, tofu_texts  # noqa: E402
-from palu_kernels.train import PALUCollator, PALUConfig, PALUDataset, PALUTrainer, cli, load_records  # noqa: E402
+from palu_kernels.tiny import (build_tiny_llama, build_tokenizer, save_tiny_model,  # noqa: E402
+                                tofu_texts)
+from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset, PALUTrainer,  # noqa: E402
+                                cli, load_records)
 from palu_kernels.train.trainer import FusedLinearError  # noqa: E402
 
 TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
@@ -219,8 +221,9 @@ def files(tmp_path_factory):
         retain = [next(f) for _ in range(4)]
     (d / "forget.jsonl").write_text("".join(forget), encoding="utf-8")
     (d / "retain.json").write_text("".join(retain), encoding="utf-8")
-    model = save_tiny_model(str(d / "model"), texts=tofu_texts(FORGET01) + tofu_texts(RETAIN99, limit=40),
-                            vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, seed=0)
+    texts = tofu_texts(FORGET01) + tofu_texts(RETAIN99, limit=40)
+    model = save_tiny_model(str(d / "model"), texts=texts, vocab_size=300, hidden_size=32,
+                            num_layers=1, num_heads=2, seed=0)
     return {"model": model, "forget": str(d / "forget.jsonl"), "retain": str(d / "retain.json")}
 
 

@@ -7,6 +7,10 @@ Example (CPU, tiny model built with ``palu_kernels.tiny.save_tiny_model``)::
         --retain ../shared/data/tofu/retain99.json \\
         --epochs 1 --batch-size 4 --output-dir /tmp/tiny-unlearned --skip-bad-records
 
+Add ``--fused-linear`` to compute the PALU forget loss from the last hidden states and the
+``lm_head`` weight in row chunks, so the forget batch's ``[batch, length, vocab]`` logits are
+never built (large vocabularies; models with a plain ``nn.Linear`` output projection).
+
 Several processes: ``torchrun --nproc_per_node 2 -m palu_kernels.train.cli ...`` or
 ``accelerate launch -m palu_kernels.train.cli ...`` (same arguments). From Python:
 ``palu_kernels.train.cli.main([...])`` runs it (returns 0) and ``unlearn([...])`` returns the run
