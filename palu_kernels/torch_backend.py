@@ -84,6 +84,12 @@ def kl_rows(z, r, kl: str):
 class _PALUTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, a: PALUArgs):
+        # fp32 arithmetic whatever the caller's autocast says (einsum would run in bf16).
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return _PALUTorch._forward(ctx, logits, a)
+
+    @staticmethod
+    def _forward(ctx, logits: torch.Tensor, a: PALUArgs):
         n, v = a.logits.shape
         acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
         need_grad = ctx.needs_input_grad[0]

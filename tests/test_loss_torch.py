@@ -205,3 +205,13 @@ def cases(draw):
 def test_property_matches_reference(case):
     (z, r, i, c), opts = case
     assert_matches_reference(torch_loss, z, r, i, c, **opts)
+
+
+def test_autocast_does_not_lower_the_arithmetic():
+    z, r, i, c = make_case((3, 8, 50), seed=18)
+    plain, gplain = loss_and_grad(torch_loss, z, r, i, c, k=5)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        auto, gauto = loss_and_grad(torch_loss, z, r, i, c, k=5)
+    assert auto.dtype == torch.float32 and gauto.dtype == torch.float32
+    torch.testing.assert_close(auto, plain)
+    torch.testing.assert_close(gauto, gplain)
