@@ -5,7 +5,7 @@ Needs the ``train`` extra (transformers, accelerate, safetensors, tqdm; peft for
 
 from .data import (IGNORE_INDEX, LoadReport, PALUCollator, PALUDataset, QARecord, Span,
                    encode_record, format_prompt, load_records, prompt_ids)
-from .trainer import PALUConfig, PALUTrainer
+from .trainer import FusedLinearError, PALUConfig, PALUTrainer
 
-__all__ = ["IGNORE_INDEX", "LoadReport", "PALUCollator", "PALUConfig", "PALUDataset", "PALUTrainer",
+__all__ = ["FusedLinearError", "IGNORE_INDEX", "LoadReport", "PALUCollator", "PALUConfig", "PALUDataset", "PALUTrainer",
            "QARecord", "Span", "encode_record", "format_prompt", "load_records", "prompt_ids"]

@@ -383,7 +383,13 @@ def unlearn(argv=None) -> dict:
 
 def main(argv=None) -> int:
     """Entry point of ``palu-unlearn``; ``main([...])`` works from Python too (returns 0; use
-    :func:`unlearn` for the summary dict)."""
+    :func:`unlearn` for the summary dict). ``palu-unlearn demo ...`` runs the demo
+    (:mod:`palu_kernels.demo.run`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from ..demo.run import main as demo_main
+
+        return demo_main(argv[1:])
     unlearn(argv)
     return 0
 
