@@ -173,12 +173,16 @@ def check_loss_args(
     )
 
 
-def check_backend(backend: str, device: torch.device) -> str:
-    """Resolve ``backend`` ("auto" picks triton on CUDA) and check it can run on ``device``."""
+def check_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """Resolve ``backend`` and check it can run on ``device``.
+
+    ``"auto"`` picks triton for CUDA tensors of a kernel dtype (fp32/bf16/fp16) and torch
+    otherwise (CPU tensors, fp64).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        return "triton" if device.type == "cuda" and dtype != torch.float64 else "torch"
     if backend == "triton" and device.type != "cuda":
         if os.environ.get("TRITON_INTERPRET", "0") != "1":
             raise ValueError(

@@ -367,7 +367,7 @@ def palu_fused_linear_loss(
         ref_bias=ref_bias, chunk_rows=chunk_rows, k=k, target=target, kl=kl, gamma=gamma,
         alpha=alpha, reduction=reduction,
     )
-    backend = check_backend(backend, hidden.device)
+    backend = check_backend(backend, hidden.device, hidden.dtype)
     return _FusedLinearPALU.apply(
         hidden, weight, bias, ref_hidden.detach(), ref_weight.detach(),
         None if ref_bias is None else ref_bias.detach(), args, chunk_rows, backend,

@@ -50,7 +50,7 @@ def palu_local_entropy_loss(
         logits, ref_logits, initiating_mask, common_mask, k=k, target=target, kl=kl,
         gamma=gamma, alpha=alpha, reduction=reduction,
     )
-    backend = check_backend(backend, logits.device)
+    backend = check_backend(backend, logits.device, logits.dtype)
     if backend == "triton":
         from .ops.palu_loss import palu_loss_triton
 

@@ -93,3 +93,12 @@ def test_mask_on_another_device_is_reported():
     z, r, i, c = make_case((4, 6), seed=1)
     with pytest.raises(ValueError, match="initiating_mask"):
         call(z, r, i.to("meta"), c)
+
+
+def test_auto_backend_choice():
+    from palu_kernels._validation import check_backend
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert check_backend("auto", cuda, torch.bfloat16) == "triton"
+    assert check_backend("auto", cuda, torch.float64) == "torch"  # kernels are fp32/bf16/fp16
+    assert check_backend("auto", cpu, torch.float32) == "torch"
