@@ -406,7 +406,8 @@ def device_name(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"{cpu_name()} ({n} thread{'s' if n != 1 else ''})"
 
 
 def git_commit() -> str:
