@@ -71,3 +71,38 @@ def assert_matches_reference(fn, z, r, i_mask, c_mask, grad_out=None, **opts):
     gscale = truth_grad.norm().item()
     assert gerr <= budget_grad + tol * (1e-3 + gscale), (
         f"gradient error {gerr:.3e} above budget {budget_grad:.3e} + tol (|g| = {gscale:.3e})")
+
+
+# ----------------------------------------------------------------------------- TOFU fixtures
+
+import os  # noqa: E402
+
+import pytest  # noqa: E402
+
+TOFU = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu"))
+FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")
+RETAIN99 = os.path.join(TOFU, "retain99.json")
+needs_tofu = pytest.mark.skipif(not os.path.exists(FORGET01),
+                                reason="TOFU data not present in ../shared/data/tofu")
+
+TINY = dict(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2)  # tiny test model
+
+
+def tofu_texts_for_tokenizer():
+    """The texts the test tokenizers are trained on (forget01 spans, 40 retain records)."""
+    from palu_kernels.tiny import tofu_texts
+
+    return tofu_texts(FORGET01) + tofu_texts(RETAIN99, limit=40)
+
+
+def write_tofu_subset(d, n_forget, n_retain, *, seed=0):
+    """The first lines of forget01 spans / retain99 as files in ``d``, and a tiny model
+    (``TINY``, tokenizer trained locally) saved in ``d/model``; returns their paths."""
+    from palu_kernels.tiny import save_tiny_model
+
+    for src, name, n in ((FORGET01, "forget.jsonl", n_forget), (RETAIN99, "retain.json", n_retain)):
+        with open(src, encoding="utf-8") as f:
+            (d / name).write_text("".join(next(f) for _ in range(n)), encoding="utf-8")
+    model = save_tiny_model(str(d / "model"), texts=tofu_texts_for_tokenizer(), seed=seed,
+                            **{k: v for k, v in TINY.items()})
+    return {"model": model, "forget": str(d / "forget.jsonl"), "retain": str(d / "retain.json")}

@@ -11,15 +11,12 @@ pytest.importorskip("transformers")
 
 from transformers import TrainingArguments  # noqa: E402
 
-from palu_kernels.tiny import build_tiny_llama, build_tokenizer, tofu_texts  # noqa: E402
+from palu_kernels.tiny import build_tiny_llama, build_tokenizer  # noqa: E402
 from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset, PALUTrainer,  # noqa: E402
                                 load_records)
 from palu_kernels.train import baselines as bl  # noqa: E402
 
-TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
-FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")
-RETAIN99 = os.path.join(TOFU, "retain99.json")
-needs_tofu = pytest.mark.skipif(not os.path.exists(FORGET01), reason="TOFU data not present")
+from helpers import FORGET01, RETAIN99, TINY, needs_tofu, tofu_texts_for_tokenizer  # noqa: E402
 
 
 def logsig(x: float) -> float:
@@ -158,12 +155,11 @@ def test_load_refusals(tmp_path):
 # ----------------------------------------------------------------------------- on a tiny model
 
 @pytest.fixture(scope="module")
-def data():
-    torch.set_num_threads(1)
+def data(one_thread):
     with pytest.warns(UserWarning):
         forget, _ = load_records(FORGET01, skip_bad=True)
     retain, _ = load_records(RETAIN99, spans="ignore")
-    tok = build_tokenizer(tofu_texts(FORGET01) + tofu_texts(RETAIN99, limit=40), vocab_size=300)
+    tok = build_tokenizer(tofu_texts_for_tokenizer(), vocab_size=TINY["vocab_size"])
     return tok, forget[:4], retain[:6]
 
 

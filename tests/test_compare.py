@@ -9,26 +9,18 @@ pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
 from palu_kernels.eval import compare  # noqa: E402
-from palu_kernels.tiny import build_tiny_llama, save_tiny_model, tofu_texts  # noqa: E402
+from palu_kernels.tiny import build_tiny_llama  # noqa: E402
 
-TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
-FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")
-RETAIN99 = os.path.join(TOFU, "retain99.json")
-pytestmark = pytest.mark.skipif(not os.path.exists(FORGET01), reason="TOFU data not present")
+from helpers import TOFU, needs_tofu, write_tofu_subset  # noqa: E402
+
+pytestmark = [needs_tofu, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("palu_compare")
-    with open(FORGET01, encoding="utf-8") as f:
-        forget = [next(f) for _ in range(4)]
-    with open(RETAIN99, encoding="utf-8") as f:
-        retain = [next(f) for _ in range(4)]
-    (d / "forget.jsonl").write_text("".join(forget), encoding="utf-8")
-    (d / "retain.json").write_text("".join(retain), encoding="utf-8")
-    texts = tofu_texts(FORGET01) + tofu_texts(RETAIN99, limit=40)
-    model = save_tiny_model(str(d / "model"), texts=texts, vocab_size=300, hidden_size=32,
-                            num_layers=1, num_heads=2, seed=0)
+    paths = write_tofu_subset(d, 4, 4)
+    model = paths["model"]
     # the retain model: same tokenizer and shape, other weights
     from transformers import AutoTokenizer
 

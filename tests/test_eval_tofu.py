@@ -18,17 +18,10 @@ from palu_kernels.eval.cli import main
 from palu_kernels.eval.tofu import (EVAL_SPLITS, UTILITY_KEYS, PromptEncoder, evaluate_model,
                                     load_split)
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
-needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="TOFU data not found")
+from helpers import TOFU as DATA  # noqa: E402
+from helpers import needs_tofu as needs_data  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls: one thread is faster, and far faster on a loaded 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

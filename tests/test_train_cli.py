@@ -13,36 +13,16 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from palu_kernels.tiny import save_tiny_model, tofu_texts  # noqa: E402
 from palu_kernels.train import cli  # noqa: E402
 
-TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
-FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")
-RETAIN99 = os.path.join(TOFU, "retain99.json")
-pytestmark = pytest.mark.skipif(not os.path.exists(FORGET01), reason="TOFU data not present")
+from helpers import needs_tofu, write_tofu_subset  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [needs_tofu, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("palu_cli")
-    with open(FORGET01, encoding="utf-8") as f:
-        forget = [next(f) for _ in range(6)]
-    with open(RETAIN99, encoding="utf-8") as f:
-        retain = [next(f) for _ in range(8)]
-    (d / "forget.jsonl").write_text("".join(forget), encoding="utf-8")
-    (d / "retain.json").write_text("".join(retain), encoding="utf-8")
-    model = save_tiny_model(str(d / "model"), texts=tofu_texts(FORGET01) + tofu_texts(RETAIN99, limit=40),
-                            vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, seed=0)
-    return {"model": model, "forget": str(d / "forget.jsonl"), "retain": str(d / "retain.json")}
+    return write_tofu_subset(tmp_path_factory.mktemp("palu_cli"), 6, 8)
 
 
 def argv(files, out, *extra):

@@ -15,25 +15,15 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
-from palu_kernels.tiny import (build_tiny_llama, build_tokenizer, save_tiny_model,  # noqa: E402
-                                tofu_texts)
+from palu_kernels.tiny import (build_tiny_llama, build_tokenizer)
 from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset, PALUTrainer,  # noqa: E402
                                 cli, load_records)
 from palu_kernels.train.trainer import FusedLinearError  # noqa: E402
 
-TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
-FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")
-RETAIN99 = os.path.join(TOFU, "retain99.json")
-pytestmark = pytest.mark.skipif(not os.path.exists(FORGET01), reason="TOFU data not present")
+from helpers import (FORGET01, RETAIN99, TINY, needs_tofu,
+                     tofu_texts_for_tokenizer, write_tofu_subset)  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [needs_tofu, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,7 @@ def data():
     with pytest.warns(UserWarning):
         forget, _ = load_records(FORGET01, skip_bad=True)
     retain, _ = load_records(RETAIN99, spans="ignore")
-    tok = build_tokenizer(tofu_texts(FORGET01) + tofu_texts(RETAIN99, limit=40), vocab_size=300)
+    tok = build_tokenizer(tofu_texts_for_tokenizer(), vocab_size=TINY["vocab_size"])
     collate = PALUCollator(tok.pad_token_id)
     with_retain = PALUDataset(tok, forget[:4], retain[:4], first_n=2, seed=1)
     forget_only = PALUDataset(tok, forget[:4], None, first_n=2, seed=1)
@@ -214,17 +204,7 @@ def test_unsupported_models_and_methods(data, tmp_path):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("palu_fused_cli")
-    with open(FORGET01, encoding="utf-8") as f:
-        forget = [next(f) for _ in range(4)]
-    with open(RETAIN99, encoding="utf-8") as f:
-        retain = [next(f) for _ in range(4)]
-    (d / "forget.jsonl").write_text("".join(forget), encoding="utf-8")
-    (d / "retain.json").write_text("".join(retain), encoding="utf-8")
-    texts = tofu_texts(FORGET01) + tofu_texts(RETAIN99, limit=40)
-    model = save_tiny_model(str(d / "model"), texts=texts, vocab_size=300, hidden_size=32,
-                            num_layers=1, num_heads=2, seed=0)
-    return {"model": model, "forget": str(d / "forget.jsonl"), "retain": str(d / "retain.json")}
+    return write_tofu_subset(tmp_path_factory.mktemp("palu_fused_cli"), 4, 4)
 
 
 def argv(files, out, *extra):

@@ -1,7 +1,6 @@
 """PALUTrainer on a tiny Llama built from a config (no download): loss, accumulation, LoRA."""
 
 import gc
-import os
 
 import pytest
 import torch
@@ -11,23 +10,14 @@ pytest.importorskip("transformers")
 from transformers import LlamaForCausalLM, TrainingArguments  # noqa: E402
 
 from palu_kernels.loss import palu_local_entropy_loss  # noqa: E402
-from palu_kernels.tiny import build_tiny_llama, build_tokenizer, tofu_texts  # noqa: E402
+from palu_kernels.tiny import build_tiny_llama, build_tokenizer  # noqa: E402
 from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset, PALUTrainer,  # noqa: E402
                                 load_records)
 
-TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
-FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")
-RETAIN99 = os.path.join(TOFU, "retain99.json")
-pytestmark = pytest.mark.skipif(not os.path.exists(FORGET01), reason="TOFU data not present")
+from helpers import (FORGET01, RETAIN99, TINY, needs_tofu,
+                     tofu_texts_for_tokenizer)  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [needs_tofu, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +25,7 @@ def data():
     with pytest.warns(UserWarning):
         forget, _ = load_records(FORGET01, skip_bad=True)
     retain, _ = load_records(RETAIN99, spans="ignore")
-    tok = build_tokenizer(tofu_texts(FORGET01) + tofu_texts(RETAIN99, limit=40), vocab_size=300)
+    tok = build_tokenizer(tofu_texts_for_tokenizer(), vocab_size=TINY["vocab_size"])
     return tok, forget[:4], retain[:6]
 
 
