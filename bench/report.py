@@ -219,10 +219,15 @@ def plots(rows, env, out_dir) -> list[Path]:
         shapes, provs = _shapes(rows, sec), _providers(rows, sec)
         if len(shapes) < 2:
             continue
-        fig, axes = plt.subplots(2, len(MODES), figsize=(5 * len(MODES), 8), squeeze=False)
+        metrics = [("time_ms", "median wall time (ms)")]
+        if any(key[3] == "cpu_ms" for key in vals):  # CPU runs: process CPU time as well
+            metrics.append(("cpu_ms", "median process CPU time (ms)"))
+        metrics.append(("peak_mem_mib", "extra peak memory (MiB)"))
+        fig, axes = plt.subplots(len(metrics), len(MODES), figsize=(5 * len(MODES),
+                                                                    4 * len(metrics)),
+                                 squeeze=False)
         for j, mode in enumerate(MODES):
-            for i, (metric, ylabel) in enumerate((("time_ms", "median time (ms)"),
-                                                  ("peak_mem_mib", "extra peak memory (MiB)"))):
+            for i, (metric, ylabel) in enumerate(metrics):
                 ax = axes[i][j]
                 for p in provs:
                     pts = [(key[xi], float(vals[(key, p, mode, metric)]["value"]))
