@@ -15,6 +15,7 @@ from dataclasses import replace
 from .common import Case
 
 VOCABS = (32000, 49152, 128256, 151936)
+SECTIONS = ("headline", "rows", "vocab", "k", "fractions", "dtype", "topk")
 ALL = ("triton", "torch", "reference", "reference_compile", "released")
 FAST = ("triton", "torch", "released")
 

@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from . import report
 from .common import (
-    Case, RssWindow, Unavailable, copy_bandwidth_gbps, cuda_peak, environment, make_inputs,
-    peak_bandwidth_gbps, release_free_memory, run_case, topk_providers,
+    PROVIDERS, Case, RssWindow, Unavailable, copy_bandwidth_gbps, cuda_peak, environment,
+    make_inputs, peak_bandwidth_gbps, release_free_memory, run_case, topk_providers,
 )
-from .grids import palu_grid, topk_grid
+from .grids import SECTIONS, palu_grid, topk_grid
 from .worker import run_in_subprocess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,9 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--quick", action="store_true", help="the reduced grid (see bench/grids.py)")
     ap.add_argument("--out", type=Path, help="output folder (default bench/results/<device>)")
-    ap.add_argument("--providers", nargs="+", help="only these providers")
-    ap.add_argument("--sections", nargs="+",
-                    help="only these sections (headline rows vocab k fractions dtype topk)")
+    ap.add_argument("--providers", nargs="+", choices=PROVIDERS, help="only these providers")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="only these sections")
     ap.add_argument("--reps", type=int, default=3, help="CPU: timed repeats after one warm-up")
     ap.add_argument("--threads", type=int,
                     help="CPU: torch threads per process (default one per core); with 1, the "
