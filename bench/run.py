@@ -193,8 +193,8 @@ def main(argv=None) -> int:
     (out_dir / "results.md").write_text(md)
     plots = report.plots(rows, env, out_dir)
     print(md)
-    print(f"wrote {out_dir / 'results.csv'}, {out_dir / 'results.md'}, "
-          + ", ".join(str(p) for p in plots) + f" in {env['wall_s']:.0f} s")
+    written = [out_dir / "results.csv", out_dir / "results.md", out_dir / "raw.json", *plots]
+    print(f"wrote {', '.join(str(p) for p in written)} in {env['wall_s']:.0f} s")
     return 0
 
 
