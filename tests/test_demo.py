@@ -152,7 +152,7 @@ def test_pretrained_path_end_to_end_with_a_tiny_gguf(tmp_path):
     rows = {r["model"]: r for r in res["table"]}
     assert set(rows) == {"finetuned", "retain", "palu"}
     cfg = res["config"]
-    assert cfg["k"] == "10" and cfg["lr"] == 1e-4 and cfg["epochs"] == 2  # pre-trained defaults
+    assert cfg["k"] == "10" and cfg["lr"] == 2e-4 and cfg["epochs"] == 2  # pre-trained defaults
     # fine-tuning on the facts raised their probability above the retain model's
     assert rows["finetuned"]["forget_probability"] > rows["retain"]["forget_probability"]
     assert res["training"]["finetuned"]["n_pairs"] > res["training"]["retain"]["n_pairs"] > 0

@@ -66,7 +66,7 @@ _SIZES = {
 _MODEL_DEFAULTS = {
     "ft_lr": (3e-3, 3e-4),
     "ft_target_nll": (0.05, 0.3),
-    "lr": (1e-3, 1e-4),
+    "lr": (1e-3, 2e-4),
     "k": ("1", "10"),
 }
 
@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tuning stops once an epoch's mean answer-token NLL is below this "
                         "(default 0.05; pre-trained models 0.3)")
     p.add_argument("--lr", type=float, default=None,
-                   help="unlearning learning rate (default 1e-3; pre-trained models 1e-4)")
+                   help="unlearning learning rate (default 1e-3; pre-trained models 2e-4, "
+                        "without warm-up: they get only a few steps)")
     p.add_argument("--epochs", type=float, default=None,
                    help="unlearning epochs (default 10; pre-trained models 4, --quick 2)")
     p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
@@ -469,7 +470,8 @@ def _tiny_models(args, sizes: dict, out: str, progress: bool, log) -> dict:
             "finetuned_dir": model_dirs["finetuned"], "retain_eval": retain_eval,
             "retain_dir": model_dirs["retain"], "forget_spans": str(paths["forget_spans"]),
             "retain": str(paths["retain"]), "max_samples": None,
-            "max_new_tokens": _MAX_NEW_TOKENS, "label": "tiny Llama", "extra_compare": []}
+            "max_new_tokens": _MAX_NEW_TOKENS, "label": "tiny Llama", "extra_compare": [],
+            "warmup_epochs": 1}
 
 
 def _pretrained_models(args, sizes: dict, source, out: str, progress: bool, log) -> dict:
@@ -526,7 +528,7 @@ def _pretrained_models(args, sizes: dict, source, out: str, progress: bool, log)
             "training": training, "finetuned_dir": finetuned_dir, "retain_eval": retain_eval,
             "retain_dir": os.path.join(out, "models", "retain"),
             "forget_spans": d["forget_spans"], "retain": d["retain"], "max_samples": n,
-            "max_new_tokens": max_new, "label": label,
+            "max_new_tokens": max_new, "label": label, "warmup_epochs": 0,
             # no mid-run checkpoints (a 135M model's optimizer state is a gigabyte) and no
             # unlearned weights kept after their evaluation
             "extra_compare": ["--save-steps", "1000000000", "--delete-models",
@@ -576,7 +578,8 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
         *(["--max-samples", str(st["max_samples"])] if st["max_samples"] else []),
         # passed through to palu-unlearn
         "--lr", str(args.lr), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-        "--warmup-epochs", "1", "--k", str(args.k), "--gamma", str(args.gamma),
+        "--warmup-epochs", str(st["warmup_epochs"]), "--k", str(args.k),
+        "--gamma", str(args.gamma),
         "--seed", str(args.seed),
         "--save-total-limit", "1", "--logging-steps", "1000000", *st["extra_compare"],
     ]
