@@ -14,7 +14,10 @@ setup(
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
         "bench": ["matplotlib>=3.5", "psutil"],
-        "train": ["transformers>=4.46", "accelerate>=0.34", "safetensors", "tqdm", "peft>=0.13"],
+        "train": [
+            "transformers>=4.46", "accelerate>=0.34", "safetensors", "tqdm", "peft>=0.13",
+            "gguf>=0.10",  # --model x.gguf (transformers reads GGUF through it)
+        ],
         "eval": ["rouge-score", "scipy", "matplotlib>=3.5", "tqdm"],
         "smollm2": ["gguf>=0.10", "accelerate>=0.34"],
     },
