@@ -13,7 +13,7 @@ setup(
     install_requires=["torch>=2.1", "triton>=3.0; platform_system == 'Linux'", "numpy"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "pytest-benchmark>=4"],
-        "bench": ["matplotlib>=3.5", "psutil"],
+        "bench": ["matplotlib>=3.5", "psutil", "tqdm", "pytest>=7", "pytest-benchmark>=4"],
         "train": [
             "transformers>=4.46", "accelerate>=0.34", "safetensors", "tqdm", "peft>=0.13",
             "gguf>=0.10",  # --model x.gguf (transformers reads GGUF through it)
