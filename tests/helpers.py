@@ -106,3 +106,23 @@ def write_tofu_subset(d, n_forget, n_retain, *, seed=0):
     model = save_tiny_model(str(d / "model"), texts=tofu_texts_for_tokenizer(), seed=seed,
                             **{k: v for k, v in TINY.items()})
     return {"model": model, "forget": str(d / "forget.jsonl"), "retain": str(d / "retain.json")}
+
+
+def tofu_tokenizer_and_records(n_forget=4, n_retain=6):
+    """A locally trained tokenizer, the first forget01 span records and retain99 records."""
+    from palu_kernels.tiny import build_tokenizer
+    from palu_kernels.train import load_records
+
+    with pytest.warns(UserWarning):  # forget01 line 31 has overlapping spans: skipped, counted
+        forget, _ = load_records(FORGET01, skip_bad=True)
+    retain, _ = load_records(RETAIN99, spans="ignore")
+    tok = build_tokenizer(tofu_texts_for_tokenizer(), vocab_size=TINY["vocab_size"])
+    return tok, forget[:n_forget], retain[:n_retain]
+
+
+def tiny_llama(tok, seed=0):
+    """The tiny test model (``TINY``) for tokenizer ``tok``, in training mode."""
+    from palu_kernels.tiny import build_tiny_llama
+
+    return build_tiny_llama(tok, seed=seed, **{k: v for k, v in TINY.items()
+                                               if k != "vocab_size"}).train()

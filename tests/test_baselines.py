@@ -11,12 +11,11 @@ pytest.importorskip("transformers")
 
 from transformers import TrainingArguments  # noqa: E402
 
-from palu_kernels.tiny import build_tiny_llama, build_tokenizer  # noqa: E402
 from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset, PALUTrainer,  # noqa: E402
-                                load_records)
+                                )
 from palu_kernels.train import baselines as bl  # noqa: E402
 
-from helpers import FORGET01, RETAIN99, TINY, needs_tofu, tofu_texts_for_tokenizer  # noqa: E402
+from helpers import tiny_llama, tofu_tokenizer_and_records, needs_tofu  # noqa: E402
 
 
 def logsig(x: float) -> float:
@@ -156,15 +155,10 @@ def test_load_refusals(tmp_path):
 
 @pytest.fixture(scope="module")
 def data(one_thread):
-    with pytest.warns(UserWarning):
-        forget, _ = load_records(FORGET01, skip_bad=True)
-    retain, _ = load_records(RETAIN99, spans="ignore")
-    tok = build_tokenizer(tofu_texts_for_tokenizer(), vocab_size=TINY["vocab_size"])
-    return tok, forget[:4], retain[:6]
+    return tofu_tokenizer_and_records(4, 6)
 
 
-def tiny(tok, seed=0):
-    return build_tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2, seed=seed).train()
+tiny = tiny_llama
 
 
 def make_trainer(tmp_path, method, tok, ds, *, bs=4, ga=1, lr=0.5, ref_model=None, **hp):

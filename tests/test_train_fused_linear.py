@@ -15,23 +15,20 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
-from palu_kernels.tiny import (build_tiny_llama, build_tokenizer)
+from palu_kernels.tiny import (build_tiny_llama)
 from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset, PALUTrainer,  # noqa: E402
-                                cli, load_records)
+                                cli)
 from palu_kernels.train.trainer import FusedLinearError  # noqa: E402
 
-from helpers import (FORGET01, RETAIN99, TINY, needs_tofu,
-                     tofu_texts_for_tokenizer, write_tofu_subset)  # noqa: E402
+from helpers import (tofu_tokenizer_and_records, needs_tofu,
+                     write_tofu_subset)  # noqa: E402
 
 pytestmark = [needs_tofu, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
 def data():
-    with pytest.warns(UserWarning):
-        forget, _ = load_records(FORGET01, skip_bad=True)
-    retain, _ = load_records(RETAIN99, spans="ignore")
-    tok = build_tokenizer(tofu_texts_for_tokenizer(), vocab_size=TINY["vocab_size"])
+    tok, forget, retain = tofu_tokenizer_and_records(4, 4)
     collate = PALUCollator(tok.pad_token_id)
     with_retain = PALUDataset(tok, forget[:4], retain[:4], first_n=2, seed=1)
     forget_only = PALUDataset(tok, forget[:4], None, first_n=2, seed=1)
