@@ -83,19 +83,24 @@ def _check_mask(name, mask, lead_shape, device):
     return mask.reshape(-1)
 
 
+def check_float_tensor(name: str, t) -> None:
+    """``t`` must be a floating torch.Tensor (float32, bfloat16, float16 or float64)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float32, bfloat16, float16 or float64), "
+            f"got {t.dtype}"
+        )
+
+
 def check_loss_args(
     logits, ref_logits, initiating_mask, common_mask, *, k, target, kl, gamma, alpha,
     reduction,
 ) -> PALUArgs:
     """Validate the arguments of :func:`palu_kernels.palu_local_entropy_loss`."""
     for name, t in (("logits", logits), ("ref_logits", ref_logits)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(
-                f"{name} must be a floating tensor (float32, bfloat16, float16 or float64), "
-                f"got {t.dtype}"
-            )
+        check_float_tensor(name, t)
         if t.dim() not in (2, 3):
             raise ValueError(f"{name} must have shape [B, T, V] or [N, V], got {_shape(t)}")
     if ref_logits.shape != logits.shape:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validation import FLOAT_DTYPES, _shape, check_backend, check_loss_args
+from ._validation import _shape, check_backend, check_float_tensor, check_loss_args
 from .loss import palu_local_entropy_loss
 
 # Working-memory budget of one chunk, in bytes, by device type. A chunk holds about
@@ -71,13 +71,7 @@ def default_chunk_rows(vocab: int, hidden_size: int, ref_hidden_size: int | None
 def _check_tensor(name, t, dims, optional=False):
     if t is None and optional:
         return None
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a floating tensor (float32, bfloat16, float16 or float64), "
-            f"got {t.dtype}"
-        )
+    check_float_tensor(name, t)
     if t.dim() not in dims:
         want = {(2, 3): "[B, T, H] or [N, H]", (2,): "[V, H]", (1,): "[V]"}[tuple(dims)]
         raise ValueError(f"{name} must have shape {want}, got {_shape(t)}")
