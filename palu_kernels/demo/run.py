@@ -387,21 +387,30 @@ def _write_jsonl(path: str, rows: List[dict]) -> str:
     return path
 
 
+def _synthetic_data(args, sizes: dict, out: str, log, *, retain_eval_size):
+    """Write the synthetic benchmark of ``sizes`` to ``out/data``; returns (dir, paths)."""
+    from .synth import generate_benchmark
+
+    data_dir = os.path.join(out, "data")
+    log(f"[1/5] synthetic benchmark: {sizes['people']} authors x {sizes['questions']} questions, "
+        f"forget {sizes['forget_fraction']:.0%} -> {data_dir}")
+    paths = generate_benchmark(
+        data_dir, n_people=sizes["people"], questions_per_person=sizes["questions"],
+        forget_fraction=sizes["forget_fraction"], seed=args.seed,
+        n_real_authors=sizes["real_authors"], n_world_facts=sizes["world_facts"],
+        retain_eval_size=retain_eval_size)
+    return data_dir, paths
+
+
 def _pretrained_data(args, sizes: dict, out: str, log) -> dict:
     """Data for a pre-trained model: the synthetic benchmark (written to ``out/data``) or the
     TOFU directory ``--data-dir``; the first ``max_samples`` forget and retain questions are
     fine-tuned and unlearned (``out/subset``), and evaluated."""
-    from .synth import generate_benchmark
 
     n = sizes["max_samples"]
     if args.data_dir is None:
-        data_dir = os.path.join(out, "data")
-        log(f"[1/5] synthetic benchmark: {sizes['people']} authors x {sizes['questions']} "
-            f"questions, forget {sizes['forget_fraction']:.0%} -> {data_dir}")
-        paths = generate_benchmark(
-            data_dir, n_people=sizes["people"], questions_per_person=sizes["questions"],
-            forget_fraction=sizes["forget_fraction"], seed=args.seed,
-            n_real_authors=sizes["real_authors"], n_world_facts=sizes["world_facts"],
+        data_dir, paths = _synthetic_data(
+            args, sizes, out, log,
             retain_eval_size=min(n, sizes["questions"] * (sizes["people"] - max(
                 1, round(sizes["people"] * sizes["forget_fraction"])))))
         split = json.loads(paths["meta"].read_text())["forget_split"]
@@ -443,17 +452,9 @@ def _tiny_models(args, sizes: dict, out: str, progress: bool, log) -> dict:
 
     from ..eval import evaluate_model
     from ..tiny import build_tiny_llama, build_tokenizer
-    from .synth import generate_benchmark
 
-    data_dir = os.path.join(out, "data")
     models_dir = os.path.join(out, "models")
-    log(f"[1/5] synthetic benchmark: {sizes['people']} authors x {sizes['questions']} questions, "
-        f"forget {sizes['forget_fraction']:.0%} -> {data_dir}")
-    paths = generate_benchmark(
-        data_dir, n_people=sizes["people"], questions_per_person=sizes["questions"],
-        forget_fraction=sizes["forget_fraction"], seed=args.seed,
-        n_real_authors=sizes["real_authors"], n_world_facts=sizes["world_facts"],
-        retain_eval_size=None)
+    data_dir, paths = _synthetic_data(args, sizes, out, log, retain_eval_size=None)
     forget_split = json.loads(paths["meta"].read_text())["forget_split"]
     tokenizer = build_tokenizer(_all_texts(paths), vocab_size=sizes["vocab"],
                                 chat_template=DEMO_CHAT_TEMPLATE)
