@@ -1,0 +1,163 @@
+"""The arithmetic of bench/static_model.py (no compilation, no triton: runs in well under a second).
+
+The script itself (``python -m bench.static_model``) compiles the kernels with triton's ptxas and
+is not run here.
+"""
+
+import re
+
+import pytest
+
+from bench import static_model as sm
+from bench.static_model import Case, Machine, ModelError, Pass
+
+
+def test_issue_model_reproduces_sass_profile_example():
+    # ../shared/tools/sass_profile.py on examples/palu_fwd_bf16.json (triton 3.9): selection
+    # loop 499 instructions, 442 int, 4 elements/thread -> 884 cycles, 151 G elements/s;
+    # KL pass 1: 490, 99 int, 16 MUFU, 8 elements/thread -> 546 G elements/s.
+    m = Machine()
+    assert sm.issue_cycles(499, 442, 0, m) == (884, "int")
+    assert 1 / sm.issue_seconds_per_element(499, 442, 0, 4, m) / 1e9 == pytest.approx(151, abs=0.5)
+    assert sm.issue_cycles(490, 99, 16, m) == (490, "issue")
+    assert 1 / sm.issue_seconds_per_element(490, 99, 16, 8, m) / 1e9 == pytest.approx(546, abs=0.5)
+    assert sm.issue_cycles(10, 1, 2, m) == (16, "MUFU")
+
+
+def test_unroll_factor():
+    assert sm.unroll_factor(64, 8, 2) == 4  # zero fill: 4 x (8 elements x 2 B) per iteration
+    assert sm.unroll_factor(48, 8, 6) == 1
+    assert sm.unroll_factor(0, 8, 2) == 1  # no global access: nothing to tell
+    with pytest.raises(ModelError, match="not a whole multiple"):
+        sm.unroll_factor(40, 8, 2)
+
+
+def test_headline_minimum_traffic():
+    n = sm.CASE.kind_rows()
+    assert n == {"initiating": 819, "common": 4915, "other": 2458}
+    assert sm.CASE.min_bytes == 3 * 5734 * 128256 * 2
+    assert sm.CASE.min_bytes / 1e9 == pytest.approx(4.41, abs=0.005)
+    assert sm.CASE.min_bytes / Machine().hbm_bytes_per_s * 1e3 == pytest.approx(0.92, abs=0.005)
+
+
+def test_l2_hit_fraction():
+    p = Pass("a", "x", rereads=("z", "r"), reuse=2.0)
+    assert sm.l2_hit_fraction(p, 10, 2000, 20000) == 0.5
+    assert sm.l2_hit_fraction(p, 1, 2000, 20000) == 1.0  # fits: capped at 1
+    assert sm.l2_hit_fraction(Pass("a", "x", reads=("z",)), 10, 2000, 20000) == 0.0
+    assert sm.l2_hit_fraction(replace_hit(p, 0.25), 10, 2000, 20000) == 0.25
+
+
+def replace_hit(p, h):
+    return Pass(p.loop, p.why, p.repeat, p.reads, p.rereads, p.reuse, p.writes, l2_hit=h)
+
+
+def _toy():
+    # 10 rows x V 1000, 2 B: 2 initiating, 5 common, 3 other rows; 1 MB/s of HBM and an L2
+    # that holds half of what 10 rows in flight re-read at reuse 2, so every number is round.
+    case = Case(rows=10, vocab=1000, elem_size=2, init_frac=0.2, common_frac=0.5)
+    m = Machine(hbm_tbs=1e-6, l2_bytes=20000)
+    loops = {"a": {"s_per_element": 1e-9, "rows_in_flight": 10},
+             "b": {"s_per_element": 1e-12, "rows_in_flight": 10},
+             "slow": {"s_per_element": 1e-5, "rows_in_flight": 10}}
+    passes = {
+        "initiating": {
+            "forward": [Pass("a", "first read", reads=("r",)),
+                        Pass("a", "3 re-reads, half from L2", repeat=3, rereads=("r",), reuse=2.0)],
+            "backward": [Pass("b", "read + write", reads=("g",), writes=("o",))],
+        },
+        "common": {"forward": [Pass("slow", "issue-bound", reads=("z", "r"))], "backward": []},
+        "other": {"forward": [Pass("b", "zero fill", writes=("g",))], "backward": []},
+    }
+    return case, m, loops, passes
+
+
+def test_predict_from_pass_table_and_instruction_counts():
+    case, m, loops, passes = _toy()
+    pred = sm.predict(case, m, loops, passes)
+    got = [(r["kind"], r["phase"], r["loop"], r["hbm_bytes"], r["bound"]) for r in pred["passes"]]
+    assert got == [("initiating", "forward", "a", 4000, "memory"),
+                   ("initiating", "forward", "a", 6000, "memory"),  # 2 x 3 x 2000 x (1 - 0.5)
+                   ("initiating", "backward", "b", 8000, "memory"),
+                   ("common", "forward", "slow", 20000, "issue"),  # 5 x 1000 x 1e-5 s > 0.02 s
+                   ("other", "forward", "b", 6000, "memory")]
+    assert pred["passes"][1]["l2_hit"] == 0.5
+    assert pred["phase_s"]["forward"] == pytest.approx(0.004 + 0.006 + 0.05 + 0.006)
+    assert pred["phase_s"]["backward"] == pytest.approx(0.008)
+    assert pred["total_s"] == pytest.approx(0.074)
+    assert pred["min_bytes"] == 3 * 7 * 2000
+    assert pred["ideal_s"] == pytest.approx(0.042)
+    assert pred["roofline"] == pytest.approx(0.042 / 0.074)
+    assert pred["forward_roofline"] == pytest.approx(0.042 / 0.066)
+    assert pred["overlap_s"] == pytest.approx(max(0.044, 0.05 + 8e-6 + 5e-9))
+    # the bounds: every re-read from L2 drops the 6000 B pass to its issue time
+    all_l2 = sm.predict(case, m, loops, passes, l2_hit=1.0)
+    assert all_l2["total_s"] == pytest.approx(0.074 - 0.006 + 6e-6)
+    assert sm.predict(case, m, loops, passes, l2_hit=0.0)["total_s"] == pytest.approx(0.080)
+
+
+def test_pass_table_checks():
+    case, m, loops, passes = _toy()
+    passes["common"]["backward"] = None
+    with pytest.raises(ModelError, match=r"not written yet: passes\['common'\]\['backward'\]"):
+        sm.predict(case, m, loops, passes)
+    _, _, _, passes = _toy()
+    passes["other"]["forward"] = [Pass("nope", "x", writes=("g",))]
+    with pytest.raises(ModelError, match="names loop 'nope'"):
+        sm.predict(case, m, loops, passes)
+
+
+def test_versions_table_shape():
+    old, new = sm.VERSIONS["old"], sm.VERSIONS["new"]
+    assert old["source"] == {"git_ref": "03fcec1"} and new["source"] == {"worktree": True}
+    assert set(new["passes"]) == set(old["passes"]) == set(sm.KINDS)
+    for kind in sm.KINDS:
+        assert set(new["passes"][kind]) == set(old["passes"][kind]) == set(sm.PHASES)
+    roles = {r for job in old["jobs"].values() for r in job["loops"]}
+    assert roles == {"select", "local_a", "local_b", "kl_stream", "kl_grad", "zero_fill", "scale"}
+    sm.check_passes(old["passes"], dict.fromkeys(roles))
+    new_roles = {r: s for job in new["jobs"].values() for r, s in job["loops"].items()}
+    assert set(new_roles) == roles and all(s["fallback"] is None for s in new_roles.values())
+    # old: 8 radix levels over r, passes A and B, KL passes 1 and 2, zero fill, scale_rows
+    init = old["passes"]["initiating"]["forward"]
+    assert sum(p.repeat for p in init if p.loop == "select") == 8
+
+
+def test_last_line_format():
+    line = sm.last_line(sm.CASE, 0.1083)
+    assert line == ("predicted forward+backward at 8192 x 128256 bf16: 11% of the HBM roofline "
+                    "(model, not measured)")
+    assert re.fullmatch(r"predicted forward\+backward at 8192 x 128256 bf16: \d+% of the HBM "
+                        r"roofline \(model, not measured\)", sm.last_line(sm.CASE, 0.95))
+
+
+FAKE_SRC = """\
+def k(V, BLOCK):
+    acc = 0
+    for start in range(0, V, BLOCK):  # LOOP: select
+        acc += 1
+    for start in range(0, V, BLOCK):
+        acc += 2
+    x = 1  # LOOP: not_a_loop
+    return acc
+"""
+
+
+def test_marker_lookup(tmp_path):
+    (tmp_path / "ops").mkdir()
+    (tmp_path / "ops" / "topk.py").write_text(FAKE_SRC)
+    found = sm.find_loop_lines(tmp_path, {"select": {"fallback": None},
+                                          "other_loop": {"fallback": "topk.py:5"}})
+    assert found == {"select": ("topk.py", 3, "marker"),
+                     "other_loop": ("topk.py", 5, "line fallback")}
+    with pytest.raises(ModelError, match=r"marker `# LOOP: kl_grad` not found"):
+        sm.find_loop_lines(tmp_path, {"kl_grad": {"fallback": None}})
+    with pytest.raises(ModelError, match=r"fallback topk.py:4 is not a `for` line"):
+        sm.find_loop_lines(tmp_path, {"kl_grad": {"fallback": "topk.py:4"}})
+    with pytest.raises(ModelError, match=r"not on the line of a `for`"):
+        sm.find_loop_lines(tmp_path, {"not_a_loop": {"fallback": None}})
+    # a marker wins over the fallback; two markers of one role are an error
+    assert sm.find_loop_lines(tmp_path, {"select": {"fallback": "topk.py:5"}})["select"][1] == 3
+    (tmp_path / "ops" / "palu_loss.py").write_text(FAKE_SRC)
+    with pytest.raises(ModelError, match=r"appears 2 times"):
+        sm.find_loop_lines(tmp_path, {"select": {"fallback": None}})
