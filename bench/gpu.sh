@@ -1,42 +1,92 @@
 #!/usr/bin/env bash
-# Everything the GPU has to show, in one call (about 8 minutes on one H200):
-#   1. the CUDA tests of the Triton kernels,
-#   2. bench/gpu_kernels.py (the kernels' own checks and figures),
-#   3. the sweep (python -m bench.run --device cuda), with a time budget.
-# Raw output goes to bench/results/cuda/ (and is copied to $OUT when that is set, as on the
-# lent device machine). Run from the repository root:  bash bench/gpu.sh
-# Each step has its own timeout; a failing step is logged and the next one still runs.
+# Everything the GPU has to show, in one call that fits a 10-minute limit (GPU_TOTAL_S, 540 s
+# by default, is the budget of all steps together):
+#   1. environment: date, nvidia-smi, torch / CUDA / triton versions, the GPU, and the peak
+#      bandwidth the GB/s figures are measured against;
+#   2. cuda_tests: pytest tests/test_triton_cuda.py (no -x: every test runs), limit GPU_TESTS_S;
+#   3. bench/gpu_check.py: smoke test, exactness, timing, torch.compile, bandwidth, tile sweep
+#      and trainer smoke test, each section in its own process with its own time limit
+#      (GPU_CHECK_SECTIONS=smoke,timing,... runs a subset).
+# Each step runs under its own timeout and a failing step does not stop the next one.
+# Everything goes to ${OUT:-bench/results/cuda}, six files in all, each complete at any moment
+# (a run killed at any point keeps what was measured so far):
+#   gpu.log          all output of every step, appended as it comes
+#   environment.txt  step 1
+#   cuda_tests.txt   step 2 (pytest -rA: one line per test)
+#   results.json     every section's status and numbers, rewritten after every measurement
+#   results.md       the same as tables, rewritten with it
+#   sweep.csv        the tile sweep, one row per point as it is measured
+#
+#   bash bench/gpu.sh             # on a GPU machine (PYTHON=... picks the interpreter)
+#   bash bench/gpu.sh --dry-run   # or GPU_DRY_RUN=1: the same steps on the CPU, tiny shapes,
+#                                 # Triton interpreter, under a minute; numbers mean nothing
+# Exit code: 0 when every step passed, 1 when one failed or timed out (see results.md).
 set -u
 cd "$(dirname "$0")/.."
-RES=bench/results/cuda
-mkdir -p "$RES"
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
+OUT=${OUT:-bench/results/cuda}
+DRY=${GPU_DRY_RUN:-0}
+for arg in "$@"; do
+  case $arg in
+    --dry-run) DRY=1 ;;
+    *) echo "usage: bash bench/gpu.sh [--dry-run]" >&2; exit 2 ;;
+  esac
+done
+TOTAL_S=${GPU_TOTAL_S:-540}
+TESTS_S=${GPU_TESTS_S:-150}
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+LOG=$OUT/gpu.log
+for f in gpu.log environment.txt cuda_tests.txt results.json results.md sweep.csv \
+         results.json.tmp results.md.tmp; do
+  rm -f "$OUT/$f"
+done
+OTHER=$(ls -A "$OUT" | wc -l)
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+DRYFLAG=
+if [ "$DRY" = 1 ]; then
+  DRYFLAG=--dry-run
+  export TRITON_INTERPRET=1  # before triton is first imported, in every process
+  export CUDA_VISIBLE_DEVICES=  # CPU only, even on a GPU machine (the CUDA tests then skip)
+fi
 STATUS=0
-step() {  # step NAME TIMEOUT_S CMD...
-  local name=$1 limit=$2; shift 2
-  echo "=== $name ($(date -u +%H:%M:%S), limit ${limit}s): $*" | tee -a "$RES/gpu.log"
-  timeout "$limit" "$@" > "$RES/$name.log" 2>&1
-  local rc=$?
-  tail -n 40 "$RES/$name.log"
-  echo "=== $name exit $rc" | tee -a "$RES/gpu.log"
+
+step() {  # step NAME LIMIT_S CMD... : output to the terminal, gpu.log and $TEE (if set)
+  local name=$1 limit=$2 rc
+  shift 2
+  echo "=== $name: $(date -u +%H:%M:%S), limit ${limit}s: $*" | tee -a "$LOG"
+  timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG" ${TEE:+"$TEE"}
+  rc=${PIPESTATUS[0]}
+  echo "=== $name: exit $rc$([ "$rc" = 124 ] && echo ' (timed out)')" | tee -a "$LOG"
   [ "$rc" -eq 0 ] || STATUS=1
+  return "$rc"
 }
 
-{ date -u; nvidia-smi; $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name())"; } > "$RES/environment.txt" 2>&1
-cat "$RES/environment.txt"
-if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "no CUDA device visible to torch: nothing measured" | tee -a "$RES/gpu.log"
-  exit 2
-fi
+[ "$OTHER" -eq 0 ] || echo "note: $OUT already holds $OTHER file(s) this script does not write" \
+  | tee -a "$LOG"
 
-step test_triton_cuda 120 $PY -m pytest tests/test_triton_cuda.py -q -x -p no:cacheprovider
-if [ -f bench/gpu_kernels.py ]; then
-  step gpu_kernels 90 env PALU_BENCH_OUT="$RES" $PY -m bench.gpu_kernels
-fi
-# The sweep starts no new measurement after --budget-s; the timeout is the hard stop.
-step sweep 250 $PY -m bench.run --device cuda --budget-s 190 --out "$RES"
+# 1. The environment (gpu_check.py --environment also starts a fresh results.json).
+ENV_CMD='date -u; if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi; else
+  echo "nvidia-smi: not found"; fi; $1 bench/gpu_check.py --environment --out "$2" $3'
+TEE=$OUT/environment.txt step environment 90 bash -c "$ENV_CMD" env "$PY" "$OUT" "$DRYFLAG"
 
-if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
-  cp -r "$RES" "$OUT/"
-fi
+# 2. The CUDA tests (all skipped on a CPU).
+TEE=$OUT/cuda_tests.txt step cuda_tests "$TESTS_S" \
+  $PY -m pytest tests/test_triton_cuda.py -q -rA -p no:cacheprovider
+RC=$?
+$PY bench/gpu_check.py --out "$OUT" --record-tests "$OUT/cuda_tests.txt" --rc "$RC" 2>&1 \
+  | tee -a "$LOG"
+
+# 3. The checks, in what is left of the budget (gpu_check.py enforces it section by section;
+#    the timeout here is only the hard stop).
+LEFT=$((TOTAL_S - SECONDS - 15))
+[ "$LEFT" -ge 60 ] || LEFT=60
+step gpu_check $((LEFT + 30)) $PY bench/gpu_check.py --out "$OUT" --budget-s "$LEFT" $DRYFLAG \
+  ${GPU_CHECK_SECTIONS:+--sections "$GPU_CHECK_SECTIONS"}
+
+echo "=== done in ${SECONDS}s, exit $STATUS; $(ls -A "$OUT" | wc -l) files in $OUT:" \
+  "$(ls -A "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
+echo "=== $OUT/results.md"
+cat "$OUT/results.md" 2>/dev/null || echo "(no results.md)"
 exit $STATUS
