@@ -1,7 +1,7 @@
 """Sweep the PALU loss providers and write CSV, a markdown table and PNG plots.
 
     python -m bench.run --device cpu --quick     # about 5 minutes on 2 cores
-    python -m bench.run --device cuda            # one GPU (see bench/gpu.sh)
+    python -m bench.run --device cuda            # one GPU (a call of its own, not in gpu.sh)
 
 Providers: ``triton`` (CUDA only), ``torch`` (the torch backend), ``reference`` (the spec's
 formulation, eager), ``reference_compile`` (the same under ``torch.compile``) and
