@@ -2,7 +2,8 @@
 
 Every public entry point funnels through :func:`check_loss_args`, which raises a
 ``TypeError`` / ``ValueError`` naming the argument, what was expected and what came, and
-returns a :class:`PALUArgs` with everything normalised to ``[N, V]`` rows and ``[N]`` masks.
+returns a :class:`PALUArgs` with the logits as ``[B, T, V]`` views (never a copy) and flat ``[N]``
+masks and row weights.
 Backends receive only ``PALUArgs`` and never re-check.
 
 Value checks (NaN in a reference row that carries loss, a row both initiating and common)
@@ -37,8 +38,8 @@ def set_value_checks(enabled: bool) -> None:
 class PALUArgs:
     """Validated, normalised arguments of one loss call."""
 
-    logits: torch.Tensor  # [N, V], any strides, requires grad possibly
-    ref_logits: torch.Tensor  # [N, V], detached, same dtype and device as logits
+    logits: torch.Tensor  # [B, T, V] view of the caller's logits ([N, V] -> [1, N, V]), any strides
+    ref_logits: torch.Tensor  # [B, T, V] view, detached, same shape, dtype and device
     initiating: torch.Tensor  # [N] bool, rows in I
     common: torch.Tensor  # [N] bool, rows in C (all False when kl is None)
     k: int  # 1 <= k <= V
@@ -49,10 +50,18 @@ class PALUArgs:
     alpha: float
     reduction: str  # "mean" | "sum" | "none"
     row_shape: tuple  # shape of the masks, for reduction="none"
+    weights: torch.Tensor | None = None  # [N] per-row weights (finite), or None
 
     @property
     def vocab(self) -> int:
-        return self.logits.shape[1]
+        return self.logits.shape[-1]
+
+    def rows(self, idx: torch.Tensor):
+        """fp rows ``idx`` (flat indices) of the logits and the reference, ``[R, V]`` each,
+        gathered without copying the rest of a strided 3-D input."""
+        t = self.logits.shape[1]
+        b, i = idx // t, idx % t
+        return self.logits[b, i], self.ref_logits[b, i]
 
 
 def _shape(t) -> str:
@@ -96,7 +105,7 @@ def check_float_tensor(name: str, t) -> None:
 
 def check_loss_args(
     logits, ref_logits, initiating_mask, common_mask, *, k, target, kl, gamma, alpha,
-    reduction,
+    reduction, weights=None,
 ) -> PALUArgs:
     """Validate the arguments of :func:`palu_kernels.palu_local_entropy_loss`."""
     for name, t in (("logits", logits), ("ref_logits", ref_logits)):
@@ -147,10 +156,27 @@ def check_loss_args(
     else:
         c_mask = _check_mask("common_mask", common_mask, lead, logits.device)
 
-    z = logits.reshape(-1, v)
-    r = ref_logits.detach().reshape(-1, v)
+    w = None
+    if weights is not None:
+        if not isinstance(weights, torch.Tensor):
+            raise TypeError(f"weights must be a torch.Tensor or None, got {type(weights).__name__}")
+        if not weights.dtype.is_floating_point:
+            raise TypeError(f"weights must be a floating tensor, got {weights.dtype}")
+        if tuple(weights.shape) != tuple(lead):
+            raise ValueError(
+                f"weights must have shape {list(lead)} (the logits' leading dimensions), "
+                f"got {list(weights.shape)}"
+            )
+        if weights.device != logits.device:
+            raise ValueError(f"weights must be on {logits.device} like logits, got {weights.device}")
+        w = weights.detach().reshape(-1)
 
-    if logits.device.type == "cpu" or _value_checks_on_device:
+    # [B, T, V] views: a strided slice such as logits[:, :-1] is never copied here
+    z = logits if logits.dim() == 3 else logits.unsqueeze(0)
+    r = ref_logits.detach()
+    r = r if r.dim() == 3 else r.unsqueeze(0)
+
+    if (logits.device.type == "cpu" or _value_checks_on_device) and not _compiling():
         both = i_mask & c_mask
         if bool(both.any()):
             row = int(both.nonzero()[0, 0])
@@ -161,21 +187,44 @@ def check_loss_args(
         # A NaN makes its row sum NaN: one cheap read, no [N, V] temporary. Rows flagged so
         # (also +inf beside -inf) are then confirmed entry by entry.
         loss_rows = i_mask | c_mask
-        bad = loss_rows & torch.isnan(r.sum(dim=1, dtype=torch.float32))
+        bad = loss_rows & torch.isnan(r.sum(dim=2, dtype=torch.float32).reshape(-1))
         if bool(bad.any()):
-            bad[bad.clone()] = torch.isnan(r[bad]).any(dim=1)
+            idx = bad.nonzero().squeeze(1)
+            bad[idx] = torch.isnan(r[idx // r.shape[1], idx % r.shape[1]]).any(dim=1)
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
             raise ValueError(
                 f"ref_logits must not hold NaN in rows that carry loss, got NaN in "
                 f"{int(bad.sum())} such row(s) (first: flat row {row})"
             )
+        if w is not None and not bool(torch.isfinite(w).all()):
+            raise ValueError("weights must be finite, got NaN or inf in "
+                             f"{int((~torch.isfinite(w)).sum())} row(s)")
 
     return PALUArgs(
         logits=z, ref_logits=r, initiating=i_mask, common=c_mask, k=k_eff,
         target=target_kind, target_value=target_value, kl=kl, gamma=gamma, alpha=alpha,
-        reduction=reduction, row_shape=tuple(lead),
+        reduction=reduction, row_shape=tuple(lead), weights=w,
     )
+
+
+def refuse_double_backward() -> None:
+    """The loss is differentiable once (its backward hands over a gradient written in the
+    forward, a constant): a backward run with ``create_graph=True`` (grad mode on) would give
+    a silent zero Hessian, so it raises instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "the PALU loss is differentiable once: its backward cannot build a graph "
+            "(create_graph=True / double backward is not supported)"
+        )
+
+
+def _compiling() -> bool:
+    """True while torch.compile traces the call: value checks (host reads) are skipped."""
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # torch < 2.3
+        return False
 
 
 def check_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_backend, check_loss_args
+from ._validation import _compiling, check_backend, check_loss_args
 from .torch_backend import palu_loss_torch
 
 
@@ -20,6 +20,7 @@ def palu_local_entropy_loss(
     gamma: float = 1.0,
     alpha: float = 1.0,
     reduction: str = "mean",
+    weights: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """The PALU forget loss (``../shared/docs/palu_loss.md``), a drop-in for the naive loss.
@@ -39,6 +40,11 @@ def palu_local_entropy_loss(
         gamma, alpha: weights of the local and the KL term.
         reduction: ``"mean"`` (each term over its own row count), ``"sum"`` or ``"none"``
             (per-row values shaped like the mask).
+        weights: optional float ``[B, T]`` / ``[N]`` per-row factors (finite), applied to each
+            row's term before the reduction: ``gamma * w_t * L_local(t)`` and
+            ``alpha * w_t * KL(t)``. A trainer that normalises over a gradient-accumulation
+            window passes ``1/|I|`` and ``1/|C|`` here and sums: the gradient is then complete
+            after the forward and the backward does no work (``grad_output`` is 1).
         backend: ``"auto"`` (Triton on CUDA tensors, torch otherwise), ``"torch"``, ``"triton"``.
 
     Returns:
@@ -48,9 +54,13 @@ def palu_local_entropy_loss(
     """
     args = check_loss_args(
         logits, ref_logits, initiating_mask, common_mask, k=k, target=target, kl=kl,
-        gamma=gamma, alpha=alpha, reduction=reduction,
+        gamma=gamma, alpha=alpha, reduction=reduction, weights=weights,
     )
     backend = check_backend(backend, logits.device, logits.dtype)
+    if _compiling():  # traced by torch.compile: one opaque custom op, no graph break
+        from ._op import palu_loss_compiled
+
+        return palu_loss_compiled(logits, args, backend)
     if backend == "triton":
         from .ops.palu_loss import palu_loss_triton
 
@@ -68,11 +78,11 @@ class PALULoss(torch.nn.Module):
         self.gamma, self.alpha = gamma, alpha
         self.reduction, self.backend = reduction, backend
 
-    def forward(self, logits, ref_logits, initiating_mask, common_mask=None):
+    def forward(self, logits, ref_logits, initiating_mask, common_mask=None, weights=None):
         return palu_local_entropy_loss(
             logits, ref_logits, initiating_mask, common_mask, k=self.k, target=self.target,
             kl=self.kl, gamma=self.gamma, alpha=self.alpha, reduction=self.reduction,
-            backend=self.backend,
+            weights=weights, backend=self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -15,9 +15,11 @@ synchronisation; on a GPU use the ``"triton"`` backend, which never syncs.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from ._validation import PALUArgs
+from ._validation import PALUArgs, refuse_double_backward
 
 # Elements per chunk of fp32 temporaries: 2^22 (16 MiB per chunk x V tensor). Measured on
 # the CPU at 4096 x 32000: 2^22 takes about half the CPU time of 2^24 (temporaries stay in
@@ -86,83 +88,89 @@ def kl_rows(z, r, kl: str):
     return val, p.sub_(q)
 
 
-class _PALUTorch(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, a: PALUArgs):
-        # fp32 arithmetic whatever the caller's autocast says (einsum would run in bf16).
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            return _PALUTorch._forward(ctx, logits, a)
+def forward_rows(a: PALUArgs, need_grad: bool):
+    """Per-row weighted values ``[N]`` and the weighted gradient ``[N, V]`` (or None); the
+    loss is their sum (``"mean"``, ``"sum"``) or the values themselves (``"none"``).
 
-    @staticmethod
-    def _forward(ctx, logits: torch.Tensor, a: PALUArgs):
-        n, v = a.logits.shape
-        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        need_grad = ctx.needs_input_grad[0]
+    The row weights of the reduction (mean: gamma/max(1,|I|), alpha/max(1,|C|); sum and
+    none: gamma, alpha) times the caller's ``weights`` are folded into the gradient written
+    here, so that backward only multiplies by ``grad_output``. fp32 arithmetic (fp64 for
+    fp64 logits) whatever the caller's autocast says (einsum would run in bf16).
+    """
+    with torch.autocast(device_type=a.logits.device.type, enabled=False):
+        n, v = a.initiating.numel(), a.vocab
+        dev, dtype = a.logits.device, a.logits.dtype
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
         chunk = max(1, CHUNK_ELEMENTS // v)
-
-        # Row weights of the reduction, folded into the gradient written here so that
-        # backward only multiplies by grad_output. mean: gamma/max(1,|I|), alpha/max(1,|C|).
         if a.reduction == "mean":
             w_local = a.gamma / a.initiating.sum().clamp(min=1).to(acc)
             w_kl = a.alpha / a.common.sum().clamp(min=1).to(acc)
         else:
             w_local, w_kl = a.gamma, a.alpha
 
-        per_row = torch.zeros(n, dtype=acc, device=logits.device)  # gamma*local + alpha*KL
+        per_row = torch.zeros(n, dtype=acc, device=dev)  # w * (gamma*local + alpha*KL)
         grad = None
         if need_grad:
             # Only rows without loss need zeros; the others are written below.
-            grad = torch.empty((n, v), dtype=logits.dtype, device=logits.device)
+            grad = torch.empty((n, v), dtype=dtype, device=dev)
             grad[~(a.initiating | a.common)] = 0
 
-        jobs = [(a.initiating, a.gamma, w_local, lambda z, r: local_rows(z, r, a))]
+        jobs = [(a.initiating, w_local, lambda z, r: local_rows(z, r, a))]
         if a.kl is not None:
-            jobs.append((a.common, a.alpha, w_kl, lambda z, r: kl_rows(z, r, a.kl)))
-        for mask, weight, grad_weight, fn in jobs:
+            jobs.append((a.common, w_kl, lambda z, r: kl_rows(z, r, a.kl)))
+        for mask, grad_weight, fn in jobs:
             rows = mask.nonzero().squeeze(1)  # CPU: no device sync
             for start in range(0, rows.numel(), chunk):
                 idx = rows[start:start + chunk]
-                z = a.logits.index_select(0, idx).to(acc)
-                r = a.ref_logits.index_select(0, idx).to(acc)
-                val, g = fn(z, r)
-                per_row.index_copy_(0, idx, val * weight if weight != 1.0 else val)
+                z, r = a.rows(idx)  # gathered rows of the [B, T, V] views
+                val, g = fn(z.to(acc), r.to(acc))
+                val = val * grad_weight  # weighted like the gradient (mean: / max(1, |I|))
+                gw = grad_weight
+                if a.weights is not None:  # the caller's per-row weights
+                    rw = a.weights.index_select(0, idx).to(acc)
+                    val = val * rw
+                    gw = rw[:, None] * grad_weight
+                per_row.index_copy_(0, idx, val)
                 if need_grad:
-                    grad.index_copy_(0, idx, g.mul_(grad_weight).to(grad.dtype))
+                    grad.index_copy_(0, idx, g.mul_(gw).to(dtype))
+    return per_row, grad
 
-        if a.reduction == "none":
-            loss = per_row.reshape(a.row_shape)
-        elif a.reduction == "sum":
-            loss = per_row.sum()
-        else:
-            loss = _mean_of_rows(per_row, a)
-        ctx.reduction = a.reduction
+
+class _PALUTorch(torch.autograd.Function):
+    """Forward writes the gradient (:func:`forward_rows`); backward hands it over, scaled
+    by ``grad_output`` in place (it is not handed out yet), so backward never allocates
+    ``N x V``. A later backward through the same graph (``retain_graph=True``) recomputes
+    it from the saved inputs. Not differentiable twice: a double backward raises.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, a: PALUArgs):
+        per_row, grad = forward_rows(a, ctx.needs_input_grad[0])
+        # mean: the row weights already hold gamma/max(1,|I|) and alpha/max(1,|C|)
+        loss = per_row.reshape(a.row_shape) if a.reduction == "none" else per_row.sum()
         ctx.shape = logits.shape
-        ctx.save_for_backward(grad)
+        ctx.grad = grad
+        if grad is not None:
+            ctx.save_for_backward(a.logits, a.ref_logits)
+            ctx.args = dataclasses.replace(a, logits=None, ref_logits=None)
         return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        if grad is None:
+        refuse_double_backward()
+        if not ctx.needs_input_grad[0]:
             return None, None
-        if ctx.reduction == "none":
-            # Per-row grad_output; the saved rows hold d(per-row loss)/dz.
-            return (grad * grad_output.reshape(-1, 1)).to(grad.dtype).reshape(ctx.shape), None
-        # mean / sum: the saved gradient is already weighted; scale by the scalar. On CPU a
-        # grad_output of exactly 1 (the usual loss.backward()) costs no pass at all.
-        if grad_output.device.type == "cpu" and bool(grad_output == 1):
-            return grad.reshape(ctx.shape), None
-        return (grad * grad_output).to(grad.dtype).reshape(ctx.shape), None
-
-
-def _mean_of_rows(per_row, a: PALUArgs):
-    """mean reduction: gamma*sum_I local/max(1,|I|) + alpha*sum_C KL/max(1,|C|).
-
-    ``per_row`` already holds gamma*local and alpha*KL.
-    """
-    n_i = a.initiating.sum().clamp(min=1).to(per_row.dtype)
-    n_c = a.common.sum().clamp(min=1).to(per_row.dtype)
-    return (per_row * (a.initiating / n_i + a.common / n_c)).sum()
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:  # handed over by an earlier backward: recompute (version-checked)
+            z, r = ctx.saved_tensors
+            grad = forward_rows(dataclasses.replace(ctx.args, logits=z, ref_logits=r), True)[1]
+        # mean / sum: one scalar; "none": one value per row (the saved rows hold the
+        # weighted d(per-row loss)/dz). On the CPU a grad_output of exactly 1 (the usual
+        # loss.backward()) costs no pass at all; elsewhere one in-place multiply.
+        go = grad_output.detach().reshape(-1, 1) if grad_output.numel() > 1 else grad_output
+        if not (go.device.type == "cpu" and bool((go == 1).all())):
+            grad.mul_(go.to(grad.dtype) if grad.dtype == torch.float64 else go.float())
+        return grad.reshape(ctx.shape), None
 
 
 def palu_loss_torch(logits: torch.Tensor, a: PALUArgs) -> torch.Tensor:

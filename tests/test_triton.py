@@ -38,15 +38,16 @@ REDUCTIONS = ["mean", "sum", "none"]
 LOW = [torch.bfloat16, torch.float16]
 
 
-def triton_loss(z, r, i, c, *, block_v=None, block_sel=None, radix_bits=None, **opts):
+def triton_loss(z, r, i, c, *, block_v=None, block_sel=None, **opts):
     """The loss through the Triton backend, with optional tile sizes (small tiles make the
     interpreter walk several tiles per row even for a small vocabulary)."""
-    if block_v is None and block_sel is None and radix_bits is None:
+    if block_v is None and block_sel is None:
         return pk.palu_local_entropy_loss(z, r, i, c, backend="triton", **opts)
     a = check_loss_args(z, r, i, c, k=opts.get("k", 5000), target=opts.get("target", "mean"),
                         kl=opts.get("kl", "reverse"), gamma=opts.get("gamma", 1.0),
-                        alpha=opts.get("alpha", 1.0), reduction=opts.get("reduction", "mean"))
-    return palu_loss_triton(z, a, block_v=block_v, block_sel=block_sel, radix_bits=radix_bits)
+                        alpha=opts.get("alpha", 1.0), reduction=opts.get("reduction", "mean"),
+                        weights=opts.get("weights"))
+    return palu_loss_triton(z, a, block_v=block_v, block_sel=block_sel)
 
 
 def torch_loss(*args, **opts):
@@ -105,20 +106,36 @@ def check_topk_threshold(r, k, **opts):
     kind=st.sampled_from(["ties", "all_equal", "signed_zero", "inf", "tiny", "randn"]),
     k=st.one_of(st.none(), st.integers(1, 110)),
     dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
-    radix_bits=st.sampled_from([4, 8]),
+    block=st.sampled_from([None, 4]),
     seed=st.integers(0, 2**16),
 )
-def test_topk_threshold_matches_stable_sort(v, kind, k, dtype, radix_bits, seed):
+def test_topk_threshold_matches_stable_sort(v, kind, k, dtype, block, seed):
     r = adversarial_rows(kind, 3, v, dtype, seed)
-    check_topk_threshold(r, k, radix_bits=radix_bits)
+    check_topk_threshold(r, k, block=block)
 
 
-@pytest.mark.parametrize("radix_bits,block", [(1, 4), (2, 4), (4, 8)])
-def test_topk_threshold_several_tiles_and_digit_widths(radix_bits, block):
-    # bisection on the bits (32 passes), 2- and 4-bit digits, several tiles per row
-    r = adversarial_rows("ties", 2, 19, seed=1)
-    r[1] = adversarial_rows("inf", 1, 19, seed=2)
-    check_topk_threshold(r, 5, radix_bits=radix_bits, block=block)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block", [4, 8])
+def test_topk_threshold_several_tiles_and_key_widths(dtype, block):
+    # 16-bit keys (2 histogram passes) and 32-bit keys (4), several tiles per row, a tie
+    # straddling the boundary (the j_last pass) and +-inf
+    r = adversarial_rows("ties", 2, 19, dtype, seed=1)
+    r[1] = adversarial_rows("inf", 1, 19, dtype, seed=2)
+    for k in (1, 5, 10, 18):
+        check_topk_threshold(r, k, block=block)
+
+
+def test_topk_threshold_one_digit_apart():
+    # keys that differ only in the lowest digit (fp32: the last of 4 passes decides) and
+    # values whose high key bytes collide across the sign (-x and x, tiny magnitudes)
+    one = torch.tensor(1.0)
+    ulps = [one]
+    for _ in range(6):
+        ulps.append(torch.nextafter(ulps[-1], torch.tensor(2.0)))
+    base = torch.stack(ulps + [-u for u in ulps] + [torch.tensor(1e-30), torch.tensor(-1e-30)])
+    r = torch.stack([base, base.flip(0)])
+    for k in range(1, base.numel() + 1):
+        check_topk_threshold(r, k)
 
 
 def test_topk_threshold_large_vocab_and_batched_shape():
@@ -147,8 +164,8 @@ def test_topk_threshold_bad_arguments():
         topk_threshold(torch.randn(3, 0), 1)
     with pytest.raises(TypeError, match="torch.Tensor"):
         topk_threshold([[1.0, 2.0]], 1)
-    with pytest.raises(ValueError, match="radix_bits"):
-        topk_threshold(r, 2, radix_bits=3)
+    with pytest.raises(ValueError, match="block must be a power of two"):
+        topk_threshold(r, 2, block=3)
 
 
 def test_topk_threshold_public_and_clips_k():
@@ -186,7 +203,7 @@ def check_every_option(device, dtype, target, kl, reduction, k, shape, seed, *, 
     shape=st.sampled_from([(5, 1), (6, 7), (2, 3, 7), (4, 40), (2, 3, 64)]),
     ties=st.booleans(),
     grad_out=st.booleans(),
-    tiles=st.sampled_from([None, dict(block_v=16, block_sel=16, radix_bits=4)]),
+    tiles=st.sampled_from([None, dict(block_v=16, block_sel=16)]),
     seed=st.integers(0, 2**16),
 )
 def test_property_fp32_matches_reference(target, kl, reduction, k, shape, ties, grad_out,
@@ -229,8 +246,9 @@ def test_large_vocab_fp32():
 
 
 def test_large_vocab_compiled_tile_sizes():
-    # the tiles a GPU uses: 4096-wide streaming passes, 1024 x 16 selection tiles (8 passes)
-    check_large_vocab(DEVICE, torch.float32, dict(block_v=4096, block_sel=1024, radix_bits=4))
+    # the tiles a GPU uses: 4096-wide streaming passes (7 full tiles, a masked tail) and
+    # 2048-wide selection tiles
+    check_large_vocab(DEVICE, torch.float32, dict(block_v=4096, block_sel=2048))
 
 
 def test_large_vocab_bf16():
@@ -398,18 +416,24 @@ _AOT_SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from palu_kernels.ops.palu_loss import _palu_fwd_kernel
+from palu_kernels.ops.palu_loss import _palu_fwd_kernel, _scale_rows_kernel
 from palu_kernels.ops.topk import _topk_threshold_kernel
 
-fused = {"z_ptr": "*bf16", "r_ptr": "*bf16", "kind_ptr": "*i32", "w_ptr": "*fp32",
-         "loss_ptr": "*fp32", "g_ptr": "*bf16", "V": "i32", "K": "i32", "target_value": "fp32",
-         "stride_zn": "i64", "stride_zv": "i32", "stride_rn": "i64", "stride_rv": "i32"}
-full = {"TARGET": 0, "KL": 1, "TOPK_ALL": False, "WRITE_GRAD": True, "BLOCK_V": 2048,
-        "BLOCK_SEL": 1024, "RADIX_BITS": 4}
+def fused(dt):
+    return {"z_ptr": "*" + dt, "r_ptr": "*" + dt, "order_ptr": "*i32", "kind_ptr": "*i32",
+            "w_ptr": "*fp32", "loss_ptr": "*fp32", "g_ptr": "*" + dt, "T": "i32", "V": "i32",
+            "K": "i32", "target_value": "fp32", "stride_zb": "i64", "stride_zt": "i64",
+            "stride_rb": "i64", "stride_rt": "i64"}
+def full(bits, vec, kl):
+    return {"TARGET": 0, "KL": kl, "TOPK_ALL": False, "WRITE_GRAD": True, "KEY_BITS": bits,
+            "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": vec, "G_HINT": vec > 1, "NUM_STAGES": 3}
 sel = {"r_ptr": "*fp16", "thr_ptr": "*fp16", "ties_ptr": "*i64", "V": "i32", "K": "i32",
        "stride_rn": "i64", "stride_rv": "i32"}
-for fn, sig, const in ((_palu_fwd_kernel, fused, full),
-                       (_topk_threshold_kernel, sel, {"BLOCK": 1024, "RADIX_BITS": 4})):
+scale = {"g_ptr": "*bf16", "s_ptr": "*fp32", "V": "i32", "stride_s": "i32"}
+for fn, sig, const in ((_palu_fwd_kernel, fused("bf16"), full(16, 8, 1)),
+                       (_palu_fwd_kernel, fused("fp32"), full(32, 1, 2)),
+                       (_topk_threshold_kernel, sel, {"BLOCK": 4096, "KEY_BITS": 16, "NUM_STAGES": 3}),
+                       (_scale_rows_kernel, scale, {"BLOCK_V": 8192})):
     sig = {**sig, **{name: "constexpr" for name in const}}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
                        target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})

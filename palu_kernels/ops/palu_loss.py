@@ -1,30 +1,44 @@
 """Fused PALU forget loss: local flattening on initiating rows, KL on common rows.
 
-One program per row of ``[N, V]`` logits ``z`` and reference logits ``r`` (spec:
-``../shared/docs/palu_loss.md``). Each row does only the work its kind needs:
+One program per row of the ``[B, T, V]`` logits ``z`` and reference logits ``r`` (spec:
+``../shared/docs/palu_loss.md``; any strides, so ``logits[:, :-1]`` goes in without a copy).
+Programs take their rows through a row order built on the device (initiating rows first,
+then common rows, then the rest: the long rows start first and the tail of the launch is
+short), and each row does only the work its kind needs:
 
 * a row in neither ``I`` nor ``C`` never reads ``z`` or ``r``; it writes a zero gradient row
   (when a gradient is wanted) and a zero loss;
 * a row in ``I`` (local term):
-    1. top-K threshold ``thr`` and tie count of ``r`` by radix select (``ops/topk.py``),
-       skipped when ``K = V``;
-    2. pass A: the target ``c``: mean of ``z`` over V, or over ``S``; for ``"mean"`` also
-       ``s = sum_S z - K c`` for the gradient;
-    3. pass B: ``d_j = (z_j - c) [j in S]``, ``L = (1/K) sum_j d_j^2`` (two-pass, so no
+    1. top-K threshold ``thr``, tie count and ``j_last`` of ``r`` by radix select over keys
+       of the data's width (``ops/topk.py``: 2 passes over ``r`` for bf16 / fp16, 4 for
+       fp32), skipped when ``K = V``;
+    2. pass A (first tile to last): the target ``c``: mean of ``z`` over V, or over ``S``;
+       for ``"mean"`` also ``s = sum_S z - K c`` for the gradient (``"mean_detached"``
+       reads only ``z``; a constant target skips the pass);
+    3. pass B (last tile to first, so that the tiles pass A read last are still in L2):
+       ``d_j = (z_j - c) [j in S]``, ``L = (1/K) sum_j d_j^2`` (two-pass, so no
        cancellation), and the gradient ``dL/dz_j = (2/K) (d_j - s dc/dz_j)``.
 * a row in ``C`` (KL term):
-    1. pass 1, online softmax over tiles of V with one state per lane of the tile (running
-       maxima ``m_z, m_r``, sums ``s_z = sum exp(z - m_z)``, ``s_r = sum exp(r - m_r)`` and
-       the KL numerator, rescaled when a maximum moves), merged across lanes at the end;
-    2. pass 2 (only with a gradient): ``p, q`` from ``lse_z, lse_r`` and the gradient.
+    1. pass 1 (first tile to last), online softmax with ``exp2``: one running maximum per
+       tile (not per lane), per-lane sums rescaled by one scalar factor per tile, the KL
+       numerator ``sum_j p_j (z_j - r_j)``, and no per-entry ``-inf`` guard;
+    2. pass 2 (last tile to first; only with a gradient): ``p, q`` from ``lse_z, lse_r``
+       and the gradient.
+
+Traffic. Every tile loop walks aligned full tiles without a mask and one masked tile at each
+end (a row of ``V = 50257`` bf16 values starts at any 2-byte offset: the head tile covers the
+columns up to the first 16-byte boundary, so the body keeps 16-byte vector loads); loads are
+software-pipelined (``tl.range(..., num_stages)``); first passes load with ``evict_last``
+and second passes, which run in reverse tile order, with ``evict_first``.
 
 The gradient is written during the forward pass into a new ``[N, V]`` tensor (never into
 the caller's logits), already multiplied by the row's weight (``gamma`` or ``alpha``, over
-``max(1, |I|)`` / ``max(1, |C|)`` for ``reduction="mean"``), so that backward only scales it
-by ``grad_output``: 3 units of traffic (read ``z``, read ``r``, write the gradient; the second
-read of a row comes from L2 when it is still there). Apart from the gradient only per-row
-values (``[N]``) are allocated. No atomics and a fixed summation order: bitwise
-deterministic. No host synchronisation in the forward pass.
+``max(1, |I|)`` / ``max(1, |C|)`` for ``reduction="mean"``, times the caller's per-row
+``weights``), so that backward has nothing to do when ``grad_output`` is 1: its kernel reads
+the scale on the device and returns at once (no host sync); any other scale multiplies the
+saved gradient in place (it is not handed out yet), so backward never allocates ``N x V``.
+Apart from the gradient only per-row values (``[N]``) are allocated. No atomics and a fixed
+summation order: bitwise deterministic. No host synchronisation in the forward pass.
 """
 
 from __future__ import annotations
@@ -35,14 +49,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import PALUArgs
+from .._validation import PALUArgs, refuse_double_backward
 from .topk import (
     KERNEL_DTYPES,
     _topk_search,
     check_kernel_device,
-    default_radix_bits,
     default_select_block,
+    device_guard,
     interpreting,
+    key_bits,
 )
 
 # TARGET constexpr codes
@@ -50,260 +65,332 @@ _TARGETS = {"mean": 0, "mean_detached": 1, "topk_mean": 2, "const": 3}
 # KL constexpr codes
 _KLS = {None: 0, "reverse": 1, "forward": 2}
 
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+# Floor of a KL difference z - r (or r - z): its weight is 0 exactly where the difference is
+# -inf or NaN (an entry at -inf), and 0 * (-BIG) = 0 is the 0 log 0 = 0 of the spec; a
+# maximum (not a compare-and-select pair) also maps NaN to -BIG.
+NEG_BIG = tl.constexpr(-3.0e38)
 
-@triton.jit
-def _topk_member(r, valid, thr, ties, all_ties, run):
-    """Membership in ``S`` of one tile of reference values, and the updated tie count.
-
-    ``j in S  <=>  r_j > thr  or  (r_j == thr  and  #{i <= j : r_i == thr} <= ties)``, with
-    ``run`` the number of entries equal to ``thr`` in the tiles before this one and the
-    inclusive ``cumsum`` ranking the ties inside the tile by vocabulary index. When all the
-    entries equal to ``thr`` are in ``S`` (``all_ties``: the usual case, no tie across the
-    boundary) the set is just ``r >= thr`` and the ranking is skipped.
-    """
-    if all_ties:
-        member = valid & (r >= thr)
-    else:
-        eq = ((r == thr) & valid).to(tl.int32)
-        rank = run + tl.cumsum(eq, axis=0)
-        member = valid & ((r > thr) | ((eq != 0) & (rank <= ties)))
-        run += tl.sum(eq, axis=0)
-    return member, run
 
 
 @triton.jit
-def _local_row(
-    z_row, r_row, g_row, stride_zv, stride_rv, V, K, target_value, weight,
-    TARGET: tl.constexpr, TOPK_ALL: tl.constexpr, WRITE_GRAD: tl.constexpr,
-    BLOCK_V: tl.constexpr, BLOCK_SEL: tl.constexpr, RADIX_BITS: tl.constexpr,
-):
-    """``weight * L_local`` of one row; writes ``weight * dL_local/dz`` when WRITE_GRAD."""
-    offs = tl.arange(0, BLOCK_V)
-    if TOPK_ALL:  # K = V: S is the whole row, no selection
-        thr = 0.0
-        ties = 0
-        all_ties = True
+def _load(ptr, offs, valid, other, MASKED: tl.constexpr, POLICY: tl.constexpr):
+    """One tile as fp32: unmasked in the body of a row, masked (``other``) at its edges."""
+    if MASKED:
+        x = tl.load(ptr + offs, mask=valid, other=other, eviction_policy=POLICY)
     else:
-        thr, ties, n_eq = _topk_search(r_row, stride_rv, V, K, BLOCK_SEL, RADIX_BITS)
-        all_ties = ties == n_eq  # every entry equal to thr is in S: r >= thr is the set
+        x = tl.load(ptr + offs, eviction_policy=POLICY)
+    return x.to(tl.float32)
 
-    # Pass A: c = sum_V z / V ("mean", "mean_detached") or sum_S z / K ("topk_mean"); for
-    # "mean" also sum_S z, for s = sum_S (z_j - c) = sum_S z - K c (gradient through c).
-    NEED_S_SUM: tl.constexpr = (TARGET == 0) | (TARGET == 2)
-    sum_v = tl.zeros([BLOCK_V], dtype=tl.float32)
-    sum_s = tl.zeros([BLOCK_V], dtype=tl.float32)
-    run = tl.zeros([], dtype=tl.int32)
-    if TARGET != 3:
-        for start in range(0, V, BLOCK_V):
-            cols = start + offs
-            valid = cols < V
-            c64 = cols.to(tl.int64)
-            z = tl.load(z_row + c64 * stride_zv, mask=valid, other=0.0).to(tl.float32)
-            sum_v += z
-            if NEED_S_SUM:
-                if TOPK_ALL:
-                    member = valid
-                else:
-                    r = tl.load(r_row + c64 * stride_rv, mask=valid, other=0.0).to(tl.float32)
-                    member, run = _topk_member(r, valid, thr, ties, all_ties, run)
-                sum_s += tl.where(member, z, 0.0)
-    if TARGET == 2:
-        c = tl.sum(sum_s, axis=0) / K
-    elif TARGET == 3:
-        c = target_value
-    else:
-        c = tl.sum(sum_v, axis=0) / V
-    if TARGET == 0:
-        s_over_v = (tl.sum(sum_s, axis=0) - K * c) / V  # s * dc/dz_j, dc/dz_j = 1/V
-    else:
-        s_over_v = 0.0  # "topk_mean": s = 0 exactly; detached / constant: no path
 
-    # Pass B: d_j = (z_j - c)[j in S]; L = (1/K) sum d_j^2; dL/dz_j = (2/K)(d_j - s/V).
-    sq = tl.zeros([BLOCK_V], dtype=tl.float32)
-    run = tl.zeros([], dtype=tl.int32)
-    two_w_over_k = 2.0 * weight / K
-    for start in range(0, V, BLOCK_V):
-        cols = start + offs
-        valid = cols < V
-        c64 = cols.to(tl.int64)
-        z = tl.load(z_row + c64 * stride_zv, mask=valid, other=0.0).to(tl.float32)
+@triton.jit
+def _in_s(r, cols, valid, thr, j_last, TOPK_ALL: tl.constexpr, MASKED: tl.constexpr):
+    """Membership in ``S``: ``r_j > thr  or  (r_j == thr  and  j <= j_last)`` (``j_last = V``
+    when every entry equal to ``thr`` is in ``S``); everything when K = V. ``cols`` is
+    ``(lane offsets, first column of the tile)``: ``j <= j_last`` is then one compare of a
+    loop-invariant register against a per-tile scalar."""
+    if TOPK_ALL:
+        member = valid
+    else:
+        offs, col0 = cols
+        member = (r > thr) | ((r == thr) & (offs <= j_last - col0))
+        if MASKED:
+            member = member & valid
+    return member
+
+
+@triton.jit
+def _local_a_tile(z_row, r_row, zo, ro, cols, valid, thr, j_last, sum_v, sum_s,
+                  NEED_S: tl.constexpr, TOPK_ALL: tl.constexpr, MASKED: tl.constexpr):
+    """Pass A on one tile: ``sum_v += z``; ``sum_s += z [j in S]`` when the target needs it."""
+    z = _load(z_row, zo, valid, 0.0, MASKED, "evict_last")
+    sum_v += z
+    if NEED_S:
         if TOPK_ALL:
-            member = valid
+            sum_s += z
         else:
-            r = tl.load(r_row + c64 * stride_rv, mask=valid, other=0.0).to(tl.float32)
-            member, run = _topk_member(r, valid, thr, ties, all_ties, run)
-        d = tl.where(member, z - c, 0.0)
-        sq += d * d
-        if WRITE_GRAD:
-            g = two_w_over_k * (d - s_over_v)
-            tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=valid)
-    return weight * (tl.sum(sq, axis=0) / K)
+            r = _load(r_row, ro, valid, float("-inf"), MASKED, "evict_last")
+            sum_s += tl.where(_in_s(r, cols, valid, thr, j_last, TOPK_ALL, MASKED), z, 0.0)
+    return sum_v, sum_s
 
 
 @triton.jit
-def _kl_row(
-    z_row, r_row, g_row, stride_zv, stride_rv, V, weight,
-    KL: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
-):
-    """``weight * KL`` of one row; writes ``weight * dKL/dz`` when WRITE_GRAD.
-
-    Online softmax with one state per lane of the tile (lane l sees entries l, l + BLOCK_V,
-    ...), so the streaming pass needs no reduction across the tile; lanes merge at the end.
-    With a lane's running maxima ``m_z, m_r`` (as shifts ``sh = m``, or 0 while ``m = -inf``),
-    ``s_z = sum exp(z - sh_z)``, ``s_r = sum exp(r - sh_r)`` and, per direction,
-
-        reverse: A = sum_j exp(z_j - sh_z) ((z_j - sh_z) - (r_j - sh_r))
-                 KL(p||q) = A / s_z - log s_z + log s_r          (over the merged row)
-        forward: B = sum_j exp(r_j - sh_r) ((r_j - sh_r) - (z_j - sh_z))
-                 KL(q||p) = B / s_r - log s_r + log s_z
-
-    (differences taken against the maxima, so large logits do not cancel). When the shifts
-    move by ``dz = sh_z' - sh_z``, ``dr = sh_r' - sh_r``:
-
-        s_z' = e^{-dz} s_z,  A' = e^{-dz} (A + s_z (dr - dz)),  B' = e^{-dr} (B + s_r (dz - dr)),
-
-    and merging lanes is the same move, to the row's shifts. One exp per entry and tensor:
-    ``e^{-|z - m|}`` is the rescale factor when ``z`` is a new maximum and the entry's weight
-    otherwise. A zero weight (an entry at ``-inf``) contributes 0 (0 log 0 = 0).
-    """
-    offs = tl.arange(0, BLOCK_V)
-    m_z = tl.full([BLOCK_V], float("-inf"), tl.float32)  # lane maxima (may stay -inf)
-    m_r = tl.full([BLOCK_V], float("-inf"), tl.float32)
-    s_z = tl.zeros([BLOCK_V], dtype=tl.float32)
-    s_r = tl.zeros([BLOCK_V], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_V], dtype=tl.float32)  # A (reverse) or B (forward), per lane
-    for start in range(0, V, BLOCK_V):
-        cols = start + offs
-        valid = cols < V
-        c64 = cols.to(tl.int64)
-        z = tl.load(z_row + c64 * stride_zv, mask=valid, other=float("-inf")).to(tl.float32)
-        r = tl.load(r_row + c64 * stride_rv, mask=valid, other=float("-inf")).to(tl.float32)
-        up_z = z > m_z  # z is the lane's new maximum
-        up_r = r > m_r
-        t_z = tl.where(z == float("-inf"), 0.0, tl.exp(-tl.abs(z - m_z)))
-        t_r = tl.where(r == float("-inf"), 0.0, tl.exp(-tl.abs(r - m_r)))
-        a_z = tl.where(up_z, t_z, 1.0)  # e^{-dz}: rescale of the lane's z sums
-        a_r = tl.where(up_r, t_r, 1.0)
-        e_z = tl.where(up_z, 1.0, t_z)  # exp(z - sh_z'): the entry's weight
-        e_r = tl.where(up_r, 1.0, t_r)
-        sh_z = tl.where(m_z == float("-inf"), 0.0, m_z)
-        sh_r = tl.where(m_r == float("-inf"), 0.0, m_r)
-        m_z = tl.maximum(m_z, z)
-        m_r = tl.maximum(m_r, r)
-        sh_z_new = tl.where(m_z == float("-inf"), 0.0, m_z)
-        sh_r_new = tl.where(m_r == float("-inf"), 0.0, m_r)
-        zc = z - sh_z_new
-        rc = r - sh_r_new
-        if KL == 1:
-            moved = tl.where(s_z > 0.0, s_z * ((sh_r_new - sh_r) - (sh_z_new - sh_z)), 0.0)
-            acc = a_z * (acc + moved) + tl.where(e_z > 0.0, e_z * (zc - rc), 0.0)
-        else:
-            moved = tl.where(s_r > 0.0, s_r * ((sh_z_new - sh_z) - (sh_r_new - sh_r)), 0.0)
-            acc = a_r * (acc + moved) + tl.where(e_r > 0.0, e_r * (rc - zc), 0.0)
-        s_z = a_z * s_z + e_z
-        s_r = a_r * s_r + e_r
-    # merge the lanes: move every lane to the row's shifts and add up
-    row_m_z = tl.max(m_z, axis=0)
-    row_m_r = tl.max(m_r, axis=0)
-    sh_z_row = tl.where(row_m_z == float("-inf"), 0.0, row_m_z)
-    sh_r_row = tl.where(row_m_r == float("-inf"), 0.0, row_m_r)
-    sh_z = tl.where(m_z == float("-inf"), 0.0, m_z)
-    sh_r = tl.where(m_r == float("-inf"), 0.0, m_r)
-    f_z = tl.where(m_z == float("-inf"), 0.0, tl.exp(m_z - sh_z_row))
-    f_r = tl.where(m_r == float("-inf"), 0.0, tl.exp(m_r - sh_r_row))
-    if KL == 1:
-        moved = tl.where(s_z > 0.0, s_z * ((sh_r_row - sh_r) - (sh_z_row - sh_z)), 0.0)
-        acc_row = tl.sum(tl.where(f_z > 0.0, f_z * (acc + moved), 0.0), axis=0)
+def _local_b_tile(z_row, r_row, g_row, zo, ro, go, cols, valid, thr, j_last, c, s_over_v,
+                  two_w_over_k, sq, TOPK_ALL: tl.constexpr, WRITE_GRAD: tl.constexpr,
+                  MASKED: tl.constexpr):
+    """Pass B on one tile: ``d = (z - c)[j in S]``, ``sq += d^2``, gradient
+    ``(2w/K)(d - s/V)`` (``s/V`` only for the ``"mean"`` target)."""
+    z = _load(z_row, zo, valid, 0.0, MASKED, "evict_first")
+    if TOPK_ALL:
+        member = valid
     else:
-        moved = tl.where(s_r > 0.0, s_r * ((sh_z_row - sh_z) - (sh_r_row - sh_r)), 0.0)
-        acc_row = tl.sum(tl.where(f_r > 0.0, f_r * (acc + moved), 0.0), axis=0)
-    s_z_row = tl.sum(f_z * s_z, axis=0)
-    s_r_row = tl.sum(f_r * s_r, axis=0)
-    log_s_z = tl.log(s_z_row)
-    log_s_r = tl.log(s_r_row)
-    if KL == 1:
-        kl = acc_row / s_z_row - log_s_z + log_s_r
-    else:
-        kl = acc_row / s_r_row - log_s_r + log_s_z
-
+        r = _load(r_row, ro, valid, float("-inf"), MASKED, "evict_first")
+        member = _in_s(r, cols, valid, thr, j_last, TOPK_ALL, MASKED)
+    d = tl.where(member, z - c, 0.0)
+    sq += d * d
     if WRITE_GRAD:
-        # reverse: dKL/dz_j = p_j (log p_j - log q_j - KL); forward: dKL/dz_j = p_j - q_j,
-        # with log p_j = z_j - lse_z, log q_j = r_j - lse_r.
-        lse_z = sh_z_row + log_s_z
-        lse_r = sh_r_row + log_s_r
-        for start in range(0, V, BLOCK_V):
-            cols = start + offs
-            valid = cols < V
-            c64 = cols.to(tl.int64)
-            z = tl.load(z_row + c64 * stride_zv, mask=valid, other=float("-inf")).to(tl.float32)
-            r = tl.load(r_row + c64 * stride_rv, mask=valid, other=float("-inf")).to(tl.float32)
-            lp = z - lse_z
-            lq = r - lse_r
-            p = tl.exp(lp)
-            if KL == 1:
-                g = tl.where(p > 0.0, p * (lp - lq - kl), 0.0)
-            else:
-                g = p - tl.exp(lq)
-            tl.store(g_row + cols, (weight * g).to(g_row.dtype.element_ty), mask=valid)
-    return weight * kl
+        g = (two_w_over_k * (d - s_over_v)).to(g_row.dtype.element_ty)
+        if MASKED:
+            tl.store(g_row + go, g, mask=valid)
+        else:
+            tl.store(g_row + go, g)
+    return sq
+
+
+@triton.jit
+def _max2(a_z, a_r, b_z, b_r):
+    """Combine of the pair reduction (max of z, max of r)."""
+    return tl.maximum(a_z, b_z), tl.maximum(a_r, b_r)
+
+
+@triton.jit
+def _kl_stream_tile(z_row, r_row, zo, ro, valid, m_z, m_r, s_z, s_r, acc,
+                    KL: tl.constexpr, MASKED: tl.constexpr):
+    """Online softmax of both rows over one tile, one running maximum per tile.
+
+    With the tile's new maximum ``M = max(m, max_tile z)`` (natural units, an exact data
+    value; the shift ``sh = M``, or 0 while ``M = -inf``: every weight so far is then 0),
+    each lane keeps ``s = sum exp(z - sh)`` (as ``2^((z - sh) log2 e)``: the largest entry
+    weighs exactly 1) and the numerator ``acc``; when the maximum moves, one scalar factor
+    ``a = exp(m - M)`` (0 while ``m = -inf``) rescales every lane:
+
+        s_z' = a_z s_z + exp(z - sh_z)
+        reverse: acc' = a_z acc + exp(z - sh_z) max(z - r, -BIG)   (sum_j p_j (z_j - r_j))
+        forward: acc' = a_r acc + exp(r - sh_r) max(r - z, -BIG)   (sum_j q_j (r_j - z_j))
+
+    The maximum with ``-BIG`` replaces a per-entry guard: where the weight is 0 (an entry
+    at -inf) the difference is -inf or NaN, and ``0 * -BIG = 0`` (0 log 0 = 0).
+    """
+    z = _load(z_row, zo, valid, float("-inf"), MASKED, "evict_last")
+    r = _load(r_row, ro, valid, float("-inf"), MASKED, "evict_last")
+    # the tile maxima of z and r in one reduction tree
+    t_z, t_r = tl.reduce((z, r), 0, _max2)
+    new_z = tl.maximum(m_z, t_z)
+    new_r = tl.maximum(m_r, t_r)
+    sh_z = tl.where(new_z == float("-inf"), 0.0, new_z)
+    sh_r = tl.where(new_r == float("-inf"), 0.0, new_r)
+    a_z = tl.where(m_z == float("-inf"), 0.0, tl.exp2((m_z - sh_z) * LOG2E))
+    a_r = tl.where(m_r == float("-inf"), 0.0, tl.exp2((m_r - sh_r) * LOG2E))
+    e_z = tl.exp2((z - sh_z) * LOG2E)
+    e_r = tl.exp2((r - sh_r) * LOG2E)
+    s_z = s_z * a_z + e_z
+    s_r = s_r * a_r + e_r
+    if KL == 1:
+        acc = acc * a_z + e_z * tl.maximum(z - r, NEG_BIG)
+    else:
+        acc = acc * a_r + e_r * tl.maximum(r - z, NEG_BIG)
+    return new_z, new_r, s_z, s_r, acc
+
+
+@triton.jit
+def _kl_grad_tile(z_row, r_row, g_row, zo, ro, go, valid, lse_z, lse_r, cst, weight,
+                  KL: tl.constexpr, MASKED: tl.constexpr):
+    """KL gradient on one tile, ``p = exp(z - lse_z)``: reverse
+    ``w p ((z - r) - (lse_z - lse_r + KL))``, forward ``w (p - q)``."""
+    z = _load(z_row, zo, valid, float("-inf"), MASKED, "evict_first")
+    r = _load(r_row, ro, valid, float("-inf"), MASKED, "evict_first")
+    p = tl.exp2((z - lse_z) * LOG2E)
+    if KL == 1:
+        g = (weight * p) * (tl.maximum(z - r, NEG_BIG) - cst)
+    else:
+        g = weight * (p - tl.exp2((r - lse_r) * LOG2E))
+    g = g.to(g_row.dtype.element_ty)
+    if MASKED:
+        tl.store(g_row + go, g, mask=valid)
+    else:
+        tl.store(g_row + go, g)
+
+
+@triton.jit
+def _edge(e, head, nb, V, offs, BLOCK: tl.constexpr):
+    """Columns and validity of edge tile ``e`` of a row: 0 the head ``[0, head)`` before the
+    first aligned column, 1 the tail ``[head + nb*BLOCK, V)`` after the last full tile."""
+    start = tl.where(e == 0, 0, head + nb * BLOCK)
+    stop = tl.where(e == 0, head, V)
+    cols = start + offs
+    return cols, cols < stop
 
 
 @triton.jit(do_not_specialize=["K"])  # one compiled variant for every K
 def _palu_fwd_kernel(
-    z_ptr,  # [N, V] logits (fp32 / bf16 / fp16), strides (stride_zn, stride_zv)
-    r_ptr,  # [N, V] reference logits, same dtype, strides (stride_rn, stride_rv)
+    z_ptr,  # [B, T, V] logits (fp32 / bf16 / fp16), strides (stride_zb, stride_zt, 1)
+    r_ptr,  # [B, T, V] reference logits, same dtype, strides (stride_rb, stride_rt, 1)
+    order_ptr,  # [N] int32: the row each program takes (initiating rows first)
     kind_ptr,  # [N] int32: 1 = row in I, 2 = row in C, 0 = no loss
-    w_ptr,  # [N] fp32 row weight: gamma (I) or alpha (C), / max(1,|I|) or / max(1,|C|) for mean
+    w_ptr,  # [N] fp32 row weight: gamma (I) or alpha (C), / max(1,|I|) or / max(1,|C|) for
+    #         mean, times the caller's per-row weights
     loss_ptr,  # [N] fp32 out: weight * (L_local or KL), 0 for rows without loss
     g_ptr,  # [N, V] out, contiguous, logits' dtype: weight * d(term)/dz (when WRITE_GRAD)
+    T,  # rows per sequence (N = B * T)
     V,  # vocabulary size
     K,  # top-K size, 1 <= K <= V
     target_value,  # the constant c when TARGET == 3
-    stride_zn, stride_zv, stride_rn, stride_rv,
+    stride_zb, stride_zt, stride_rb, stride_rt,
     TARGET: tl.constexpr,  # 0 mean, 1 mean_detached, 2 topk_mean, 3 constant
     KL: tl.constexpr,  # 0 none, 1 reverse KL(p||q), 2 forward KL(q||p)
     TOPK_ALL: tl.constexpr,  # K == V: S is the whole row
     WRITE_GRAD: tl.constexpr,  # write the gradient (logits require grad)
+    KEY_BITS: tl.constexpr,  # width of the selection keys: 16 (bf16 / fp16) or 32 (fp32)
     BLOCK_V: tl.constexpr,  # vocabulary tile of the streaming passes (power of two)
     BLOCK_SEL: tl.constexpr,  # vocabulary tile of the top-K selection passes
-    RADIX_BITS: tl.constexpr,  # bits per radix digit of the selection
+    VEC: tl.constexpr,  # elements per 16 bytes when z and r rows align alike, else 1
+    G_HINT: tl.constexpr,  # the gradient rows align like z's (VEC applies to the stores)
+    NUM_STAGES: tl.constexpr,  # software-pipelining depth of the body loops
 ):
-    row = tl.program_id(0).to(tl.int64)
+    row = tl.load(order_ptr + tl.program_id(0)).to(tl.int64)
     kind = tl.load(kind_ptr + row)
-    z_row = z_ptr + row * stride_zn
-    r_row = r_ptr + row * stride_rn
-    g_row = g_ptr + row * V
+    b = row // T
+    t = row - b * T
+    z_off = b * stride_zb + t * stride_zt
+    r_off = b * stride_rb + t * stride_rt
+    g_off = row * V
+    z_row = z_ptr + z_off
+    r_row = r_ptr + r_off
+    g_row = g_ptr + g_off
+    offs = tl.arange(0, BLOCK_V)
+    # head: columns before the first VEC-aligned one of z (r, and g with G_HINT, align
+    # alike); nb full tiles follow without a mask from there, then the masked tail.
+    if VEC > 1:
+        head = tl.minimum((VEC - z_off % VEC) % VEC, V).to(tl.int32)
+    else:
+        head = tl.zeros([], dtype=tl.int32)
+    nb = (V - head) // BLOCK_V
+    # body bases: the first aligned column of each row, as offsets from the (16-byte
+    # aligned) tensor starts, so that the compiler may use 16-byte vector accesses
+    zb_off = z_off + head
+    rb_off = r_off + head
+    gb_off = g_off + head
+    if VEC > 1:
+        zb_off = tl.multiple_of(zb_off, VEC)
+        rb_off = tl.multiple_of(rb_off, VEC)
+        if G_HINT:
+            gb_off = tl.multiple_of(gb_off, VEC)
+    zb = z_ptr + zb_off
+    rb = r_ptr + rb_off
+    gb = g_ptr + gb_off
     if kind == 1:
         weight = tl.load(w_ptr + row)
-        val = _local_row(z_row, r_row, g_row, stride_zv, stride_rv, V, K, target_value,
-                         weight, TARGET, TOPK_ALL, WRITE_GRAD, BLOCK_V, BLOCK_SEL, RADIX_BITS)
-        tl.store(loss_ptr + row, val)
+        if TOPK_ALL:  # K = V: S is the whole row, no selection
+            thr = 0.0
+            j_last = V
+        else:
+            thr, _ties, j_last = _topk_search(r_row, 1, V, K, BLOCK_SEL, KEY_BITS, NUM_STAGES)
+
+        # Pass A: c = sum_V z / V ("mean", "mean_detached") or sum_S z / K ("topk_mean"); for
+        # "mean" also sum_S z, for s = sum_S (z_j - c) = sum_S z - K c (gradient through c).
+        NEED_S: tl.constexpr = (TARGET == 0) | (TARGET == 2)
+        sum_v = tl.zeros([BLOCK_V], dtype=tl.float32)
+        sum_s = tl.zeros([BLOCK_V], dtype=tl.float32)
+        if TARGET != 3:
+            for i in tl.range(0, nb, num_stages=NUM_STAGES):  # LOOP: local_a
+                o = i * BLOCK_V + offs
+                sum_v, sum_s = _local_a_tile(zb, rb, o, o, (offs, head + i * BLOCK_V),
+                                             offs < BLOCK_V, thr, j_last, sum_v, sum_s,
+                                             NEED_S, TOPK_ALL, False)
+            for e in range(2):
+                cols, valid = _edge(e, head, nb, V, offs, BLOCK_V)
+                sum_v, sum_s = _local_a_tile(z_row, r_row, cols, cols, (cols, 0), valid, thr,
+                                             j_last, sum_v, sum_s, NEED_S, TOPK_ALL, True)
+        if TARGET == 2:
+            c = tl.sum(sum_s, axis=0) / K
+        elif TARGET == 3:
+            c = target_value
+        else:
+            c = tl.sum(sum_v, axis=0) / V
+        if TARGET == 0:
+            s_over_v = (tl.sum(sum_s, axis=0) - K * c) / V  # s * dc/dz_j, dc/dz_j = 1/V
+        else:
+            s_over_v = 0.0  # "topk_mean": s = 0 exactly; detached / constant: no path
+
+        # Pass B, last tile first: d_j = (z_j - c)[j in S]; L = (1/K) sum d_j^2;
+        # dL/dz_j = (2/K)(d_j - s/V).
+        sq = tl.zeros([BLOCK_V], dtype=tl.float32)
+        two_w_over_k = 2.0 * weight / K
+        for i in tl.range(0, nb, num_stages=NUM_STAGES):  # LOOP: local_b
+            o = (nb - 1 - i) * BLOCK_V + offs
+            sq = _local_b_tile(zb, rb, gb, o, o, o, (offs, head + (nb - 1 - i) * BLOCK_V),
+                               offs < BLOCK_V, thr, j_last, c, s_over_v, two_w_over_k, sq,
+                               TOPK_ALL, WRITE_GRAD, False)
+        for e in range(2):
+            cols, valid = _edge(e, head, nb, V, offs, BLOCK_V)
+            sq = _local_b_tile(z_row, r_row, g_row, cols, cols, cols, (cols, 0), valid, thr,
+                               j_last, c, s_over_v, two_w_over_k, sq, TOPK_ALL, WRITE_GRAD,
+                               True)
+        tl.store(loss_ptr + row, weight * (tl.sum(sq, axis=0) / K))
     elif (KL != 0) & (kind == 2):
         weight = tl.load(w_ptr + row)
-        val = _kl_row(z_row, r_row, g_row, stride_zv, stride_rv, V, weight, KL, WRITE_GRAD,
-                      BLOCK_V)
-        tl.store(loss_ptr + row, val)
+        m_z = tl.full([], float("-inf"), tl.float32)  # running maxima of z log2 e, r log2 e
+        m_r = tl.full([], float("-inf"), tl.float32)
+        s_z = tl.zeros([BLOCK_V], dtype=tl.float32)  # per lane, relative to the maxima
+        s_r = tl.zeros([BLOCK_V], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_V], dtype=tl.float32)  # KL numerator, per lane
+        for i in tl.range(0, nb, num_stages=NUM_STAGES):  # LOOP: kl_stream
+            o = i * BLOCK_V + offs
+            m_z, m_r, s_z, s_r, acc = _kl_stream_tile(zb, rb, o, o, offs < BLOCK_V,
+                                                      m_z, m_r, s_z, s_r, acc, KL, False)
+        for e in range(2):
+            cols, valid = _edge(e, head, nb, V, offs, BLOCK_V)
+            m_z, m_r, s_z, s_r, acc = _kl_stream_tile(z_row, r_row, cols, cols, valid, m_z,
+                                                      m_r, s_z, s_r, acc, KL, True)
+        # lse = sh + ln S (sh = the maximum, or 0 for an all -inf row). The KL is formed
+        # from the differences sh_z - sh_r and ln S_z - ln S_r, never from two large lse:
+        # reverse KL(p||q) = sum p (z - r) - (lse_z - lse_r), forward likewise.
+        S_z = tl.sum(s_z, axis=0)
+        S_r = tl.sum(s_r, axis=0)
+        sh_z = tl.where(m_z == float("-inf"), 0.0, m_z)
+        sh_r = tl.where(m_r == float("-inf"), 0.0, m_r)
+        dlse = (sh_z - sh_r) + (tl.log2(S_z) - tl.log2(S_r)) * LN2  # lse_z - lse_r
+        if KL == 1:
+            kl = tl.sum(acc, axis=0) / S_z - dlse
+        else:
+            kl = tl.sum(acc, axis=0) / S_r + dlse
+        if WRITE_GRAD:
+            # reverse: dKL/dz_j = p_j (log p_j - log q_j - KL); forward: dKL/dz_j = p_j - q_j,
+            # with log p_j = z_j - lse_z, log q_j = r_j - lse_r. Last tile first.
+            lse_z = sh_z + tl.log2(S_z) * LN2
+            lse_r = sh_r + tl.log2(S_r) * LN2
+            cst = dlse + kl
+            for i in tl.range(0, nb, num_stages=NUM_STAGES):  # LOOP: kl_grad
+                o = (nb - 1 - i) * BLOCK_V + offs
+                _kl_grad_tile(zb, rb, gb, o, o, o, offs < BLOCK_V, lse_z, lse_r, cst,
+                              weight, KL, False)
+            for e in range(2):
+                cols, valid = _edge(e, head, nb, V, offs, BLOCK_V)
+                _kl_grad_tile(z_row, r_row, g_row, cols, cols, cols, valid, lse_z, lse_r, cst,
+                              weight, KL, True)
+        tl.store(loss_ptr + row, weight * kl)
     else:  # no loss on this row: never read it
         tl.store(loss_ptr + row, 0.0)
         if WRITE_GRAD:
-            offs = tl.arange(0, BLOCK_V)
             zero = tl.zeros([BLOCK_V], dtype=g_ptr.dtype.element_ty)
-            for start in range(0, V, BLOCK_V):
-                cols = start + offs
-                tl.store(g_row + cols, zero, mask=cols < V)
+            for i in range(0, nb):  # LOOP: zero_fill
+                tl.store(gb + i * BLOCK_V + offs, zero)
+            for e in range(2):
+                cols, valid = _edge(e, head, nb, V, offs, BLOCK_V)
+                tl.store(g_row + cols, zero, mask=valid)
 
 
 def default_block_v(v: int) -> int:
-    """Vocabulary tile of the streaming passes: the row in chunks of at most 2048 (2^16 under
-    the interpreter, where fewer, larger tiles run faster). Compiled, small vocabularies
-    share one 256-wide tile (fewer kernel variants to compile).
+    """Vocabulary tile of the streaming passes: the row in chunks of at most 8192 (2^16
+    under the interpreter, where fewer, larger tiles run faster). Compiled, small
+    vocabularies share one 256-wide tile (fewer kernel variants to compile).
 
-    2048 with 8 warps: the per-lane online-softmax state (5 fp32 vectors) plus the tile stay
-    near 100 registers per thread (ptxas, sm_90, no spills), two programs per SM; 4096 took
-    about 156 registers, one program per SM."""
+    8192 with 8 warps: 32 entries per thread, which amortises the per-tile work of the KL
+    stream (the cross-warp maximum, the scalar rescale factors, the pipeline bookkeeping)
+    down to about 20 SASS instructions per entry (sass_profile, sm_90a; 22 at 4096). It
+    takes about 230 registers, so one program per SM: the bytes in flight come from the
+    pipelined loop (``num_stages`` 3: two 32 KB tiles of bf16 z and r ahead per SM), and
+    132 rows in flight leave each about 380 KB of L2 for the reversed second passes.
+    ``bench/gpu.sh`` sweeps 4096 and 8192 to check this trade on a real H200."""
     if interpreting():
         return min(triton.next_power_of_2(v), 1 << 16)
-    return max(256, min(triton.next_power_of_2(v), 2048))
+    return max(256, min(triton.next_power_of_2(v), 8192))
+
+
+def default_num_stages() -> int:
+    """Software-pipelining depth of the body loops (loads issued ahead of their use)."""
+    return 1 if interpreting() else 3
 
 
 def _row_weights(a: PALUArgs):
@@ -317,73 +404,120 @@ def _row_weights(a: PALUArgs):
              + c_f * (a.alpha / c_f.sum().clamp(min=1.0)))
     else:
         w = i_f * a.gamma + c_f * a.alpha
+    if a.weights is not None:
+        w = w * a.weights.to(torch.float32)
     return kind, w
 
 
+def row_order(kind: torch.Tensor) -> torch.Tensor:
+    """Rows in launch order, built on the device (no host sync): initiating rows first (the
+    longest: selection and two passes), then common rows, then the rest, each in index
+    order."""
+    rank = torch.where(kind == 1, 0, torch.where(kind == 2, 1, 2)).to(torch.int32)
+    return torch.argsort(rank, stable=True).to(torch.int32)
+
+
+def _vec(z: torch.Tensor, r: torch.Tensor, g: torch.Tensor | None):
+    """``(VEC, G_HINT)``: elements per 16 bytes when the rows of ``z`` and ``r`` start at the
+    same offset modulo 16 bytes (then every row's body is 16-byte aligned after its head),
+    else 1; and whether the gradient's rows align like them too."""
+    if interpreting():
+        return 1, False
+    vec = 16 // z.element_size()
+    bz, tz, _ = z.stride()
+    br, tr, _ = r.stride()
+    if (z.data_ptr() % 16 or r.data_ptr() % 16 or (bz - br) % vec or (tz - tr) % vec):
+        return 1, False
+    if g is None:
+        return vec, False
+    t, v = z.shape[1], z.shape[2]
+    return vec, g.data_ptr() % 16 == 0 and (bz - t * v) % vec == 0 and (tz - v) % vec == 0
+
+
 def palu_forward(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
-                 block_sel: int | None = None, radix_bits: int | None = None):
-    """Launch the fused kernel: ``[N]`` fp32 weighted per-row losses and the gradient (or None)."""
-    z, r = a.logits, a.ref_logits
-    n, v = z.shape
+                 block_sel: int | None = None, num_warps: int | None = None,
+                 num_stages: int | None = None, vec: int | None = None):
+    """Launch the fused kernel: ``[N]`` fp32 weighted per-row losses and the gradient ``[N, V]``
+    (or None). ``block_v``, ``block_sel``, ``num_warps``, ``num_stages`` override the tiles
+    and launch shape (for tests and tuning); ``vec`` (interpreter only, for tests) forces the
+    head / body / tail split of rows that a GPU uses for vocabularies not divisible by 16."""
+    z, r = a.logits, a.ref_logits  # [B, T, V] views of the caller's tensors
+    if z.stride(2) != 1:  # the kernel walks unit-stride rows (a transposed input is rare)
+        z = z.contiguous()
+    if r.stride(2) != 1:
+        r = r.contiguous()
+    _, t, v = z.shape
+    n = a.initiating.numel()
     kind, w = _row_weights(a)
     loss = torch.empty(n, dtype=torch.float32, device=z.device)
     grad = torch.empty((n, v), dtype=z.dtype, device=z.device) if write_grad else None
     if n == 0:
         return loss, grad
-    radix_bits = radix_bits or default_radix_bits()
     bv = block_v or default_block_v(v)
-    bs = block_sel or default_select_block(v, radix_bits)
-    _palu_fwd_kernel[(n,)](
-        z, r, kind, w, loss, grad if write_grad else loss, v, a.k, float(a.target_value),
-        z.stride(0), z.stride(1), r.stride(0), r.stride(1),
-        TARGET=_TARGETS[a.target], KL=_KLS[a.kl], TOPK_ALL=a.k >= v, WRITE_GRAD=write_grad,
-        BLOCK_V=bv, BLOCK_SEL=bs, RADIX_BITS=radix_bits, num_warps=8 if bv >= 2048 else 4,
-    )
+    bs = block_sel or default_select_block(v)
+    vec, g_hint = _vec(z, r, grad)
+    if vec_override := (vec if interpreting() else None):
+        vec, g_hint = vec_override, False
+    with device_guard(z):
+        order = row_order(kind)
+        _palu_fwd_kernel[(n,)](
+            z, r, order, kind, w, loss, grad if write_grad else loss, t, v, a.k,
+            float(a.target_value), z.stride(0), z.stride(1), r.stride(0), r.stride(1),
+            TARGET=_TARGETS[a.target], KL=_KLS[a.kl], TOPK_ALL=a.k >= v,
+            WRITE_GRAD=write_grad, KEY_BITS=key_bits(z.dtype), BLOCK_V=bv, BLOCK_SEL=bs,
+            VEC=vec, G_HINT=g_hint, NUM_STAGES=num_stages or default_num_stages(),
+            num_warps=num_warps or (8 if bv >= 2048 else 4),
+        )
     return loss, grad
 
 
 @triton.jit
 def _scale_rows_kernel(
-    g_ptr,  # [N, V] contiguous gradient written by the forward (logits' dtype)
+    g_ptr,  # [N, V] contiguous gradient written by the forward (logits' dtype), in place
     s_ptr,  # fp32 scale: [N] per row (stride_s = 1) or one scalar (stride_s = 0)
-    out_ptr,  # [N, V] out, contiguous, logits' dtype: g * s[row] (fp32 product, one rounding)
     V,
     stride_s,
     BLOCK_V: tl.constexpr,
 ):
+    """``g[row] *= s[row]`` in place (fp32 product, one rounding); a row whose scale is
+    exactly 1 (the usual ``loss.backward()``) returns without touching memory."""
     row = tl.program_id(0).to(tl.int64)
     scale = tl.load(s_ptr + row * stride_s)
-    base = row * V
-    offs = tl.arange(0, BLOCK_V)
-    for start in range(0, V, BLOCK_V):
-        cols = start + offs
-        valid = cols < V
-        g = tl.load(g_ptr + base + cols, mask=valid, other=0.0).to(tl.float32)
-        tl.store(out_ptr + base + cols, (g * scale).to(out_ptr.dtype.element_ty), mask=valid)
+    if scale != 1.0:
+        base = row * V
+        offs = tl.arange(0, BLOCK_V)
+        for start in range(0, V, BLOCK_V):  # LOOP: scale
+            cols = start + offs
+            valid = cols < V
+            g = tl.load(g_ptr + base + cols, mask=valid, other=0.0).to(tl.float32)
+            tl.store(g_ptr + base + cols, (g * scale).to(g_ptr.dtype.element_ty), mask=valid)
 
 
-def scale_rows(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``grad * scale`` out of place: ``scale`` is one number or one per row of ``grad``."""
+def scale_rows_(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``grad *= scale`` in place (``scale``: one number or one per row of ``grad``), decided
+    on the device: rows whose scale is exactly 1 cost nothing, and there is no host sync."""
     n, v = grad.shape
-    s = scale.detach().to(torch.float32).reshape(-1).contiguous()
-    out = torch.empty_like(grad)
+    s = scale.detach().to(torch.float32).reshape(-1)
+    if s.numel() not in (1, n):
+        raise ValueError(f"grad_output must have 1 or {n} elements, got {s.numel()}")
     if n:
         bv = default_block_v(v)
-        _scale_rows_kernel[(n,)](grad, s, out, v, 0 if s.numel() == 1 else 1, BLOCK_V=bv,
-                                 num_warps=8 if bv >= 2048 else 4)
-    return out
+        with device_guard(grad):
+            _scale_rows_kernel[(n,)](grad, s, v, 0 if s.numel() == 1 else s.stride(0),
+                                     BLOCK_V=bv, num_warps=8 if bv >= 2048 else 4)
+    return grad
 
 
 class _PALUTriton(torch.autograd.Function):
     """Forward runs the fused kernel (writing the gradient when the logits require grad);
-    backward hands that gradient over, scaled by ``grad_output`` out of place.
+    backward hands that gradient over, scaled by ``grad_output`` in place on the device
+    (nothing at all happens to rows whose ``grad_output`` is 1).
 
-    With ``grad_output`` exactly 1 (the common ``loss.backward()``) the written gradient is
-    returned as is, without a copy (the spec's 3 units of traffic). Autograd may then keep
-    it as ``.grad`` and accumulate into it in place, so it is handed over only once (and the
-    node keeps no ``N x V`` buffer after its first backward): a later backward through the
-    same graph (``retain_graph=True``, gradcheck) recomputes it from the saved inputs, whose
-    in-place modification autograd detects.
+    The gradient is handed over once (the node keeps no ``N x V`` buffer after its first
+    backward, and autograd may accumulate into it): a later backward through the same graph
+    (``retain_graph=True``, gradcheck) recomputes it from the saved inputs, whose in-place
+    modification autograd detects. The backward is not itself differentiable: a double
+    backward raises instead of returning a silent zero Hessian.
     """
 
     @staticmethod
@@ -400,6 +534,7 @@ class _PALUTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        refuse_double_backward()
         if not ctx.needs_input_grad[0]:
             return None, None, None
         grad, ctx.grad = ctx.grad, None
@@ -407,12 +542,8 @@ class _PALUTriton(torch.autograd.Function):
             z, r = ctx.saved_tensors
             a = dataclasses.replace(ctx.args, logits=z, ref_logits=r)
             grad = palu_forward(a, True, **ctx.opts)[1]
-        if grad_output.numel() == 1 and bool(grad_output == 1):
-            out = grad  # autograd owns it from here
-        else:
-            # mean / sum: one scalar; "none": one value per row. Out of place.
-            out = scale_rows(grad, grad_output)
-        return out.reshape(ctx.shape), None, None
+        # mean / sum: one scalar; "none": one value per row. In place, decided on the device.
+        return scale_rows_(grad, grad_output).reshape(ctx.shape), None, None
 
 
 def palu_loss_triton(logits: torch.Tensor, args: PALUArgs, **opts) -> torch.Tensor:
@@ -420,7 +551,8 @@ def palu_loss_triton(logits: torch.Tensor, args: PALUArgs, **opts) -> torch.Tens
 
     ``logits`` is the caller's tensor (the gradient flows to it); ``args`` comes from
     ``palu_kernels._validation.check_loss_args``. ``opts`` (``block_v``, ``block_sel``,
-    ``radix_bits``) override tile sizes, for tests. Returns an fp32 loss.
+    ``num_warps``, ``num_stages``) override tile sizes and launch shape, for tests and
+    tuning. Returns an fp32 loss.
     """
     if args.logits.dtype not in KERNEL_DTYPES:
         raise TypeError(

@@ -1,35 +1,50 @@
-"""Top-K threshold selection without sorting: radix select over order-preserving float keys.
+"""Top-K threshold selection without sorting: radix select over order-preserving keys of the
+data's own width, counted with digit histograms.
 
-The top-K set ``S`` of a reference row ``r`` (length ``V``) is defined by two numbers:
+The top-K set ``S`` of a reference row ``r`` (length ``V``) is defined by three numbers:
 
 * ``thr``: the K-th largest value of the row;
 * ``ties``: how many of the entries equal to ``thr`` belong to ``S``; ties go to the lower
-  vocabulary index, so ``S = {j : r_j > thr} + {the first `ties` j (by index) with r_j == thr}``.
+  vocabulary index, so ``S = {j : r_j > thr} + {the first `ties` j (by index) with r_j == thr}``;
+* ``j_last``: the vocabulary index of the last tied entry that is in ``S`` (``V`` when every
+  entry equal to ``thr`` is in ``S``, the usual case), so that membership is one test per
+  entry: ``j in S  <=>  r_j > thr  or  (r_j == thr and j <= j_last)``.
 
 That is exactly the set a stable descending sort puts in its first ``K`` places
-(``reference.topk_set_reference``), found here with a fixed number of counting passes over
-the row instead of a sort.
+(``reference.topk_set_reference``), found here with 2 (bf16 / fp16) or 4 (fp32) counting
+passes over the row instead of a sort.
 
-Order-preserving keys. For an fp32 value ``x`` with bit pattern ``b`` (read as int32),
+Order-preserving keys at the data's width. For a float ``x`` whose bit pattern ``b`` is read
+as a signed integer of the float's width ``W`` (16 for bf16 / fp16, 32 for fp32; sign-extended
+into int32),
 
-    key(x) = b               if b >= 0   (x >= +0: larger floats have larger bit patterns)
-             b ^ 0x7FFFFFFF  if b <  0   (x <= -0: flip the magnitude bits, reversing them)
+    key(x) = b                      if b >= 0   (x >= +0: larger floats, larger patterns)
+             b ^ (2^(W-1) - 1)      if b <  0   (x <= -0: flip the magnitude bits)
 
-is a signed int32 whose integer order is the float order (``-0`` is folded into ``+0`` first,
-so that the two zeros, equal as floats, get one key). ``ukey = key + 2^31`` (held in int64)
-lies in ``[0, 2^32)``. bf16 / fp16 are upcast to fp32 first (exact).
+is a signed integer whose order is the float order (``-0`` is folded into ``+0`` first, so
+the two equal zeros share one key). bf16 / fp16 are never upcast for the key: a 16-bit key
+has two 8-bit digits, so two passes; an fp32 key has four.
 
-Radix select. ``thr`` has the key ``u* = max{u : #(ukey >= u) >= K}`` (the count is a
-non-increasing step function of ``u`` that drops below ``K`` right after the K-th largest
-key). ``u*`` is built from the most significant digit down, ``RADIX_BITS`` bits at a time:
-with the digits above already fixed in ``prefix``, one pass over the row counts, for each of
-the ``2^RADIX_BITS`` candidate digits ``d``, ``#(ukey >= prefix + d * 2^shift)``, and keeps
-the largest ``d`` whose count is still ``>= K``. ``RADIX_BITS = 1`` is a bisection on the
-bits (32 passes); the default 4 takes 8 passes of 16 comparisons per element.
+Radix select by histograms. ``key* = max{u : #(key >= u) >= K}`` is built from the most
+significant 8-bit digit down. With the digits above already fixed (``prefix``) and ``need``
+entries of ``S`` still to find among the keys that share that prefix, one pass over the row
+counts, with ``tl.histogram``, the next digit of every key that matches the prefix. With
+``ge[d] = #(matching keys whose digit >= d)`` (a reversed cumulative sum of the 256 counts),
+the digit of ``key*`` is the largest ``d`` with ``ge[d] >= need``; the ``ge[d] - hist[d]``
+keys above it are all in ``S`` (``need`` drops by that many) and the prefix grows by ``d``.
+The top digit of the signed key is ``(key >> (W-8)) + 128`` (its two's-complement byte moved
+to ``[0, 256)`` in order); lower digits are ``(key >> shift) & 255``. After the last digit
+``key*`` is the key of ``thr``, ``need`` is ``ties`` and ``hist[d]`` is the number of entries
+equal to ``thr``. Each pass costs the load, about ten integer operations and one masked
+histogram update per entry (shared-memory atomics, compiled), never a comparison of every
+entry with every candidate digit.
 
-The tie count needs ``#(ukey > u*) = #(ukey >= u* + 1)``: the count of the candidate just
-above the chosen one at the last level where one existed (carried as ``count_next``), so
-it comes for free.
+Consecutive passes walk the row in opposite directions (the tiles one pass read last are
+the first the next one needs, while they are still in L2), and every load asks L2 to keep
+the row (``evict_last``): the local term's passes come next.
+
+Only when a tie straddles the boundary (``ties < #(r == thr)``) does one more pass over the
+row find ``j_last`` (a running count of the entries equal to ``thr``).
 """
 
 from __future__ import annotations
@@ -40,55 +55,110 @@ import torch
 import triton
 import triton.language as tl
 
-# 2^31: moves signed int32 keys to [0, 2^32) (done in int64).
-_KEY_BIAS = tl.constexpr(2147483648)
+
+@triton.jit
+def _order_key(x, KEY_BITS: tl.constexpr):
+    """Unsigned keys (held in uint32) of a tile of floats, read at their own width (fp32 when
+    KEY_BITS == 32, bf16 / fp16 when 16), ordered like the floats; -0 shares +0's key.
+
+    With the sign ``s`` (0 or -1, an arithmetic shift) and the magnitude bits ``m``,
+    ``(m ^ s) - s`` is ``m`` or ``-m`` (so -0 and +0 both give 0), and adding ``2^(W-1)``
+    moves it to ``[0, 2^W)``: a shift, one 3-input logic op and one 3-input add.
+    """
+    if KEY_BITS == 32:
+        b = x.to(tl.int32, bitcast=True)
+        s = b >> 31
+        key = ((b & 0x7FFFFFFF) ^ s) - s + (-2147483648)  # + 2^31, wrapping
+    else:
+        b = x.to(tl.int16, bitcast=True).to(tl.int32)  # sign-extended 16-bit pattern
+        s = b >> 15
+        key = ((b & 0x7FFF) ^ s) - s + 32768
+    return key.to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _digit_bins(x, valid, prefix, shift, FIRST: tl.constexpr, MASKED: tl.constexpr,
+                KEY_BITS: tl.constexpr):
+    """Histogram bins of one tile for the digit at ``shift``: the digit for keys that match
+    the prefix (every key on the first pass), bin 256 (not counted) for the others and for
+    columns past the row, so the histogram needs no mask (and no branch per entry)."""
+    key = _order_key(x, KEY_BITS)
+    digit = ((key >> shift) & 255).to(tl.int32)
+    if FIRST:
+        if MASKED:
+            digit = tl.where(valid, digit, 256)
+    else:
+        match = (key >> (shift + 8)) == prefix
+        if MASKED:
+            match = match & valid
+        digit = tl.where(match, digit, 256)
+    return digit
 
 
 @triton.jit
 def _topk_search(
-    r_row_ptr,  # pointer to r[row, 0] of one reference row
+    r_row,  # pointer to r[row, 0] of one reference row (fp32 / bf16 / fp16)
     stride_v,  # element stride between vocabulary entries of the row
     V,  # vocabulary size (row length)
     K,  # 1 <= K <= V, size of the top-K set
-    BLOCK: tl.constexpr,  # entries per tile (power of two); a tile is BLOCK x 2^RADIX_BITS
-    RADIX_BITS: tl.constexpr,  # bits per digit (1, 2, 4 or 8; divides 32)
+    BLOCK: tl.constexpr,  # entries per tile (power of two)
+    KEY_BITS: tl.constexpr,  # 32 for fp32 rows, 16 for bf16 / fp16 rows
+    NUM_STAGES: tl.constexpr = 1,  # software-pipelining depth of the counting passes
 ):
-    """Return ``(thr, ties, n_eq)``: the fp32 K-th largest value of the row, how many of the
-    entries equal to it are in ``S`` and how many there are (``ties == n_eq``: all of them)."""
-    NB: tl.constexpr = 1 << RADIX_BITS
+    """Return ``(thr, ties, j_last)``: the fp32 K-th largest value of the row, how many of the
+    entries equal to it are in ``S``, and the index of the last of those (``V`` when all of
+    them are in ``S``)."""
     offs = tl.arange(0, BLOCK)
-    digits = tl.arange(0, NB).to(tl.int64)  # candidate digits d = 0 .. NB-1
-    prefix = tl.zeros([], dtype=tl.int64)  # digits of u* fixed so far
-    count_next = tl.zeros([], dtype=tl.int32)  # #(ukey >= the candidate just above u*)
-    count_at = tl.zeros([], dtype=tl.int32)  # #(ukey >= the chosen candidate)
-    for level in range(32 // RADIX_BITS):
-        shift = 32 - RADIX_BITS * (level + 1)
-        cand = prefix + (digits << shift)  # [NB] candidate lower bounds of u*
-        counts = tl.zeros([NB], dtype=tl.int32)  # counts[d] = #(ukey >= cand[d])
+    bins = tl.arange(0, 512)  # 256 digits, then the bin of the entries that do not count
+    prefix = tl.zeros([], dtype=tl.uint32)  # key* >> shift: the digits fixed so far
+    need = K + tl.zeros([], dtype=tl.int32)  # entries of S still to find under the prefix
+    n_eq = tl.zeros([], dtype=tl.int32)  # count of the chosen digit at the last level
+    n_full = V // BLOCK  # full tiles (no mask), then a masked tail
+    tail = n_full * BLOCK + offs
+    for p in tl.static_range(KEY_BITS // 8):
+        shift = KEY_BITS - 8 * (p + 1)
+        hist = tl.zeros([512], dtype=tl.int32)
+        for i in tl.range(0, n_full, num_stages=NUM_STAGES):  # LOOP: select
+            if p % 2 == 1:  # odd passes walk the row backwards: its last tiles are in L2
+                i = n_full - 1 - i
+            cols = i * BLOCK + offs
+            x = tl.load(r_row + cols.to(tl.int64) * stride_v, eviction_policy="evict_last")
+            hist += tl.histogram(_digit_bins(x, cols < V, prefix, shift, p == 0, False,
+                                             KEY_BITS), 512)
+        x = tl.load(r_row + tail.to(tl.int64) * stride_v, mask=tail < V, other=0.0)
+        hist += tl.histogram(_digit_bins(x, tail < V, prefix, shift, p == 0, True, KEY_BITS),
+                             512)
+        hist = tl.where(bins < 256, hist, 0)
+        # ge[d] = #(matching keys with digit >= d), non-increasing, ge[0] >= need
+        ge = tl.cumsum(hist, axis=0, reverse=True)
+        d = tl.sum(((ge >= need) & (bins < 256)).to(tl.int32), axis=0) - 1
+        n_eq = tl.sum(tl.where(bins == d, hist, 0), axis=0)
+        need -= tl.sum(tl.where(bins > d, hist, 0), axis=0)  # all of them are in S
+        prefix = (prefix << 8) | d.to(tl.uint32)
+    # prefix is now the key of thr: back to the float's bits (key - 2^(W-1) = +-magnitude)
+    if KEY_BITS == 32:
+        k = (prefix ^ 0x80000000).to(tl.int32, bitcast=True)
+        bits = tl.where(k < 0, (-k) | (-2147483648), k)
+        thr = bits.to(tl.float32, bitcast=True)
+    else:
+        k = prefix.to(tl.int32, bitcast=True) - 32768
+        bits = tl.where(k < 0, (-k) | 0x8000, k)
+        thr = bits.to(tl.int16).to(r_row.dtype.element_ty, bitcast=True).to(tl.float32)
+    ties = need
+    j_last = V + tl.zeros([], dtype=tl.int32)
+    if ties < n_eq:  # a tie straddles the boundary: find the ties-th entry equal to thr
+        run = tl.zeros([], dtype=tl.int32)
+        j_last = tl.full([], -1, tl.int32)
         for start in range(0, V, BLOCK):
             cols = start + offs
             valid = cols < V
-            x = tl.load(r_row_ptr + cols.to(tl.int64) * stride_v, mask=valid, other=0.0)
-            x = x.to(tl.float32)
-            # order-preserving key (written out here: under the interpreter every call of a
-            # jit helper costs milliseconds); -0 is folded into +0 first
-            x = tl.where(x == 0.0, 0.0, x)
-            bits = x.to(tl.int32, bitcast=True)
-            key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-            ukey = key.to(tl.int64) + _KEY_BIAS
-            ge = (ukey[:, None] >= cand[None, :]) & valid[:, None]
-            counts += tl.sum(ge.to(tl.int32), axis=0)
-        # counts is non-increasing in d and counts[0] >= K (it held at the previous level):
-        # the chosen digit is the last d with counts[d] >= K.
-        d = tl.sum((counts >= K).to(tl.int32), axis=0) - 1
-        count_at = tl.sum(tl.where(digits == d, counts, 0), axis=0)
-        above = tl.sum(tl.where(digits == d + 1, counts, 0), axis=0)
-        count_next = tl.where(d + 1 < NB, above, count_next)
-        prefix += d.to(tl.int64) << shift
-    key = (prefix - _KEY_BIAS).to(tl.int32)  # back from key to float bits
-    bits = tl.where(key < 0, key ^ 0x7FFFFFFF, key)
-    # after the last level the chosen candidate is u* itself: count_at = #(ukey >= u*)
-    return bits.to(tl.float32, bitcast=True), K - count_next, count_at - count_next
+            x = tl.load(r_row + cols.to(tl.int64) * stride_v, mask=valid, other=0.0)
+            eq = (x.to(tl.float32) == thr) & valid
+            rank = run + tl.cumsum(eq.to(tl.int32), axis=0)
+            hit = eq & (rank == ties)
+            j_last = tl.maximum(j_last, tl.max(tl.where(hit, cols, -1), axis=0))
+            run += tl.sum(eq.to(tl.int32), axis=0)
+    return thr, ties, j_last
 
 
 @triton.jit(do_not_specialize=["K"])  # one compiled variant for every K
@@ -101,10 +171,12 @@ def _topk_threshold_kernel(
     stride_rn,  # row stride of r (elements)
     stride_rv,  # column stride of r (elements)
     BLOCK: tl.constexpr,
-    RADIX_BITS: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    thr, ties, _ = _topk_search(r_ptr + row * stride_rn, stride_rv, V, K, BLOCK, RADIX_BITS)
+    thr, ties, _ = _topk_search(r_ptr + row * stride_rn, stride_rv, V, K, BLOCK, KEY_BITS,
+                                NUM_STAGES)
     tl.store(thr_ptr + row, thr.to(thr_ptr.dtype.element_ty))
     tl.store(ties_ptr + row, ties.to(tl.int64))
 
@@ -117,21 +189,22 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def default_radix_bits() -> int:
-    """Bits per radix digit: 4 compiled (8 passes, 16 comparisons per element); 8 under the
-    interpreter, where every pass costs Python-level overhead (4 passes, 256 comparisons)."""
-    return 8 if interpreting() else 4
+def key_bits(dtype: torch.dtype) -> int:
+    """Width of the order-preserving key: the float's own width (32 fp32, 16 bf16 / fp16)."""
+    return 32 if dtype == torch.float32 else 16
 
 
-def default_select_block(v: int, radix_bits: int) -> int:
-    """Entries per tile of the selection passes: ``BLOCK * 2^radix_bits`` compares per tile.
+def default_select_block(v: int) -> int:
+    """Entries per tile of the selection passes.
 
-    Under the interpreter bigger tiles mean fewer Python-level iterations; compiled, a tile of
-    16K comparisons keeps registers in check, and small vocabularies share one 64-wide tile.
+    Compiled: 4096 (8 warps, 16 entries per thread: two 16-byte loads of bf16, four of
+    fp32, with the next tiles already in flight through the pipelined loop; the histogram's
+    256 bins live in shared memory). Under the interpreter bigger tiles mean fewer
+    Python-level iterations. Small vocabularies share one 64-wide tile.
     """
     if interpreting():
-        return max(1, min(triton.next_power_of_2(v), (1 << 18) >> radix_bits))
-    return max(64, min(triton.next_power_of_2(v), (1 << 14) >> radix_bits))
+        return max(1, min(triton.next_power_of_2(v), 1 << 16))
+    return max(64, min(triton.next_power_of_2(v), 4096))
 
 
 def check_kernel_device(name: str, t: torch.Tensor) -> None:
@@ -143,16 +216,23 @@ def check_kernel_device(name: str, t: torch.Tensor) -> None:
         )
 
 
-def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, radix_bits: int | None = None,
-                   block: int | None = None):
+def device_guard(t: torch.Tensor):
+    """Context that makes ``t``'s GPU the current one while kernels launch on it (a no-op on
+    the CPU), so that tensors on ``cuda:1`` work whatever the current device is."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None = None):
     """Per-row threshold and tie count that define the top-K set, without sorting.
 
     Args:
         ref_logits: ``[..., V]`` float32 / bfloat16 / float16 tensor (CUDA, or CPU with
             ``TRITON_INTERPRET=1``), any strides.
         k: size of the set, an int ``>= 1`` (clipped to ``V``) or None for the whole row.
-        radix_bits: bits per radix digit (1 = bisection on the bits, 32 passes; 4 = 8 passes;
-            8 = 4 passes); None picks 4 compiled, 8 under the interpreter.
         block: entries per tile (a power of two); None picks one.
 
     Returns:
@@ -189,11 +269,8 @@ def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, radix_bits: int |
     elif k < 1:
         raise ValueError(f"k must be >= 1 (or None for the whole row), got {k}")
     k = min(k, v)
-    if radix_bits is None:
-        radix_bits = default_radix_bits()
-    if radix_bits not in (1, 2, 4, 8):
-        raise ValueError(f"radix_bits must be 1, 2, 4 or 8, got {radix_bits!r}")
-    if block is not None and (block < 1 or block & (block - 1)):
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int)
+                              or block < 1 or block & (block - 1)):
         raise ValueError(f"block must be a power of two, got {block!r}")
     check_kernel_device("ref_logits", ref_logits)
 
@@ -203,11 +280,13 @@ def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, radix_bits: int |
     thr = torch.empty(n, dtype=ref_logits.dtype, device=r.device)
     ties = torch.empty(n, dtype=torch.int64, device=r.device)
     if n:
-        blk = block or default_select_block(v, radix_bits)
-        _topk_threshold_kernel[(n,)](
-            r, thr, ties, v, k, r.stride(0), r.stride(1),
-            BLOCK=blk, RADIX_BITS=radix_bits, num_warps=8 if blk >= 512 else 4,
-        )
+        blk = block or default_select_block(v)
+        with device_guard(r):
+            _topk_threshold_kernel[(n,)](
+                r, thr, ties, v, k, r.stride(0), r.stride(1),
+                BLOCK=blk, KEY_BITS=key_bits(r.dtype), NUM_STAGES=1 if interpreting() else 3,
+                num_warps=8 if blk >= 1024 else 4,
+            )
     return thr.reshape(lead), ties.reshape(lead)
 
 

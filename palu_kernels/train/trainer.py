@@ -375,23 +375,38 @@ class PALUTrainer(Trainer):
         ids, att = inputs["forget_input_ids"], inputs["forget_attention_mask"]
         imask, cmask = inputs["forget_initiating_mask"], inputs["forget_common_mask"]
         cfg = self.palu
+        n_i = counts[0].clamp(min=1)
+        n_c = counts[1].clamp(min=1)
         if cfg.fused_linear:
             rows = self.fused_forget_rows(model, inputs)
-        else:
-            ref = self.reference_logits(model, ids, att)
-            logits = model(input_ids=ids, attention_mask=att).logits
-            # Rows are already shifted (row t predicts token t+1; the last row is in neither
-            # mask), so the full [B, T, V] logits go in without a sliced copy.
-            rows = palu_local_entropy_loss(
-                logits, ref, imask, cmask, k=cfg.k, target=cfg.target, kl=cfg.kl, gamma=1.0,
-                alpha=1.0, reduction="none", backend=cfg.backend,
-            )
-        n_i = counts[0].clamp(min=1).to(rows.dtype)
-        n_c = counts[1].clamp(min=1).to(rows.dtype)
-        local = rows[imask].sum() / n_i
-        kl = rows[cmask].sum() / n_c
-        loss = cfg.gamma * local + cfg.alpha * kl
-        return loss, {"forget_local": local.detach(), "forget_kl": kl.detach()}
+            local = rows[imask].sum() / n_i.to(rows.dtype)
+            kl = rows[cmask].sum() / n_c.to(rows.dtype)
+            loss = cfg.gamma * local + cfg.alpha * kl
+            logs = {"forget_local": local.detach(), "forget_kl": kl.detach()}
+            return loss, {k: v for k, v in logs.items()
+                          if (cfg.gamma if k == "forget_local" else cfg.alpha)}
+        ref = self.reference_logits(model, ids, att)
+        logits = model(input_ids=ids, attention_mask=att).logits
+        # The window normalisation goes in as per-row weights (1/|I| on I rows, 1/|C| on C
+        # rows), so the rows come back already weighted and their plain sum is the loss:
+        # the kernel's gradient is complete after the forward, and the backward has nothing
+        # to do (grad_output is exactly 1), with no N x V tensor in the backward. Rows are
+        # already shifted (row t predicts token t+1; the last row is in neither mask), so
+        # the full [B, T, V] logits go in without a sliced copy.
+        w = (imask / n_i.to(torch.float32) + cmask / n_c.to(torch.float32)).to(torch.float32)
+        rows = palu_local_entropy_loss(
+            logits, ref, imask, cmask, k=cfg.k, target=cfg.target, kl=cfg.kl, gamma=cfg.gamma,
+            alpha=cfg.alpha, reduction="none", weights=w, backend=cfg.backend,
+        )
+        loss = rows.sum()
+        logs = {}
+        with torch.no_grad():  # the separate terms, for the logs (gamma, alpha taken out);
+            # a term with weight 0 is not computed into the rows, so it is not logged
+            if cfg.gamma:
+                logs["forget_local"] = rows[imask].sum() / cfg.gamma
+            if cfg.alpha:  # (0 when kl is None: no common row carries a term)
+                logs["forget_kl"] = rows[cmask].sum() / cfg.alpha
+        return loss, logs
 
     def retain_loss(self, model, inputs, counts):
         """Summed retain NLL of the micro-batch divided by the window's retain token count."""
@@ -433,7 +448,8 @@ class PALUTrainer(Trainer):
             logs["retain_nll"] = retain.detach()
         if model.training:
             self._record(logs, counts)
-        loss = loss * scale
+        if scale != 1.0:  # (exactly 1 keeps grad_output at 1: the fused backward is free)
+            loss = loss * scale
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
 
     def _record(self, logs: dict, counts: torch.Tensor) -> None:
