@@ -43,9 +43,10 @@ def to_rows(records, env) -> list[dict]:
             add("select", "time_ms", res["time_ms"], "ms")
             add("select", "peak_mem_mib", _mib(res["peak_bytes"]), "MiB")
             read = case.rows * case.vocab * case.elem_size  # one read of the reference rows
-            gbps = read / (res["time_ms"] * 1e-3) / 1e9
+            gbps = _ratio(read, (res["time_ms"] or 0) * 1e-3 * 1e9)
             add("select", "bandwidth_gbps", gbps, "GB/s")
-            add("select", "bandwidth_frac_of_peak", gbps / env["peak_bandwidth_gbps"], "fraction")
+            add("select", "bandwidth_frac_of_peak", _ratio(gbps, env.get("peak_bandwidth_gbps")),
+                "fraction")
             continue
         add("warmup", "warmup_s", rec.get("warmup_s"), "s")
         for mode in MODES:
@@ -61,10 +62,21 @@ def to_rows(records, env) -> list[dict]:
                 add(mode, "cpu_ms", res["cpu_ms"], "ms")
             add(mode, "peak_mem_mib", _mib(res["peak_bytes"]), "MiB")
             if mode == "forward+backward" and res["time_ms"]:
-                gbps = case.min_bytes / (res["time_ms"] * 1e-3) / 1e9
+                gbps = _ratio(case.min_bytes, res["time_ms"] * 1e-3 * 1e9)
                 add(mode, "bandwidth_gbps", gbps, "GB/s")
-                add(mode, "bandwidth_frac_of_peak", gbps / env["peak_bandwidth_gbps"], "fraction")
+                add(mode, "bandwidth_frac_of_peak", _ratio(gbps, env.get("peak_bandwidth_gbps")),
+                    "fraction")
     return rows
+
+
+def _ratio(num, den):
+    """``num / den``, or None when either is missing, zero or not finite (a peak or a time
+    that could not be measured must not turn into a division error or an infinite figure)."""
+    import math
+
+    if num is None or not den or not math.isfinite(den) or not math.isfinite(num):
+        return None
+    return num / den
 
 
 def _mib(b):

@@ -165,15 +165,25 @@ class Pass:
     reuse: float = 0.0
     writes: tuple = ()
     l2_hit: float | None = None
+    reverse: bool = False
 
 
 def l2_hit_fraction(p: Pass, rows_in_flight: int, row_bytes: int, l2_bytes: int) -> float:
-    """Fraction of ``p``'s re-reads served by L2 (see the module docstring)."""
+    """Fraction of ``p``'s re-reads served by L2 (see the module docstring).
+
+    ``reverse``: the pass walks the row in the opposite direction to the pass before it, so
+    the reuse distance of an element grows from 0 (the tile read last is needed first) to
+    twice the average ``reuse``, uniformly; an element hits when its distance fits in the
+    row's share of the L2 (``C = L2 / (P * row)`` rows): ``h = min(1, C / (2 * reuse))``.
+    """
     if p.l2_hit is not None:
         return p.l2_hit
     if not p.rereads or p.reuse <= 0:
         return 0.0
-    return min(1.0, l2_bytes / (rows_in_flight * p.reuse * row_bytes))
+    share = l2_bytes / (rows_in_flight * row_bytes)
+    if p.reverse:
+        return min(1.0, share / (2.0 * p.reuse))
+    return min(1.0, share / p.reuse)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,37 +288,121 @@ _OLD_PASSES = {
     },
 }
 
+# _palu_fwd_kernel of the working tree, as the JIT specialises it for the headline case:
+# bf16 [8192, 128256] rows given as [1, 8192, 128256] (T = N; every stride divisible by 16),
+# TARGET 0, KL 1, K < V, gradient written. palu_forward picks BLOCK_V = default_block_v(V) =
+# 8192 (num_warps 8), BLOCK_SEL = default_select_block(V) = 4096, KEY_BITS 16 (bf16 keys),
+# VEC 8 (16-byte vectors of bf16, rows of z, r and the gradient aligned alike: G_HINT),
+# NUM_STAGES 3. Loops are found by their `# LOOP:` markers only.
+_FWD_JOB_NEW = {
+    "kernel": "palu_kernels.ops.palu_loss:_palu_fwd_kernel",
+    "signature": {"z_ptr": "*bf16", "r_ptr": "*bf16", "order_ptr": "*i32", "kind_ptr": "*i32",
+                  "w_ptr": "*fp32", "loss_ptr": "*fp32", "g_ptr": "*bf16", "T": "i32",
+                  "V": "i32", "K": "i32", "target_value": "fp32", "stride_zb": "i32",
+                  "stride_zt": "i32", "stride_rb": "i32", "stride_rt": "i32"},
+    "constexprs": {"TARGET": 0, "KL": 1, "TOPK_ALL": False, "WRITE_GRAD": True,
+                   "KEY_BITS": 16, "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": 8,
+                   "G_HINT": True, "NUM_STAGES": 3},
+    "num_warps": 8,
+    "num_stages": None,
+    "divisible_by_16": ["z_ptr", "r_ptr", "order_ptr", "kind_ptr", "w_ptr", "loss_ptr",
+                        "g_ptr", "T", "V", "stride_zb", "stride_zt", "stride_rb", "stride_rt"],
+    "loops": {
+        "select": {"elements": "BLOCK_SEL", "tensors": 1, "fallback": None},
+        "local_a": {"elements": "BLOCK_V", "tensors": 2, "fallback": None},
+        "local_b": {"elements": "BLOCK_V", "tensors": 3, "fallback": None},
+        "kl_stream": {"elements": "BLOCK_V", "tensors": 2, "fallback": None},
+        "kl_grad": {"elements": "BLOCK_V", "tensors": 3, "fallback": None},
+        "zero_fill": {"elements": "BLOCK_V", "tensors": 1, "fallback": None},
+    },
+}
+
+# _scale_rows_kernel (in place) of the working tree: one program per row; a row whose
+# grad_output is exactly 1 returns before its loop. Per-row scale (stride_s = 1).
+_BWD_JOB_NEW = {
+    "kernel": "palu_kernels.ops.palu_loss:_scale_rows_kernel",
+    "signature": {"g_ptr": "*bf16", "s_ptr": "*fp32", "kind_ptr": "*i32", "V": "i32"},
+    "constexprs": {"stride_s": 1, "BLOCK_V": 8192},
+    "num_warps": 8,
+    "num_stages": None,
+    "divisible_by_16": ["g_ptr", "s_ptr", "kind_ptr", "V"],
+    "loops": {"scale": {"elements": "BLOCK_V", "tensors": 2, "fallback": None}},
+}
+
+# Pass table of the working tree's kernels, headline case (bf16, K < V, no tie across the
+# boundary, so the rare j_last pass of ops/topk.py does not run). Rows are launched through
+# a device-built order, initiating rows first, so the rows in flight together are mostly of
+# one kind; the L2 share per row is L2 / (132 rows in flight x one 256 KB row) = 1.55 rows.
+# Consecutive passes over a row alternate direction (reverse=True on the second of a pair):
+# the tiles read last are re-read first.
+#
+# Backward: the trainer passes its window weights in the forward (weights=) and sums the
+# rows, so grad_output is exactly 1 and _scale_rows_kernel returns at once on every row:
+# no traffic ("new"). With grad_output != 1 (fp16 loss scaling, several processes,
+# reduction="none" with an outside weighting) it scales the saved gradient in place: read
+# and write one gradient row for every loss-carrying row; rows without loss hold zeros and
+# are skipped ("new_scaled").
+_SCALE_NEW = Pass("scale", rereads=("grad",), l2_hit=0.0, writes=("grad",),
+                  why="in-place grad *= grad_output[row] (grad_output != 1)")
+
+_NEW_PASSES = {
+    "initiating": {
+        "forward": [
+            # _topk_search, KEY_BITS 16: `for p in tl.static_range(2)` = 2 histogram passes
+            # over r (topk.py, LOOP: select). Pass 0 is the first touch of r.
+            Pass("select", reads=("r",), why="selection pass 0 (high byte): first read of r"),
+            # Pass 1 walks the row backwards: reuse 1 row of r on average, 0..2 uniformly.
+            Pass("select", rereads=("r",), reuse=1.0, reverse=True,
+                 why="selection pass 1 (low byte), reversed"),
+            # Pass A (LOOP: local_a), forward: z first touch; r[j] was touched by pass 1
+            # (which went on to column 0: j entries) and pass A streams z, r up to j: 3j/V
+            # rows, uniform on 0..3 (average 1.5, reversed relative to pass 1).
+            Pass("local_a", reads=("z",), rereads=("r",), reuse=1.5, reverse=True,
+                 why="pass A: mean of z and sum of z over S"),
+            # Pass B (LOOP: local_b), backwards: z and r after pass A's z and r, reuse
+            # 4 (V - j)/V rows, uniform on 0..4 (average 2); the gradient row written.
+            Pass("local_b", rereads=("z", "r"), reuse=2.0, reverse=True, writes=("grad",),
+                 why="pass B: loss and gradient, reversed"),
+        ],
+        "backward": [],
+    },
+    "common": {
+        "forward": [
+            # Pass 1 (LOOP: kl_stream): first touch of z and r.
+            Pass("kl_stream", reads=("z", "r"), why="KL pass 1: online softmax of z and r"),
+            # Pass 2 (LOOP: kl_grad), backwards: reuse 4 (V - j)/V rows, average 2.
+            Pass("kl_grad", rereads=("z", "r"), reuse=2.0, reverse=True, writes=("grad",),
+                 why="KL pass 2: p, q and the gradient, reversed"),
+        ],
+        "backward": [],
+    },
+    "other": {
+        "forward": [Pass("zero_fill", writes=("grad",), why="no loss: a zero gradient row")],
+        "backward": [],
+    },
+}
+_NEW_PASSES_SCALED = {kind: {"forward": v["forward"],
+                             "backward": [] if kind == "other" else [_SCALE_NEW]}
+                      for kind, v in _NEW_PASSES.items()}
+
 VERSIONS = {
     "old": {
-        "label": "today's kernels",
+        "label": "the kernels before issue 11 (03fcec1)",
         "source": {"git_ref": OLD_REF},
         "jobs": {"forward": _FWD_JOB_OLD, "backward": _BWD_JOB_OLD},
         "passes": _OLD_PASSES,
     },
-    # ---------------------------------------------------------------------------------------
-    # NEW: the working tree's kernels, found by their `# LOOP: <role>` markers only (no line
-    # fallback). TODO: the jobs below are the old kernels' signatures and constexprs; update
-    # them when the new kernels' arguments, tiles or warps change (sass_profile names the
-    # kernel's arguments when they do not match).
-    # ---------------------------------------------------------------------------------------
     "new": {
         "label": "the working tree's kernels (loops by their # LOOP: markers)",
         "source": {"worktree": True},
-        "jobs": {
-            "forward": {**_FWD_JOB_OLD, "loops": {
-                role: {**spec, "fallback": None} for role, spec in _FWD_JOB_OLD["loops"].items()}},
-            "backward": {**_BWD_JOB_OLD, "loops": {
-                role: {**spec, "fallback": None} for role, spec in _BWD_JOB_OLD["loops"].items()}},
-        },
-        # TODO(new kernels): the pass table, as for "old": for each kind and phase a list of
-        # Pass(loop role, why, repeat=, reads=, rereads=, reuse=, writes=), each number
-        # explained from the code in a comment. None = not written yet (the report then stops
-        # after the loop profiles with one line saying so).
-        "passes": {
-            "initiating": {"forward": None, "backward": None},  # TODO
-            "common": {"forward": None, "backward": None},  # TODO
-            "other": {"forward": None, "backward": None},  # TODO
-        },
+        "jobs": {"forward": _FWD_JOB_NEW, "backward": _BWD_JOB_NEW},
+        "passes": _NEW_PASSES,
+    },
+    "new_scaled": {
+        "label": "the working tree's kernels, backward with grad_output != 1 (in-place scale)",
+        "source": {"worktree": True},
+        "jobs": {"forward": _FWD_JOB_NEW, "backward": _BWD_JOB_NEW},
+        "passes": _NEW_PASSES_SCALED,
     },
 }
 
@@ -670,7 +764,8 @@ def pass_lines(pred: dict, case: Case, m: Machine) -> list:
     rows = case.kind_rows()
     out = [f"row = V x {case.elem_size} B = {_fmt_bytes(case.row_bytes)} of one tensor; "
            f"L2 hit of a re-read = min(1, L2 {m.l2_bytes / 2**20:.0f} MiB / (rows in flight x "
-           "reuse x row)), reuse = rows this row streams between the two reads",
+           "reuse x row)), reuse = rows this row streams between the two reads (a reversed "
+           "pass: reuse grows from 0 to 2 x its average, h = min(1, share / (2 x reuse)))",
            f"  {'kind':<11}{'phase':<9}{'loop':<10}{'x':>2}  {'reads':<7}{'re-reads':<9}"
            f"{'reuse':>5}{'L2 hit':>7}  {'writes':<9}{'HBM/row':>10}  why"]
     for r in pred["passes"]:

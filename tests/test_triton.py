@@ -429,7 +429,7 @@ def full(bits, vec, kl):
             "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": vec, "G_HINT": vec > 1, "NUM_STAGES": 3}
 sel = {"r_ptr": "*fp16", "thr_ptr": "*fp16", "ties_ptr": "*i64", "V": "i32", "K": "i32",
        "stride_rn": "i64", "stride_rv": "i32"}
-scale = {"g_ptr": "*bf16", "s_ptr": "*fp32", "V": "i32", "stride_s": "i32"}
+scale = {"g_ptr": "*bf16", "s_ptr": "*fp32", "kind_ptr": "*i32", "V": "i32", "stride_s": "i32"}
 for fn, sig, const in ((_palu_fwd_kernel, fused("bf16"), full(16, 8, 1)),
                        (_palu_fwd_kernel, fused("fp32"), full(32, 1, 2)),
                        (_topk_threshold_kernel, sel, {"BLOCK": 4096, "KEY_BITS": 16, "NUM_STAGES": 3}),

@@ -133,3 +133,94 @@ def test_torch_backend_agrees_at_a_realistic_row():
     t, gt = loss_and_grad(T.torch_loss, z, r, i, c, k=5000)
     torch.testing.assert_close(a, t, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ga.float(), gt.float(), rtol=1e-2, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- issue 11
+
+
+@pytest.mark.parametrize("v", [50257, 32003])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_unaligned_vocab_and_strided_3d_match_the_reference(v, dtype):
+    """V not divisible by 16 (masked head, unmasked 16-byte body, masked tail) and the
+    trainer's ``logits[:, :-1]`` views, which rows start at every offset modulo 16 bytes."""
+    g = torch.Generator(device=DEV).manual_seed(v)
+    z = torch.randn(2, 9, v, device=DEV, generator=g).mul_(3).to(dtype)[:, :-1]
+    r = torch.randn(2, 9, v, device=DEV, generator=g).mul_(3).to(dtype)[:, :-1]
+    i = torch.zeros(2, 8, dtype=torch.bool, device=DEV)
+    i[:, 1:3] = True
+    c = torch.zeros(2, 8, dtype=torch.bool, device=DEV)
+    c[:, 4:7] = True
+    for kl in ("reverse", "forward"):
+        from helpers import assert_matches_reference
+        assert_matches_reference(T.triton_loss, z, r, i, c, k=500, kl=kl, reduction="none")
+
+
+def test_backward_and_strided_inputs_allocate_nothing_but_the_gradient():
+    """Forward: the gradient is the one [N, V] allocation, also for logits[:, :-1]; backward:
+    nothing, whether grad_output is 1 (a no-op) or not (in place)."""
+    b, t, v = 4, 129, 32000
+    full = torch.randn(b, t + 1, v, device=DEV, dtype=torch.bfloat16)
+    ref = torch.randn(b, t + 1, v, device=DEV, dtype=torch.bfloat16)[:, :-1]
+    i = torch.rand(b, t, device=DEV) < 0.1
+    c = (torch.rand(b, t, device=DEV) < 0.6) & ~i
+    w = torch.rand(b, t, device=DEV)
+    grad_bytes = b * t * v * 2
+    slack = 1 << 20
+    for scale in (1.0, 0.5):
+        x = full.detach().requires_grad_(True)
+        z = x[:, :-1]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        rows = pk.palu_local_entropy_loss(z, ref, i, c, k=5000, reduction="none", weights=w,
+                                          backend="triton")
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - base <= grad_bytes + slack
+        loss = rows.sum() * scale
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        torch.autograd.grad(loss, z)  # the gradient of the view itself: no slice backward
+        torch.cuda.synchronize()
+        assert torch.cuda.max_memory_allocated() - base <= slack
+
+
+def test_double_backward_raises_on_cuda():
+    z, r, i, c = make_case((4, 300), seed=6, device=DEV)
+    zg = z.clone().requires_grad_(True)
+    loss = pk.palu_local_entropy_loss(zg, r, i, c, k=30, backend="triton")
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(loss, zg, create_graph=True)
+
+
+def test_compiled_step_with_the_triton_backend():
+    torch._dynamo.reset()
+    lin = torch.nn.Linear(64, 1000, device=DEV)
+    x = torch.randn(2, 16, 64, device=DEV)
+    ref = torch.randn(2, 16, 1000, device=DEV)
+    i = torch.zeros(2, 16, dtype=torch.bool, device=DEV)
+    i[:, 3] = True
+    c = torch.zeros(2, 16, dtype=torch.bool, device=DEV)
+    c[:, 5:12] = True
+
+    def step(x):
+        return pk.palu_local_entropy_loss(lin(x), ref, i, c, k=50, backend="triton")
+
+    got = torch.compile(step, fullgraph=True)(x)
+    got.backward()
+    gw = lin.weight.grad.clone()
+    lin.zero_grad()
+    want = step(x)
+    want.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw, lin.weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_device_guard_on_a_second_gpu():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    z, r, i, c = make_case((4, 300), seed=7, device="cuda:1")
+    with torch.cuda.device(0):
+        a = pk.palu_local_entropy_loss(z, r, i, c, k=30, backend="triton")
+    b = pk.palu_local_entropy_loss(z.cpu(), r.cpu(), i.cpu(), c.cpu(), k=30, backend="torch")
+    torch.testing.assert_close(a.cpu(), b, rtol=2e-5, atol=1e-6)

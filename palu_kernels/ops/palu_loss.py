@@ -438,7 +438,17 @@ def palu_forward(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
                  block_sel: int | None = None, num_warps: int | None = None,
                  num_stages: int | None = None, vec: int | None = None):
     """Launch the fused kernel: ``[N]`` fp32 weighted per-row losses and the gradient ``[N, V]``
-    (or None). ``block_v``, ``block_sel``, ``num_warps``, ``num_stages`` override the tiles
+    (or None); the keywords as for :func:`launch`."""
+    loss, grad, _ = launch(a, write_grad, block_v=block_v, block_sel=block_sel,
+                           num_warps=num_warps, num_stages=num_stages, vec=vec)
+    return loss, grad
+
+
+def launch(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
+           block_sel: int | None = None, num_warps: int | None = None,
+           num_stages: int | None = None, vec: int | None = None):
+    """Launch the fused kernel: ``(loss [N] fp32, gradient [N, V] or None, row kinds [N])``.
+    ``block_v``, ``block_sel``, ``num_warps``, ``num_stages`` override the tiles
     and launch shape (for tests and tuning); ``vec`` (interpreter only, for tests) forces the
     head / body / tail split of rows that a GPU uses for vocabularies not divisible by 16."""
     z, r = a.logits, a.ref_logits  # [B, T, V] views of the caller's tensors
@@ -452,7 +462,7 @@ def palu_forward(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
     loss = torch.empty(n, dtype=torch.float32, device=z.device)
     grad = torch.empty((n, v), dtype=z.dtype, device=z.device) if write_grad else None
     if n == 0:
-        return loss, grad
+        return loss, grad, kind
     bv = block_v or default_block_v(v)
     bs = block_sel or default_select_block(v)
     vec, g_hint = _vec(z, r, grad)
@@ -468,22 +478,25 @@ def palu_forward(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
             VEC=vec, G_HINT=g_hint, NUM_STAGES=num_stages or default_num_stages(),
             num_warps=num_warps or (8 if bv >= 2048 else 4),
         )
-    return loss, grad
+    return loss, grad, kind
 
 
 @triton.jit
 def _scale_rows_kernel(
     g_ptr,  # [N, V] contiguous gradient written by the forward (logits' dtype), in place
     s_ptr,  # fp32 scale: [N] per row (stride_s = 1) or one scalar (stride_s = 0)
+    kind_ptr,  # [N] int32 row kinds of the forward (0: no loss, a zero gradient row)
     V,
     stride_s,
     BLOCK_V: tl.constexpr,
 ):
-    """``g[row] *= s[row]`` in place (fp32 product, one rounding); a row whose scale is
-    exactly 1 (the usual ``loss.backward()``) returns without touching memory."""
+    """``g[row] *= s[row]`` in place (fp32 product, one rounding). A row whose scale is
+    exactly 1 (the usual ``loss.backward()``), or whose gradient is zero (no loss) and scale
+    finite, returns without touching memory."""
     row = tl.program_id(0).to(tl.int64)
     scale = tl.load(s_ptr + row * stride_s)
-    if scale != 1.0:
+    zero_row = (tl.load(kind_ptr + row) == 0) & (tl.abs(scale) < float("inf"))
+    if (scale != 1.0) & (zero_row == 0):
         base = row * V
         offs = tl.arange(0, BLOCK_V)
         for start in range(0, V, BLOCK_V):  # LOOP: scale
@@ -493,9 +506,10 @@ def _scale_rows_kernel(
             tl.store(g_ptr + base + cols, (g * scale).to(g_ptr.dtype.element_ty), mask=valid)
 
 
-def scale_rows_(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def scale_rows_(grad: torch.Tensor, scale: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
     """``grad *= scale`` in place (``scale``: one number or one per row of ``grad``), decided
-    on the device: rows whose scale is exactly 1 cost nothing, and there is no host sync."""
+    on the device: rows whose scale is exactly 1, and zero rows (``kind`` 0), cost nothing,
+    and there is no host sync."""
     n, v = grad.shape
     s = scale.detach().to(torch.float32).reshape(-1)
     if s.numel() not in (1, n):
@@ -503,7 +517,7 @@ def scale_rows_(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     if n:
         bv = default_block_v(v)
         with device_guard(grad):
-            _scale_rows_kernel[(n,)](grad, s, v, 0 if s.numel() == 1 else s.stride(0),
+            _scale_rows_kernel[(n,)](grad, s, kind, v, 0 if s.numel() == 1 else s.stride(0),
                                      BLOCK_V=bv, num_warps=8 if bv >= 2048 else 4)
     return grad
 
@@ -522,7 +536,7 @@ class _PALUTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, a: PALUArgs, opts: dict):
-        per_row, grad = palu_forward(a, ctx.needs_input_grad[0], **opts)
+        per_row, grad, ctx.kind = launch(a, ctx.needs_input_grad[0], **opts)
         loss = per_row.reshape(a.row_shape) if a.reduction == "none" else per_row.sum()
         ctx.shape = logits.shape
         ctx.opts, ctx.grad = opts, grad
@@ -543,7 +557,7 @@ class _PALUTriton(torch.autograd.Function):
             a = dataclasses.replace(ctx.args, logits=z, ref_logits=r)
             grad = palu_forward(a, True, **ctx.opts)[1]
         # mean / sum: one scalar; "none": one value per row. In place, decided on the device.
-        return scale_rows_(grad, grad_output).reshape(ctx.shape), None, None
+        return scale_rows_(grad, grad_output, ctx.kind).reshape(ctx.shape), None, None
 
 
 def palu_loss_triton(logits: torch.Tensor, args: PALUArgs, **opts) -> torch.Tensor:

@@ -80,18 +80,19 @@ def _order_key(x, KEY_BITS: tl.constexpr):
 def _digit_bins(x, valid, prefix, shift, FIRST: tl.constexpr, MASKED: tl.constexpr,
                 KEY_BITS: tl.constexpr):
     """Histogram bins of one tile for the digit at ``shift``: the digit for keys that match
-    the prefix (every key on the first pass), bin 256 (not counted) for the others and for
-    columns past the row, so the histogram needs no mask (and no branch per entry)."""
+    the prefix (every key on the first pass); bin 0 for the others and for columns past the
+    row, whose number is known and taken off bin 0 after the pass. So the histogram needs no
+    mask (no branch per entry) and only the 256 bins of the digits."""
     key = _order_key(x, KEY_BITS)
     digit = ((key >> shift) & 255).to(tl.int32)
     if FIRST:
         if MASKED:
-            digit = tl.where(valid, digit, 256)
+            digit = tl.where(valid, digit, 0)
     else:
         match = (key >> (shift + 8)) == prefix
         if MASKED:
             match = match & valid
-        digit = tl.where(match, digit, 256)
+        digit = tl.where(match, digit, 0)
     return digit
 
 
@@ -109,32 +110,35 @@ def _topk_search(
     entries equal to it are in ``S``, and the index of the last of those (``V`` when all of
     them are in ``S``)."""
     offs = tl.arange(0, BLOCK)
-    bins = tl.arange(0, 512)  # 256 digits, then the bin of the entries that do not count
+    bins = tl.arange(0, 256)
     prefix = tl.zeros([], dtype=tl.uint32)  # key* >> shift: the digits fixed so far
     need = K + tl.zeros([], dtype=tl.int32)  # entries of S still to find under the prefix
-    n_eq = tl.zeros([], dtype=tl.int32)  # count of the chosen digit at the last level
+    n_match = V + tl.zeros([], dtype=tl.int32)  # keys that share the prefix (all, at first)
     n_full = V // BLOCK  # full tiles (no mask), then a masked tail
     tail = n_full * BLOCK + offs
     for p in tl.static_range(KEY_BITS // 8):
         shift = KEY_BITS - 8 * (p + 1)
-        hist = tl.zeros([512], dtype=tl.int32)
+        hist = tl.zeros([256], dtype=tl.int32)
         for i in tl.range(0, n_full, num_stages=NUM_STAGES):  # LOOP: select
             if p % 2 == 1:  # odd passes walk the row backwards: its last tiles are in L2
                 i = n_full - 1 - i
             cols = i * BLOCK + offs
             x = tl.load(r_row + cols.to(tl.int64) * stride_v, eviction_policy="evict_last")
             hist += tl.histogram(_digit_bins(x, cols < V, prefix, shift, p == 0, False,
-                                             KEY_BITS), 512)
+                                             KEY_BITS), 256)
         x = tl.load(r_row + tail.to(tl.int64) * stride_v, mask=tail < V, other=0.0)
         hist += tl.histogram(_digit_bins(x, tail < V, prefix, shift, p == 0, True, KEY_BITS),
-                             512)
-        hist = tl.where(bins < 256, hist, 0)
+                             256)
+        # bin 0 also counted the keys off the prefix and the BLOCK - (V - n_full*BLOCK)
+        # columns past the row: take them off
+        hist -= tl.where(bins == 0, (V - n_match) + (n_full * BLOCK + BLOCK - V), 0)
         # ge[d] = #(matching keys with digit >= d), non-increasing, ge[0] >= need
         ge = tl.cumsum(hist, axis=0, reverse=True)
-        d = tl.sum(((ge >= need) & (bins < 256)).to(tl.int32), axis=0) - 1
-        n_eq = tl.sum(tl.where(bins == d, hist, 0), axis=0)
+        d = tl.sum((ge >= need).to(tl.int32), axis=0) - 1
+        n_match = tl.sum(tl.where(bins == d, hist, 0), axis=0)
         need -= tl.sum(tl.where(bins > d, hist, 0), axis=0)  # all of them are in S
         prefix = (prefix << 8) | d.to(tl.uint32)
+    n_eq = n_match  # entries equal to thr (the last digit's bin)
     # prefix is now the key of thr: back to the float's bits (key - 2^(W-1) = +-magnitude)
     if KEY_BITS == 32:
         k = (prefix ^ 0x80000000).to(tl.int32, bitcast=True)
