@@ -388,18 +388,24 @@ _NEW_PASSES_SCALED = {kind: {"forward": v["forward"],
 VERSIONS = {
     "old": {
         "label": "the kernels before issue 11 (03fcec1)",
+        "backward": "the trainer's path: reduction=\"none\", rows summed with weights, so a "
+                    "per-row grad_output != 1 (out-of-place scale_rows)",
         "source": {"git_ref": OLD_REF},
         "jobs": {"forward": _FWD_JOB_OLD, "backward": _BWD_JOB_OLD},
         "passes": _OLD_PASSES,
     },
     "new": {
         "label": "the working tree's kernels (loops by their # LOOP: markers)",
+        "backward": "the trainer's path: window weights passed in the forward, rows summed, "
+                    "so grad_output is 1 (the backward kernel returns at once)",
         "source": {"worktree": True},
         "jobs": {"forward": _FWD_JOB_NEW, "backward": _BWD_JOB_NEW},
         "passes": _NEW_PASSES,
     },
     "new_scaled": {
         "label": "the working tree's kernels, backward with grad_output != 1 (in-place scale)",
+        "backward": "grad_output != 1 per row (fp16 loss scaling, several processes, an outside "
+                    "weighting): in-place scale of the loss-carrying rows",
         "source": {"worktree": True},
         "jobs": {"forward": _FWD_JOB_NEW, "backward": _BWD_JOB_NEW},
         "passes": _NEW_PASSES_SCALED,
@@ -829,8 +835,8 @@ def report(name: str, case: Case = CASE) -> tuple[list, float]:
         f"schedulers at {m.ghz} GHz, HBM {m.hbm_tbs} TB/s, L2 {m.l2_bytes / 2**20:.0f} MiB",
         f"headline case: {case.rows} rows x V {case.vocab}, {case.dtype}, K {case.k}, "
         f"{n['initiating']} initiating / {n['common']} common / {n['other']} other rows, target "
-        "mean, reverse KL, gradient written; backward with a per-row grad_output "
-        "(reduction=\"none\")",
+        "mean, reverse KL, gradient written; backward: " + version.get(
+            "backward", "the trainer's path"),
         "",
         "1. Kernel loops (SASS for sm_90a; per-element figures are per element of V handled)",
     ]
