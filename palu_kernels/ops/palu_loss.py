@@ -22,8 +22,11 @@ short), and each row does only the work its kind needs:
     1. pass 1 (first tile to last), online softmax with ``exp2``: one running maximum per
        tile (not per lane), per-lane sums rescaled by one scalar factor per tile, the KL
        numerator ``sum_j p_j (z_j - r_j)``, and no per-entry ``-inf`` guard;
-    2. pass 2 (last tile to first; only with a gradient): ``p, q`` from ``lse_z, lse_r``
-       and the gradient.
+    2. pass 2 (last tile to first; only with a gradient): ``p`` (and ``q``) and the
+       gradient. The reverse KL's gradient needs only ``lse_z`` and ``sum_j p_j (z_j - r_j)``,
+       so the reference's softmax (``lse_r``, for the loss value alone) is summed here rather
+       than in pass 1: the two passes share the arithmetic (about 16 and 20 SASS
+       instructions per entry, sm_90a).
 
 Traffic. Every tile loop walks aligned full tiles without a mask and one masked tile at each
 end (a row of ``V = 50257`` bf16 values starts at any 2-byte offset: the head tile covers the
@@ -139,60 +142,65 @@ def _local_b_tile(z_row, r_row, g_row, zo, ro, go, cols, valid, thr, j_last, c, 
 
 
 @triton.jit
-def _max2(a_z, a_r, b_z, b_r):
-    """Combine of the pair reduction (max of z, max of r)."""
-    return tl.maximum(a_z, b_z), tl.maximum(a_r, b_r)
+def _online(x, m, s):
+    """One tile of an online softmax with one running maximum per tile.
+
+    With the tile's new maximum ``M = max(m, max_tile x)`` (natural units, an exact data
+    value; the shift ``sh = M``, or 0 while ``M = -inf``: every weight so far is then 0),
+    each lane keeps ``s = sum exp(x - sh)``, computed as ``2^((x - sh) log2 e)`` (the
+    largest entry weighs exactly 1); when the maximum moves, one scalar factor
+    ``a = exp(m - M)`` (0 while ``m = -inf``) rescales every lane. Returns the new maximum,
+    the lane sums, ``a`` (to rescale other per-lane sums alike) and the entries' weights.
+    """
+    new = tl.maximum(m, tl.max(x, axis=0))
+    sh = tl.where(new == float("-inf"), 0.0, new)
+    a = tl.where(m == float("-inf"), 0.0, tl.exp2((m - sh) * LOG2E))
+    e = tl.exp2((x - sh) * LOG2E)
+    return new, s * a + e, a, e
 
 
 @triton.jit
 def _kl_stream_tile(z_row, r_row, zo, ro, valid, m_z, m_r, s_z, s_r, acc,
-                    KL: tl.constexpr, MASKED: tl.constexpr):
-    """Online softmax of both rows over one tile, one running maximum per tile.
+                    KL: tl.constexpr, WITH_R: tl.constexpr, MASKED: tl.constexpr):
+    """KL pass 1 on one tile: the online softmax of z (and of r when ``WITH_R``) and the
+    numerator of the KL, rescaled with the weights' sums:
 
-    With the tile's new maximum ``M = max(m, max_tile z)`` (natural units, an exact data
-    value; the shift ``sh = M``, or 0 while ``M = -inf``: every weight so far is then 0),
-    each lane keeps ``s = sum exp(z - sh)`` (as ``2^((z - sh) log2 e)``: the largest entry
-    weighs exactly 1) and the numerator ``acc``; when the maximum moves, one scalar factor
-    ``a = exp(m - M)`` (0 while ``m = -inf``) rescales every lane:
-
-        s_z' = a_z s_z + exp(z - sh_z)
         reverse: acc' = a_z acc + exp(z - sh_z) max(z - r, -BIG)   (sum_j p_j (z_j - r_j))
         forward: acc' = a_r acc + exp(r - sh_r) max(r - z, -BIG)   (sum_j q_j (r_j - z_j))
 
     The maximum with ``-BIG`` replaces a per-entry guard: where the weight is 0 (an entry
-    at -inf) the difference is -inf or NaN, and ``0 * -BIG = 0`` (0 log 0 = 0).
+    at -inf) the difference is -inf or NaN, and ``0 * -BIG = 0`` (0 log 0 = 0). The reverse
+    KL's gradient needs only ``lse_z`` and ``sum_j p_j (z_j - r_j)``, so with a gradient to
+    write the reference's softmax moves to pass 2 (``WITH_R`` False): each pass then does
+    about half of the arithmetic.
     """
     z = _load(z_row, zo, valid, float("-inf"), MASKED, "evict_last")
     r = _load(r_row, ro, valid, float("-inf"), MASKED, "evict_last")
-    # the tile maxima of z and r in one reduction tree
-    t_z, t_r = tl.reduce((z, r), 0, _max2)
-    new_z = tl.maximum(m_z, t_z)
-    new_r = tl.maximum(m_r, t_r)
-    sh_z = tl.where(new_z == float("-inf"), 0.0, new_z)
-    sh_r = tl.where(new_r == float("-inf"), 0.0, new_r)
-    a_z = tl.where(m_z == float("-inf"), 0.0, tl.exp2((m_z - sh_z) * LOG2E))
-    a_r = tl.where(m_r == float("-inf"), 0.0, tl.exp2((m_r - sh_r) * LOG2E))
-    e_z = tl.exp2((z - sh_z) * LOG2E)
-    e_r = tl.exp2((r - sh_r) * LOG2E)
-    s_z = s_z * a_z + e_z
-    s_r = s_r * a_r + e_r
     if KL == 1:
+        m_z, s_z, a_z, e_z = _online(z, m_z, s_z)
         acc = acc * a_z + e_z * tl.maximum(z - r, NEG_BIG)
+        if WITH_R:
+            m_r, s_r, _a_r, _e_r = _online(r, m_r, s_r)
     else:
+        m_z, s_z, _a_z, _e_z = _online(z, m_z, s_z)
+        m_r, s_r, a_r, e_r = _online(r, m_r, s_r)
         acc = acc * a_r + e_r * tl.maximum(r - z, NEG_BIG)
-    return new_z, new_r, s_z, s_r, acc
+    return m_z, m_r, s_z, s_r, acc
 
 
 @triton.jit
-def _kl_grad_tile(z_row, r_row, g_row, zo, ro, go, valid, lse_z, lse_r, cst, weight,
-                  KL: tl.constexpr, MASKED: tl.constexpr):
-    """KL gradient on one tile, ``p = exp(z - lse_z)``: reverse
-    ``w p ((z - r) - (lse_z - lse_r + KL))``, forward ``w (p - q)``."""
+def _kl_grad_tile(z_row, r_row, g_row, zo, ro, go, valid, lse_z, lse_r, cst, weight, m_r, s_r,
+                  KL: tl.constexpr, WITH_R: tl.constexpr, MASKED: tl.constexpr):
+    """KL pass 2 on one tile, ``p = exp(z - lse_z)``: the gradient, reverse
+    ``w p ((z - r) - sum_j p_j (z_j - r_j))`` (``= w p (log p - log q - KL)``), forward
+    ``w (p - q)``; and, when ``WITH_R``, the reference's online softmax left out of pass 1."""
     z = _load(z_row, zo, valid, float("-inf"), MASKED, "evict_first")
     r = _load(r_row, ro, valid, float("-inf"), MASKED, "evict_first")
     p = tl.exp2((z - lse_z) * LOG2E)
     if KL == 1:
         g = (weight * p) * (tl.maximum(z - r, NEG_BIG) - cst)
+        if WITH_R:
+            m_r, s_r, _a_r, _e_r = _online(r, m_r, s_r)
     else:
         g = weight * (p - tl.exp2((r - lse_r) * LOG2E))
     g = g.to(g_row.dtype.element_ty)
@@ -200,6 +208,7 @@ def _kl_grad_tile(z_row, r_row, g_row, zo, ro, go, valid, lse_z, lse_r, cst, wei
         tl.store(g_row + go, g, mask=valid)
     else:
         tl.store(g_row + go, g)
+    return m_r, s_r
 
 
 @triton.jit
@@ -320,45 +329,57 @@ def _palu_fwd_kernel(
         tl.store(loss_ptr + row, weight * (tl.sum(sq, axis=0) / K))
     elif (KL != 0) & (kind == 2):
         weight = tl.load(w_ptr + row)
-        m_z = tl.full([], float("-inf"), tl.float32)  # running maxima of z log2 e, r log2 e
+        # reverse KL with a gradient: the reference's softmax is summed in pass 2 (below)
+        DEFER_R: tl.constexpr = (KL == 1) & WRITE_GRAD
+        m_z = tl.full([], float("-inf"), tl.float32)  # running maxima of z and r
         m_r = tl.full([], float("-inf"), tl.float32)
         s_z = tl.zeros([BLOCK_V], dtype=tl.float32)  # per lane, relative to the maxima
         s_r = tl.zeros([BLOCK_V], dtype=tl.float32)
         acc = tl.zeros([BLOCK_V], dtype=tl.float32)  # KL numerator, per lane
         for i in tl.range(0, nb, num_stages=NUM_STAGES):  # LOOP: kl_stream
             o = i * BLOCK_V + offs
-            m_z, m_r, s_z, s_r, acc = _kl_stream_tile(zb, rb, o, o, offs < BLOCK_V,
-                                                      m_z, m_r, s_z, s_r, acc, KL, False)
+            m_z, m_r, s_z, s_r, acc = _kl_stream_tile(zb, rb, o, o, offs < BLOCK_V, m_z, m_r,
+                                                      s_z, s_r, acc, KL, not DEFER_R, False)
         for e in range(2):
             cols, valid = _edge(e, head, nb, V, offs, BLOCK_V)
             m_z, m_r, s_z, s_r, acc = _kl_stream_tile(z_row, r_row, cols, cols, valid, m_z,
-                                                      m_r, s_z, s_r, acc, KL, True)
-        # lse = sh + ln S (sh = the maximum, or 0 for an all -inf row). The KL is formed
-        # from the differences sh_z - sh_r and ln S_z - ln S_r, never from two large lse:
-        # reverse KL(p||q) = sum p (z - r) - (lse_z - lse_r), forward likewise.
+                                                      m_r, s_z, s_r, acc, KL, not DEFER_R,
+                                                      True)
+        # lse = sh + ln S (sh = the maximum, or 0 for an all -inf row)
         S_z = tl.sum(s_z, axis=0)
-        S_r = tl.sum(s_r, axis=0)
         sh_z = tl.where(m_z == float("-inf"), 0.0, m_z)
-        sh_r = tl.where(m_r == float("-inf"), 0.0, m_r)
-        dlse = (sh_z - sh_r) + (tl.log2(S_z) - tl.log2(S_r)) * LN2  # lse_z - lse_r
         if KL == 1:
-            kl = tl.sum(acc, axis=0) / S_z - dlse
+            mean_d = tl.sum(acc, axis=0) / S_z  # sum_j p_j (z_j - r_j)
         else:
-            kl = tl.sum(acc, axis=0) / S_r + dlse
+            mean_d = 0.0
         if WRITE_GRAD:
-            # reverse: dKL/dz_j = p_j (log p_j - log q_j - KL); forward: dKL/dz_j = p_j - q_j,
-            # with log p_j = z_j - lse_z, log q_j = r_j - lse_r. Last tile first.
+            # reverse: dKL/dz_j = p_j (log p_j - log q_j - KL) = p_j ((z_j - r_j) - sum p (z - r));
+            # forward: dKL/dz_j = p_j - q_j, with log p_j = z_j - lse_z, log q_j = r_j - lse_r.
+            # Last tile first.
             lse_z = sh_z + tl.log2(S_z) * LN2
-            lse_r = sh_r + tl.log2(S_r) * LN2
-            cst = dlse + kl
+            if KL == 1:
+                lse_r = 0.0  # not needed by the reverse gradient
+                cst = mean_d
+            else:
+                S_r1 = tl.sum(s_r, axis=0)
+                lse_r = tl.where(m_r == float("-inf"), 0.0, m_r) + tl.log2(S_r1) * LN2
+                cst = 0.0
             for i in tl.range(0, nb, num_stages=NUM_STAGES):  # LOOP: kl_grad
                 o = (nb - 1 - i) * BLOCK_V + offs
-                _kl_grad_tile(zb, rb, gb, o, o, o, offs < BLOCK_V, lse_z, lse_r, cst,
-                              weight, KL, False)
+                m_r, s_r = _kl_grad_tile(zb, rb, gb, o, o, o, offs < BLOCK_V, lse_z, lse_r,
+                                         cst, weight, m_r, s_r, KL, DEFER_R, False)
             for e in range(2):
                 cols, valid = _edge(e, head, nb, V, offs, BLOCK_V)
-                _kl_grad_tile(z_row, r_row, g_row, cols, cols, cols, valid, lse_z, lse_r, cst,
-                              weight, KL, True)
+                m_r, s_r = _kl_grad_tile(z_row, r_row, g_row, cols, cols, cols, valid, lse_z,
+                                         lse_r, cst, weight, m_r, s_r, KL, DEFER_R, True)
+        S_r = tl.sum(s_r, axis=0)
+        sh_r = tl.where(m_r == float("-inf"), 0.0, m_r)
+        # the KL from the differences sh_z - sh_r and ln S_z - ln S_r, never from two large
+        # lse: reverse KL(p||q) = sum p (z - r) - (lse_z - lse_r), forward likewise
+        if KL == 1:
+            kl = mean_d - ((sh_z - sh_r) + (tl.log2(S_z) - tl.log2(S_r)) * LN2)
+        else:
+            kl = tl.sum(acc, axis=0) / S_r + ((sh_z - sh_r) + (tl.log2(S_z) - tl.log2(S_r)) * LN2)
         tl.store(loss_ptr + row, weight * kl)
     else:  # no loss on this row: never read it
         tl.store(loss_ptr + row, 0.0)
@@ -377,11 +398,12 @@ def default_block_v(v: int) -> int:
     vocabularies share one 256-wide tile (fewer kernel variants to compile).
 
     8192 with 8 warps: 32 entries per thread, which amortises the per-tile work of the KL
-    stream (the cross-warp maximum, the scalar rescale factors, the pipeline bookkeeping)
-    down to about 20 SASS instructions per entry (sass_profile, sm_90a; 22 at 4096). It
-    takes about 230 registers, so one program per SM: the bytes in flight come from the
-    pipelined loop (``num_stages`` 3: two 32 KB tiles of bf16 z and r ahead per SM), and
-    132 rows in flight leave each about 380 KB of L2 for the reversed second passes.
+    passes (the cross-warp maximum, the scalar rescale factors, the pipeline bookkeeping;
+    sass_profile, sm_90a: about 16 and 20 SASS instructions per entry). It takes about 210
+    (triton 3.9) to 245 (triton 3.6) registers, so one program per SM: the bytes in flight
+    come from the pipelined loop (``num_stages`` 3: two 32 KB tiles of bf16 z and r ahead
+    per SM), and 132 rows in flight leave each about 380 KB of L2 for the reversed second
+    passes.
     ``bench/gpu.sh`` sweeps 4096 and 8192 to check this trade on a real H200."""
     if interpreting():
         return min(triton.next_power_of_2(v), 1 << 16)
