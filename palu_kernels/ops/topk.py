@@ -14,30 +14,31 @@ That is exactly the set a stable descending sort puts in its first ``K`` places
 (``reference.topk_set_reference``), found here with 2 (bf16 / fp16) or 4 (fp32) counting
 passes over the row instead of a sort.
 
-Order-preserving keys at the data's width. For a float ``x`` whose bit pattern ``b`` is read
-as a signed integer of the float's width ``W`` (16 for bf16 / fp16, 32 for fp32; sign-extended
-into int32),
+Order-preserving keys at the data's width. For a float whose bit pattern has the sign ``s``
+(0 or -1 after an arithmetic shift) and the magnitude bits ``m`` (the float's width ``W``:
+16 for bf16 / fp16, 32 for fp32),
 
-    key(x) = b                      if b >= 0   (x >= +0: larger floats, larger patterns)
-             b ^ (2^(W-1) - 1)      if b <  0   (x <= -0: flip the magnitude bits)
+    key(x) = ((m ^ s) - s) + 2^(W-1)        (m for x >= 0, -m for x <= 0, moved to [0, 2^W))
 
-is a signed integer whose order is the float order (``-0`` is folded into ``+0`` first, so
-the two equal zeros share one key). bf16 / fp16 are never upcast for the key: a 16-bit key
-has two 8-bit digits, so two passes; an fp32 key has four.
+is an unsigned integer whose order is the float order, and -0 and +0 share one key. bf16 /
+fp16 are never upcast for the key: a 16-bit key has two 8-bit digits, so two passes; an fp32
+key has four.
 
 Radix select by histograms. ``key* = max{u : #(key >= u) >= K}`` is built from the most
 significant 8-bit digit down. With the digits above already fixed (``prefix``) and ``need``
-entries of ``S`` still to find among the keys that share that prefix, one pass over the row
-counts, with ``tl.histogram``, the next digit of every key that matches the prefix. With
+entries of ``S`` still to find among the ``n_match`` keys that share that prefix, one pass
+over the row counts, with ``tl.histogram``, the next digit of every key that matches the
+prefix (keys off the prefix, and columns past the row, are counted in bin 0 and taken off
+afterwards: their number is known, so the histogram needs no mask). With
 ``ge[d] = #(matching keys whose digit >= d)`` (a reversed cumulative sum of the 256 counts),
 the digit of ``key*`` is the largest ``d`` with ``ge[d] >= need``; the ``ge[d] - hist[d]``
-keys above it are all in ``S`` (``need`` drops by that many) and the prefix grows by ``d``.
-The top digit of the signed key is ``(key >> (W-8)) + 128`` (its two's-complement byte moved
-to ``[0, 256)`` in order); lower digits are ``(key >> shift) & 255``. After the last digit
-``key*`` is the key of ``thr``, ``need`` is ``ties`` and ``hist[d]`` is the number of entries
-equal to ``thr``. Each pass costs the load, about ten integer operations and one masked
-histogram update per entry (shared-memory atomics, compiled), never a comparison of every
-entry with every candidate digit.
+keys above it are all in ``S`` (``need`` drops by that many), ``hist[d]`` keys share the
+longer prefix, and the prefix grows by ``d``. After the last digit ``key*`` is the key of
+``thr``, ``need`` is ``ties`` and ``hist[d]`` is the number of entries equal to ``thr``. Each
+pass costs the load, a few integer operations and one histogram update per entry, never a
+comparison of every entry with every candidate digit. How cheap the update is depends on
+triton: 3.9 lowers ``tl.histogram`` to shared-memory atomics (about 13 SASS instructions per
+entry and pass, sm_90a), 3.6 to warp ballots (about 80).
 
 Consecutive passes walk the row in opposite directions (the tiles one pass read last are
 the first the next one needs, while they are still in L2), and every load asks L2 to keep
