@@ -9,8 +9,11 @@ per-row weights), the reference's kind (ties at the K-th value, -inf entries, la
 magnitudes) and a ``grad_output`` that is not 1, runs the Triton backend and compares the
 loss and the gradient with the fp64 reference (``reference.palu_loss_reference``):
 
-* fp32: relative error of the loss and of the gradient (against its largest entry) at most
-  2e-5;
+* fp32: relative error of the loss at most 2e-5, and of the gradient as a whole
+  (``||g - g*|| <= 2e-5 (1e-3 + ||g*||)``, the criterion of ``tests/helpers.py``; a single
+  entry can be a small difference of two large numbers, e.g. ``p (d - E_p[d])`` at the
+  argmax of a peaked softmax, where every fp32 implementation, the plain reference
+  included, is off by far more than 2e-5 of the largest entry);
 * bf16 / fp16: the error against the fp64 truth at most the plain reference's own error in
   that dtype (the Cut Cross-Entropy oracle), plus 1e-2 / 2e-3 of the scale (the dtype's
   rounding of the result itself).
@@ -125,11 +128,18 @@ def main(argv=None) -> int:
             fin = torch.isfinite(y)
             return y[fin].abs().max().item() if fin.any() else 0.0
 
+        def norm_err(x, y):
+            fin = torch.isfinite(y)
+            return (x[fin] - y[fin]).norm().item() if fin.any() else 0.0
+
         lerr, gerr = err(got_l, truth_l), err(got_g, truth_g)
         lscale, gscale = mag(truth_l), mag(truth_g)
         if dtype == torch.float32:
-            ok = lerr <= tol[dtype] * (1 + lscale) and gerr <= tol[dtype] * max(gscale, 1e-3)
-            budget = "2e-5 relative"
+            fin = torch.isfinite(truth_g)
+            gnorm = truth_g[fin].norm().item() if fin.any() else 0.0
+            ok = (lerr <= tol[dtype] * (1 + lscale) and gerr != float("inf")
+                  and norm_err(got_g, truth_g) <= tol[dtype] * (1e-3 + gnorm))
+            budget = f"2e-5 relative; gradient norm error {norm_err(got_g, truth_g):.1e}"
         else:
             own_l, own_g = run(zd, rd, ref)
             bl = err(own_l, truth_l) if err(own_l, truth_l) != float("inf") else 0.0
