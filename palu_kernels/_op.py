@@ -23,6 +23,12 @@ import torch
 
 from ._validation import PALUArgs
 
+if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
+    raise RuntimeError(
+        f"palu_local_entropy_loss under torch.compile needs torch >= 2.4 (torch.library."
+        f"custom_op), got torch {torch.__version__}; call it outside the compiled region"
+    )
+
 _ACC = {torch.float64: torch.float64}
 
 
