@@ -75,15 +75,16 @@ def kl_rows(z, r, kl: str):
     lp = torch.log_softmax(z, dim=1)
     lq = torch.log_softmax(r, dim=1)
     p = lp.exp()
-    # 0 log 0 = 0: where the weight (p for reverse, q for forward) is 0, its log is -inf and
-    # the difference is -inf or NaN; both become 0. A +inf difference (weight > 0 against a
-    # log-probability of -inf) stays: that KL is infinite.
+    # 0 log 0 = 0: where the weight (p for reverse, q for forward) is 0, the term is 0 (its
+    # difference is -inf or NaN there). Everywhere else a NaN stays (a reference row holding
+    # +inf, or only -inf, has no softmax: NaN, as in the reference and the Triton kernels),
+    # and so does a +inf difference (weight > 0 against a log-probability of -inf).
     if kl == "reverse":
-        diff = lp.sub_(lq).nan_to_num_(nan=0.0, neginf=0.0, posinf=float("inf"))
+        diff = lp.sub_(lq).masked_fill_(p == 0, 0.0)
         val = torch.einsum("rv,rv->r", p, diff)
         return val, diff.sub_(val[:, None]).mul_(p)
     q = lq.exp()
-    diff = lq.sub_(lp).nan_to_num_(nan=0.0, neginf=0.0, posinf=float("inf"))
+    diff = lq.sub_(lp).masked_fill_(q == 0, 0.0)
     val = torch.einsum("rv,rv->r", q, diff)
     return val, p.sub_(q)
 

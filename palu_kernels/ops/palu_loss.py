@@ -380,6 +380,13 @@ def _palu_fwd_kernel(
             kl = mean_d - ((sh_z - sh_r) + (tl.log2(S_z) - tl.log2(S_r)) * LN2)
         else:
             kl = tl.sum(acc, axis=0) / S_r + ((sh_z - sh_r) + (tl.log2(S_z) - tl.log2(S_r)) * LN2)
+        if DEFER_R:
+            if kl != kl:  # rare: a reference without a softmax (+inf in it, or only -inf),
+                # seen only now: its gradient is NaN too, as the loss (one more pass)
+                nan = tl.full([BLOCK_V], float("nan"), g_ptr.dtype.element_ty)
+                for start in range(0, V, BLOCK_V):
+                    cols = start + offs
+                    tl.store(g_row + cols, nan, mask=cols < V)
         tl.store(loss_ptr + row, weight * kl)
     else:  # no loss on this row: never read it
         tl.store(loss_ptr + row, 0.0)
