@@ -41,7 +41,7 @@ The model (every figure it prints is a model, not a measurement)
   printed too). Not modelled: work outside the loops (per-row set-up, reductions between
   passes), launch overhead, memory latency, L2 bandwidth, divergence, tail effects.
 * Roofline: the minimum traffic of forward+backward is one read of ``z``, one read of ``r``
-  and one write of the gradient per loss-carrying row (``../shared/docs/palu_loss.md``);
+  and one write of the gradient per loss-carrying row (``docs/spec.md``);
   ideal time = that / 4.8 TB/s; fraction = ideal time / predicted time.
 
 Adding a version: an entry of ``VERSIONS`` names its source, its sass_profile jobs (kernel,

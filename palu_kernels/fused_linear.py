@@ -317,7 +317,7 @@ def palu_fused_linear_loss(
     """The PALU forget loss from last hidden states and the output projection, fused.
 
     Equal to ``palu_local_entropy_loss(hidden @ weight.T + bias, ref_hidden @ ref_weight.T
-    + ref_bias, initiating_mask, common_mask, ...)`` (``../shared/docs/palu_loss.md``) up to
+    + ref_bias, initiating_mask, common_mask, ...)`` (``docs/spec.md``) up to
     rounding, but the ``[rows, V]`` logits of the two models are never materialised: only the
     rows in I or C are projected, ``chunk_rows`` at a time.
 

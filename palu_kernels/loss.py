@@ -23,7 +23,7 @@ def palu_local_entropy_loss(
     weights: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """The PALU forget loss (``../shared/docs/palu_loss.md``), a drop-in for the naive loss.
+    """The PALU forget loss (``docs/spec.md``), a drop-in for the naive loss.
 
     Args:
         logits: trainable model's logits, ``[B, T, V]`` or ``[N, V]``, fp32/bf16/fp16 (fp64

@@ -1,6 +1,6 @@
 """Readable pure-PyTorch formulations of the PALU forget loss.
 
-* :func:`palu_loss_reference` is the specification (``../shared/docs/palu_loss.md``) written
+* :func:`palu_loss_reference` is the specification (``docs/spec.md``) written
   to be read: a stable sort for the top-K set, full ``log_softmax`` of both models, autograd
   for gradients. Every test compares against it.
 * :func:`palu_loss_released` is the arithmetic of the authors' released code, step for step

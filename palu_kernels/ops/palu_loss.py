@@ -1,7 +1,7 @@
 """Fused PALU forget loss: local flattening on initiating rows, KL on common rows.
 
 One program per row of the ``[B, T, V]`` logits ``z`` and reference logits ``r`` (spec:
-``../shared/docs/palu_loss.md``; any strides, so ``logits[:, :-1]`` goes in without a copy).
+``docs/spec.md``; any strides, so ``logits[:, :-1]`` goes in without a copy).
 Programs take their rows through a row order built on the device (initiating rows first,
 then common rows, then the rest: the long rows start first and the tail of the launch is
 short), and each row does only the work its kind needs:

@@ -15,7 +15,7 @@ Every bad record (invalid JSON, missing field, span outside the answer,
 :func:`load_records` raises one ``ValueError`` listing them all, or with ``skip_bad=True``
 skips them and returns them in :class:`LoadReport` (and warns). Nothing is dropped silently.
 
-Positions follow the spec (``docs/palu_loss.md``): the row masks produced here are already
+Positions follow the spec (``docs/spec.md``): the row masks produced here are already
 *shifted*: ``initiating_mask[t]`` / ``common_mask[t]`` refer to token ``t+1``, so row ``t`` of the
 model's logits (which predicts token ``t+1``) lines up with them; the last row of every
 sequence and all prompt / padding rows are in neither mask.
