@@ -143,7 +143,7 @@ def test_trainer_step_backward_allocates_no_n_by_v_tensor(tmp_path, monkeypatch)
                           data_collator=PALUCollator(tok.pad_token_id),
                           palu=PALUConfig(k=50, backend="torch"))
     batch = PALUCollator(tok.pad_token_id)([ds[j] for j in range(len(ds))])
-    import palu_kernels.train.trainer as trainer_module
+    import palu_kernels.train.methods.palu as trainer_module
 
     grad_outputs = []
 

@@ -57,6 +57,8 @@ DEMO_CHAT_TEMPLATE = (
     "Answer: {% endfor %}"
 )
 
+# The methods the demo runs by default, in table order; --methods takes any key of the one
+# method registry, palu_kernels.train.registry.METHODS.
 _BASELINES = ("palu", "npo", "ga")
 _MAX_NEW_TOKENS = 48  # the synthetic answers are short
 
@@ -113,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "saw the retain facts or the answer style either, so Forget Quality is "
                         "measured against a slightly different reference)")
     p.add_argument("--methods", default=None,
-                   help="comma-separated unlearning methods (default: palu and whichever of "
-                        "npo, ga the trainer offers)")
+                   help="comma-separated unlearning methods, names of "
+                        "palu_kernels.train.registry.METHODS (default: palu,npo,ga)")
     p.add_argument("--people", type=int, default=None, help="fictitious authors")
     p.add_argument("--questions", type=int, default=None, help="questions per author")
     p.add_argument("--forget-fraction", type=float, default=None, choices=[0.01, 0.05, 0.1],
@@ -156,9 +158,9 @@ def _rows(path) -> List[dict]:
 
 
 def _available_methods() -> List[str]:
-    from ..train.baselines import METHODS
+    from ..train.registry import METHODS
 
-    return [m for m in _BASELINES if m in METHODS]
+    return list(METHODS)
 
 
 def _training_pairs(paths: Dict[str, os.PathLike], forget: bool) -> List[tuple]:
@@ -365,8 +367,8 @@ def run_demo(argv: Optional[Sequence[str]] = None) -> dict:
     import torch
 
     available = _available_methods()
-    methods = available if args.methods is None else [m.strip() for m in args.methods.split(",")
-                                                       if m.strip()]
+    methods = ([m for m in _BASELINES if m in available] if args.methods is None
+               else [m.strip() for m in args.methods.split(",") if m.strip()])
     unknown = [m for m in methods if m not in available]
     if unknown or not methods:
         raise SystemExit(f"palu-unlearn demo: --methods: {unknown or methods} not available; "

@@ -46,7 +46,7 @@ _OWN_UNLEARN_FLAGS = ("--method", "--model", "--forget", "--retain", "--output-d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..train.baselines import add_method_arguments
+    from ..train.registry import add_method_arguments
 
     p = argparse.ArgumentParser(
         prog="palu-compare", allow_abbrev=False,
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_methods(text: str) -> List[str]:
     """``"palu,ga"`` -> ``["palu", "ga"]``; ``ValueError`` for unknown or repeated names."""
-    from ..train.baselines import METHODS
+    from ..train.registry import METHODS
 
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
@@ -104,12 +104,12 @@ def parse_methods(text: str) -> List[str]:
 
 def unlearn(args) -> dict:
     """Run ``palu-unlearn`` (:func:`palu_kernels.train.cli.run`) on parsed arguments whose
-    ``method`` may be any key of :data:`palu_kernels.train.baselines.METHODS` (its trainer
-    class and :class:`~palu_kernels.train.baselines.BaselineConfig` come from the registry)."""
-    from ..train import baselines, cli
+    ``method`` may be any key of :data:`palu_kernels.train.registry.METHODS` (its trainer
+    class and :class:`~palu_kernels.train.base.BaselineConfig` come from the registry)."""
+    from ..train import cli, registry
 
-    return cli.run(args, trainer_cls=baselines.trainer_class(args.method),
-                   trainer_kwargs=baselines.method_kwargs(args))
+    return cli.run(args, trainer_cls=registry.trainer_class(args.method),
+                   trainer_kwargs=registry.method_kwargs(args))
 
 
 def _row(method: str, result: dict, train_s: Optional[float], steps: Optional[int],

@@ -1,11 +1,15 @@
-"""Thin PALU trainer: data loading and masks, ``PALUTrainer`` and the ``palu-unlearn`` CLI.
+"""Thin unlearning trainer: data loading and masks, the base trainer, the methods (PALU and
+the baselines), their registry and the ``palu-unlearn`` CLI.
 
 Needs the ``train`` extra (transformers, accelerate, safetensors, tqdm; peft for LoRA).
 """
 
+from .base import BaselineConfig, PALUConfig, UnlearningTrainer
 from .data import (IGNORE_INDEX, LoadReport, PALUCollator, PALUDataset, QARecord, Span,
                    encode_record, format_prompt, load_records, prompt_ids)
-from .trainer import FusedLinearError, PALUConfig, PALUTrainer
+from .heads import FusedLinearError
+from .methods.palu import PALUTrainer
 
-__all__ = ["FusedLinearError", "IGNORE_INDEX", "LoadReport", "PALUCollator", "PALUConfig", "PALUDataset", "PALUTrainer",
-           "QARecord", "Span", "encode_record", "format_prompt", "load_records", "prompt_ids"]
+__all__ = ["BaselineConfig", "FusedLinearError", "IGNORE_INDEX", "LoadReport", "PALUCollator",
+           "PALUConfig", "PALUDataset", "PALUTrainer", "QARecord", "Span", "UnlearningTrainer",
+           "encode_record", "format_prompt", "load_records", "prompt_ids"]

@@ -29,8 +29,11 @@ import shutil
 import sys
 import time
 
-METHODS = ("palu", "ga", "graddiff", "npo", "simnpo", "idkdpo")
-"""``--method`` choices: the keys of :data:`palu_kernels.train.baselines.METHODS`."""
+from .registry import METHODS as _REGISTRY
+from .registry import add_method_arguments, method_defaults, method_kwargs, trainer_class
+
+METHODS = tuple(_REGISTRY)
+"""``--method`` choices: the keys of :data:`palu_kernels.train.registry.METHODS`."""
 
 
 def _target(value: str):
@@ -83,12 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl", default="reverse", choices=["reverse", "forward", "none"],
                    help="KL on common rows")
     p.add_argument("--gamma", type=float, default=None,
-                   help="weight of the local term (baselines: of the forget loss); "
-                        "default 1, simnpo 0.125")
+                   help="weight of the local term (baselines: of the forget loss); defaults: "
+                        + ", ".join(f"{m} {method_defaults(m)['gamma']}" for m in METHODS))
     p.add_argument("--alpha", type=float, default=1.0,
                    help="weight of the KL and retain terms (baselines: of the retain NLL)")
-    from .baselines import add_method_arguments
-
     add_method_arguments(p)  # --beta, --delta, --idk-file
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--fused-linear", action="store_true",
@@ -202,19 +203,12 @@ def _drop_gguf_quantizer(model) -> None:
             cfg._is_quantized = False
 
 
-def trainer_class(method: str):
-    """The trainer class of a ``--method`` (:data:`palu_kernels.train.baselines.METHODS`)."""
-    from .baselines import trainer_class as registered_class
-
-    return registered_class(method)
-
-
 def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
     """Run one unlearning job from parsed arguments; returns the run summary.
 
     ``callbacks`` are extra ``TrainerCallback`` objects; ``trainer_cls`` (default
     ``trainer_class(args.method)``) and ``trainer_kwargs`` (extra constructor arguments) let a
-    caller run another :class:`~palu_kernels.train.trainer.PALUTrainer` subclass.
+    caller run another :class:`~palu_kernels.train.base.UnlearningTrainer` subclass.
     """
     import torch
     from accelerate import PartialState
@@ -222,7 +216,8 @@ def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
                               TrainingArguments, set_seed)
 
     from .data import PALUCollator, PALUDataset, load_records
-    from .trainer import FusedLinearError, PALUConfig, is_peft_model
+    from .base import PALUConfig
+    from .heads import FusedLinearError, is_peft_model
 
     t0 = time.time()
     model_dir, gguf = check_paths(args)
@@ -292,8 +287,6 @@ def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
     class _Epoch(TrainerCallback):
         def on_epoch_begin(self, a, st, control, **kw):
             dataset.set_epoch(int((st.epoch or 0) + 1e-6))
-
-    from .baselines import method_kwargs
 
     palu = PALUConfig(k=args.k, target=args.target, kl=None if args.kl == "none" else args.kl,
                       gamma=1.0 if args.gamma is None else args.gamma, alpha=args.alpha,

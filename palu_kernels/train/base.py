@@ -1,0 +1,358 @@
+"""``UnlearningTrainer``: the ``transformers.Trainer`` every unlearning method runs on.
+
+Batches come from :class:`~palu_kernels.train.data.PALUCollator`: a forget part (with the
+PALU masks I and C) and, optionally, a retain part travel together. One optimisation step on
+an effective batch (all micro-batches of a gradient-accumulation window, on all processes)
+minimises
+
+    forget objective  +  alpha * sum NLL_retain / n_retain
+
+with every count taken over the whole effective batch (:meth:`UnlearningTrainer.
+get_batch_samples`), so the gradient does not depend on how the batch is split into
+micro-batches or processes (``docs/palu_loss.md``). The base holds what all methods share:
+the window counts, the frozen reference (a deep copy, or the model with its LoRA adapter
+disabled), the retain NLL, the logging of the separate terms and :meth:`UnlearningTrainer.
+measure`. A method (one file in :mod:`palu_kernels.train.methods`, one line in
+:mod:`palu_kernels.train.registry`) overrides :meth:`UnlearningTrainer.forget_loss` only, and
+declares its hyper-parameters as a small dataclass (``config_class``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, fields, is_dataclass
+
+import torch
+from transformers import Trainer
+
+from ..loss import palu_local_entropy_loss
+from .heads import FusedLinearError, is_peft_model
+
+
+@dataclass
+class PALUConfig:
+    """Options of the PALU objective (see ``palu_local_entropy_loss``).
+
+    ``PALUTrainer`` minimises this loss; every other method uses only ``k``, ``target``,
+    ``kl`` and ``backend``, for the PALU terms :meth:`UnlearningTrainer.measure` reports.
+
+    ``fused_linear``: compute the forget loss from the last hidden states and the ``lm_head``
+    weight (:func:`~palu_kernels.fused_linear.palu_fused_linear_loss`), so the forget batch's
+    ``[B, T, V]`` logits are never materialised; PALU only, for models whose output
+    projection is a plain ``torch.nn.Linear`` (see :func:`~palu_kernels.train.heads.
+    fused_head`). ``chunk_rows``: rows projected at once on that path (None: chosen from V and
+    the hidden size).
+    """
+
+    k: int | None = 5000
+    target: object = "mean"
+    kl: str | None = "reverse"
+    gamma: float = 1.0
+    alpha: float = 1.0
+    backend: str = "auto"
+    fused_linear: bool = False
+    chunk_rows: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BaselineConfig:
+    """Hyper-parameters given to a baseline (``palu-unlearn --beta ...``); ``None`` = the
+    method's default (the defaults of its ``config_class``).
+
+    ``gamma`` weights the forget loss, ``alpha`` the retain NLL; ``idk_file`` is the refusal
+    file of ``idkdpo``. A method takes the fields its ``config_class`` has and ignores the rest.
+    """
+
+    beta: float | None = None
+    delta: float | None = None
+    gamma: float | None = None
+    alpha: float | None = None
+    idk_file: str | None = None
+
+
+def check_weight(name: str, value) -> float:
+    """``value`` as a float, or a ``ValueError`` unless it is a number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def resolve_config(config_class: type, given):
+    """The ``config_class`` instance of ``given``: a ``config_class`` instance (kept), a
+    :class:`BaselineConfig` (its non-``None`` fields that ``config_class`` has override the
+    defaults) or ``None`` (the defaults)."""
+    if isinstance(given, config_class):
+        return given
+    if given is None:
+        given = BaselineConfig()
+    if not isinstance(given, BaselineConfig):
+        raise TypeError(f"baseline must be a BaselineConfig or a {config_class.__name__}, got "
+                        f"{type(given).__name__}")
+    names = {f.name for f in fields(config_class)}
+    return config_class(**{k: v for k, v in asdict(given).items()
+                           if v is not None and k in names})
+
+
+def forget_counts(inputs: dict) -> torch.Tensor:
+    """``[forget answer tokens, forget sequences]`` of one collated batch (fp64)."""
+    lab = inputs["forget_labels"]
+    return torch.tensor([float((lab[:, 1:] != -100).sum()), float(lab.shape[0])],
+                        dtype=torch.float64)
+
+
+def batch_counts(inputs: dict) -> torch.Tensor:
+    """The counts of one collated batch (fp64, CPU): ``[|I|, |C|, retain target tokens,
+    forget answer tokens, forget sequences]``."""
+    n_i = inputs["forget_initiating_mask"].sum()
+    n_c = inputs["forget_common_mask"].sum()
+    n_r = (inputs["retain_labels"][:, 1:] != -100).sum() if "retain_labels" in inputs else 0
+    return torch.cat([torch.tensor([float(n_i), float(n_c), float(n_r)], dtype=torch.float64),
+                      forget_counts(inputs)])
+
+
+N_COUNTS = 5
+
+
+class UnlearningTrainer(Trainer):
+    """Base trainer of the unlearning methods (batches of :class:`~palu_kernels.train.data.
+    PALUCollator`).
+
+    Args:
+        palu: a :class:`PALUConfig`; the settings of the PALU terms :meth:`measure` reports
+            (and, for ``PALUTrainer``, of its loss).
+        ref_model: the frozen reference. Default: for a PEFT model, the same model with its
+            adapter disabled (no second copy of the weights); otherwise a deep copy of
+            ``model`` made here, in eval mode, without gradients.
+        baseline: the method's hyper-parameters, an instance of its ``config_class`` or a
+            :class:`BaselineConfig` (``None``: the defaults); refused by a method without any.
+        All other arguments go to ``transformers.Trainer`` (use
+        ``remove_unused_columns=False`` in the ``TrainingArguments``).
+
+    A subclass sets ``method`` (its registry name), ``config_class`` (a dataclass of its
+    hyper-parameters, available as ``self.method_config``; ``gamma``/``alpha`` fields weight
+    its forget loss and the retain NLL), ``uses_retain`` and overrides :meth:`forget_loss`.
+    Logged next to ``loss``: the raw terms :meth:`forget_loss` returns, ``retain_nll`` (mean
+    retain NLL per token), ``n_initiating``, ``n_common``, averaged over the optimizer steps
+    since the previous log.
+    """
+
+    method = ""
+    config_class: type | None = None
+    uses_retain = True
+    supports_fused_linear = False
+    loss_function = None  # the method's loss on per-sequence values, when it has one
+
+    # compute_loss divides by the counts of the whole effective batch itself.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, palu: PALUConfig | None = None, ref_model=None, baseline=None,
+                 **kwargs):
+        if self.config_class is not None:
+            self.method_config = resolve_config(self.config_class, baseline)
+        elif baseline is not None:
+            raise TypeError(f"{type(self).__name__} takes no baseline options")
+        else:
+            self.method_config = None
+        super().__init__(*args, **kwargs)
+        self.palu = palu or PALUConfig()
+        self._use_adapter_ref = ref_model is None and is_peft_model(self.model)
+        if ref_model is None and not self._use_adapter_ref:
+            ref_model = copy.deepcopy(self.model)
+        if ref_model is not None:
+            ref_model.eval().requires_grad_(False)
+        self.ref_model = ref_model
+        self._metric_sums: dict[str, torch.Tensor] = {}
+        self._metric_windows = 0  # optimizer steps since the last log
+        if self.palu.fused_linear and not self.supports_fused_linear:
+            raise FusedLinearError(
+                f"--fused-linear applies to the PALU loss only; {type(self).__name__} has its "
+                "own forget objective (forget_loss), which needs full logits")
+
+    @property
+    def hparams(self) -> dict:
+        """The method's hyper-parameters (``{}`` for a method without a ``config_class``)."""
+        cfg = self.method_config
+        return asdict(cfg) if is_dataclass(cfg) else {}
+
+    @property
+    def retain_weight(self) -> float:
+        """Weight of the retain NLL: the method's ``alpha``."""
+        return float(self.method_config.alpha)
+
+    # ------------------------------------------------------------------ counts over the window
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Collect a gradient-accumulation window and count over it.
+
+        Returns the samples and a fp64 tensor (:func:`batch_counts`: ``[|I|, |C|, n_retain,
+        forget answer tokens, forget sequences]``) summed over the window and over all
+        processes; :meth:`compute_loss` receives it as ``num_items_in_batch``.
+        """
+        samples = []
+        for _ in range(num_batches):
+            try:
+                samples.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        counts = torch.zeros(N_COUNTS, dtype=torch.float64)
+        for batch in samples:
+            counts += batch_counts(batch)
+        counts = counts.to(device)
+        self._metric_windows += 1
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return samples, counts
+
+    # ------------------------------------------------------------------ pieces of the loss
+    def reference_logits(self, model, input_ids, attention_mask) -> torch.Tensor:
+        """Logits of the frozen reference on a batch (no gradient)."""
+        with torch.no_grad():
+            if self._use_adapter_ref:
+                base = self.accelerator.unwrap_model(model)
+                was_training = base.training
+                base.eval()
+                try:
+                    with base.disable_adapter():
+                        return base(input_ids=input_ids, attention_mask=attention_mask).logits
+                finally:
+                    base.train(was_training)
+            ref = self.ref_model
+            p = next(ref.parameters())
+            if p.device != input_ids.device:
+                ref.to(input_ids.device)
+            return ref(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def forget_loss(self, model, inputs, counts):
+        """The forget objective of one micro-batch, normalised by the window ``counts``
+        (:func:`batch_counts`, on the batch's device); returns ``(loss, logs)``, ``logs`` the
+        detached raw terms to log. Every method overrides it."""
+        raise NotImplementedError
+
+    def retain_loss(self, model, inputs, counts):
+        """Summed retain NLL of the micro-batch divided by the window's retain token count
+        (``None`` without a retain part, or for a method with ``uses_retain = False``)."""
+        if not self.uses_retain or "retain_input_ids" not in inputs:
+            return None
+        out = model(input_ids=inputs["retain_input_ids"],
+                    attention_mask=inputs["retain_attention_mask"])
+        logits = out.logits[:, :-1]
+        labels = inputs["retain_labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+            ignore_index=-100, reduction="sum",
+        )
+        return nll / counts[2].clamp(min=1).to(nll.dtype)
+
+    # ------------------------------------------------------------------ Trainer hooks
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """forget_loss + alpha * retain NLL, normalised over the gradient-accumulation window.
+
+        ``num_items_in_batch`` is the count tensor from :meth:`get_batch_samples`; when it is
+        missing (e.g. called directly), the micro-batch's own counts are used.
+        """
+        counts = num_items_in_batch
+        scale = 1.0
+        if not (torch.is_tensor(counts) and counts.shape == (N_COUNTS,)):
+            counts = batch_counts(inputs)
+            # Not normalised over the window by the counts: divide by the number of micro-batches.
+            if model.training:
+                scale = 1.0 / max(1, getattr(self, "current_gradient_accumulation_steps", 1))
+        else:
+            # DDP averages gradients over processes; the counts are global sums, so undo it.
+            scale = float(self.accelerator.num_processes)
+        device = inputs["forget_input_ids"].device
+        counts = counts.to(device)
+        loss, logs = self.forget_loss(model, inputs, counts)
+        retain = self.retain_loss(model, inputs, counts)
+        if retain is not None:
+            loss = loss + self.retain_weight * retain
+            logs["retain_nll"] = retain.detach()
+        if model.training:
+            self._record(logs, counts)
+        if scale != 1.0:  # (exactly 1 keeps grad_output at 1: the fused backward is free)
+            loss = loss * scale
+        return (loss, {"loss": loss.detach()}) if return_outputs else loss
+
+    def _record(self, logs: dict, counts: torch.Tensor) -> None:
+        for name, value in logs.items():
+            v = value.detach().double().reshape(())
+            self._metric_sums[name] = self._metric_sums.get(name, 0) + v
+        self._metric_last_counts = counts.detach().double()
+
+    def log(self, logs: dict, start_time=None) -> None:
+        """Adds the separate loss terms (averaged over steps since the last log)."""
+        if self._metric_sums and "loss" in logs:
+            names = sorted(self._metric_sums)
+            vals = torch.stack([self._metric_sums[n].to(self.args.device) for n in names])
+            if self.accelerator.num_processes > 1:
+                vals = self.accelerator.reduce(vals, reduction="sum")
+            steps = max(1, self._metric_windows)
+            for n, v in zip(names, vals.tolist()):
+                logs[n] = round(v / steps, 6)
+            counts = getattr(self, "_metric_last_counts", None)
+            if counts is not None:
+                logs["n_initiating"], logs["n_common"] = int(counts[0]), int(counts[1])
+            self._metric_sums = {}
+            self._metric_windows = 0
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ measurements
+    @torch.no_grad()
+    def measure(self, items: list[dict], batch_size: int = 8, desc: str = "measure") -> dict:
+        """Mean losses of the current model on collated ``items`` (no training, no gradient),
+        the same for every method.
+
+        Returns ``forget_nll`` (mean NLL per forget answer token, EOS included),
+        ``forget_local`` (mean PALU local term over I), ``forget_kl`` (mean KL over C, against
+        the reference; both with ``self.palu``'s k, target, kl and backend) and, when the items
+        have a retain part, ``retain_nll``.
+        """
+        from tqdm.auto import tqdm
+
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        sums = torch.zeros(5, dtype=torch.float64)  # nll, local, kl, retain nll, retain tokens
+        n_answer, n_i, n_c = 0, 0, 0
+        cfg = self.palu
+        try:
+            for s in tqdm(range(0, len(items), batch_size), desc=desc, leave=False,
+                          disable=not self.is_world_process_zero()):
+                batch = {k: v.to(device) for k, v in self.data_collator(items[s:s + batch_size]).items()}
+                ids, att = batch["forget_input_ids"], batch["forget_attention_mask"]
+                logits = model(input_ids=ids, attention_mask=att).logits
+                ref = self.reference_logits(model, ids, att)
+                lab = batch["forget_labels"][:, 1:]
+                sums[0] += torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), lab.reshape(-1),
+                    ignore_index=-100, reduction="sum").item()
+                n_answer += int((lab != -100).sum())
+                imask, cmask = batch["forget_initiating_mask"], batch["forget_common_mask"]
+                rows = palu_local_entropy_loss(logits, ref, imask, cmask, k=cfg.k, target=cfg.target,
+                                               kl=cfg.kl, reduction="none", backend=cfg.backend)
+                sums[1] += rows[imask].sum().item()
+                sums[2] += rows[cmask].sum().item()
+                n_i, n_c = n_i + int(imask.sum()), n_c + int(cmask.sum())
+                if "retain_input_ids" in batch:
+                    rl = model(input_ids=batch["retain_input_ids"],
+                               attention_mask=batch["retain_attention_mask"]).logits
+                    rlab = batch["retain_labels"][:, 1:]
+                    sums[3] += torch.nn.functional.cross_entropy(
+                        rl[:, :-1].reshape(-1, rl.shape[-1]).float(), rlab.reshape(-1),
+                        ignore_index=-100, reduction="sum").item()
+                    sums[4] += int((rlab != -100).sum())
+        finally:
+            model.train(was_training)
+        out = {"forget_nll": sums[0].item() / max(1, n_answer),
+               "forget_local": sums[1].item() / max(1, n_i),
+               "forget_kl": sums[2].item() / max(1, n_c)}
+        if sums[4] > 0:
+            out["retain_nll"] = sums[3].item() / sums[4].item()
+        return out
+
+
+__all__ = ["BaselineConfig", "PALUConfig", "UnlearningTrainer", "batch_counts", "check_weight",
+           "forget_counts", "resolve_config"]

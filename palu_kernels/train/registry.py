@@ -1,0 +1,89 @@
+"""The one registry of unlearning methods: ``--method`` name -> trainer class.
+
+Every trainer is a :class:`~palu_kernels.train.base.UnlearningTrainer` subclass in its own
+file of :mod:`palu_kernels.train.methods`; its hyper-parameters and their defaults are the
+dataclass ``config_class`` in that file (``PALUTrainer``: :class:`~palu_kernels.train.base.
+PALUConfig`). ``palu-unlearn --method``, ``palu-compare --methods`` and the demo read
+:data:`METHODS`; :func:`method_kwargs` turns parsed CLI options into the trainer's keyword
+arguments. A new method is one file in ``methods/`` plus one line in :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+
+from .base import BaselineConfig, PALUConfig
+from .methods.ga import GATrainer
+from .methods.graddiff import GradDiffTrainer
+from .methods.idkdpo import DEFAULT_IDK_FILE, IdkDPOTrainer
+from .methods.npo import NPOTrainer
+from .methods.palu import PALUTrainer
+from .methods.simnpo import SimNPOTrainer
+
+METHODS: dict[str, type] = {
+    "palu": PALUTrainer,
+    "ga": GATrainer,
+    "graddiff": GradDiffTrainer,
+    "npo": NPOTrainer,
+    "simnpo": SimNPOTrainer,
+    "idkdpo": IdkDPOTrainer,
+}
+"""``--method`` name -> trainer class (the first is the default)."""
+
+for _name, _cls in METHODS.items():
+    assert _cls.method == _name, (_name, _cls)
+
+LOSSES = {name: cls.loss_function for name, cls in METHODS.items()
+          if cls.loss_function is not None}
+"""Baseline name -> its loss function on per-sequence log-probabilities."""
+
+
+def trainer_class(method: str) -> type:
+    """The trainer class of ``method`` (a key of :data:`METHODS`)."""
+    try:
+        return METHODS[method]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHODS)}") from None
+
+
+def method_defaults(method: str) -> dict:
+    """The default hyper-parameters of ``method`` (its ``config_class``; palu: PALUConfig)."""
+    cls = trainer_class(method)
+    return asdict(cls.config_class() if cls.config_class is not None else PALUConfig())
+
+
+def method_kwargs(args) -> dict:
+    """Extra trainer keyword arguments of ``args.method`` from parsed CLI arguments.
+
+    Reads the :class:`~palu_kernels.train.base.BaselineConfig` fields (``beta``, ``delta``,
+    ``idk_file``, ``gamma``, ``alpha``) when present (``None`` = the method's default); ``{}``
+    for a method without a ``config_class`` (``palu``: its options go in ``palu=``).
+    """
+    if trainer_class(args.method).config_class is None:
+        return {}
+    return {"baseline": BaselineConfig(**{f.name: getattr(args, f.name, None)
+                                          for f in fields(BaselineConfig)})}
+
+
+def _defaults_of(field: str) -> str:
+    """``"npo 0.1, simnpo 4.5, ..."``: the methods that have ``field`` and its default."""
+    out = []
+    for name, cls in METHODS.items():
+        if cls.config_class is not None and field in {f.name for f in fields(cls.config_class)}:
+            out.append(f"{name} {method_defaults(name)[field]}")
+    return ", ".join(out)
+
+
+def add_method_arguments(parser) -> None:
+    """Add ``--beta``, ``--delta`` and ``--idk-file`` (the baselines' options) to ``parser``."""
+    parser.add_argument("--beta", type=float, default=None,
+                        help=f"inverse temperature (defaults: {_defaults_of('beta')})")
+    parser.add_argument("--delta", type=float, default=None,
+                        help=f"margin (defaults: {_defaults_of('delta')})")
+    parser.add_argument("--idk-file", default=None,
+                        help="idkdpo refusal answers, one per line (default "
+                             f"{DEFAULT_IDK_FILE} if present, else a built-in list)")
+
+
+__all__ = ["LOSSES", "METHODS", "add_method_arguments", "method_defaults", "method_kwargs",
+           "trainer_class"]
