@@ -9,7 +9,7 @@ minimises
 
 with every count taken over the whole effective batch (:meth:`UnlearningTrainer.
 get_batch_samples`), so the gradient does not depend on how the batch is split into
-micro-batches or processes (``docs/palu_loss.md``). The base holds what all methods share:
+micro-batches or processes (``docs/spec.md``). The base holds what all methods share:
 the window counts, the frozen reference (a deep copy, or the model with its LoRA adapter
 disabled), the retain NLL, the logging of the separate terms and :meth:`UnlearningTrainer.
 measure`. A method (one file in :mod:`palu_kernels.train.methods`, one line in

@@ -4,7 +4,7 @@ One optimisation step on an effective batch minimises
 
     gamma * sum_I L_local / |I|  +  alpha * sum_C KL / |C|  +  alpha * sum NLL_retain / n_retain
 
-with the counts of the whole effective batch (``docs/palu_loss.md``; the released code uses
+with the counts of the whole effective batch (``docs/spec.md``; the released code uses
 the same ``alpha`` for the KL and the retain term).
 
 With ``PALUConfig(fused_linear=True)`` (``palu-unlearn --fused-linear``) the forget batch never
