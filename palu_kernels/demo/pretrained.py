@@ -95,20 +95,10 @@ def load_pretrained(model_dir: str, gguf_file: Optional[str] = None):
     from GGUF holds plain de-quantised tensors, and the saved copy must not claim GGUF); the
     tokenizer gets ``pad_token = eos_token`` when it has no pad token.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..train.models import ModelSource, load_model, load_tokenizer
 
-    from ..train.cli import _drop_gguf_quantizer
-
-    kw = {"local_files_only": True}
-    if gguf_file:
-        kw["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, **kw)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    source = ModelSource(model_dir, gguf_file)
+    tokenizer = load_tokenizer(source)
     if tokenizer.eos_token_id is None:
         raise SystemExit(f"{_PREFIX}: the tokenizer of {model_dir} has no EOS token")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
-    if gguf_file:
-        _drop_gguf_quantizer(model)
-    return model.to(torch.float32).eval(), tokenizer
+    return load_model(source, float32=True, eval_mode=True), tokenizer

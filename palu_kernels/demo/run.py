@@ -450,10 +450,9 @@ def _rows_any(path) -> List[dict]:
 def _tiny_models(args, sizes: dict, out: str, progress: bool, log) -> dict:
     """Steps 1-3 with the tiny Llama: synthetic data, tokenizer, the fine-tuned and retain
     models (both saved), the retain model's evaluation."""
-    from transformers import AutoModelForCausalLM
-
     from ..eval import evaluate_model
     from ..tiny import build_tiny_llama, build_tokenizer
+    from ..train.models import load_model
 
     models_dir = os.path.join(out, "models")
     data_dir, paths = _synthetic_data(args, sizes, out, log, retain_eval_size=None)
@@ -479,7 +478,7 @@ def _tiny_models(args, sizes: dict, out: str, progress: bool, log) -> dict:
         log(f"      {name}: {training[name]['epochs']} epochs, answer NLL "
             f"{training[name]['nll']:.4f}, {training[name]['seconds']:.1f} s")
     log("[4/5] evaluating the retain model (reference for Forget Quality)")
-    retain_model = AutoModelForCausalLM.from_pretrained(model_dirs["retain"]).float().eval()
+    retain_model = load_model(model_dirs["retain"], float32=True, eval_mode=True)
     retain_eval = evaluate_model(retain_model, tokenizer, data_dir, forget_split,
                                  batch_size=16, max_new_tokens=_MAX_NEW_TOKENS,
                                  progress=progress)

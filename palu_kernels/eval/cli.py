@@ -71,19 +71,17 @@ def _positive(parser, name, value):
 
 def load_model_and_tokenizer(path: str, device, dtype: str = "auto",
                              tokenizer_path: Optional[str] = None):
-    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from local directories (no hub access)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from local directories (no hub access;
+    :func:`palu_kernels.train.models.load_model_and_tokenizer`)."""
+    from ..train.models import load_model_and_tokenizer as _load
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
     tok_path = tokenizer_path or path
     if not os.path.isdir(tok_path):
         raise FileNotFoundError(f"tokenizer directory not found: {tok_path}")
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(tok_path, local_files_only=True)
-    return model.to(device).eval(), tokenizer
+    return _load(path, tokenizer_source=tok_path, pad_with_eos=False, dtype=dtype,
+                 device=device, eval_mode=True)
 
 
 def _read_retain_result(path: str, forget_split: str) -> List[float]:

@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 
+from .models import ModelSource, load_model, load_tokenizer, resolve_model_path
 from .registry import METHODS as _REGISTRY
 from .registry import add_method_arguments, method_defaults, method_kwargs, trainer_class
 
@@ -137,16 +138,11 @@ def _is_within(path: str, parent: str) -> bool:
 
 def check_paths(args) -> tuple[str, str | None]:
     """Validate model/output paths; returns ``(model_dir, gguf_file_or_None)``."""
-    if os.path.isfile(args.model):
-        if not args.model.endswith(".gguf"):
-            raise SystemExit(f"palu-unlearn: --model {args.model!r} is a file but not a .gguf; "
-                             "pass a model directory or a .gguf file")
-        model_dir, gguf = os.path.dirname(os.path.abspath(args.model)), os.path.basename(args.model)
-    elif os.path.isdir(args.model):
-        model_dir, gguf = args.model, None
-    else:
-        raise SystemExit(f"palu-unlearn: --model {args.model!r} does not exist (a local directory "
-                         "or .gguf file is required; nothing is downloaded)")
+    try:
+        source = resolve_model_path(args.model)
+    except ValueError as e:
+        raise SystemExit(f"palu-unlearn: --model {e}") from None
+    model_dir, gguf = source.directory, source.gguf_file
     for flag, path in (("--forget", args.forget), ("--retain", args.retain)):
         if path is not None and not os.path.isfile(path):
             raise SystemExit(f"palu-unlearn: {flag} {path!r} is not a file")
@@ -191,18 +187,6 @@ def _versions() -> dict:
     return out
 
 
-def _drop_gguf_quantizer(model) -> None:
-    """A model read from GGUF holds plain dequantized tensors but is still flagged as quantized
-    (the Trainer then refuses to fine-tune it, and the saved config would claim GGUF): drop it."""
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.remove_quantization_config(model)
-    for module in model.modules():
-        cfg = getattr(module, "config", None)
-        if cfg is not None and getattr(cfg, "_is_quantized", False):
-            cfg._is_quantized = False
-
-
 def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
     """Run one unlearning job from parsed arguments; returns the run summary.
 
@@ -212,8 +196,7 @@ def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
     """
     import torch
     from accelerate import PartialState
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, TrainerCallback,
-                              TrainingArguments, set_seed)
+    from transformers import TrainerCallback, TrainingArguments, set_seed
 
     from .data import PALUCollator, PALUDataset, load_records
     from .base import PALUConfig
@@ -233,23 +216,11 @@ def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
     except ValueError as e:
         raise SystemExit(f"palu-unlearn: {e}") from None
 
-    load_kw = {"trust_remote_code": args.trust_remote_code}
-    if gguf:
-        load_kw["gguf_file"] = gguf
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, **load_kw)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **load_kw)
-    if gguf:
-        _drop_gguf_quantizer(model)
-    if model.dtype in (torch.float16, torch.bfloat16) and not torch.cuda.is_available():
-        model = model.float()  # half precision training on the CPU is slow and inexact
-    if args.lora_r > 0:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(
-            r=args.lora_r, lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_dropout=0.0,
-            target_modules="all-linear", task_type="CAUSAL_LM"))
+    source = ModelSource(model_dir, gguf)
+    tokenizer = load_tokenizer(source, trust_remote_code=args.trust_remote_code)
+    model = load_model(source, trust_remote_code=args.trust_remote_code,
+                       upcast_half_on_cpu=True,  # half precision training on the CPU is slow
+                       lora_r=args.lora_r, lora_alpha=args.lora_alpha)
 
     dataset = PALUDataset(tokenizer, forget, retain, max_length=args.max_length,
                           first_n=args.first_n, seed=args.seed)

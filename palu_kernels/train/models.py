@@ -1,0 +1,126 @@
+"""The one model loader: a local Hugging Face directory or a ``.gguf`` file, optional dtype,
+optional LoRA (PEFT). Every model of ``palu-unlearn``, ``palu-eval``, ``palu-compare`` and the
+demo is loaded here; this is the only ``from_pretrained`` call for models and tokenizers.
+Nothing is downloaded (``local_files_only=True``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+__all__ = ["ModelSource", "apply_lora", "drop_gguf_quantizer", "load_model",
+           "load_model_and_tokenizer", "load_tokenizer", "resolve_model_path"]
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model is: a directory, and the name of a GGUF file in it (or ``None``)."""
+
+    directory: str
+    gguf_file: Optional[str] = None
+
+
+def resolve_model_path(path: str) -> ModelSource:
+    """``path`` (a model directory or a ``.gguf`` file) -> :class:`ModelSource`.
+
+    Raises ``ValueError`` for a file that is not a ``.gguf`` and for a missing path.
+    """
+    if os.path.isfile(path):
+        if not path.lower().endswith(".gguf"):
+            raise ValueError(f"{path!r} is a file but not a .gguf; pass a model directory or a "
+                             ".gguf file")
+        return ModelSource(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
+    if os.path.isdir(path):
+        return ModelSource(path, None)
+    raise ValueError(f"{path!r} does not exist (a local directory or .gguf file is required; "
+                     "nothing is downloaded)")
+
+
+def drop_gguf_quantizer(model) -> None:
+    """A model read from GGUF holds plain dequantized tensors but is still flagged as quantized
+    (the Trainer then refuses to fine-tune it, and the saved config would claim GGUF): drop it."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        if cfg is not None and getattr(cfg, "_is_quantized", False):
+            cfg._is_quantized = False
+
+
+def _source(source) -> ModelSource:
+    return source if isinstance(source, ModelSource) else ModelSource(str(source))
+
+
+def load_tokenizer(source, *, trust_remote_code: bool = False, pad_with_eos: bool = True):
+    """``AutoTokenizer`` of ``source`` (a directory or :class:`ModelSource`); with
+    ``pad_with_eos`` a tokenizer without a pad token gets ``pad_token = eos_token``."""
+    from transformers import AutoTokenizer
+
+    src = _source(source)
+    kw = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    if src.gguf_file:
+        kw["gguf_file"] = src.gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(src.directory, **kw)
+    if pad_with_eos and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def apply_lora(model, r: int, alpha: Optional[float] = None):
+    """Wrap ``model`` in a PEFT LoRA adapter on every linear layer (rank ``r``, alpha default
+    ``2 * r``); ``r == 0`` returns ``model`` unchanged."""
+    if r <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=0.0,
+                                            target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def load_model(source, *, dtype: Optional[str] = None, float32: bool = False,
+               upcast_half_on_cpu: bool = False, trust_remote_code: bool = False,
+               lora_r: int = 0, lora_alpha: Optional[float] = None, device=None,
+               eval_mode: bool = False):
+    """``AutoModelForCausalLM`` of ``source`` (a directory or :class:`ModelSource`).
+
+    ``dtype``: ``None`` (transformers' default), ``"auto"`` (the checkpoint's) or a torch dtype
+    name; ``float32``: cast to float32 after loading; ``upcast_half_on_cpu``: cast a half
+    precision model to float32 when there is no CUDA (training on the CPU). A GGUF model loses
+    its quantisation flag (:func:`drop_gguf_quantizer`). ``lora_r > 0`` wraps it in LoRA.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = _source(source)
+    kw = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    if src.gguf_file:
+        kw["gguf_file"] = src.gguf_file
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        kw["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(src.directory, **kw)
+    if src.gguf_file:
+        drop_gguf_quantizer(model)
+    if float32 or (upcast_half_on_cpu and model.dtype in (torch.float16, torch.bfloat16)
+                   and not torch.cuda.is_available()):
+        model = model.float()
+    if device is not None:
+        model = model.to(device)
+    if eval_mode:
+        model = model.eval()
+    return apply_lora(model, lora_r, lora_alpha)
+
+
+def load_model_and_tokenizer(source, *, tokenizer_source=None, pad_with_eos: bool = True,
+                             **model_kw) -> Tuple[object, object]:
+    """``(load_model(source, **model_kw), load_tokenizer(tokenizer_source or source))``."""
+    tokenizer = load_tokenizer(tokenizer_source if tokenizer_source is not None else source,
+                               trust_remote_code=model_kw.get("trust_remote_code", False),
+                               pad_with_eos=pad_with_eos)
+    return load_model(source, **model_kw), tokenizer
