@@ -1,0 +1,367 @@
+"""A typed unlearning job and :func:`run_unlearning`, the one way to run one.
+
+``palu-unlearn`` parses its command line into an :class:`UnlearningJob`; ``palu-compare`` and
+the demo build jobs directly (:func:`dataclasses.replace` for one method after another). The
+run summary is built from the job, never from a command line::
+
+    job = UnlearningJob(model=ModelSpec("/tmp/tiny"), data=DataSpec("forget.jsonl"),
+                        output=OutputSpec("/tmp/out"), method=MethodSpec("npo", beta=0.2))
+    summary = run_unlearning(job)
+
+Several processes: ``torchrun --nproc_per_node 2 -m palu_kernels.cli.unlearn ...``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+from .base import BaselineConfig, PALUConfig
+from .models import ModelSource, load_model, load_tokenizer, resolve_model_path
+from .registry import trainer_class
+
+__all__ = ["DataSpec", "MethodSpec", "ModelSpec", "OutputSpec", "TrainingOptions",
+           "UnlearningJob", "check_job", "parse_k", "print_summary", "run_unlearning"]
+
+
+@dataclass
+class ModelSpec:
+    """The starting model: a directory or ``.gguf`` file; ``lora_r > 0``: train a LoRA adapter."""
+
+    path: str
+    lora_r: int = 0
+    lora_alpha: Optional[float] = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataSpec:
+    """Forget records (span-annotated JSON / JSON lines) and optional retain records."""
+
+    forget: str
+    retain: Optional[str] = None
+    max_length: int = 512
+    first_n: int = 3
+    eval_retain: int = 100
+    skip_bad_records: bool = False
+
+
+@dataclass
+class MethodSpec:
+    """A method of :data:`palu_kernels.train.registry.METHODS` and its hyper-parameters.
+
+    ``gamma``/``beta``/``delta``/``idk_file`` ``None``: the method's default. The PALU options
+    (``k``, ``target``, ``kl``, ``backend``) also set the PALU terms every method measures.
+    """
+
+    name: str = "palu"
+    k: Optional[int] = 5000
+    target: object = "mean"
+    kl: Optional[str] = "reverse"
+    gamma: Optional[float] = None
+    alpha: float = 1.0
+    beta: Optional[float] = None
+    delta: Optional[float] = None
+    idk_file: Optional[str] = None
+    backend: str = "auto"
+    fused_linear: bool = False
+    chunk_rows: Optional[int] = None
+
+    def palu_config(self) -> PALUConfig:
+        return PALUConfig(k=self.k, target=self.target, kl=self.kl,
+                          gamma=1.0 if self.gamma is None else self.gamma, alpha=self.alpha,
+                          backend=self.backend, fused_linear=self.fused_linear,
+                          chunk_rows=self.chunk_rows)
+
+    def trainer_kwargs(self) -> dict:
+        """The trainer's keyword arguments for this method (``palu=`` and, for a method with a
+        ``config_class``, ``baseline=``)."""
+        kw = {"palu": self.palu_config()}
+        if trainer_class(self.name).config_class is not None:
+            kw["baseline"] = BaselineConfig(beta=self.beta, delta=self.delta, gamma=self.gamma,
+                                            alpha=self.alpha, idk_file=self.idk_file)
+        return kw
+
+
+@dataclass
+class TrainingOptions:
+    """Optimizer, schedule and batch options (transformers ``TrainingArguments``)."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    optim: str = "adamw_torch"
+    epochs: float = 10
+    max_steps: int = -1
+    warmup_epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    bf16: bool = False
+    seed: int = 42
+    logging_steps: int = 1
+
+
+@dataclass
+class OutputSpec:
+    """Where the unlearned model, its checkpoints and ``run_summary.json`` go."""
+
+    output_dir: str
+    save_steps: int = 0
+    save_total_limit: int = 2
+    resume: object = None  # None, True (the last checkpoint-*) or a checkpoint path
+    overwrite: bool = False
+
+
+@dataclass
+class UnlearningJob:
+    model: ModelSpec
+    data: DataSpec
+    output: OutputSpec
+    method: MethodSpec = field(default_factory=MethodSpec)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+
+    def arguments(self) -> dict:
+        """The job as one flat dict with ``palu-unlearn``'s option names (``model``,
+        ``method``, ``k``, ``beta``, ``output_dir`` ...)."""
+        out = {"model": self.model.path, "method": self.method.name}
+        for part in (self.model, self.data, self.method, self.training, self.output):
+            for f in fields(part):
+                if f.name not in ("path", "name"):
+                    out[f.name] = getattr(part, f.name)
+        out["kl"] = "none" if self.method.kl is None else self.method.kl
+        return out
+
+    def command(self) -> str:
+        """A ``palu-unlearn`` command line that runs this job (options that differ from the
+        defaults)."""
+        defaults = UnlearningJob(ModelSpec(""), DataSpec(""), OutputSpec("")).arguments()
+        argv = []
+        for key, value in self.arguments().items():
+            if key in ("model", "forget", "output_dir") or value != defaults[key]:
+                flag = "--" + key.replace("_", "-")
+                if key == "k" and value is None:
+                    argv += [flag, "all"]
+                elif value is True:
+                    argv.append(flag)
+                elif value is not False and value is not None:
+                    argv += [flag, str(value)]
+        return "palu-unlearn " + shlex.join(argv)
+
+
+def parse_k(value) -> Optional[int]:
+    """A top-K set size from text or a number: ``"all"`` / ``"none"`` / ``None`` -> ``None``
+    (whole vocabulary), else an int >= 1 (``ValueError`` otherwise)."""
+    if value is None or str(value).lower() in ("none", "all"):
+        return None
+    k = int(value)
+    if k < 1:
+        raise ValueError(f"k must be >= 1 or 'all', got {value!r}")
+    return k
+
+
+def _is_within(path: str, parent: str) -> bool:
+    path, parent = os.path.realpath(path), os.path.realpath(parent)
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def check_job(job: UnlearningJob) -> ModelSource:
+    """Validate the job's paths and sizes before any work (``SystemExit`` with the option's
+    name); returns where the model is."""
+    try:
+        source = resolve_model_path(job.model.path)
+    except ValueError as e:
+        raise SystemExit(f"palu-unlearn: --model {e}") from None
+    for flag, path in (("--forget", job.data.forget), ("--retain", job.data.retain)):
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"palu-unlearn: {flag} {path!r} is not a file")
+    out = job.output.output_dir
+    if _is_within(out, source.directory):
+        raise SystemExit(f"palu-unlearn: --output-dir {out!r} is inside the input model "
+                         f"directory {source.directory!r}; choose another directory")
+    if os.path.isdir(out) and os.listdir(out):
+        if not (job.output.resume or job.output.overwrite):
+            raise SystemExit(f"palu-unlearn: --output-dir {out!r} is not empty; pass "
+                             "--resume to continue its run or --overwrite to replace it")
+    elif os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"palu-unlearn: --output-dir {out!r} exists and is not a directory")
+    for flag, value in (("batch-size", job.training.batch_size),
+                        ("grad-accum", job.training.grad_accum),
+                        ("max-length", job.data.max_length)):
+        if value < 1:
+            raise SystemExit(f"palu-unlearn: --{flag} must be >= 1, got {value}")
+    if job.model.lora_r < 0:
+        raise SystemExit(f"palu-unlearn: --lora-r must be >= 0, got {job.model.lora_r}")
+    try:
+        trainer_class(job.method.name)
+    except ValueError as e:
+        raise SystemExit(f"palu-unlearn: --method: {e}") from None
+    if job.method.fused_linear and job.method.name != "palu":
+        raise SystemExit(f"palu-unlearn: --fused-linear applies to --method palu only (the PALU "
+                         f"loss from hidden states); --method {job.method.name} needs full logits")
+    if job.method.chunk_rows is not None and job.method.chunk_rows < 1:
+        raise SystemExit(f"palu-unlearn: --chunk-rows must be >= 1, got {job.method.chunk_rows}")
+    return source
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    import palu_kernels
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__,
+           "palu_kernels": getattr(palu_kernels, "__version__", "0.1.0")}
+    for name in ("peft", "accelerate", "triton"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # optional
+            pass
+    return out
+
+
+def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
+                   trainer_kwargs=None, verbose: bool = True) -> dict:
+    """Run one unlearning job; returns the run summary (also written to
+    ``<output_dir>/run_summary.json``) and saves the unlearned model there.
+
+    ``callbacks``: extra ``TrainerCallback`` objects; ``trainer_cls`` / ``trainer_kwargs``: run
+    another :class:`~palu_kernels.train.base.UnlearningTrainer` subclass (default: the
+    registry's class of ``job.method.name`` with :meth:`MethodSpec.trainer_kwargs`).
+    """
+    import torch
+    from accelerate import PartialState
+    from transformers import TrainerCallback, TrainingArguments, set_seed
+
+    from .data import PALUCollator, PALUDataset, load_records
+    from .heads import FusedLinearError, is_peft_model
+
+    t0 = time.time()
+    source = check_job(job)
+    m, d, tr, o = job.model, job.data, job.training, job.output
+    set_seed(tr.seed)
+
+    try:
+        forget, forget_report = load_records(d.forget, spans="required", skip_bad=d.skip_bad_records)
+        retain, retain_report = (None, None)
+        if d.retain:
+            retain, retain_report = load_records(d.retain, spans="ignore",
+                                                 skip_bad=d.skip_bad_records)
+    except ValueError as e:
+        raise SystemExit(f"palu-unlearn: {e}") from None
+
+    tokenizer = load_tokenizer(source, trust_remote_code=m.trust_remote_code)
+    model = load_model(source, trust_remote_code=m.trust_remote_code,
+                       upcast_half_on_cpu=True,  # half precision training on the CPU is slow
+                       lora_r=m.lora_r, lora_alpha=m.lora_alpha)
+
+    dataset = PALUDataset(tokenizer, forget, retain, max_length=d.max_length,
+                          first_n=d.first_n, seed=tr.seed)
+    collator = PALUCollator(tokenizer.pad_token_id)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = math.ceil(math.ceil(len(dataset) / (tr.batch_size * world)) / tr.grad_accum)
+    warmup = int(round(tr.warmup_epochs * steps_per_epoch))
+    targs = TrainingArguments(
+        output_dir=o.output_dir, per_device_train_batch_size=tr.batch_size,
+        gradient_accumulation_steps=tr.grad_accum, learning_rate=tr.lr,
+        weight_decay=tr.weight_decay, optim=tr.optim, num_train_epochs=tr.epochs,
+        max_steps=tr.max_steps, warmup_steps=warmup, lr_scheduler_type="linear",
+        logging_steps=tr.logging_steps,
+        save_strategy="steps" if o.save_steps > 0 else "epoch",
+        save_steps=o.save_steps if o.save_steps > 0 else 500,
+        save_total_limit=o.save_total_limit, seed=tr.seed, data_seed=tr.seed,
+        bf16=tr.bf16, report_to="none", remove_unused_columns=False,
+        dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False, ddp_find_unused_parameters=False,
+        # accelerate treats several CPU processes (torchrun) as distributed, with gloo, only
+        # when use_cpu is set
+        use_cpu=not torch.cuda.is_available(),
+    )
+    _ = targs.device  # joins the process group: every process has checked the paths above
+    state = PartialState()
+    if state.is_main_process and o.overwrite and not o.resume:
+        for old in glob.glob(os.path.join(o.output_dir, "checkpoint-*")):
+            shutil.rmtree(old)
+    state.wait_for_everyone()
+    if o.resume is True and not glob.glob(os.path.join(o.output_dir, "checkpoint-*")):
+        raise SystemExit(f"palu-unlearn: --resume: no checkpoint-* in {o.output_dir!r}")
+
+    class _Epoch(TrainerCallback):
+        def on_epoch_begin(self, a, st, control, **kw):
+            dataset.set_epoch(int((st.epoch or 0) + 1e-6))
+
+    kwargs = job.method.trainer_kwargs() if trainer_cls is None else {"palu": job.method.palu_config()}
+    palu = kwargs["palu"]
+    try:
+        trainer = (trainer_cls or trainer_class(job.method.name))(
+            model=model, args=targs, train_dataset=dataset, data_collator=collator,
+            processing_class=tokenizer, callbacks=[_Epoch(), *(callbacks or [])],
+            **{**kwargs, **(trainer_kwargs or {})})
+    except FusedLinearError as e:  # the model cannot take --fused-linear: say why, no traceback
+        raise SystemExit(f"palu-unlearn: {e}") from None
+
+    # Fixed measurement set: every forget record, each paired with a retain record.
+    eval_items = dataset.measurement_items(d.eval_retain if retain else 0)
+    before = trainer.measure(eval_items, batch_size=tr.batch_size, desc="losses before")
+    train_out = trainer.train(resume_from_checkpoint=o.resume)
+    after = trainer.measure(eval_items, batch_size=tr.batch_size, desc="losses after")
+
+    summary = {
+        "command": job.command(),
+        "arguments": job.arguments(),
+        "versions": _versions(),
+        "world_size": state.num_processes,
+        "data": {"forget": forget_report.describe(),
+                 "forget_skipped": [f"{d.forget}:{ln}: {why}" for ln, why in forget_report.skipped],
+                 "retain": retain_report.describe() if retain_report else None,
+                 "retain_skipped": ([f"{d.retain}:{ln}: {why}" for ln, why in retain_report.skipped]
+                                    if retain_report else []),
+                 "truncated_forget": sum(e["truncated"] for e in dataset.forget),
+                 "truncated_retain": dataset.n_truncated_retain},
+        "palu": palu.to_dict(),
+        "method": {"name": job.method.name, **getattr(trainer, "hparams", {})},
+        "steps": trainer.state.global_step,
+        "train_runtime_s": round(time.time() - t0, 2),
+        "loss_curve": [dict(h) for h in trainer.state.log_history if "loss" in h],
+        "before": before,
+        "after": after,
+        "output_dir": os.path.abspath(o.output_dir),
+    }
+    summary["train_loss"] = getattr(train_out, "training_loss", None)
+
+    final = trainer.accelerator.unwrap_model(trainer.model)
+    if state.is_main_process:
+        if is_peft_model(final):
+            final.save_pretrained(os.path.join(o.output_dir, "adapter"))
+            final = final.merge_and_unload()
+        final.save_pretrained(o.output_dir, safe_serialization=True)
+        tokenizer.save_pretrained(o.output_dir)
+        with open(os.path.join(o.output_dir, "run_summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2, default=str)
+        if verbose:
+            print_summary(summary)
+    state.wait_for_everyone()
+    return summary
+
+
+def print_summary(s: dict) -> None:
+    print("\n=== palu-unlearn summary ===")
+    print(f"data:    {s['data']['forget']}")
+    if s["data"]["retain"]:
+        print(f"         {s['data']['retain']}")
+    for line in s["data"]["forget_skipped"] + s["data"]["retain_skipped"]:
+        print(f"  skipped {line}")
+    print(f"steps:   {s['steps']} on {s['world_size']} process(es), {s['train_runtime_s']} s")
+    keys = [k for k in ("forget_nll", "forget_local", "forget_kl", "retain_nll") if k in s["before"]]
+    print(f"{'':14s}{'before':>12s}{'after':>12s}")
+    for k in keys:
+        print(f"{k:14s}{s['before'][k]:12.4f}{s['after'][k]:12.4f}")
+    print(f"model:   {s['output_dir']} (safetensors, tokenizer, run_summary.json)")
