@@ -487,8 +487,8 @@ def _tiny_models(args, sizes: dict, out: str, progress: bool, log) -> dict:
             "finetuned_dir": model_dirs["finetuned"], "retain_eval": retain_eval,
             "retain_dir": model_dirs["retain"], "forget_spans": str(paths["forget_spans"]),
             "retain": str(paths["retain"]), "max_samples": None,
-            "max_new_tokens": _MAX_NEW_TOKENS, "label": "tiny Llama", "extra_compare": [],
-            "warmup_epochs": 1}
+            "max_new_tokens": _MAX_NEW_TOKENS, "label": "tiny Llama", "warmup_epochs": 1,
+            "save_steps": 0, "delete_models": False, "max_length": 512}
 
 
 def _pretrained_models(args, sizes: dict, source, out: str, progress: bool, log) -> dict:
@@ -548,15 +548,16 @@ def _pretrained_models(args, sizes: dict, source, out: str, progress: bool, log)
             "max_new_tokens": max_new, "label": label, "warmup_epochs": 0,
             # no mid-run checkpoints (a 135M model's optimizer state is a gigabyte) and no
             # unlearned weights kept after their evaluation
-            "extra_compare": ["--save-steps", "1000000000", "--delete-models",
-                              "--max-length", "256"]}
+            "save_steps": 1000000000, "delete_models": True, "max_length": 256}
 
 
 def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> dict:
     from transformers.utils import logging as hf_logging
 
     from ..eval import forget_quality
-    from ..eval.compare import compare, plot
+    from ..experiments.compare import Comparison, plot, run_comparison
+    from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
+                             UnlearningJob, parse_k)
     from ..eval.tofu import write_result
 
     t_start = time.time()
@@ -581,31 +582,34 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
     retain_eval_dir = os.path.join(st["retain_dir"], f"eval_{forget_split}")
     write_result(retain_eval, retain_eval_dir, title="TOFU evaluation of the retain model")
 
-    # 4.+5. unlearning and evaluation: palu-compare (every method from the fine-tuned model,
-    # same data, seed and options; TOFU evaluation of each) --------------------------------
-    log(f"[5/5] unlearning {forget_split} with {', '.join(methods)} and evaluating "
-        f"(palu-compare)")
+    # 4.+5. unlearning and evaluation: one comparison (every method from the fine-tuned
+    # model, same data, seed and options; TOFU evaluation of each) -------------------------
+    log(f"[5/5] unlearning {forget_split} with {', '.join(methods)} and evaluating")
     compare_dir = os.path.join(out, "compare")
-    compare_argv = [
-        "--model", st["finetuned_dir"], "--forget", st["forget_spans"],
-        "--retain", st["retain"], "--methods", ",".join(methods),
-        "--output-dir", compare_dir, "--data-dir", data_dir, "--forget-split", forget_split,
-        "--retain-result", os.path.join(retain_eval_dir, "eval.json"),
-        "--eval-batch-size", "16", "--max-new-tokens", str(st["max_new_tokens"]), "--overwrite",
-        *(["--max-samples", str(st["max_samples"])] if st["max_samples"] else []),
-        # passed through to palu-unlearn
-        "--lr", str(args.lr), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-        "--warmup-epochs", str(st["warmup_epochs"]), "--k", str(args.k),
-        "--gamma", str(args.gamma),
-        "--seed", str(args.seed),
-        "--save-total-limit", "1", "--logging-steps", "1000000", *st["extra_compare"],
-    ]
-    if not progress:
-        compare_argv.append("--no-progress")
+    try:
+        k = parse_k(args.k)
+    except ValueError as e:
+        raise SystemExit(f"palu-unlearn demo: --k: {e}") from None
+    job = UnlearningJob(
+        model=ModelSpec(st["finetuned_dir"]),
+        data=DataSpec(forget=st["forget_spans"], retain=st["retain"],
+                      max_length=st["max_length"]),
+        method=MethodSpec(k=k, gamma=args.gamma),
+        training=TrainingOptions(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                                 warmup_epochs=st["warmup_epochs"], seed=args.seed,
+                                 logging_steps=1000000),
+        output=OutputSpec(compare_dir, save_steps=st["save_steps"], save_total_limit=1,
+                          overwrite=True))
+    comparison = Comparison(
+        job=job, methods=methods, output_dir=compare_dir, data_dir=data_dir,
+        forget_split=forget_split, retain_truth_ratios=ratios_r,
+        max_samples=st["max_samples"], eval_batch_size=16,
+        max_new_tokens=st["max_new_tokens"], delete_models=st["delete_models"],
+        progress=progress, record={"retain_result": os.path.join(retain_eval_dir, "eval.json")})
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        report = compare(compare_argv)
+        report = run_comparison(comparison)
     finally:
         hf_logging.set_verbosity(verbosity)
 

@@ -15,13 +15,13 @@ previous ``eval.json`` of the retain model.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import List, Optional
 
-from .tofu import FORGET_SPLITS, evaluate_model, forget_truth_ratios, split_file, write_result
+from .tofu import (FORGET_SPLITS, evaluate_model, forget_truth_ratios, load_eval_model,
+                   read_retain_result, split_file, write_result)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -69,35 +69,8 @@ def _positive(parser, name, value):
         parser.error(f"{name}: expected a positive integer, got {value}")
 
 
-def load_model_and_tokenizer(path: str, device, dtype: str = "auto",
-                             tokenizer_path: Optional[str] = None):
-    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from local directories (no hub access;
-    :func:`palu_kernels.train.models.load_model_and_tokenizer`)."""
-    from ..train.models import load_model_and_tokenizer as _load
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory not found: {path}")
-    tok_path = tokenizer_path or path
-    if not os.path.isdir(tok_path):
-        raise FileNotFoundError(f"tokenizer directory not found: {tok_path}")
-    return _load(path, tokenizer_source=tok_path, pad_with_eos=False, dtype=dtype,
-                 device=device, eval_mode=True)
-
-
-def _read_retain_result(path: str, forget_split: str) -> List[float]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--retain-result: file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    ratios = data.get("forget_truth_ratios") if isinstance(data, dict) else None
-    if not isinstance(ratios, list) or not ratios:
-        raise ValueError(f"--retain-result: {path} has no 'forget_truth_ratios' list (expected "
-                         "the eval.json written by palu-eval)")
-    got = (data.get("config") or {}).get("forget_split")
-    if got is not None and got != forget_split:
-        raise ValueError(f"--retain-result: {path} was computed on {got!r}, but "
-                         f"--forget-split is {forget_split!r}")
-    return [float(x) for x in ratios]
+load_model_and_tokenizer = load_eval_model
+_read_retain_result = read_retain_result
 
 
 def main(argv: Optional[List[str]] = None) -> int:

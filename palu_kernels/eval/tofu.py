@@ -405,3 +405,37 @@ __all__ = ["EVAL_SPLITS", "FORGET_SPLITS", "PromptEncoder", "UTILITY_KEYS",
            "load_split", "read_json_records", "split_file", "summary_markdown",
            "write_result"]
 
+
+
+def load_eval_model(path: str, device=None, dtype: str = "auto",
+                    tokenizer_path: Optional[str] = None):
+    """``(model, tokenizer)`` for evaluation from local directories, in eval mode on ``device``
+    (:func:`palu_kernels.train.models.load_model_and_tokenizer`; ``FileNotFoundError`` for a
+    missing directory)."""
+    from ..train.models import load_model_and_tokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory not found: {path}")
+    tok_path = tokenizer_path or path
+    if not os.path.isdir(tok_path):
+        raise FileNotFoundError(f"tokenizer directory not found: {tok_path}")
+    return load_model_and_tokenizer(path, tokenizer_source=tok_path, pad_with_eos=False,
+                                    dtype=dtype, device=device, eval_mode=True)
+
+
+def read_retain_result(path: str, forget_split: str) -> List[float]:
+    """``forget_truth_ratios`` of the ``eval.json`` of a previous evaluation of the retain
+    model (``FileNotFoundError`` / ``ValueError`` naming ``--retain-result``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--retain-result: file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    ratios = data.get("forget_truth_ratios") if isinstance(data, dict) else None
+    if not isinstance(ratios, list) or not ratios:
+        raise ValueError(f"--retain-result: {path} has no 'forget_truth_ratios' list (expected "
+                         "the eval.json written by palu-eval)")
+    got = (data.get("config") or {}).get("forget_split")
+    if got is not None and got != forget_split:
+        raise ValueError(f"--retain-result: {path} was computed on {got!r}, but "
+                         f"--forget-split is {forget_split!r}")
+    return [float(x) for x in ratios]

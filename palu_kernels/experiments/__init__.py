@@ -1,0 +1,6 @@
+"""Experiments built from the train and eval layers: comparisons of methods (and sweeps).
+
+:func:`palu_kernels.experiments.compare.run_comparison` runs every method of a
+:class:`~palu_kernels.experiments.compare.Comparison` with
+:func:`palu_kernels.train.job.run_unlearning` and evaluates each model.
+"""

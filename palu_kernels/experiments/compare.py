@@ -1,0 +1,219 @@
+"""Compare unlearning methods: run every method from the same model, data and options
+(:func:`palu_kernels.train.job.run_unlearning`, one job per method), evaluate each model on
+TOFU (:func:`palu_kernels.eval.evaluate_model`), write one table and a Forget Quality /
+Model Utility plot. ``palu-compare`` (:mod:`palu_kernels.cli.compare`) and the demo build a
+:class:`Comparison` and call :func:`run_comparison`; no command line is involved here.
+
+Writes into ``output_dir``: ``<method>/`` (the unlearned model, its ``run_summary.json`` and
+``eval_<split>/eval.{json,md}``), ``original/eval_<split>/``, ``compare.json`` (the rows and
+the configuration), ``compare.md`` (the table) and ``compare.png`` (Forget Quality, log
+scale, against Model Utility). Forget Quality needs the retain model (``retain_model`` or
+``retain_truth_ratios``); without it the table says ``n/a`` and there is no plot.
+"""
+
+from __future__ import annotations
+
+import gc
+import glob
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from typing import List, Optional
+
+from ..eval.tofu import _fmt, evaluate_model, forget_truth_ratios, load_eval_model, write_result
+from ..train.job import UnlearningJob, run_unlearning
+from ..train.registry import METHODS
+
+__all__ = ["COLUMNS", "Comparison", "parse_methods", "plot", "run_comparison", "table_markdown"]
+
+DEFAULT_METHODS = "palu,ga,npo"
+COLUMNS = (("method", "method"), ("forget_quality", "Forget Quality"),
+           ("model_utility", "Model Utility"), ("forget_probability", "forget probability"),
+           ("forget_rouge", "forget ROUGE-L"), ("train_time_s", "train time (s)"),
+           ("steps", "steps"))
+
+
+@dataclass
+class Comparison:
+    """One comparison: ``job`` is the template (its method name and output directory are
+    replaced for each of ``methods``; every other option is shared)."""
+
+    job: UnlearningJob
+    methods: List[str]
+    output_dir: str
+    data_dir: str
+    forget_split: str = "forget01"
+    retain_model: Optional[str] = None
+    retain_truth_ratios: Optional[List[float]] = None
+    max_samples: Optional[int] = None
+    eval_batch_size: int = 8
+    max_new_tokens: int = 200
+    delete_models: bool = False
+    progress: bool = True
+    record: dict = field(default_factory=dict)
+    """Extra keys for ``compare.json``'s ``config`` (the command line, the options given)."""
+
+
+def parse_methods(text: str) -> List[str]:
+    """``"palu,ga"`` -> ``["palu", "ga"]``; ``ValueError`` for unknown or repeated names."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise ValueError(f"--methods: expected a comma-separated list of {tuple(METHODS)}, "
+                         f"got {text!r}")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"--methods: unknown method(s) {bad}; expected names from "
+                         f"{tuple(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"--methods: a method is listed twice in {text!r}")
+    return methods
+
+
+def _row(method: str, result: dict, train_s: Optional[float], steps: Optional[int],
+         eval_dir: str) -> dict:
+    m = result["metrics"]
+    return {"method": method, "forget_quality": m["forget_quality"],
+            "model_utility": m["model_utility"],
+            "forget_probability": m["forget"]["probability"],
+            "forget_rouge": m["forget"]["rouge_l_recall"],
+            "train_time_s": None if train_s is None else round(train_s, 2), "steps": steps,
+            "eval_dir": eval_dir}
+
+
+def table_markdown(rows: List[dict]) -> str:
+    """The comparison table (one row per method) as markdown."""
+    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = ["-" if r[k] is None and k in ("train_time_s", "steps") else _fmt(r[k])
+                 for k, _ in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: List[dict], path: str, title: str) -> Optional[str]:
+    """Forget Quality (log y) against Model Utility, one labelled point per row; ``None``
+    (nothing written) when no row has a Forget Quality."""
+    pts = [r for r in rows if r["forget_quality"] is not None]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    labels: dict = {}  # one label per point, naming every method that lands on it
+    for r in pts:
+        fq = max(float(r["forget_quality"]), 1e-300)  # a p-value may underflow to 0
+        style = {"marker": "s", "color": "gray"} if r["method"] == "original" else {"marker": "o"}
+        ax.scatter([r["model_utility"]], [fq], s=50, label=r["method"], **style)
+        labels.setdefault((round(r["model_utility"], 4), float(f"{fq:.4g}")), []).append(r["method"])
+    for (mu, fq), names in labels.items():
+        ax.annotate(", ".join(names), (mu, fq), textcoords="offset points", xytext=(5, 5),
+                    fontsize=9)
+    ax.set_yscale("log")
+    ax.set_xlim(-0.02, max(1.0, max(r["model_utility"] for r in pts)) + 0.02)
+    ax.set_xlabel("Model Utility (higher is better)")
+    ax.set_ylabel("Forget Quality, KS p-value (log, higher is better)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _free(model) -> None:
+    import torch
+
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _delete_weights(directory: str) -> None:
+    for pattern in ("*.safetensors", "*.bin", "checkpoint-*", "adapter"):
+        for path in glob.glob(os.path.join(directory, pattern)):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def run_comparison(c: Comparison) -> dict:
+    """Run every method of ``c``, evaluate, write the outputs; returns
+    ``{"config", "rows", "table", "plot"}`` (also in ``<output_dir>/compare.json``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = c.output_dir
+    eval_kw = {"max_samples": c.max_samples, "batch_size": c.eval_batch_size,
+               "progress": c.progress}
+    os.makedirs(out, exist_ok=True)
+    t_all = time.perf_counter()
+    retain_ratios = c.retain_truth_ratios
+    try:
+        if c.retain_model:
+            rmodel, rtok = load_eval_model(c.retain_model, device)
+            retain_ratios = forget_truth_ratios(rmodel, rtok, c.data_dir, c.forget_split,
+                                                **eval_kw)
+            _free(rmodel)
+
+        def evaluate(model_dir: str, name: str) -> tuple:
+            model, tok = load_eval_model(model_dir, device)
+            result = evaluate_model(model, tok, c.data_dir, c.forget_split,
+                                    max_new_tokens=c.max_new_tokens,
+                                    retain_truth_ratios=retain_ratios, **eval_kw)
+            _free(model)
+            result["config"].update({"model": os.path.abspath(model_dir), "method": name})
+            eval_dir = os.path.join(out, name, f"eval_{c.forget_split}")
+            write_result(result, eval_dir, title=f"TOFU evaluation of {name}")
+            return result, eval_dir
+
+        rows = []
+        result, eval_dir = evaluate(c.job.model.path, "original")
+        rows.append(_row("original", result, None, None, eval_dir))
+        for method in tqdm(c.methods, desc="palu-compare methods", disable=not c.progress):
+            method_dir = os.path.join(out, method)
+            job = replace(c.job, method=replace(c.job.method, name=method),
+                          output=replace(c.job.output, output_dir=method_dir))
+            t0 = time.perf_counter()
+            summary = run_unlearning(job)
+            train_s = time.perf_counter() - t0
+            result, eval_dir = evaluate(method_dir, method)
+            rows.append(_row(method, result, train_s, summary.get("steps"), eval_dir))
+            if c.delete_models:
+                _delete_weights(method_dir)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"palu-compare: error: {e}") from None
+
+    title = f"Forget Quality vs Model Utility ({c.forget_split})"
+    table = table_markdown(rows)
+    png = plot(rows, os.path.join(out, "compare.png"), title)
+    config = {**c.record, "methods": list(c.methods), "model": os.path.abspath(c.job.model.path),
+              "forget": c.job.data.forget, "retain": c.job.data.retain, "data_dir": c.data_dir,
+              "forget_split": c.forget_split, "retain_model": c.retain_model,
+              "max_samples": c.max_samples, "max_new_tokens": c.max_new_tokens,
+              "unlearn_job": {k: v for k, v in c.job.arguments().items()
+                              if k not in ("method", "output_dir")},
+              "output_dir": os.path.abspath(out), "device": str(device),
+              "seconds": round(time.perf_counter() - t_all, 2)}
+    report = {"config": config, "rows": rows, "table": table, "plot": png}
+    with open(os.path.join(out, "compare.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1, default=str)
+    md = [f"# palu-compare on {c.forget_split}", "", table]
+    if png is None:
+        md.append("No Forget Quality (pass --retain-model or --retain-result), so no plot.\n")
+    else:
+        md.append(f"![{title}](compare.png)\n")
+    md.append("Forget Quality: KS-test p-value of forget-set truth ratios against the retain "
+              "model's (higher = closer to never having seen the data). Model Utility: harmonic "
+              "mean of probability, ROUGE-L recall and truth ratio on retain, real authors and "
+              "world facts. Train time: the whole unlearning run (loading, measurements, "
+              "saving included).\n")
+    with open(os.path.join(out, "compare.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    return report
