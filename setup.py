@@ -23,9 +23,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "palu-unlearn=palu_kernels.train.cli:main",
-            "palu-eval=palu_kernels.eval.cli:main",
-            "palu-compare=palu_kernels.eval.compare:main",
+            "palu-unlearn=palu_kernels.cli.unlearn:main",
+            "palu-eval=palu_kernels.cli.eval:main",
+            "palu-compare=palu_kernels.cli.compare:main",
         ]
     },
 )

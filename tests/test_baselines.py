@@ -269,7 +269,7 @@ def test_bad_config():
 
 
 def test_cli_method_choices_are_the_registry(tmp_path):
-    from palu_kernels.train import cli
+    from palu_kernels.cli import unlearn as cli
 
     if cli.METHODS == ("palu",):
         pytest.skip("palu-unlearn --method is not yet wired to baselines.METHODS")

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
-from palu_kernels.eval import compare  # noqa: E402
+from palu_kernels.cli import compare  # noqa: E402
 from palu_kernels.tiny import build_tiny_llama  # noqa: E402
 
 from helpers import TOFU, needs_tofu, write_tofu_subset  # noqa: E402

@@ -7,7 +7,8 @@ import pytest
 
 from palu_kernels.demo.pretrained import (SMOLLM2_PACKAGE, SMOLLM2_PIP, locate_smollm2_gguf,
                                           resolve_model)
-from palu_kernels.demo.run import _resolve, build_parser, format_table, run_demo
+from palu_kernels.cli.demo import build_parser, run_demo
+from palu_kernels.demo.run import _resolve, format_table
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from palu_kernels.eval import metrics as M
-from palu_kernels.eval.cli import main
+from palu_kernels.cli.eval import main
 from palu_kernels.eval.tofu import (EVAL_SPLITS, UTILITY_KEYS, PromptEncoder, evaluate_model,
                                     load_split)
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from palu_kernels.demo.synth import NO_INFO_TEMPLATES, TEMPLATES, generate_benchmark, main
+from palu_kernels.cli.synth import main
+from palu_kernels.demo.synth import NO_INFO_TEMPLATES, TEMPLATES, generate_benchmark
 
 TOFU = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tofu"
 

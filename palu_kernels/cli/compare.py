@@ -24,7 +24,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .tofu import EVAL_SPLITS, FORGET_SPLITS, read_retain_result, split_file
+from ..eval.tofu import EVAL_SPLITS, FORGET_SPLITS, read_retain_result, split_file
 from ..experiments.compare import (COLUMNS, DEFAULT_METHODS, Comparison, parse_methods, plot,  # noqa: F401
                                    run_comparison, table_markdown)
 
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def comparison_from_argv(argv: Optional[List[str]] = None) -> Comparison:
     """Parse ``palu-compare``'s command line into a :class:`Comparison` (``SystemExit`` with
     the parser's message on bad options, before any work)."""
-    from ..train.cli import build_parser as unlearn_parser, job_from_args
+    from .unlearn import build_parser as unlearn_parser, job_from_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -20,10 +20,10 @@ import sys
 import time
 from typing import List, Optional
 
-from .tofu import (FORGET_SPLITS, evaluate_model, forget_truth_ratios, load_eval_model,
-                   read_retain_result, split_file, write_result)
+from ..eval.tofu import (FORGET_SPLITS, evaluate_model, forget_truth_ratios, load_eval_model,
+                         read_retain_result, split_file, write_result)
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from ..train.models import DTYPES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,10 +69,6 @@ def _positive(parser, name, value):
         parser.error(f"{name}: expected a positive integer, got {value}")
 
 
-load_model_and_tokenizer = load_eval_model
-_read_retain_result = read_retain_result
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -115,14 +111,14 @@ def _run(args, device, output_dir: str, progress: bool) -> int:
     try:
         retain_ratios = None
         if args.retain_result:
-            retain_ratios = _read_retain_result(args.retain_result, args.forget_split)
+            retain_ratios = read_retain_result(args.retain_result, args.forget_split)
         elif args.retain_model:
-            rmodel, rtok = load_model_and_tokenizer(args.retain_model, device, args.dtype)
+            rmodel, rtok = load_eval_model(args.retain_model, device, args.dtype)
             retain_ratios = forget_truth_ratios(rmodel, rtok, args.data_dir, args.forget_split,
                                                 max_samples=args.max_samples,
                                                 batch_size=args.batch_size, progress=progress)
             del rmodel
-        model, tokenizer = load_model_and_tokenizer(args.model, device, args.dtype,
+        model, tokenizer = load_eval_model(args.model, device, args.dtype,
                                                     args.tokenizer)
         result = evaluate_model(model, tokenizer, args.data_dir, args.forget_split,
                                 max_samples=args.max_samples, batch_size=args.batch_size,

@@ -1,0 +1,13 @@
+"""The command lines, the top layer: the only modules that parse argv.
+
+* ``palu-unlearn`` (:mod:`.unlearn`): argv -> :class:`~palu_kernels.train.job.UnlearningJob`
+  -> :func:`~palu_kernels.train.job.run_unlearning`; ``palu-unlearn demo`` -> :mod:`.demo`;
+* ``palu-eval`` (:mod:`.eval`): TOFU evaluation of one model;
+* ``palu-compare`` (:mod:`.compare`): argv -> :class:`~palu_kernels.experiments.compare.
+  Comparison` -> :func:`~palu_kernels.experiments.compare.run_comparison`;
+* ``palu-unlearn demo`` (:mod:`.demo`): argv -> :class:`~palu_kernels.demo.run.DemoConfig`;
+* ``python -m palu_kernels.cli.synth``: write the synthetic benchmark.
+
+Layers (each imports only the ones below it): core <- train <- eval <- experiments <- demo
+<- cli (``tests/test_layers.py``).
+"""

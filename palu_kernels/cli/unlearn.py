@@ -1,0 +1,186 @@
+"""``palu-unlearn``: PALU unlearning of a Hugging Face causal LM from the command line.
+
+Example (CPU, tiny model built with ``palu_kernels.tiny.save_tiny_model``)::
+
+    palu-unlearn --model /tmp/tiny-llama \\
+        --forget ../shared/data/tofu/forget01_spans.jsonl \\
+        --retain ../shared/data/tofu/retain99.json \\
+        --epochs 1 --batch-size 4 --output-dir /tmp/tiny-unlearned --skip-bad-records
+
+Add ``--fused-linear`` to compute the PALU forget loss from the last hidden states and the
+``lm_head`` weight in row chunks, so the forget batch's ``[batch, length, vocab]`` logits are
+never built (large vocabularies; models with a plain ``nn.Linear`` output projection).
+
+Several processes: ``torchrun --nproc_per_node 2 -m palu_kernels.cli.unlearn ...`` or
+``accelerate launch -m palu_kernels.cli.unlearn ...`` (same arguments). The command line
+becomes an :class:`~palu_kernels.train.job.UnlearningJob` (:func:`job_from_args`) run by
+:func:`palu_kernels.train.job.run_unlearning`, which library code calls directly. From
+Python: ``main([...])`` runs it (returns 0) and ``unlearn([...])`` returns the run summary (a
+dict, also written to ``<output-dir>/run_summary.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions, UnlearningJob,
+                  check_job, run_unlearning)
+from ..train.registry import METHODS as _REGISTRY
+from ..train.registry import add_method_arguments, method_defaults, trainer_class  # noqa: F401
+
+METHODS = tuple(_REGISTRY)
+"""``--method`` choices: the keys of :data:`palu_kernels.train.registry.METHODS`."""
+
+
+def _target(value: str):
+    if value in ("mean", "mean_detached", "topk_mean"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--target must be mean, mean_detached, topk_mean or a number, got {value!r}") from None
+
+
+def _k(value: str):
+    if value.lower() in ("none", "all"):
+        return None
+    k = int(value)
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"--k must be >= 1 or 'all', got {value!r}")
+    return k
+
+
+def _first_n(value: str):
+    n = int(value)
+    if n < -1:
+        raise argparse.ArgumentTypeError(f"--first-n must be >= 0 or -1 (every row), got {value!r}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="palu-unlearn",
+        description="Unlearn span-annotated facts from a causal LM with the PALU loss "
+                    "(local entropy on the first tokens of sensitive spans, KL elsewhere, "
+                    "NLL on a retain set).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True,
+                   help="local model directory, or a .gguf file (loaded with gguf_file=)")
+    p.add_argument("--forget", required=True,
+                   help="forget records, JSON / JSON lines {question, answer, target_words}")
+    p.add_argument("--retain", default=None,
+                   help="retain records, JSON / JSON lines {question, answer} (optional)")
+    p.add_argument("--output-dir", required=True, help="where the unlearned model goes")
+    p.add_argument("--method", default="palu", choices=METHODS, help="forget objective")
+    p.add_argument("--k", type=_k, default=5000, help="top-K set size ('all' = whole vocabulary)")
+    p.add_argument("--first-n", type=_first_n, default=3,
+                   help="initiating rows per sensitive run (-1 = every sensitive row)")
+    p.add_argument("--target", type=_target, default="mean",
+                   help="local target: mean, mean_detached, topk_mean or a float")
+    p.add_argument("--kl", default="reverse", choices=["reverse", "forward", "none"],
+                   help="KL on common rows")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="weight of the local term (baselines: of the forget loss); defaults: "
+                        + ", ".join(f"{m} {method_defaults(m)['gamma']}" for m in METHODS))
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="weight of the KL and retain terms (baselines: of the retain NLL)")
+    add_method_arguments(p)  # --beta, --delta, --idk-file
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--fused-linear", action="store_true",
+                   help="palu only: compute the forget loss from the last hidden states and the "
+                        "lm_head weight in row chunks, never the batch x length x vocab logits "
+                        "(models with a plain Linear output projection: Llama, Qwen, SmolLM, ...)")
+    p.add_argument("--chunk-rows", type=int, default=None,
+                   help="rows projected at once with --fused-linear (default: chosen from the "
+                        "vocabulary and hidden sizes)")
+    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (AdamW)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--optim", default="adamw_torch",
+                   help="optimizer name of transformers.TrainingArguments (e.g. adamw_torch, sgd)")
+    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up length")
+    p.add_argument("--batch-size", type=int, default=4, help="per-process micro-batch size")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--max-length", type=int, default=512, help="longest tokenised example")
+    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 = full fine-tuning")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 2 * r)")
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--save-steps", type=int, default=0,
+                   help="checkpoint every N optimizer steps (0 = at the end of each epoch)")
+    p.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept")
+    p.add_argument("--logging-steps", type=int, default=1)
+    p.add_argument("--eval-retain", type=int, default=100,
+                   help="retain records used for the before/after retain loss")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="resume from the last checkpoint in --output-dir (or from CHECKPOINT)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow a non-empty --output-dir (its old checkpoint-* are removed)")
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="skip (and report) bad data records instead of failing")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow code from the model directory (off by default)")
+    return p
+
+
+def job_from_args(args) -> UnlearningJob:
+    """The :class:`~palu_kernels.train.job.UnlearningJob` of parsed ``palu-unlearn`` arguments."""
+    return UnlearningJob(
+        model=ModelSpec(path=args.model, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                        trust_remote_code=args.trust_remote_code),
+        data=DataSpec(forget=args.forget, retain=args.retain, max_length=args.max_length,
+                      first_n=args.first_n, eval_retain=args.eval_retain,
+                      skip_bad_records=args.skip_bad_records),
+        method=MethodSpec(name=args.method, k=args.k, target=args.target,
+                          kl=None if args.kl == "none" else args.kl, gamma=args.gamma,
+                          alpha=args.alpha, beta=args.beta, delta=args.delta,
+                          idk_file=args.idk_file, backend=args.backend,
+                          fused_linear=args.fused_linear, chunk_rows=args.chunk_rows),
+        training=TrainingOptions(lr=args.lr, weight_decay=args.weight_decay, optim=args.optim,
+                                 epochs=args.epochs, max_steps=args.max_steps,
+                                 warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+                                 grad_accum=args.grad_accum, bf16=args.bf16, seed=args.seed,
+                                 logging_steps=args.logging_steps),
+        output=OutputSpec(output_dir=args.output_dir, save_steps=args.save_steps,
+                          save_total_limit=args.save_total_limit, resume=args.resume,
+                          overwrite=args.overwrite))
+
+
+def check_paths(args) -> tuple[str, str | None]:
+    """Validate model/output paths; returns ``(model_dir, gguf_file_or_None)``."""
+    source = check_job(job_from_args(args))
+    return source.directory, source.gguf_file
+
+
+def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
+    """Run one unlearning job from parsed arguments; returns the run summary
+    (:func:`palu_kernels.train.job.run_unlearning` of :func:`job_from_args`)."""
+    return run_unlearning(job_from_args(args), callbacks=callbacks, trainer_cls=trainer_cls,
+                          trainer_kwargs=trainer_kwargs)
+
+
+def unlearn(argv=None) -> dict:
+    """Parse ``argv`` (a list of CLI arguments) and run; returns the run summary dict."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run(build_parser().parse_args(argv))
+
+
+def main(argv=None) -> int:
+    """Entry point of ``palu-unlearn``; ``main([...])`` works from Python too (returns 0; use
+    :func:`unlearn` for the summary dict). ``palu-unlearn demo ...`` runs the demo
+    (:mod:`palu_kernels.cli.demo`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+
+        return demo_main(argv[1:])
+    unlearn(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
