@@ -166,14 +166,12 @@ def save_tiny_model(directory: str, texts: Sequence[str] | None = None, *, vocab
                     chat_template: str | None = None) -> str:
     """Build a tokenizer and a tiny Llama and save both (safetensors) into ``directory``.
 
-    ``texts`` default to the TOFU questions and answers of ``../shared/data/tofu/full.json``
-    when that file exists (relative to the current directory), else to a few built-in
-    sentences. Returns ``directory``; load it back with
+    ``texts``: the tokenizer's training texts (e.g. ``tofu_texts(path)`` of a TOFU file; no
+    default path is read); ``None``: a few built-in sentences. Returns ``directory``; load it back with
     ``AutoModelForCausalLM.from_pretrained(directory)`` / ``AutoTokenizer.from_pretrained``.
     """
     if texts is None:
-        default = os.path.join("..", "shared", "data", "tofu", "full.json")
-        texts = tofu_texts(default) if os.path.exists(default) else _FALLBACK_TEXTS * 8
+        texts = _FALLBACK_TEXTS * 8
     tok = build_tokenizer(texts, vocab_size=vocab_size, chat_template=chat_template)
     model = build_tiny_llama(tok, hidden_size=hidden_size, num_layers=num_layers,
                              num_heads=num_heads, seed=seed)

@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="comma-separated methods (default: %(default)s)")
     p.add_argument("--output-dir", required=True, help="where models, results and plots go")
-    p.add_argument("--data-dir", default=os.path.join("..", "shared", "data", "tofu"),
-                   help="TOFU evaluation data directory (default: %(default)s)")
+    p.add_argument("--data-dir", required=True,
+                   help="TOFU evaluation data directory (e.g. ../shared/data/tofu)")
     p.add_argument("--forget-split", default="forget01", choices=FORGET_SPLITS,
                    help="evaluation forget set (default: %(default)s)")
     fq = p.add_mutually_exclusive_group()

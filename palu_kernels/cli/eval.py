@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "offline")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory (default: the model directory)")
-    p.add_argument("--data-dir", default=os.path.join("..", "shared", "data", "tofu"),
-                   help="TOFU data directory (default: %(default)s)")
+    p.add_argument("--data-dir", required=True,
+                   help="TOFU data directory (e.g. ../shared/data/tofu)")
     p.add_argument("--forget-split", default="forget01", choices=FORGET_SPLITS,
                    help="forget set (default: %(default)s)")
     retain = p.add_mutually_exclusive_group()

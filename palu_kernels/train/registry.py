@@ -15,7 +15,7 @@ from dataclasses import asdict, fields
 from .base import BaselineConfig, PALUConfig
 from .methods.ga import GATrainer
 from .methods.graddiff import GradDiffTrainer
-from .methods.idkdpo import DEFAULT_IDK_FILE, IdkDPOTrainer
+from .methods.idkdpo import IdkDPOTrainer
 from .methods.npo import NPOTrainer
 from .methods.palu import PALUTrainer
 from .methods.simnpo import SimNPOTrainer
@@ -81,8 +81,8 @@ def add_method_arguments(parser) -> None:
     parser.add_argument("--delta", type=float, default=None,
                         help=f"margin (defaults: {_defaults_of('delta')})")
     parser.add_argument("--idk-file", default=None,
-                        help="idkdpo refusal answers, one per line (default "
-                             f"{DEFAULT_IDK_FILE} if present, else a built-in list)")
+                        help="idkdpo refusal answers, one per line (e.g. "
+                             "../shared/data/tofu/idontknow.jsonl; default: a built-in list)")
 
 
 __all__ = ["LOSSES", "METHODS", "add_method_arguments", "method_defaults", "method_kwargs",

@@ -10,7 +10,6 @@ The refusals come from a file (:func:`load_refusals`); :class:`RefusalDataset` a
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 
@@ -22,8 +21,10 @@ from ..data import PALUDataset, QARecord, encode_record
 from .sequence import (check_beta, check_same_shape, forget_logprobs, forget_window, reduce,
                        sequence_logprob, sequence_logs)
 
-DEFAULT_IDK_FILE = os.path.join("..", "shared", "data", "tofu", "idontknow.jsonl")
-"""Refusal answers used by ``idkdpo`` when it exists (relative to the working directory)."""
+DEFAULT_IDK_FILE = ""
+"""No default refusal file: data paths are arguments (``--idk-file``, e.g. TOFU's
+``idontknow.jsonl``); without one ``idkdpo`` uses :data:`BUILTIN_REFUSALS`. Kept (empty) for
+callers that test ``os.path.isfile(DEFAULT_IDK_FILE)``."""
 
 BUILTIN_REFUSALS = (
     "I don't know.",
@@ -37,7 +38,7 @@ BUILTIN_REFUSALS = (
     "Sorry, I don't know the answer.",
     "I am unable to answer that.",
 )
-"""Refusals used by ``idkdpo`` when no file is given and :data:`DEFAULT_IDK_FILE` is absent."""
+"""Refusals used by ``idkdpo`` when no file is given (``--idk-file``)."""
 
 
 def idkdpo_loss(win_logp: torch.Tensor, win_ref_logp: torch.Tensor, lose_logp: torch.Tensor,
@@ -61,12 +62,10 @@ def load_refusals(path: str | None = None) -> list[str]:
     """Refusal answers for ``idkdpo``: one per line of ``path`` (plain text, or a JSON string /
     object with an ``"answer"`` or ``"text"`` field per line; blank lines skipped).
 
-    ``path=None``: :data:`DEFAULT_IDK_FILE` when it exists, else :data:`BUILTIN_REFUSALS`.
+    ``path=None``: :data:`BUILTIN_REFUSALS` (there is no default file).
     """
     if path is None:
-        if not os.path.isfile(DEFAULT_IDK_FILE):
-            return list(BUILTIN_REFUSALS)
-        path = DEFAULT_IDK_FILE
+        return list(BUILTIN_REFUSALS)
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
