@@ -47,7 +47,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-IGNORE_INDEX = -100
+from ..constants import IGNORE_INDEX
 
 __all__ = [
     "TokenScores",

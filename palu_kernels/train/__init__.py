@@ -1,5 +1,7 @@
 """Thin unlearning trainer: data loading and masks, the base trainer, the methods (PALU and
-the baselines), their registry and the ``palu-unlearn`` CLI.
+the baselines), their registry (``registry.py``), the one model loader (``models.py``), a
+typed job and ``run_unlearning`` (``job.py``; the ``palu-unlearn`` command line is
+:mod:`palu_kernels.cli.unlearn`) and a small fine-tuning function (``finetune.py``).
 
 Needs the ``train`` extra (transformers, accelerate, safetensors, tqdm; peft for LoRA).
 """

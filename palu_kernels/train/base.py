@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 import torch
 from transformers import Trainer
 
+from ..constants import IGNORE_INDEX
 from ..loss import palu_local_entropy_loss
 from .heads import FusedLinearError, is_peft_model
 
@@ -99,7 +100,7 @@ def resolve_config(config_class: type, given):
 def forget_counts(inputs: dict) -> torch.Tensor:
     """``[forget answer tokens, forget sequences]`` of one collated batch (fp64)."""
     lab = inputs["forget_labels"]
-    return torch.tensor([float((lab[:, 1:] != -100).sum()), float(lab.shape[0])],
+    return torch.tensor([float((lab[:, 1:] != IGNORE_INDEX).sum()), float(lab.shape[0])],
                         dtype=torch.float64)
 
 
@@ -108,7 +109,8 @@ def batch_counts(inputs: dict) -> torch.Tensor:
     forget answer tokens, forget sequences]``."""
     n_i = inputs["forget_initiating_mask"].sum()
     n_c = inputs["forget_common_mask"].sum()
-    n_r = (inputs["retain_labels"][:, 1:] != -100).sum() if "retain_labels" in inputs else 0
+    n_r = ((inputs["retain_labels"][:, 1:] != IGNORE_INDEX).sum() if "retain_labels" in inputs
+           else 0)
     return torch.cat([torch.tensor([float(n_i), float(n_c), float(n_r)], dtype=torch.float64),
                       forget_counts(inputs)])
 
@@ -241,7 +243,7 @@ class UnlearningTrainer(Trainer):
         labels = inputs["retain_labels"][:, 1:]
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-            ignore_index=-100, reduction="sum",
+            ignore_index=IGNORE_INDEX, reduction="sum",
         )
         return nll / counts[2].clamp(min=1).to(nll.dtype)
 
@@ -328,8 +330,8 @@ class UnlearningTrainer(Trainer):
                 lab = batch["forget_labels"][:, 1:]
                 sums[0] += torch.nn.functional.cross_entropy(
                     logits[:, :-1].reshape(-1, logits.shape[-1]).float(), lab.reshape(-1),
-                    ignore_index=-100, reduction="sum").item()
-                n_answer += int((lab != -100).sum())
+                    ignore_index=IGNORE_INDEX, reduction="sum").item()
+                n_answer += int((lab != IGNORE_INDEX).sum())
                 imask, cmask = batch["forget_initiating_mask"], batch["forget_common_mask"]
                 rows = palu_local_entropy_loss(logits, ref, imask, cmask, k=cfg.k, target=cfg.target,
                                                kl=cfg.kl, reduction="none", backend=cfg.backend)
@@ -342,8 +344,8 @@ class UnlearningTrainer(Trainer):
                     rlab = batch["retain_labels"][:, 1:]
                     sums[3] += torch.nn.functional.cross_entropy(
                         rl[:, :-1].reshape(-1, rl.shape[-1]).float(), rlab.reshape(-1),
-                        ignore_index=-100, reduction="sum").item()
-                    sums[4] += int((rlab != -100).sum())
+                        ignore_index=IGNORE_INDEX, reduction="sum").item()
+                    sums[4] += int((rlab != IGNORE_INDEX).sum())
         finally:
             model.train(was_training)
         out = {"forget_nll": sums[0].item() / max(1, n_answer),

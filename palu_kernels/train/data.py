@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..constants import IGNORE_INDEX
 from ..masks import initiating_mask
 
-IGNORE_INDEX = -100
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
 """Prompt used when the tokenizer has no chat template; the answer follows after one space."""
 PLAIN_ANSWER_PREFIX = " "
@@ -239,10 +239,10 @@ def encode_record(tokenizer, record: QARecord, *, max_length: int | None = None,
     """Tokenise one record and build its labels and PALU row masks.
 
     Sequence: prompt tokens, answer tokens, EOS. Token-aligned fields (length ``L``):
-    ``input_ids``, ``attention_mask``, ``labels`` (``-100`` on the prompt, the token id on the
-    answer and EOS), ``sensitive`` (answer tokens whose character span overlaps a sensitive
-    span; never EOS). Row fields, shifted (row ``t`` refers to token ``t+1``, row ``L-1`` is
-    empty): ``initiating_mask`` (first ``first_n`` rows of every sensitive run, via
+    ``input_ids``, ``attention_mask``, ``labels`` (``IGNORE_INDEX`` on the prompt, the token
+    id on the answer and EOS), ``sensitive`` (answer tokens whose character span overlaps a
+    sensitive span; never EOS). Row fields, shifted (row ``t`` refers to token ``t+1``, row
+    ``L-1`` is empty): ``initiating_mask`` (first ``first_n`` rows of every sensitive run, via
     :func:`palu_kernels.masks.initiating_mask`) and ``common_mask`` (non-sensitive answer rows,
     EOS included). ``truncated`` says whether ``max_length`` cut the sequence.
     """
@@ -364,7 +364,7 @@ class PALUCollator:
     Output keys: ``forget_input_ids``, ``forget_attention_mask``, ``forget_labels``,
     ``forget_initiating_mask``, ``forget_common_mask`` (bool, shifted rows) and, when the items
     have a retain part, ``retain_input_ids``, ``retain_attention_mask``, ``retain_labels``.
-    Padding gets ``pad_token_id``, attention 0, label -100 and no mask rows.
+    Padding gets ``pad_token_id``, attention 0, label ``IGNORE_INDEX`` and no mask rows.
     """
 
     def __init__(self, pad_token_id: int):

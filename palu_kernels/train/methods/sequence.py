@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...constants import IGNORE_INDEX
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -52,8 +54,8 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 
     Args:
         logits: ``[B, T, V]`` model logits (row ``t`` predicts token ``t+1``).
-        labels: ``[B, T]`` token ids, ``-100`` where there is nothing to score (prompt, padding);
-            shifted here, so ``labels[:, 0]`` is never scored.
+        labels: ``[B, T]`` token ids, ``IGNORE_INDEX`` where there is nothing to score
+            (prompt, padding); shifted here, so ``labels[:, 0]`` is never scored.
 
     Returns:
         ``(logp, n_tokens)``: ``[B]`` fp32 ``sum_t log p(label_{t+1} | row t)`` and ``[B]``
@@ -64,9 +66,10 @@ def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
                          f"and {tuple(labels.shape)}")
     z = logits[:, :-1].float()
     lab = labels[:, 1:]
-    nll = F.cross_entropy(z.reshape(-1, z.shape[-1]), lab.reshape(-1), ignore_index=-100,
+    nll = F.cross_entropy(z.reshape(-1, z.shape[-1]), lab.reshape(-1),
+                          ignore_index=IGNORE_INDEX,
                           reduction="none").view(lab.shape)
-    return -nll.sum(-1), (lab != -100).sum(-1).float()
+    return -nll.sum(-1), (lab != IGNORE_INDEX).sum(-1).float()
 
 
 def forget_logprobs(trainer, model, inputs, reference: bool = False):
