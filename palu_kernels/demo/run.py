@@ -41,26 +41,19 @@ instead.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
-__all__ = ["DEMO_CHAT_TEMPLATE", "DemoConfig", "fine_tune", "format_table", "run"]
+from .models import DEMO_CHAT_TEMPLATE, DemoSetup, pretrained_models, tiny_models
+from .table import format_table, table_rows
 
-# The prompt format of the demo's tokenizer. The trainer and the evaluation both apply a
-# tokenizer's chat template the same way (prompt tokens, then the answer tokenised on its own,
-# then EOS), so fine-tuning, unlearning and evaluation see identical token sequences.
-DEMO_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}Question: {{ message['content'] }}\n"
-    "Answer: {% endfor %}"
-)
+__all__ = ["DEMO_CHAT_TEMPLATE", "DemoConfig", "DemoSetup", "format_table", "run"]
 
 # The methods the demo runs by default, in table order; --methods takes any key of the one
 # method registry, palu_kernels.train.registry.METHODS.
 _BASELINES = ("palu", "npo", "ga")
-_MAX_NEW_TOKENS = 48  # the synthetic answers are short
 
 # name: (n_people, questions_per_person, forget_fraction, hidden, layers, vocab, max ft epochs)
 _SIZES = {
@@ -121,155 +114,10 @@ class DemoConfig:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _rows(path) -> List[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def _available_methods() -> List[str]:
     from ..train.registry import METHODS
 
     return list(METHODS)
-
-
-def _training_pairs(paths: Dict[str, os.PathLike], forget: bool) -> List[tuple]:
-    """(question, answer) pairs a model is fine-tuned on: authors (with or without the forget
-    split), each answer also paraphrased, plus real authors and world facts."""
-    authors = _rows(paths["full"] if forget else paths["retain"])
-    para = {r["question"]: r for r in _rows(paths["full_perturbed"])}
-    pairs = []
-    for r in authors:
-        pairs.append((r["question"], r["answer"]))
-        if r["question"] in para:
-            pairs.append((r["question"], para[r["question"]]["paraphrased_answer"]))
-    for key in ("real_authors", "world_facts"):
-        pairs += [(r["question"], r["answer"]) for r in _rows(paths[key])]
-    return pairs
-
-
-def _all_texts(paths) -> List[str]:
-    texts = []
-    for key in ("full_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
-        for r in _rows(paths[key]):
-            texts += [r["question"], r["answer"], r.get("paraphrased_answer", ""),
-                      r.get("paraphrased_question", ""), *r.get("perturbed_answer", [])]
-    return [t for t in texts if t]
-
-
-def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll: float,
-              batch_size: int = 16, seed: int = 0, desc: str = "fine-tune",
-              progress: bool = True, answer_rows_only: bool = False) -> dict:
-    """Plain answer-token NLL training (AdamW) until the epoch's mean NLL < ``target_nll``.
-
-    Sequences are encoded exactly as the trainer encodes them (:func:`encode_record`), so the
-    unlearning and evaluation see the same tokens. ``answer_rows_only``: project only the
-    answer rows' hidden states to the vocabulary (same loss, less work with a large vocabulary;
-    needs ``get_decoder()`` / ``get_output_embeddings()``). Returns ``{"epochs", "nll",
-    "seconds"}``.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..train.data import IGNORE_INDEX, QARecord, _pad, encode_record
-
-    encs = [encode_record(tokenizer, QARecord(q, a)) for q, a in pairs]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-    steps_per_epoch = math.ceil(len(encs) / batch_size)
-    total_steps = max(1, max_epochs * steps_per_epoch)
-    # cosine decay to lr / 20 over max_epochs: a fast start, then the loss settles
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps)
-                                                            / total_steps)))
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    t0 = time.time()
-    nll = float("inf")
-    bar = tqdm(range(max_epochs), desc=desc, disable=not progress, unit="epoch")
-    epoch = 0
-    for epoch in bar:
-        perm = torch.randperm(len(encs), generator=gen).tolist()
-        total, count = 0.0, 0
-        for s in range(0, len(perm), batch_size):
-            b = [encs[i] for i in perm[s:s + batch_size]]
-            ids = _pad([e["input_ids"] for e in b], tokenizer.pad_token_id)
-            att = _pad([e["attention_mask"] for e in b], 0)
-            lab = _pad([e["labels"] for e in b], IGNORE_INDEX)[:, 1:]
-            if answer_rows_only:
-                hidden = model.get_decoder()(input_ids=ids, attention_mask=att)[0][:, :-1]
-                rows = lab != IGNORE_INDEX
-                logits = model.get_output_embeddings()(hidden[rows])
-                loss = torch.nn.functional.cross_entropy(logits.float(), lab[rows])
-            else:
-                logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(), lab.reshape(-1),
-                    ignore_index=IGNORE_INDEX)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            n = int((lab != IGNORE_INDEX).sum())
-            total, count = total + loss.item() * n, count + n
-        nll = total / max(1, count)
-        bar.set_postfix(nll=f"{nll:.4f}")
-        if nll < target_nll:
-            break
-    bar.close()
-    model.eval()
-    return {"epochs": epoch + 1, "nll": nll, "seconds": round(time.time() - t0, 2)}
-
-
-def _fmt(x, digits=4) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        if x != 0 and abs(x) < 10 ** -(digits - 1):
-            return f"{x:.2e}"
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-_COLUMNS = (
-    ("model", "model"),
-    ("forget_quality", "Forget Quality"),
-    ("model_utility", "Model Utility"),
-    ("forget_probability", "forget prob"),
-    ("forget_rouge", "forget ROUGE-L"),
-    ("retain_probability", "retain prob"),
-    ("retain_rouge", "retain ROUGE-L"),
-    ("seconds", "time (s)"),
-)
-
-
-def _table_rows(results: Dict[str, dict]) -> List[dict]:
-    out = []
-    for name, r in results.items():
-        m = r["eval"]["metrics"]
-        out.append({"model": name, "forget_quality": m["forget_quality"],
-                    "model_utility": m["model_utility"],
-                    "forget_probability": m["forget"]["probability"],
-                    "forget_rouge": m["forget"].get("rouge_l_recall"),
-                    "retain_probability": m["retain"]["probability"],
-                    "retain_rouge": m["retain"].get("rouge_l_recall"),
-                    "seconds": r.get("seconds")})
-    return out
-
-
-def format_table(rows: List[dict], markdown: bool = False) -> str:
-    """The result table, as aligned text (``markdown=False``) or a markdown table."""
-    heads = [h for _, h in _COLUMNS]
-    cells = [[("n/a" if r[k] is None else f"{r[k]:.1f}") if k == "seconds" else _fmt(r[k])
-              for k, _ in _COLUMNS]
-             for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-        lines += ["| " + " | ".join(c) + " |" for c in cells]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-    fmt = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w)  # noqa: E731
-                                 for i, (v, w) in enumerate(zip(vals, widths)))
-    return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in cells])
 
 
 # ------------------------------------------------------------------------------ the run
@@ -351,175 +199,6 @@ def run(config: DemoConfig) -> dict:
         torch.set_num_threads(old_threads)
 
 
-def _write_jsonl(path: str, rows: List[dict]) -> str:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
-
-
-def _synthetic_data(args, sizes: dict, out: str, log, *, retain_eval_size):
-    """Write the synthetic benchmark of ``sizes`` to ``out/data``; returns (dir, paths)."""
-    from .synth import generate_benchmark
-
-    data_dir = os.path.join(out, "data")
-    log(f"[1/5] synthetic benchmark: {sizes['people']} authors x {sizes['questions']} questions, "
-        f"forget {sizes['forget_fraction']:.0%} -> {data_dir}")
-    paths = generate_benchmark(
-        data_dir, n_people=sizes["people"], questions_per_person=sizes["questions"],
-        forget_fraction=sizes["forget_fraction"], seed=args.seed,
-        n_real_authors=sizes["real_authors"], n_world_facts=sizes["world_facts"],
-        retain_eval_size=retain_eval_size)
-    return data_dir, paths
-
-
-def _pretrained_data(args, sizes: dict, out: str, log) -> dict:
-    """Data for a pre-trained model: the synthetic benchmark (written to ``out/data``) or the
-    TOFU directory ``--data-dir``; the first ``max_samples`` forget and retain questions are
-    fine-tuned and unlearned (``out/subset``), and evaluated."""
-
-    n = sizes["max_samples"]
-    if args.data_dir is None:
-        data_dir, paths = _synthetic_data(
-            args, sizes, out, log,
-            retain_eval_size=min(n, sizes["questions"] * (sizes["people"] - max(
-                1, round(sizes["people"] * sizes["forget_fraction"])))))
-        split = json.loads(paths["meta"].read_text())["forget_split"]
-        data = {k: str(v) for k, v in paths.items()}
-    else:
-        data_dir = os.path.abspath(args.data_dir)
-        split = args.forget_split or "forget01"
-        log(f"[1/5] TOFU data {data_dir}, {split}, first {n} questions per split")
-        data = {"data_dir": data_dir}
-    forget = _rows_any(os.path.join(data_dir, f"{split}_spans.jsonl"))[:n]
-    # the retain questions evaluated are the first ones of retain_perturbed.json: fine-tune
-    # (and keep, while unlearning) exactly those
-    retain = [{"question": r["question"], "answer": r["answer"]}
-              for r in _rows_any(os.path.join(data_dir, "retain_perturbed.json"))[:n]]
-    sub = os.path.join(out, "subset")
-    os.makedirs(sub, exist_ok=True)
-    data.update(forget_spans=_write_jsonl(os.path.join(sub, "forget_spans.jsonl"), forget),
-                retain=_write_jsonl(os.path.join(sub, "retain.jsonl"), retain))
-    return {"data_dir": data_dir, "forget_split": split, "paths": data,
-            "pairs": {"finetuned": [(r["question"], r["answer"]) for r in forget + retain],
-                      "retain": [(r["question"], r["answer"]) for r in retain]},
-            "forget_spans": data["forget_spans"], "retain": data["retain"]}
-
-
-def _rows_any(path) -> List[dict]:
-    """Records of a JSON list file or a JSON lines file."""
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        return json.loads(stripped)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def _tiny_models(args, sizes: dict, out: str, progress: bool, log) -> dict:
-    """Steps 1-3 with the tiny Llama: synthetic data, tokenizer, the fine-tuned and retain
-    models (both saved), the retain model's evaluation."""
-    from ..eval import evaluate_model
-    from ..tiny import build_tiny_llama, build_tokenizer
-    from ..train.models import load_model
-
-    models_dir = os.path.join(out, "models")
-    data_dir, paths = _synthetic_data(args, sizes, out, log, retain_eval_size=None)
-    forget_split = json.loads(paths["meta"].read_text())["forget_split"]
-    tokenizer = build_tokenizer(_all_texts(paths), vocab_size=sizes["vocab"],
-                                chat_template=DEMO_CHAT_TEMPLATE)
-    log(f"[2/5] tokenizer: byte-level BPE, {len(tokenizer)} tokens; tiny Llama hidden "
-        f"{sizes['hidden']}, {sizes['layers']} layers")
-    training = {}
-    model_dirs = {}
-    for name, with_forget in (("finetuned", True), ("retain", False)):
-        model = build_tiny_llama(tokenizer, hidden_size=sizes["hidden"],
-                                 num_layers=sizes["layers"], seed=args.seed)
-        pairs = _training_pairs(paths, forget=with_forget)
-        log(f"[3/5] fine-tuning the {name} model on {len(pairs)} question/answer pairs")
-        training[name] = fine_tune(model, tokenizer, pairs, lr=args.ft_lr,
-                                   max_epochs=sizes["ft_epochs"], target_nll=args.ft_target_nll,
-                                   seed=args.seed, desc=f"fine-tune {name}", progress=progress)
-        training[name]["n_pairs"] = len(pairs)
-        model_dirs[name] = os.path.join(models_dir, name)
-        model.save_pretrained(model_dirs[name], safe_serialization=True)
-        tokenizer.save_pretrained(model_dirs[name])
-        log(f"      {name}: {training[name]['epochs']} epochs, answer NLL "
-            f"{training[name]['nll']:.4f}, {training[name]['seconds']:.1f} s")
-    log("[4/5] evaluating the retain model (reference for Forget Quality)")
-    retain_model = load_model(model_dirs["retain"], float32=True, eval_mode=True)
-    retain_eval = evaluate_model(retain_model, tokenizer, data_dir, forget_split,
-                                 batch_size=16, max_new_tokens=_MAX_NEW_TOKENS,
-                                 progress=progress)
-    return {"data_dir": data_dir, "forget_split": forget_split,
-            "data": {k: str(v) for k, v in paths.items()}, "training": training,
-            "finetuned_dir": model_dirs["finetuned"], "retain_eval": retain_eval,
-            "retain_dir": model_dirs["retain"], "forget_spans": str(paths["forget_spans"]),
-            "retain": str(paths["retain"]), "max_samples": None,
-            "max_new_tokens": _MAX_NEW_TOKENS, "label": "tiny Llama", "warmup_epochs": 1,
-            "save_steps": 0, "delete_models": False, "max_length": 512}
-
-
-def _pretrained_models(args, sizes: dict, source, out: str, progress: bool, log) -> dict:
-    """Steps 1-3 with a pre-trained model: data, the fine-tuned model (saved) and the retain
-    model (fine-tuned on the retain questions, or the untouched model with
-    ``--retain-from-base``; evaluated in memory, not saved)."""
-    import copy
-
-    from ..eval import evaluate_model
-    from .pretrained import load_pretrained
-
-    model_dir, gguf, label = source
-    d = _pretrained_data(args, sizes, out, log)
-    n, max_new = sizes["max_samples"], sizes["max_new_tokens"]
-    t0 = time.time()
-    log(f"[2/5] loading {label} from {os.path.join(model_dir, gguf or '')} "
-        f"(a GGUF file is de-quantised: a minute or two on a CPU)")
-    base, tokenizer = load_pretrained(model_dir, gguf)
-    n_params = sum(p.numel() for p in base.parameters())
-    log(f"      {n_params / 1e6:.0f}M parameters, vocabulary {len(tokenizer)}, "
-        f"{time.time() - t0:.1f} s; prompts use the tokenizer's chat template "
-        f"(trainer and evaluation alike)")
-    ev_kw = dict(max_samples=n, batch_size=16, max_new_tokens=max_new, progress=progress)
-    training = {}
-    retain_eval = None
-    if args.retain_from_base:
-        log("[3/5] evaluating the untouched model as the retain model (--retain-from-base)")
-        retain_eval = evaluate_model(base, tokenizer, d["data_dir"], d["forget_split"], **ev_kw)
-        training["retain"] = {"epochs": 0, "nll": None, "seconds": 0.0, "n_pairs": 0,
-                              "from_base": True}
-    names = ["finetuned"] if args.retain_from_base else ["finetuned", "retain"]
-    finetuned_dir = os.path.join(out, "models", "finetuned")
-    for name in names:
-        model = base if name == names[-1] else copy.deepcopy(base)
-        pairs = d["pairs"][name]
-        log(f"[3/5] fine-tuning the {name} model on {len(pairs)} question/answer pairs")
-        training[name] = fine_tune(model, tokenizer, pairs, lr=args.ft_lr,
-                                   max_epochs=sizes["ft_epochs"], target_nll=args.ft_target_nll,
-                                   batch_size=8, seed=args.seed, desc=f"fine-tune {name}",
-                                   progress=progress, answer_rows_only=True)
-        training[name]["n_pairs"] = len(pairs)
-        log(f"      {name}: {training[name]['epochs']} epochs, answer NLL "
-            f"{training[name]['nll']:.4f}, {training[name]['seconds']:.1f} s")
-        if name == "finetuned":
-            model.save_pretrained(finetuned_dir, safe_serialization=True)
-            tokenizer.save_pretrained(finetuned_dir)
-        else:
-            log("[4/5] evaluating the retain model (reference for Forget Quality)")
-            retain_eval = evaluate_model(model, tokenizer, d["data_dir"], d["forget_split"],
-                                         **ev_kw)
-        del model
-    del base
-    return {"data_dir": d["data_dir"], "forget_split": d["forget_split"], "data": d["paths"],
-            "training": training, "finetuned_dir": finetuned_dir, "retain_eval": retain_eval,
-            "retain_dir": os.path.join(out, "models", "retain"),
-            "forget_spans": d["forget_spans"], "retain": d["retain"], "max_samples": n,
-            "max_new_tokens": max_new, "label": label, "warmup_epochs": 0,
-            # no mid-run checkpoints (a 135M model's optimizer state is a gigabyte) and no
-            # unlearned weights kept after their evaluation
-            "save_steps": 1000000000, "delete_models": True, "max_length": 256}
-
-
 def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> dict:
     from transformers.utils import logging as hf_logging
 
@@ -536,19 +215,19 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
 
     # 1.-3. data, models, fine-tuning; the retain model's evaluation ------------------------
     if source is None:
-        st = _tiny_models(args, sizes, out, progress, log)
+        st = tiny_models(args, sizes, out, progress, log)
     else:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            st = _pretrained_models(args, sizes, source, out, progress, log)
+            st = pretrained_models(args, sizes, source, out, progress, log)
         finally:
             hf_logging.set_verbosity(verbosity)
-    data_dir, forget_split, training = st["data_dir"], st["forget_split"], st["training"]
-    retain_eval = st["retain_eval"]
+    data_dir, forget_split, training = st.data_dir, st.forget_split, st.training
+    retain_eval = st.retain_eval
     ratios_r = retain_eval["forget_truth_ratios"]
     retain_eval["metrics"]["forget_quality"] = forget_quality(ratios_r, ratios_r)
-    retain_eval_dir = os.path.join(st["retain_dir"], f"eval_{forget_split}")
+    retain_eval_dir = os.path.join(st.retain_dir, f"eval_{forget_split}")
     write_result(retain_eval, retain_eval_dir, title="TOFU evaluation of the retain model")
 
     # 4.+5. unlearning and evaluation: one comparison (every method from the fine-tuned
@@ -560,20 +239,20 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
     except ValueError as e:
         raise SystemExit(f"palu-unlearn demo: --k: {e}") from None
     job = UnlearningJob(
-        model=ModelSpec(st["finetuned_dir"]),
-        data=DataSpec(forget=st["forget_spans"], retain=st["retain"],
-                      max_length=st["max_length"]),
+        model=ModelSpec(st.finetuned_dir),
+        data=DataSpec(forget=st.forget_spans, retain=st.retain,
+                      max_length=st.max_length),
         method=MethodSpec(k=k, gamma=args.gamma),
         training=TrainingOptions(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
-                                 warmup_epochs=st["warmup_epochs"], seed=args.seed,
+                                 warmup_epochs=st.warmup_epochs, seed=args.seed,
                                  logging_steps=1000000),
-        output=OutputSpec(compare_dir, save_steps=st["save_steps"], save_total_limit=1,
+        output=OutputSpec(compare_dir, save_steps=st.save_steps, save_total_limit=1,
                           overwrite=True))
     comparison = Comparison(
         job=job, methods=methods, output_dir=compare_dir, data_dir=data_dir,
         forget_split=forget_split, retain_truth_ratios=ratios_r,
-        max_samples=st["max_samples"], eval_batch_size=16,
-        max_new_tokens=st["max_new_tokens"], delete_models=st["delete_models"],
+        max_samples=st.max_samples, eval_batch_size=16,
+        max_new_tokens=st.max_new_tokens, delete_models=st.delete_models,
         progress=progress, record={"retain_result": os.path.join(retain_eval_dir, "eval.json")})
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -595,7 +274,7 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
     for name in methods:
         training[name] = {"seconds": results[name]["seconds"]}
 
-    rows = _table_rows(results)
+    rows = table_rows(results)
     fine = results["finetuned"]["eval"]["metrics"]
     ratios = {}
     for name in methods:
@@ -607,8 +286,8 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
             / max(fine["retain"]["probability"], 1e-30),
         }
     people = (f"{sizes['people']} synthetic authors" if args.data_dir is None
-              else f"TOFU, first {st['max_samples']} questions per split")
-    title = f"palu-unlearn demo: {st['label']}, {people}, {forget_split}"
+              else f"TOFU, first {st.max_samples} questions per split")
+    title = f"palu-unlearn demo: {st.label}, {people}, {forget_split}"
     text_table = format_table(rows)
     md_table = format_table(rows, markdown=True)
     seconds = round(time.time() - t_start, 1)
@@ -637,14 +316,14 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
     with open(out_paths["markdown"], "w", encoding="utf-8") as f:
         f.write(md)
     plot([dict(r, method=r["model"]) for r in rows], out_paths["plot"],
-         f"Forget Quality vs Model Utility ({forget_split}, {st['label']})")
+         f"Forget Quality vs Model Utility ({forget_split}, {st.label})")
     result = {
         "config": {"sizes": sizes, "methods": methods, "seed": args.seed, "ft_lr": args.ft_lr,
                    "lr": args.lr, "k": args.k, "gamma": args.gamma, "epochs": args.epochs,
                    "batch_size": args.batch_size, "model": args.model,
                    "data_dir": args.data_dir, "retain_from_base": args.retain_from_base,
                    "threads": args.threads, "quick": args.quick, "forget_split": forget_split},
-        "data": st["data"],
+        "data": st.data,
         "training": training,
         "table": rows,
         "ratios": ratios,

@@ -1,4 +1,5 @@
-"""TOFU evaluation of unlearned models: metrics, data loading, ``evaluate_model``, CLI."""
+"""TOFU evaluation of unlearned models: metrics, data loading, ``evaluate_model``, the table
+formatter (``palu-eval`` is :mod:`palu_kernels.cli.eval`)."""
 
 from .metrics import (
     TokenScores,

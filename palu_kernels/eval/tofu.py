@@ -36,6 +36,7 @@ from .metrics import (
     truth_ratio,
     truth_ratio_score,
 )
+from .table import format_number, format_table
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts")
@@ -350,32 +351,23 @@ def evaluate_model(model, tokenizer, data_dir: str, forget_split: str = "forget0
 
 
 def _fmt(x) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4):
-            return f"{x:.3e}"
-        return f"{x:.4f}"
-    return str(x)
+    return format_number(x)
 
 
 def summary_markdown(result: dict, title: str = "TOFU evaluation") -> str:
     """A markdown summary (headline metrics, then one row per split) of a result dict."""
     m, cfg = result["metrics"], result["config"]
+    headline = [["Forget Quality (KS p-value)", _fmt(m["forget_quality"])],
+                ["Model Utility (harmonic mean of 9)", _fmt(m["model_utility"])],
+                ["forget exact memorisation", _fmt(m["forget"]["exact_memorisation"])],
+                ["forget extraction strength", _fmt(m["forget"]["extraction_strength"])]]
+    splits = [[s, str(m[s]["n"]), _fmt(m[s]["probability"]), _fmt(m[s].get("rouge_l_recall")),
+               _fmt(m[s]["truth_ratio"])] for s in EVAL_SPLITS]
     lines = [f"# {title}", "",
              f"Forget split: `{cfg['forget_split']}`, max samples per split: "
              f"{cfg['max_samples'] or 'all'}, prompt: {cfg['prompt_format']}.", "",
-             "| metric | value |", "|---|---|",
-             f"| Forget Quality (KS p-value) | {_fmt(m['forget_quality'])} |",
-             f"| Model Utility (harmonic mean of 9) | {_fmt(m['model_utility'])} |",
-             f"| forget exact memorisation | {_fmt(m['forget']['exact_memorisation'])} |",
-             f"| forget extraction strength | {_fmt(m['forget']['extraction_strength'])} |",
-             "", "| split | n | probability | ROUGE-L recall | truth ratio |",
-             "|---|---|---|---|---|"]
-    for s in EVAL_SPLITS:
-        d = m[s]
-        lines.append(f"| {s} | {d['n']} | {_fmt(d['probability'])} | "
-                     f"{_fmt(d.get('rouge_l_recall'))} | {_fmt(d['truth_ratio'])} |")
+             format_table(["metric", "value"], headline), "",
+             format_table(["split", "n", "probability", "ROUGE-L recall", "truth ratio"], splits)]
     lines += ["", "Truth ratio: mean min(R, 1/R) on forget (1 = cannot tell), mean "
               "max(0, 1 - R) elsewhere (higher = prefers the truth). Probability on real "
               "authors and world facts: P(correct) / (P(correct) + sum P(wrong options)). Model "

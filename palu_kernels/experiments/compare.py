@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
-from ..eval.tofu import _fmt, evaluate_model, forget_truth_ratios, load_eval_model, write_result
+from ..eval.table import format_number, format_table
+from ..eval.tofu import evaluate_model, forget_truth_ratios, load_eval_model, write_result
 from ..train.job import UnlearningJob, run_unlearning
 from ..train.registry import METHODS
 
@@ -84,13 +85,9 @@ def _row(method: str, result: dict, train_s: Optional[float], steps: Optional[in
 
 def table_markdown(rows: List[dict]) -> str:
     """The comparison table (one row per method) as markdown."""
-    lines = ["| " + " | ".join(h for _, h in COLUMNS) + " |",
-             "|" + "---|" * len(COLUMNS)]
-    for r in rows:
-        cells = ["-" if r[k] is None and k in ("train_time_s", "steps") else _fmt(r[k])
-                 for k, _ in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [["-" if r[k] is None and k in ("train_time_s", "steps") else format_number(r[k])
+              for k, _ in COLUMNS] for r in rows]
+    return format_table([h for _, h in COLUMNS], cells) + "\n"
 
 
 def plot(rows: List[dict], path: str, title: str) -> Optional[str]:
