@@ -20,6 +20,8 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
+from .jsonio import iter_json_objects
+
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|eos|>"
 PAD_TOKEN = "<|pad|>"
@@ -36,18 +38,12 @@ def tofu_texts(path: str, limit: int | None = None) -> list[str]:
     """
     texts: list[str] = []
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if limit is not None and n >= limit:
-                break
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                texts.extend(str(rec[key]) for key in ("question", "answer") if key in rec)
+        text = f.read()
+    for line, rec in iter_json_objects(path, text):
+        if limit is not None and line > limit:
+            break
+        if isinstance(rec, dict):
+            texts.extend(str(rec[key]) for key in ("question", "answer") if key in rec)
     return texts
 
 

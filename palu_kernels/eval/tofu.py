@@ -24,6 +24,7 @@ import json
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..jsonio import read_json_objects
 from .metrics import (
     exact_memorisation,
     extraction_strength,
@@ -64,22 +65,7 @@ def read_json_records(path: str) -> List[dict]:
     """Records of a TOFU file: JSON lines, or one JSON list of objects."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"TOFU data file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
-        records = json.loads(text)
-    else:
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON object ({e.msg})") from None
-    if not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{path}: expected JSON objects, one per line")
-    return records
+    return read_json_objects(path)
 
 
 def load_split(data_dir: str, split: str, forget_split: str = "forget01",

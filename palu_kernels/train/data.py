@@ -23,7 +23,6 @@ sequence and all prompt / padding rows are in neither mask.
 
 from __future__ import annotations
 
-import json
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..constants import IGNORE_INDEX
+from ..jsonio import iter_json_objects as _iter_json_objects
 from ..masks import initiating_mask
 
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
@@ -72,38 +72,6 @@ class LoadReport:
         if self.skipped:
             s += f", {len(self.skipped)} bad record(s) skipped"
         return s
-
-
-def _iter_json_objects(path: str, text: str):
-    """Yield ``(line, object_or_error_message)``; JSON array or JSON lines."""
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        dec = json.JSONDecoder()
-        pos = len(text) - len(stripped) + 1
-        n = len(text)
-        while True:
-            while pos < n and text[pos] in " \t\r\n,":
-                pos += 1
-            if pos >= n:
-                raise ValueError(f"{path}: JSON array is not closed with ']'")
-            if text[pos] == "]":
-                return
-            line = text.count("\n", 0, pos) + 1
-            try:
-                obj, pos = dec.raw_decode(text, pos)
-            except json.JSONDecodeError as e:
-                # One broken element makes the rest of an array unreadable: report and stop.
-                yield line, f"invalid JSON ({e.msg}); the rest of the array cannot be read"
-                return
-            yield line, obj
-    else:
-        for i, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield i, json.loads(raw)
-            except json.JSONDecodeError as e:
-                yield i, f"invalid JSON ({e.msg} at column {e.colno})"
 
 
 def _check_record(obj, spans: str) -> tuple[str, str, tuple[Span, ...]]:
