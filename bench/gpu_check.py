@@ -819,7 +819,7 @@ def sec_trainer(ctx: Context) -> str:
         import transformers  # noqa: F401
         from transformers import TrainerCallback
 
-        from palu_kernels.train import cli
+        from palu_kernels.cli import unlearn as cli
     except ImportError as e:
         return f"skipped: the train extra is not installed ({one_line(e)})"
     import torch

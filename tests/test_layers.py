@@ -13,9 +13,8 @@ import palu_kernels
 ROOT = os.path.dirname(palu_kernels.__file__)
 LAYERS = ("core", "train", "eval", "experiments", "demo", "cli")
 RANK = {name: i for i, name in enumerate(LAYERS)}
-# The one allowed upward import: a deprecated alias kept for ``python -m palu_kernels.train.cli``
-# and ``bench/gpu_check.py``; nothing in palu_kernels imports the alias.
-ALLOWED_UPWARD = {("palu_kernels.train.cli", "palu_kernels.cli.unlearn")}
+# No exception: every import points down (or stays in its layer).
+ALLOWED_UPWARD: set = set()
 
 
 def layer(module: str) -> str:
@@ -113,10 +112,6 @@ def test_only_cli_parses_argv():
         if layer(name) != "cli" and "argparse" in open(path, encoding="utf-8").read():
             offenders.append(name)
     assert not offenders, f"argv parsed outside palu_kernels.cli: {offenders}"
-
-
-def test_nothing_imports_the_deprecated_alias():
-    assert not [a for a, t in graph().items() for b in t if b in {x for x, _ in ALLOWED_UPWARD}]
 
 
 def test_layer_graph_is_what_the_architecture_says():
