@@ -385,7 +385,7 @@ _NEW_PASSES_SCALED = {kind: {"forward": v["forward"],
                              "backward": [] if kind == "other" else [_SCALE_NEW]}
                       for kind, v in _NEW_PASSES.items()}
 
-VERSIONS = {
+VERSIONS: dict = {
     "old": {
         "label": "the kernels before issue 11 (03fcec1)",
         "backward": "the trainer's path: reduction=\"none\", rows summed with weights, so a "
@@ -402,14 +402,14 @@ VERSIONS = {
         "jobs": {"forward": _FWD_JOB_NEW, "backward": _BWD_JOB_NEW},
         "passes": _NEW_PASSES,
     },
-    "new_scaled": {
-        "label": "the working tree's kernels, backward with grad_output != 1 (in-place scale)",
-        "backward": "grad_output != 1 per row (fp16 loss scaling, several processes, an outside "
-                    "weighting): in-place scale of the loss-carrying rows",
-        "source": {"worktree": True},
-        "jobs": {"forward": _FWD_JOB_NEW, "backward": _BWD_JOB_NEW},
-        "passes": _NEW_PASSES_SCALED,
-    },
+}
+# the same kernels, backward with grad_output != 1: only the pass table differs
+VERSIONS["new_scaled"] = {
+    **VERSIONS["new"],
+    "label": "the working tree's kernels, backward with grad_output != 1 (in-place scale)",
+    "backward": "grad_output != 1 per row (fp16 loss scaling, several processes, an outside "
+                "weighting): in-place scale of the loss-carrying rows",
+    "passes": _NEW_PASSES_SCALED,
 }
 
 

@@ -11,8 +11,8 @@ fuse it. The reduction is applied outside the op (a sum: the row weights already
 1/|I|, 1/|C| of ``reduction="mean"``).
 
 The eager path does not use this op: it keeps the free backward (grad_output exactly 1
-costs nothing) and refuses a double backward (``once_differentiable``); compiled, a double
-backward is refused by ``torch.compile`` itself.
+costs nothing) and refuses a double backward (``_validation.refuse_double_backward``);
+compiled, a double backward is refused by ``torch.compile`` itself.
 """
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
         f"palu_local_entropy_loss under torch.compile needs torch >= 2.4 (torch.library."
         f"custom_op), got torch {torch.__version__}; call it outside the compiled region"
     )
-
-_ACC = {torch.float64: torch.float64}
-
 
 def _args(logits, ref_logits, initiating, common, weights, k, target, target_value, kl,
           gamma, alpha, reduction) -> PALUArgs:
@@ -68,8 +65,8 @@ def loss_rows(logits: torch.Tensor, ref_logits: torch.Tensor, initiating: torch.
 def _(logits, ref_logits, initiating, common, weights, k, target, target_value, kl, gamma,
       alpha, reduction, backend, need_grad):
     n, v = initiating.numel(), logits.shape[-1]
-    acc = _ACC.get(logits.dtype, torch.float32)
-    per_row = logits.new_empty(n, dtype=acc)
+    per_row = logits.new_empty(n, dtype=torch.float64 if logits.dtype == torch.float64
+                               else torch.float32)
     grad = logits.new_empty((n, v)) if need_grad else logits.new_empty(0)
     return per_row, grad
 

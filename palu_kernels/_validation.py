@@ -59,9 +59,13 @@ class PALUArgs:
     def rows(self, idx: torch.Tensor):
         """fp rows ``idx`` (flat indices) of the logits and the reference, ``[R, V]`` each,
         gathered without copying the rest of a strided 3-D input."""
-        t = self.logits.shape[1]
-        b, i = idx // t, idx % t
-        return self.logits[b, i], self.ref_logits[b, i]
+        return gather_rows(self.logits, idx), gather_rows(self.ref_logits, idx)
+
+
+def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` (flat indices over ``B * T``) of a ``[B, T, V]`` view, as ``[R, V]``."""
+    t = x.shape[1]
+    return x[idx // t, idx % t]
 
 
 def _shape(t) -> str:
@@ -190,7 +194,7 @@ def check_loss_args(
         bad = loss_rows & torch.isnan(r.sum(dim=2, dtype=torch.float32).reshape(-1))
         if bool(bad.any()):
             idx = bad.nonzero().squeeze(1)
-            bad[idx] = torch.isnan(r[idx // r.shape[1], idx % r.shape[1]]).any(dim=1)
+            bad[idx] = torch.isnan(gather_rows(r, idx)).any(dim=1)
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
             raise ValueError(
