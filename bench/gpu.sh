@@ -6,7 +6,9 @@
 #   2. cuda_tests: pytest tests/test_triton_cuda.py (no -x: every test runs), limit GPU_TESTS_S;
 #   3. bench/gpu_check.py: smoke test, exactness, timing, torch.compile, bandwidth, tile sweep
 #      and trainer smoke test, each section in its own process with its own time limit
-#      (GPU_CHECK_SECTIONS=smoke,timing,... runs a subset).
+#      (GPU_CHECK_SECTIONS=smoke,timing,... runs a subset);
+#   4. bench/fsdp_check.py: palu-unlearn under FSDP2 (accelerate, docs/accelerate_fsdp2.yaml),
+#      with and without --fused-linear, against the same job on one process (GPU_FSDP_S, 150 s).
 # Each step runs under its own timeout and a failing step does not stop the next one.
 # Everything goes to ${OUT:-bench/results/cuda}, six files in all, each complete at any moment
 # (a run killed at any point keeps what was measured so far):
@@ -34,6 +36,7 @@ for arg in "$@"; do
 done
 TOTAL_S=${GPU_TOTAL_S:-540}
 TESTS_S=${GPU_TESTS_S:-150}
+FSDP_S=${GPU_FSDP_S:-150}  # step 4, kept out of step 3's budget
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -80,10 +83,17 @@ $PY bench/gpu_check.py --out "$OUT" --record-tests "$OUT/cuda_tests.txt" --rc "$
 
 # 3. The checks, in what is left of the budget (gpu_check.py enforces it section by section;
 #    the timeout here is only the hard stop).
-LEFT=$((TOTAL_S - SECONDS - 15))
+LEFT=$((TOTAL_S - SECONDS - 15 - FSDP_S))
 [ "$LEFT" -ge 60 ] || LEFT=60
 step gpu_check $((LEFT + 30)) $PY bench/gpu_check.py --out "$OUT" --budget-s "$LEFT" $DRYFLAG \
   ${GPU_CHECK_SECTIONS:+--sections "$GPU_CHECK_SECTIONS"}
+
+# 4. palu-unlearn under FSDP2 through accelerate (GPUs only; prints "skipped" on a CPU).
+if [ "$DRY" = 1 ]; then
+  echo "=== fsdp: skipped in --dry-run (accelerate runs FSDP on GPUs only)" | tee -a "$LOG"
+else
+  step fsdp "$FSDP_S" $PY bench/fsdp_check.py
+fi
 
 echo "=== done in ${SECONDS}s, exit $STATUS; $(ls -A "$OUT" | wc -l) files in $OUT:" \
   "$(ls -A "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

@@ -27,6 +27,7 @@ from transformers import Trainer
 
 from ..constants import IGNORE_INDEX
 from ..loss import palu_local_entropy_loss
+from .distributed import check_engine, engine_of, is_fsdp2, shard_reference
 from .heads import FusedLinearError, is_peft_model
 
 
@@ -166,6 +167,9 @@ class UnlearningTrainer(Trainer):
         if ref_model is not None:
             ref_model.eval().requires_grad_(False)
         self.ref_model = ref_model
+        self.engine = engine_of(self.accelerator)
+        check_engine(self.engine, fused_linear=self.palu.fused_linear,
+                     lora=is_peft_model(self.model))
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_windows = 0  # optimizer steps since the last log
         if self.palu.fused_linear and not self.supports_fused_linear:
@@ -221,6 +225,8 @@ class UnlearningTrainer(Trainer):
                 finally:
                     base.train(was_training)
             ref = self.ref_model
+            if is_fsdp2(model):  # sharded like the trainee, over the same processes
+                ref = shard_reference(ref, model)
             p = next(ref.parameters())
             if p.device != input_ids.device:
                 ref.to(input_ids.device)

@@ -241,10 +241,15 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     from transformers import TrainerCallback, TrainingArguments, set_seed
 
     from .data import PALUCollator, PALUDataset, load_records
+    from .distributed import EngineError, check_launch
     from .heads import FusedLinearError, is_peft_model
 
     t0 = time.time()
     source = check_job(job)
+    try:
+        check_launch(cuda=torch.cuda.is_available())
+    except EngineError as e:
+        raise SystemExit(f"palu-unlearn: {e}") from None
     m, d, tr, o = job.model, job.data, job.training, job.output
     set_seed(tr.seed)
 
@@ -305,7 +310,7 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
             model=model, args=targs, train_dataset=dataset, data_collator=collator,
             processing_class=tokenizer, callbacks=[_Epoch(), *(callbacks or [])],
             **{**kwargs, **(trainer_kwargs or {})})
-    except FusedLinearError as e:  # the model cannot take --fused-linear: say why, no traceback
+    except (FusedLinearError, EngineError) as e:  # say why, no traceback
         raise SystemExit(f"palu-unlearn: {e}") from None
 
     # Fixed measurement set: every forget record, each paired with a retain record.
@@ -319,6 +324,7 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
         "arguments": job.arguments(),
         "versions": _versions(),
         "world_size": state.num_processes,
+        "engine": trainer.engine,
         "data": {"forget": forget_report.describe(),
                  "forget_skipped": [f"{d.forget}:{ln}: {why}" for ln, why in forget_report.skipped],
                  "retain": retain_report.describe() if retain_report else None,
@@ -338,11 +344,13 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     summary["train_loss"] = getattr(train_out, "training_loss", None)
 
     final = trainer.accelerator.unwrap_model(trainer.model)
+    # FSDP: every process takes part in gathering the whole weights; the main one saves them
+    full_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.engine == "fsdp2" else None
     if state.is_main_process:
         if is_peft_model(final):
             final.save_pretrained(os.path.join(o.output_dir, "adapter"))
             final = final.merge_and_unload()
-        final.save_pretrained(o.output_dir, safe_serialization=True)
+        final.save_pretrained(o.output_dir, safe_serialization=True, state_dict=full_state)
         tokenizer.save_pretrained(o.output_dir)
         with open(os.path.join(o.output_dir, "run_summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2, default=str)

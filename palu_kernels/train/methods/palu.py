@@ -22,6 +22,7 @@ import torch
 from ...fused_linear import palu_fused_linear_loss
 from ...loss import palu_local_entropy_loss
 from ..base import PALUConfig, UnlearningTrainer
+from ..distributed import EngineError, fsdp_call, is_fsdp2, is_sharded, shard_reference
 from ..heads import FusedHead, fused_head, last_hidden_states
 
 
@@ -110,11 +111,45 @@ class PALUTrainer(UnlearningTrainer):
         """
         ids, att = inputs["forget_input_ids"], inputs["forget_attention_mask"]
         imask, cmask = inputs["forget_initiating_mask"], inputs["forget_common_mask"]
-        cfg = self.palu
+        if is_fsdp2(model):
+            return self._fused_rows_fsdp2(model, ids, att, imask, cmask)
         ref_hidden, ref_w, ref_b = self.reference_hidden(model, ids, att)
         head = self._fused_head(self.accelerator.unwrap_model(model))
         hidden = last_hidden_states(model, head, ids, att)
-        w, b = head.linear.weight, head.linear.bias
+        return self._fused_rows(hidden, head.linear.weight, head.linear.bias, ref_hidden, ref_w,
+                                ref_b, imask, cmask)
+
+    def _fused_rows_fsdp2(self, model, ids, att, imask, cmask) -> torch.Tensor:
+        """:meth:`fused_forget_rows` under FSDP2: each model's decoder and projection run as a
+        forward method of its sharded root (:func:`~palu_kernels.train.distributed.fsdp_call`),
+        so ``lm_head.weight`` is whole, not this process's shard, in the forward and in the
+        backward of the fused loss."""
+        ref = shard_reference(self.ref_model, model)
+        ref_head, head = self._fused_head(ref), self._fused_head(model)
+
+        def reference(ids, att):
+            with torch.no_grad():
+                h = ref_head.decoder(input_ids=ids, attention_mask=att,
+                                     use_cache=False).last_hidden_state
+            return h, ref_head.linear.weight.detach(), ref_head.linear.bias
+
+        ref_hidden, ref_w, ref_b = fsdp_call(ref, reference, ids, att)
+
+        def trained(ids, att):
+            h = head.decoder(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+            return self._fused_rows(h, head.linear.weight, head.linear.bias, ref_hidden, ref_w,
+                                    ref_b, imask, cmask)
+
+        return fsdp_call(model, trained, ids, att)
+
+    def _fused_rows(self, hidden, w, b, ref_hidden, ref_w, ref_b, imask, cmask) -> torch.Tensor:
+        for name, t in (("lm_head weight", w), ("reference lm_head weight", ref_w)):
+            if is_sharded(t):  # the kernels read raw memory: a shard would be read as the whole
+                raise EngineError(
+                    f"--fused-linear: the {name} is an FSDP shard (DTensor) here, not the whole "
+                    "[V, H] matrix; the fused loss must run inside the engine's forward of the "
+                    "head (palu_kernels.train.distributed.fsdp_call)")
+        cfg = self.palu
         dev = hidden.device.type
         dtype = self._fused_dtype(dev, w.dtype)
         cast = (lambda t: None if t is None else t.to(dtype))  # noqa: E731
