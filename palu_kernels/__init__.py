@@ -3,13 +3,14 @@
 from ._validation import set_value_checks
 from .fused_linear import palu_fused_linear_loss
 from .loss import PALULoss, palu_local_entropy_loss
-from .masks import initiating_mask
+from .masks import initiating_mask, mean_row_weights
 
 __version__ = "0.1.0"
 
 __all__ = [
     "PALULoss",
     "initiating_mask",
+    "mean_row_weights",
     "palu_fused_linear_loss",
     "palu_local_entropy_loss",
     "set_value_checks",

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from ._validation import _shape, check_backend, check_float_tensor, check_loss_args
 from .loss import palu_local_entropy_loss
+from .masks import mean_row_weights
 
 # Working-memory budget of one chunk, in bytes, by device type. A chunk holds about
 # CHUNK_TENSORS tensors of chunk_rows x V fp32 at once (both models' logits, their fp32
@@ -244,9 +245,7 @@ def _row_weight(a, acc):
     """Weight of each row's value in a "mean" or "sum" loss (global |I|, |C|; no sync)."""
     if a.reduction == "sum":
         return torch.ones(a.initiating.shape, dtype=acc, device=a.initiating.device)
-    n_i = a.initiating.sum().clamp(min=1).to(acc)
-    n_c = a.common.sum().clamp(min=1).to(acc)
-    return a.initiating.to(acc) / n_i + a.common.to(acc) / n_c
+    return mean_row_weights(a.initiating, a.common, dtype=acc)
 
 
 class _FusedLinearPALU(torch.autograd.Function):

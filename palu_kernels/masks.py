@@ -31,3 +31,27 @@ def initiating_mask(sensitive_mask: torch.Tensor, first_n: int | None = 3) -> to
     starts = s & ~prev  # a run begins here
     start_idx = torch.where(starts, pos, torch.zeros_like(pos)).cummax(dim=-1).values
     return s & (pos - start_idx < first_n)
+
+
+def mean_scales(initiating: torch.Tensor, common: torch.Tensor, gamma=1.0, alpha=1.0, *,
+                dtype: torch.dtype = torch.float32, counts=None):
+    """The weights of one I row and one C row in the mean reduction (``docs/spec.md``):
+    ``(gamma / max(1, |I|), alpha / max(1, |C|))``, 0-d tensors of ``dtype`` on the masks'
+    device, computed without a host sync. ``counts``: ``(|I|, |C|)`` to use instead of the
+    masks' own (the trainer's counts over a gradient-accumulation window and all processes).
+    """
+    if counts is None:
+        counts = (initiating.sum(), common.sum())
+    n_i, n_c = (torch.as_tensor(c, device=initiating.device).clamp(min=1).to(dtype)
+                for c in counts)
+    return gamma / n_i, alpha / n_c
+
+
+def mean_row_weights(initiating: torch.Tensor, common: torch.Tensor, gamma=1.0, alpha=1.0, *,
+                     dtype: torch.dtype = torch.float32, counts=None) -> torch.Tensor:
+    """Per-row weights of the mean reduction, shaped like the masks: ``gamma / max(1, |I|)``
+    on I rows, ``alpha / max(1, |C|)`` on C rows, 0 elsewhere (:func:`mean_scales`).
+    ``palu_local_entropy_loss(..., reduction="none", weights=mean_row_weights(I, C)).sum()``
+    is the mean loss."""
+    w_i, w_c = mean_scales(initiating, common, gamma, alpha, dtype=dtype, counts=counts)
+    return initiating.to(dtype) * w_i + common.to(dtype) * w_c

@@ -20,6 +20,7 @@ import dataclasses
 import torch
 
 from ._validation import PALUArgs, refuse_double_backward
+from .masks import mean_scales
 
 # Elements per chunk of fp32 temporaries: 2^22 (16 MiB per chunk x V tensor). Measured on
 # the CPU at 4096 x 32000: 2^22 takes about half the CPU time of 2^24 (temporaries stay in
@@ -104,8 +105,7 @@ def forward_rows(a: PALUArgs, need_grad: bool):
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         chunk = max(1, CHUNK_ELEMENTS // v)
         if a.reduction == "mean":
-            w_local = a.gamma / a.initiating.sum().clamp(min=1).to(acc)
-            w_kl = a.alpha / a.common.sum().clamp(min=1).to(acc)
+            w_local, w_kl = mean_scales(a.initiating, a.common, a.gamma, a.alpha, dtype=acc)
         else:
             w_local, w_kl = a.gamma, a.alpha
 

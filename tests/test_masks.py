@@ -53,3 +53,30 @@ def test_bad_arguments():
         initiating_mask(torch.ones(2, 3, dtype=torch.bool), -2)
     with pytest.raises(ValueError, match="sensitive_mask"):
         initiating_mask(torch.ones(2, 3, 4, dtype=torch.bool), 1)
+
+
+@pytest.mark.parametrize("gamma,alpha", [(1.0, 1.0), (2.5, 0.3)])
+@pytest.mark.parametrize("empty", [None, "initiating", "common"])
+def test_mean_row_weights_turn_rows_into_the_mean_loss(gamma, alpha, empty):
+    """The per-row weights that the trainer and the backends share: weighting reduction
+    "none" rows by them and summing gives reduction "mean" (also with an empty I or C)."""
+    from palu_kernels import mean_row_weights, palu_local_entropy_loss
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 7, 19, generator=g, dtype=torch.float64)
+    r = torch.randn(3, 7, 19, generator=g, dtype=torch.float64)
+    i = torch.rand(3, 7, generator=g) < 0.3
+    c = ~i & (torch.rand(3, 7, generator=g) < 0.6)
+    if empty == "initiating":
+        i[:] = False
+    elif empty == "common":
+        c[:] = False
+    kw = dict(k=4, gamma=gamma, alpha=alpha, backend="torch")
+    mean = palu_local_entropy_loss(z, r, i, c, reduction="mean", **kw)
+    rows = palu_local_entropy_loss(z, r, i, c, reduction="none", **kw)
+    w = mean_row_weights(i, c, dtype=torch.float64)
+    torch.testing.assert_close((rows * w).sum(), mean)
+    w2 = mean_row_weights(i, c, gamma, alpha, dtype=torch.float64)
+    torch.testing.assert_close(w2[i], torch.full_like(w2[i], gamma / max(1, int(i.sum()))))
+    torch.testing.assert_close(w2[c], torch.full_like(w2[c], alpha / max(1, int(c.sum()))))
+    assert torch.all(w2[~(i | c)] == 0)

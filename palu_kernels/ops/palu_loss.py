@@ -53,6 +53,7 @@ import triton
 import triton.language as tl
 
 from .._validation import PALUArgs, refuse_double_backward
+from ..masks import mean_row_weights
 from .topk import (
     KERNEL_DTYPES,
     _topk_search,
@@ -429,8 +430,7 @@ def _row_weights(a: PALUArgs):
     kind = a.initiating.to(torch.int32) + 2 * a.common.to(torch.int32)
     if a.reduction == "mean":
         # each I row weighs gamma / max(1,|I|), each C row alpha / max(1,|C|)
-        w = (i_f * (a.gamma / i_f.sum().clamp(min=1.0))
-             + c_f * (a.alpha / c_f.sum().clamp(min=1.0)))
+        w = mean_row_weights(a.initiating, a.common, a.gamma, a.alpha)
     else:
         w = i_f * a.gamma + c_f * a.alpha
     if a.weights is not None:

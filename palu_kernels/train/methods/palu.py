@@ -21,6 +21,7 @@ import torch
 
 from ...fused_linear import palu_fused_linear_loss
 from ...loss import palu_local_entropy_loss
+from ...masks import mean_row_weights
 from ..base import PALUConfig, UnlearningTrainer
 from ..distributed import EngineError, fsdp_call, is_fsdp2, is_sharded, shard_reference
 from ..heads import FusedHead, fused_head, last_hidden_states
@@ -190,7 +191,7 @@ class PALUTrainer(UnlearningTrainer):
         # to do (grad_output is exactly 1), with no N x V tensor in the backward. Rows are
         # already shifted (row t predicts token t+1; the last row is in neither mask), so
         # the full [B, T, V] logits go in without a sliced copy.
-        w = (imask / n_i.to(torch.float32) + cmask / n_c.to(torch.float32)).to(torch.float32)
+        w = mean_row_weights(imask, cmask, counts=(n_i, n_c))
         rows = palu_local_entropy_loss(
             logits, ref, imask, cmask, k=cfg.k, target=cfg.target, kl=cfg.kl, gamma=cfg.gamma,
             alpha=cfg.alpha, reduction="none", weights=w, backend=cfg.backend,
