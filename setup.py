@@ -6,7 +6,9 @@ setup(
     description="Fused Triton kernels for PALU (Prefix-Aware Localized Unlearning)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["palu_kernels", "palu_kernels.*", "reference", "reference.*"]),
+    # reference/ (the pure-PyTorch reference of the tests and benchmarks) stays in the
+    # repository: installing it would add a top-level package named "reference".
+    packages=find_packages(include=["palu_kernels", "palu_kernels.*"]),
     python_requires=">=3.9",
     # torch is not pinned: a GPU user keeps their CUDA build (and the triton that came with
     # it); a CPU machine installs torch first (see README) and any 2.x satisfies this.

@@ -7,8 +7,15 @@ set here, at collection time. On a machine with CUDA the kernels compile as in p
 """
 
 import os
+import sys
 
 import torch
+
+# The pure-PyTorch reference (reference/) is test and benchmark code, not part of the
+# installed package: the tests import it from the repository.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -128,10 +128,16 @@ def test_method_kwargs_and_cli_options():
     p = argparse.ArgumentParser()
     p.add_argument("--method")
     p.add_argument("--gamma", type=float, default=None)
-    bl.add_method_arguments(p)
+    from palu_kernels.cli.options import add_method_arguments, method_kwargs
+
+    add_method_arguments(p)
     args = p.parse_args(["--method", "simnpo", "--beta", "3", "--idk-file", "x.txt"])
-    assert bl.method_kwargs(args) == {"baseline": bl.BaselineConfig(beta=3.0, idk_file="x.txt")}
-    assert bl.method_kwargs(p.parse_args(["--method", "palu", "--beta", "3"])) == {}
+    assert method_kwargs(args) == {"baseline": bl.BaselineConfig(beta=3.0, idk_file="x.txt")}
+    assert method_kwargs(p.parse_args(["--method", "palu", "--beta", "3"])) == {}
+    assert bl.method_config("npo", beta=3.0) == bl.BaselineConfig(beta=3.0)
+    assert bl.method_config("palu", beta=3.0) is None
+    with pytest.raises(ValueError, match="unknown baseline option.*'temperature'"):
+        bl.method_config("npo", temperature=2.0)
 
 
 def test_load_refusals(tmp_path):
@@ -278,4 +284,6 @@ def test_cli_method_choices_are_the_registry(tmp_path):
         assert cli.trainer_class(name) is bl.METHODS[name]
     args = cli.build_parser().parse_args(["--model", "m", "--forget", "f", "--output-dir", "o",
                                           "--method", "simnpo", "--beta", "3"])
-    assert bl.method_kwargs(args) == {"baseline": bl.BaselineConfig(beta=3.0, alpha=1.0)}
+    from palu_kernels.cli.options import method_kwargs
+
+    assert method_kwargs(args) == {"baseline": bl.BaselineConfig(beta=3.0, alpha=1.0)}

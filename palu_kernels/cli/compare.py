@@ -32,7 +32,7 @@ _OWN_UNLEARN_FLAGS = ("--method", "--model", "--forget", "--retain", "--output-d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..train.registry import add_method_arguments
+    from .options import add_method_arguments
 
     p = argparse.ArgumentParser(
         prog="palu-compare", allow_abbrev=False,

@@ -27,7 +27,8 @@ import sys
 from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions, UnlearningJob,
                   check_job, run_unlearning)
 from ..train.registry import METHODS as _REGISTRY
-from ..train.registry import add_method_arguments, method_defaults, trainer_class  # noqa: F401
+from ..train.registry import method_defaults, trainer_class  # noqa: F401
+from .options import add_method_arguments
 
 METHODS = tuple(_REGISTRY)
 """``--method`` choices: the keys of :data:`palu_kernels.train.registry.METHODS`."""

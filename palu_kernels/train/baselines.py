@@ -20,11 +20,11 @@ from .methods.idkdpo import (BUILTIN_REFUSALS, DEFAULT_IDK_FILE, IdkDPOConfig, I
 from .methods.npo import NPOConfig, NPOTrainer, npo_loss
 from .methods.sequence import REDUCTIONS, sequence_logprob
 from .methods.simnpo import SimNPOConfig, SimNPOTrainer, simnpo_loss
-from .registry import LOSSES, METHODS, add_method_arguments, method_kwargs, trainer_class
+from .registry import LOSSES, METHODS, method_config, trainer_class
 
 __all__ = ["BUILTIN_REFUSALS", "BaselineConfig", "DEFAULT_IDK_FILE", "GAConfig", "GATrainer",
            "GradDiffConfig", "GradDiffTrainer", "IdkDPOConfig", "IdkDPOTrainer", "LOSSES",
            "METHODS", "NPOConfig", "NPOTrainer", "REDUCTIONS", "RefusalCollator",
-           "RefusalDataset", "SimNPOConfig", "SimNPOTrainer", "add_method_arguments",
+           "RefusalDataset", "SimNPOConfig", "SimNPOTrainer",
            "forget_counts", "ga_loss", "graddiff_loss", "idkdpo_loss", "load_refusals",
-           "method_kwargs", "npo_loss", "sequence_logprob", "simnpo_loss", "trainer_class"]
+           "method_config", "npo_loss", "sequence_logprob", "simnpo_loss", "trainer_class"]

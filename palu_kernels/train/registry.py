@@ -4,8 +4,9 @@ Every trainer is a :class:`~palu_kernels.train.base.UnlearningTrainer` subclass 
 file of :mod:`palu_kernels.train.methods`; its hyper-parameters and their defaults are the
 dataclass ``config_class`` in that file (``PALUTrainer``: :class:`~palu_kernels.train.base.
 PALUConfig`). ``palu-unlearn --method``, ``palu-compare --methods`` and the demo read
-:data:`METHODS`; :func:`method_kwargs` turns parsed CLI options into the trainer's keyword
-arguments. A new method is one file in ``methods/`` plus one line in :data:`METHODS`.
+:data:`METHODS`; :func:`method_config` turns baseline options into the trainer's
+``baseline=`` argument (the command lines' options are in :mod:`palu_kernels.cli.options`).
+A new method is one file in ``methods/`` plus one line in :data:`METHODS`.
 """
 
 from __future__ import annotations
@@ -52,20 +53,21 @@ def method_defaults(method: str) -> dict:
     return asdict(cls.config_class() if cls.config_class is not None else PALUConfig())
 
 
-def method_kwargs(args) -> dict:
-    """Extra trainer keyword arguments of ``args.method`` from parsed CLI arguments.
+def method_config(method: str, **values):
+    """The baseline options of ``method`` as the trainer's ``baseline=`` argument: a
+    :class:`~palu_kernels.train.base.BaselineConfig` of ``values`` (``None`` = the method's
+    default; unknown names are refused), or ``None`` for a method without a ``config_class``
+    (``palu``: its options go in ``palu=``)."""
+    if trainer_class(method).config_class is None:
+        return None
+    names = {f.name for f in fields(BaselineConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown baseline option(s) {unknown}; expected some of {sorted(names)}")
+    return BaselineConfig(**values)
 
-    Reads the :class:`~palu_kernels.train.base.BaselineConfig` fields (``beta``, ``delta``,
-    ``idk_file``, ``gamma``, ``alpha``) when present (``None`` = the method's default); ``{}``
-    for a method without a ``config_class`` (``palu``: its options go in ``palu=``).
-    """
-    if trainer_class(args.method).config_class is None:
-        return {}
-    return {"baseline": BaselineConfig(**{f.name: getattr(args, f.name, None)
-                                          for f in fields(BaselineConfig)})}
 
-
-def _defaults_of(field: str) -> str:
+def defaults_of(field: str) -> str:
     """``"npo 0.1, simnpo 4.5, ..."``: the methods that have ``field`` and its default."""
     out = []
     for name, cls in METHODS.items():
@@ -74,16 +76,5 @@ def _defaults_of(field: str) -> str:
     return ", ".join(out)
 
 
-def add_method_arguments(parser) -> None:
-    """Add ``--beta``, ``--delta`` and ``--idk-file`` (the baselines' options) to ``parser``."""
-    parser.add_argument("--beta", type=float, default=None,
-                        help=f"inverse temperature (defaults: {_defaults_of('beta')})")
-    parser.add_argument("--delta", type=float, default=None,
-                        help=f"margin (defaults: {_defaults_of('delta')})")
-    parser.add_argument("--idk-file", default=None,
-                        help="idkdpo refusal answers, one per line (e.g. "
-                             "../shared/data/tofu/idontknow.jsonl; default: a built-in list)")
-
-
-__all__ = ["LOSSES", "METHODS", "add_method_arguments", "method_defaults", "method_kwargs",
+__all__ = ["LOSSES", "METHODS", "defaults_of", "method_config", "method_defaults",
            "trainer_class"]
