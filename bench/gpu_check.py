@@ -873,7 +873,6 @@ def sec_trainer(ctx: Context) -> str:
                     torch.cuda.reset_peak_memory_stats()
                     start_mem = torch.cuda.memory_allocated()
                 args = cli.build_parser().parse_args(argv)
-                args._argv = argv
                 t0 = time.perf_counter()
                 try:
                     summary = cli.run(args, callbacks=[timer])
