@@ -24,7 +24,9 @@ import os
 import sys
 from typing import List, Optional
 
-from ..eval.tofu import EVAL_SPLITS, FORGET_SPLITS, read_retain_result, split_file
+from ._errors import DEBUG_HELP, run_cli
+from ..eval.tofu import (EVAL_SPLITS, FORGET_SPLITS, check_retain_ratios, load_split,
+                         read_retain_result, split_file)
 from ..experiments.compare import (COLUMNS, DEFAULT_METHODS, Comparison, parse_methods, plot,  # noqa: F401
                                    run_comparison, table_markdown)
 
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete-models", action="store_true",
                    help="delete each unlearned model's weights and checkpoints after its evaluation")
     p.add_argument("--no-progress", action="store_true", help="hide the evaluation progress bars")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     add_method_arguments(p)
     return p
 
@@ -98,12 +101,16 @@ def comparison_from_argv(argv: Optional[List[str]] = None) -> Comparison:
     if missing:
         parser.error("--data-dir: missing TOFU file(s): " + ", ".join(missing))
     out = args.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        parser.error(f"--output-dir {out!r} exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
         parser.error(f"--output-dir {out!r} is not empty; pass --overwrite to replace its results")
     retain_ratios = None
     if args.retain_result:
         try:
             retain_ratios = read_retain_result(args.retain_result, args.forget_split)
+            n = len(load_split(args.data_dir, "forget", args.forget_split, args.max_samples))
+            check_retain_ratios(retain_ratios, n, f"--retain-result {args.retain_result}")
         except (FileNotFoundError, ValueError) as e:
             parser.error(str(e))
 
@@ -138,7 +145,13 @@ def compare(argv: Optional[List[str]] = None) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``palu-compare``; prints the table and where the outputs went."""
+    """Entry point of ``palu-compare``; prints the table and where the outputs went. An
+    ordinary error: one line on stderr, exit status 2 (``--debug``: the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("palu-compare", _main, argv)
+
+
+def _main(argv: List[str]) -> int:
     report = compare(argv)
     out = report["config"]["output_dir"]
     print("\n=== palu-compare ===")

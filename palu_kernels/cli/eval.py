@@ -20,8 +20,10 @@ import sys
 import time
 from typing import List, Optional
 
-from ..eval.tofu import (FORGET_SPLITS, evaluate_model, forget_truth_ratios, load_eval_model,
-                         read_retain_result, split_file, write_result)
+from ..eval.tofu import (FORGET_SPLITS, check_output_dir, check_retain_ratios, evaluate_model,
+                         forget_truth_ratios, load_eval_model, load_split, read_retain_result,
+                         split_file, write_result)
+from ._errors import DEBUG_HELP
 
 from ..train.models import DTYPES
 
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads for torch (default: torch's choice; 1 is often fastest "
                         "for tiny models on a busy machine)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return p
 
 
@@ -93,6 +96,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device: {device} requested but CUDA is not available")
     output_dir = args.output_dir or os.path.join(args.model, f"eval_{args.forget_split}")
+    try:
+        check_output_dir(output_dir)
+    except ValueError as e:
+        parser.error(str(e))
     progress = not args.no_progress
     from transformers.utils import logging as hf_logging
 
@@ -106,25 +113,36 @@ def main(argv: Optional[List[str]] = None) -> int:
             hf_logging.enable_progress_bar()
 
 
+def _load(flag: str, path: str, device, dtype: str, tokenizer: Optional[str] = None):
+    """:func:`load_eval_model`, its errors naming ``flag``."""
+    try:
+        return load_eval_model(path, device, dtype, tokenizer)
+    except (OSError, ValueError) as e:
+        raise type(e)(f"{flag} {e}") from e
+
+
 def _run(args, device, output_dir: str, progress: bool) -> int:
     t0 = time.perf_counter()
     try:
         retain_ratios = None
         if args.retain_result:
             retain_ratios = read_retain_result(args.retain_result, args.forget_split)
+            n = len(load_split(args.data_dir, "forget", args.forget_split, args.max_samples))
+            check_retain_ratios(retain_ratios, n, f"--retain-result {args.retain_result}")
         elif args.retain_model:
-            rmodel, rtok = load_eval_model(args.retain_model, device, args.dtype)
+            rmodel, rtok = _load("--retain-model", args.retain_model, device, args.dtype)
             retain_ratios = forget_truth_ratios(rmodel, rtok, args.data_dir, args.forget_split,
                                                 max_samples=args.max_samples,
                                                 batch_size=args.batch_size, progress=progress)
             del rmodel
-        model, tokenizer = load_eval_model(args.model, device, args.dtype,
-                                                    args.tokenizer)
+        model, tokenizer = _load("--model", args.model, device, args.dtype, args.tokenizer)
         result = evaluate_model(model, tokenizer, args.data_dir, args.forget_split,
                                 max_samples=args.max_samples, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens,
                                 retain_truth_ratios=retain_ratios, progress=progress)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
+        if args.debug:
+            raise
         print(f"palu-eval: error: {e}", file=sys.stderr)
         return 2
     result["config"].update({"model": os.path.abspath(args.model),
@@ -133,8 +151,14 @@ def _run(args, device, output_dir: str, progress: bool) -> int:
                              "seconds": round(time.perf_counter() - t0, 2)})
     if args.retain_model:
         result["retain_forget_truth_ratios"] = retain_ratios
-    json_path, md_path = write_result(result, output_dir,
-                                      title=f"TOFU evaluation of {args.model}")
+    try:
+        json_path, md_path = write_result(result, output_dir,
+                                          title=f"TOFU evaluation of {args.model}")
+    except (OSError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"palu-eval: error: {e}", file=sys.stderr)
+        return 2
     with open(md_path, encoding="utf-8") as f:
         md = f.read()
     print(md)

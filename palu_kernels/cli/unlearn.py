@@ -22,10 +22,12 @@ dict, also written to ``<output-dir>/run_summary.json``).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions, UnlearningJob,
                   check_job, run_unlearning)
+from ._errors import DEBUG_HELP, run_cli
 from ..train.registry import METHODS as _REGISTRY
 from ..train.registry import method_defaults, trainer_class  # noqa: F401
 from .options import add_method_arguments
@@ -38,10 +40,13 @@ def _target(value: str):
     if value in ("mean", "mean_detached", "topk_mean"):
         return value
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
+        t = float("nan")
+    if not math.isfinite(t):
         raise argparse.ArgumentTypeError(
-            f"--target must be mean, mean_detached, topk_mean or a number, got {value!r}") from None
+            f"--target must be mean, mean_detached, topk_mean or a finite number, got {value!r}")
+    return t
 
 
 def _k(value: str):
@@ -125,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip (and report) bad data records instead of failing")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow code from the model directory (off by default)")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     return p
 
 
@@ -173,14 +179,18 @@ def unlearn(argv=None) -> dict:
 def main(argv=None) -> int:
     """Entry point of ``palu-unlearn``; ``main([...])`` works from Python too (returns 0; use
     :func:`unlearn` for the summary dict). ``palu-unlearn demo ...`` runs the demo
-    (:mod:`palu_kernels.cli.demo`)."""
+    (:mod:`palu_kernels.cli.demo`). An ordinary error: one line on stderr and ``SystemExit``
+    with status 2 (:func:`palu_kernels.cli._errors.run_cli`; ``--debug``: the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
         from .demo import main as demo_main
 
         return demo_main(argv[1:])
-    unlearn(argv)
-    return 0
+    def go(argv):
+        unlearn(argv)
+        return 0
+
+    return run_cli("palu-unlearn", go, argv)
 
 
 if __name__ == "__main__":

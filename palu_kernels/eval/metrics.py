@@ -145,6 +145,12 @@ def forget_quality(unlearned_ratios: Sequence[float], retain_ratios: Sequence[fl
         raise ValueError(
             f"forget_quality: expected non-empty truth-ratio samples, got {len(a)} unlearned "
             f"and {len(b)} retain values")
+    for name, values in (("the evaluated model's", a), ("the retain model's", b)):
+        bad = sum(1 for x in values if x != x)
+        if bad:  # a NaN would make the KS p-value NaN (or meaningless) without a word
+            raise ValueError(
+                f"forget_quality: {bad} of {len(values)} of {name} forget truth ratios are NaN "
+                "(non-finite scores: a model with NaN weights or logits?); no Forget Quality")
     return float(ks_2samp(a, b).pvalue)
 
 

@@ -21,6 +21,7 @@ Example (a tiny random model, two questions per split)::
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -305,6 +306,8 @@ def evaluate_model(model, tokenizer, data_dir: str, forget_split: str = "forget0
         ``exact_memorisation`` and ``extraction_strength`` for the forget set).
     """
     records = {s: load_split(data_dir, s, forget_split, max_samples) for s in EVAL_SPLITS}
+    if retain_truth_ratios is not None:  # before the work, not after it
+        check_retain_ratios(retain_truth_ratios, len(records["forget"]))
     encoder = PromptEncoder(tokenizer, format_prompt)
     was_training = getattr(model, "training", False)
     model.eval()
@@ -321,6 +324,7 @@ def evaluate_model(model, tokenizer, data_dir: str, forget_split: str = "forget0
     components = {k: components[k] for k in UTILITY_KEYS}
     fq = None
     if retain_truth_ratios is not None:
+        check_retain_ratios(retain_truth_ratios, len(records["forget"]))
         fq = forget_quality(results["forget"]["truth_ratios"], retain_truth_ratios)
     metrics = {"forget_quality": fq, "model_utility": model_utility(list(components.values())),
                "model_utility_components": components}
@@ -365,21 +369,47 @@ def summary_markdown(result: dict, title: str = "TOFU evaluation") -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_output_dir(output_dir: str) -> None:
+    """``ValueError`` when ``output_dir`` (or a parent) exists and is not a directory: checked
+    before an evaluation, not after it."""
+    path = os.path.abspath(output_dir)
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    if path and not os.path.isdir(path):
+        raise ValueError(f"--output-dir {output_dir!r}: {path!r} exists and is not a directory")
+
+
+def check_retain_ratios(ratios: Sequence[float], n_forget: int, source: str = "") -> None:
+    """The retain model's forget truth ratios must be finite and one per forget question
+    (``ValueError`` naming ``source``, e.g. the ``--retain-result`` file)."""
+    where = f"{source}: " if source else "retain_truth_ratios: "
+    if len(ratios) != n_forget:
+        raise ValueError(f"{where}{len(ratios)} retain truth ratios, but the forget set has "
+                         f"{n_forget} questions (another --max-samples or forget split?)")
+    bad = [i for i, x in enumerate(ratios) if not math.isfinite(float(x))]
+    if bad:
+        raise ValueError(f"{where}{len(bad)} of {len(ratios)} retain truth ratios are not "
+                         f"finite (e.g. index {bad[0]}: {ratios[bad[0]]})")
+
+
 def write_result(result: dict, output_dir: str, title: str = "TOFU evaluation"
                  ) -> Tuple[str, str]:
-    """Write ``eval.json`` (the whole result) and ``eval.md`` (:func:`summary_markdown`)."""
+    """Write ``eval.json`` (the whole result) and ``eval.md`` (:func:`summary_markdown`),
+    each atomically (:func:`palu_kernels.outputs.atomic_write_text`); ``eval.json`` last."""
+    from ..outputs import atomic_write_json, atomic_write_text
+
+    check_output_dir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, "eval.json")
     md_path = os.path.join(output_dir, "eval.md")
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1, ensure_ascii=False)
-    with open(md_path, "w", encoding="utf-8") as f:
-        f.write(summary_markdown(result, title=title))
+    atomic_write_text(md_path, summary_markdown(result, title=title))
+    atomic_write_json(json_path, result, indent=1, ensure_ascii=False)
     return json_path, md_path
 
 
 __all__ = ["EVAL_SPLITS", "FORGET_SPLITS", "PromptEncoder", "UTILITY_KEYS",
-           "evaluate_model", "evaluate_split", "forget_truth_ratios",
+           "check_output_dir", "check_retain_ratios", "evaluate_model", "evaluate_split",
+           "forget_truth_ratios",
            "load_split", "read_json_records", "split_file", "summary_markdown",
            "write_result"]
 
@@ -406,8 +436,12 @@ def read_retain_result(path: str, forget_split: str) -> List[float]:
     model (``FileNotFoundError`` / ``ValueError`` naming ``--retain-result``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--retain-result: file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"--retain-result: {path} is not JSON ({e}); expected the eval.json "
+                         "written by palu-eval") from None
     ratios = data.get("forget_truth_ratios") if isinstance(data, dict) else None
     if not isinstance(ratios, list) or not ratios:
         raise ValueError(f"--retain-result: {path} has no 'forget_truth_ratios' list (expected "
@@ -416,4 +450,10 @@ def read_retain_result(path: str, forget_split: str) -> List[float]:
     if got is not None and got != forget_split:
         raise ValueError(f"--retain-result: {path} was computed on {got!r}, but "
                          f"--forget-split is {forget_split!r}")
-    return [float(x) for x in ratios]
+    out = []
+    for i, x in enumerate(ratios):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            raise ValueError(f"--retain-result: {path}: forget_truth_ratios[{i}] is {x!r}, "
+                             "expected a finite number")
+        out.append(float(x))
+    return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import glob
-import json
 import os
 import shutil
 import time
@@ -24,7 +23,8 @@ from typing import List, Optional
 
 from ..eval.table import format_number, format_table
 from ..eval.tofu import evaluate_model, forget_truth_ratios, load_eval_model, write_result
-from ..train.job import UnlearningJob, run_unlearning
+from ..outputs import MARKER, atomic_write_json, atomic_write_text
+from ..train.job import UnlearningJob, check_job, run_unlearning
 from ..train.registry import METHODS
 
 __all__ = ["COLUMNS", "Comparison", "parse_methods", "plot", "run_comparison", "table_markdown"]
@@ -145,8 +145,23 @@ def run_comparison(c: Comparison) -> dict:
     import torch
     from tqdm.auto import tqdm
 
+    from ..train.data import load_records
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = c.output_dir
+    # Everything that can be checked is checked before the first (minutes long) evaluation:
+    # every method's job (values, paths, output directories) and the training data.
+    jobs = {m: replace(c.job, method=replace(c.job.method, name=m),
+                       output=replace(c.job.output, output_dir=os.path.join(out, m)))
+            for m in c.methods}
+    for job in jobs.values():
+        check_job(job)
+    try:
+        load_records(c.job.data.forget, spans="required", skip_bad=c.job.data.skip_bad_records)
+        if c.job.data.retain:
+            load_records(c.job.data.retain, spans="ignore", skip_bad=c.job.data.skip_bad_records)
+    except ValueError as e:
+        raise SystemExit(f"palu-compare: --forget/--retain: {e}") from None
     eval_kw = {"max_samples": c.max_samples, "batch_size": c.eval_batch_size,
                "progress": c.progress}
     os.makedirs(out, exist_ok=True)
@@ -175,11 +190,12 @@ def run_comparison(c: Comparison) -> dict:
         rows.append(_row("original", result, None, None, eval_dir))
         for method in tqdm(c.methods, desc="palu-compare methods", disable=not c.progress):
             method_dir = os.path.join(out, method)
-            job = replace(c.job, method=replace(c.job.method, name=method),
-                          output=replace(c.job.output, output_dir=method_dir))
             t0 = time.perf_counter()
-            summary = run_unlearning(job)
+            summary = run_unlearning(jobs[method])
             train_s = time.perf_counter() - t0
+            if not os.path.isfile(os.path.join(method_dir, MARKER)):
+                raise SystemExit(f"palu-compare: {method_dir}: no {MARKER}; the {method} run "
+                                 "did not finish")
             result, eval_dir = evaluate(method_dir, method)
             rows.append(_row(method, result, train_s, summary.get("steps"), eval_dir))
             if c.delete_models:
@@ -199,8 +215,7 @@ def run_comparison(c: Comparison) -> dict:
               "output_dir": os.path.abspath(out), "device": str(device),
               "seconds": round(time.perf_counter() - t_all, 2)}
     report = {"config": config, "rows": rows, "table": table, "plot": png}
-    with open(os.path.join(out, "compare.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1, default=str)
+    atomic_write_json(os.path.join(out, "compare.json"), report, indent=1, default=str)
     md = [f"# palu-compare on {c.forget_split}", "", table]
     if png is None:
         md.append("No Forget Quality (pass --retain-model or --retain-result), so no plot.\n")
@@ -211,6 +226,5 @@ def run_comparison(c: Comparison) -> dict:
               "mean of probability, ROUGE-L recall and truth ratio on retain, real authors and "
               "world facts. Train time: the whole unlearning run (loading, measurements, "
               "saving included).\n")
-    with open(os.path.join(out, "compare.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(md))
+    atomic_write_text(os.path.join(out, "compare.md"), "\n".join(md))
     return report

@@ -23,7 +23,7 @@ import copy
 from dataclasses import asdict, dataclass, fields, is_dataclass
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from ..constants import IGNORE_INDEX
 from ..loss import palu_local_entropy_loss
@@ -77,8 +77,9 @@ class BaselineConfig:
 
 def check_weight(name: str, value) -> float:
     """``value`` as a float, or a ``ValueError`` unless it is a number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
+            or value == float("inf")):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 
 
@@ -117,6 +118,23 @@ def batch_counts(inputs: dict) -> torch.Tensor:
 
 
 N_COUNTS = 5
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss (or, at a checkpoint, a weight) is not finite: the run stops before
+    the optimizer applies it (``docs/reliability.md``)."""
+
+
+def nonfinite_parameters(model) -> list[str]:
+    """Names of the parameters of ``model`` that hold a NaN or an infinity (of this process's
+    shard, for a model sharded by FSDP2: no collective)."""
+    out = []
+    for name, p in model.named_parameters():
+        t = p.detach()
+        t = t.to_local() if hasattr(t, "to_local") else t
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            out.append(name)
+    return out
 
 
 class UnlearningTrainer(Trainer):
@@ -172,6 +190,7 @@ class UnlearningTrainer(Trainer):
                      lora=is_peft_model(self.model))
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_windows = 0  # optimizer steps since the last log
+        self.add_callback(_FiniteCheckpoints(self))
         if self.palu.fused_linear and not self.supports_fused_linear:
             raise FusedLinearError(
                 f"--fused-linear applies to the PALU loss only; {type(self).__name__} has its "
@@ -283,6 +302,34 @@ class UnlearningTrainer(Trainer):
             loss = loss * scale
         return (loss, {"loss": loss.detach()}) if return_outputs else loss
 
+    def _any_process(self, flag: bool) -> bool:
+        """``flag`` or-ed over the processes (every process takes the same branch)."""
+        if self.accelerator.num_processes <= 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.args.device)
+        return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """``Trainer.training_step`` (forward and backward), then the loss must be finite: a
+        NaN or infinity raises :class:`NonFiniteLossError` before the optimizer uses the
+        gradient (``transformers`` would otherwise log the previous mean and step on)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._any_process(not bool(torch.isfinite(loss.detach()).all())):
+            bad = [n for n, v in self._metric_sums.items() if not bool(torch.isfinite(v).all())]
+            raise NonFiniteLossError(
+                f"the training loss is not finite ({loss.detach().float().mean().item()}) at "
+                f"optimizer step {self.state.global_step + 1}"
+                + (f" (non-finite terms: {', '.join(sorted(bad))})" if bad else ""))
+        return loss
+
+    def check_finite_weights(self) -> None:
+        """:class:`NonFiniteLossError` when a weight of the model holds a NaN or infinity."""
+        bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
+        if self._any_process(bool(bad)):
+            raise NonFiniteLossError(
+                f"the weights are not finite after optimizer step {self.state.global_step}"
+                + (f" ({len(bad)} tensors, e.g. {bad[0]})" if bad else ""))
+
     def _record(self, logs: dict, counts: torch.Tensor) -> None:
         for name, value in logs.items():
             v = value.detach().double().reshape(())
@@ -362,5 +409,19 @@ class UnlearningTrainer(Trainer):
         return out
 
 
-__all__ = ["BaselineConfig", "PALUConfig", "UnlearningTrainer", "batch_counts", "check_weight",
-           "forget_counts", "resolve_config"]
+class _FiniteCheckpoints(TrainerCallback):
+    """Before a checkpoint is written (``on_step_end`` runs after ``DefaultFlowCallback`` set
+    ``should_save``), the weights must be finite: no checkpoint holds a ruined model, so the
+    last checkpoint on disk is the last good one."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kw):
+        if control.should_save:
+            self.trainer.check_finite_weights()
+
+
+__all__ = ["BaselineConfig", "NonFiniteLossError", "PALUConfig", "UnlearningTrainer",
+           "batch_counts", "check_weight", "forget_counts", "nonfinite_parameters",
+           "resolve_config"]

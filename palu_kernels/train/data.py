@@ -202,6 +202,23 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
     return ids
 
 
+class PromptTooLong(ValueError):
+    """A record's prompt alone fills ``max_length`` (the message names ``file:line``)."""
+
+
+def _too_long(record: QARecord, n_prompt: int, max_length: int) -> str:
+    return (f"{record.source}:{record.line}: the prompt alone is {n_prompt} tokens, "
+            f"max_length={max_length} leaves no room for the answer")
+
+
+def prompt_too_long(tokenizer, record: QARecord, max_length: int | None) -> str | None:
+    """Why ``record`` cannot be encoded within ``max_length`` (``None`` if it can)."""
+    if max_length is None:
+        return None
+    n_prompt = len(prompt_ids(tokenizer, record.question))
+    return _too_long(record, n_prompt, max_length) if n_prompt + 1 > max_length else None
+
+
 def encode_record(tokenizer, record: QARecord, *, max_length: int | None = None,
                   first_n: int | None = 3) -> dict:
     """Tokenise one record and build its labels and PALU row masks.
@@ -232,8 +249,7 @@ def encode_record(tokenizer, record: QARecord, *, max_length: int | None = None,
     truncated = False
     if max_length is not None and len(ids) > max_length:
         if n_prompt + 1 > max_length:
-            raise ValueError(f"{record.source}:{record.line}: the prompt alone is {n_prompt} tokens, "
-                             f"max_length={max_length} leaves no room for the answer")
+            raise PromptTooLong(_too_long(record, n_prompt, max_length))
         ids, labels, sensitive = ids[:max_length], labels[:max_length], sensitive[:max_length]
         truncated = True
     L = len(ids)
@@ -261,16 +277,54 @@ class PALUDataset(torch.utils.data.Dataset):
     (seeded by ``seed``) that advances with the epoch (:meth:`set_epoch`), so successive epochs
     see different retain records and a resumed run sees the same pairs. Without retain records
     the items have no ``"retain"`` part.
+
+    A record whose prompt alone does not fit in ``max_length`` (forget or retain, found here,
+    not when the record is drawn) raises ``ValueError`` naming ``file:line``, or with
+    ``skip_bad`` is left out and listed in ``skipped_forget`` / ``skipped_retain``.
+    ``n_initiating``: initiating rows over the whole forget set; ``n_without_spans``: forget
+    records without a span.
     """
 
     def __init__(self, tokenizer, forget: list[QARecord], retain: list[QARecord] | None = None, *,
-                 max_length: int | None = 512, first_n: int | None = 3, seed: int = 0):
+                 max_length: int | None = 512, first_n: int | None = 3, seed: int = 0,
+                 skip_bad: bool = False):
         if not forget:
             raise ValueError("forget records must not be empty")
         self.tokenizer, self.max_length, self.first_n = tokenizer, max_length, first_n
-        self.forget_records, self.retain_records = list(forget), list(retain or [])
-        self.forget = [encode_record(tokenizer, r, max_length=max_length, first_n=first_n)
-                       for r in self.forget_records]
+        self.skipped_forget: list[str] = []
+        self.skipped_retain: list[str] = []
+        self.forget_records, self.forget = [], []
+        for r in forget:
+            try:
+                enc = encode_record(tokenizer, r, max_length=max_length, first_n=first_n)
+            except PromptTooLong as e:
+                if not skip_bad:
+                    raise
+                self.skipped_forget.append(str(e))
+                continue
+            self.forget_records.append(r)
+            self.forget.append(enc)
+        if not self.forget:
+            raise ValueError(f"every forget record was skipped ({len(self.skipped_forget)}; "
+                             f"e.g. {self.skipped_forget[0]})")
+        self.retain_records = []
+        for r in retain or []:
+            problem = prompt_too_long(tokenizer, r, max_length)
+            if problem:
+                if not skip_bad:
+                    raise PromptTooLong(problem)
+                self.skipped_retain.append(problem)
+                continue
+            self.retain_records.append(r)
+        if retain and not self.retain_records:
+            raise ValueError(f"every retain record was skipped ({len(self.skipped_retain)}; "
+                             f"e.g. {self.skipped_retain[0]})")
+        for part, skipped in (("forget", self.skipped_forget), ("retain", self.skipped_retain)):
+            if skipped:
+                warnings.warn(f"skipped {len(skipped)} {part} record(s) longer than "
+                              f"max_length={max_length}: {skipped[0]}", stacklevel=2)
+        self.n_initiating = sum(int(e["initiating_mask"].sum()) for e in self.forget)
+        self.n_without_spans = sum(1 for r in self.forget_records if not r.spans)
         self._retain_cache: dict[int, dict] = {}
         self._perm = list(range(len(self.retain_records)))
         random.Random(seed).shuffle(self._perm)

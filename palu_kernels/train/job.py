@@ -14,17 +14,20 @@ Several processes: ``torchrun --nproc_per_node 2 -m palu_kernels.cli.unlearn ...
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import platform
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from .base import BaselineConfig, PALUConfig
+from ..outputs import (MARKER, atomic_write_json, is_within, latest_complete_checkpoint,
+                       make_temp_sibling, publish_result)
+from .base import BaselineConfig, NonFiniteLossError, PALUConfig, nonfinite_parameters
+from .checks import check_model_files, check_output, check_values
 from .models import ModelSource, load_model, load_tokenizer, resolve_model_path
 from .registry import trainer_class
 
@@ -166,14 +169,14 @@ def parse_k(value) -> Optional[int]:
     return k
 
 
-def _is_within(path: str, parent: str) -> bool:
-    path, parent = os.path.realpath(path), os.path.realpath(parent)
-    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+_is_within = is_within
 
 
 def check_job(job: UnlearningJob) -> ModelSource:
-    """Validate the job's paths and sizes before any work (``SystemExit`` with the option's
-    name); returns where the model is."""
+    """Validate the job before any work (``SystemExit`` with the option's name): paths, every
+    number finite and in range (:mod:`palu_kernels.train.checks`), the model files, the output
+    directory (not the model, not holding it, not inside it) and the checkpoint to resume;
+    returns where the model is."""
     try:
         source = resolve_model_path(job.model.path)
     except ValueError as e:
@@ -181,27 +184,13 @@ def check_job(job: UnlearningJob) -> ModelSource:
     for flag, path in (("--forget", job.data.forget), ("--retain", job.data.retain)):
         if path is not None and not os.path.isfile(path):
             raise SystemExit(f"palu-unlearn: {flag} {path!r} is not a file")
-    out = job.output.output_dir
-    if _is_within(out, source.directory):
-        raise SystemExit(f"palu-unlearn: --output-dir {out!r} is inside the input model "
-                         f"directory {source.directory!r}; choose another directory")
-    if os.path.isdir(out) and os.listdir(out):
-        if not (job.output.resume or job.output.overwrite):
-            raise SystemExit(f"palu-unlearn: --output-dir {out!r} is not empty; pass "
-                             "--resume to continue its run or --overwrite to replace it")
-    elif os.path.exists(out) and not os.path.isdir(out):
-        raise SystemExit(f"palu-unlearn: --output-dir {out!r} exists and is not a directory")
-    for flag, value in (("batch-size", job.training.batch_size),
-                        ("grad-accum", job.training.grad_accum),
-                        ("max-length", job.data.max_length)):
-        if value < 1:
-            raise SystemExit(f"palu-unlearn: --{flag} must be >= 1, got {value}")
-    if job.model.lora_r < 0:
-        raise SystemExit(f"palu-unlearn: --lora-r must be >= 0, got {job.model.lora_r}")
     try:
         trainer_class(job.method.name)
     except ValueError as e:
         raise SystemExit(f"palu-unlearn: --method: {e}") from None
+    check_values(job)
+    check_model_files(source)
+    check_output(job, source)
     if job.method.fused_linear and job.method.name != "palu":
         raise SystemExit(f"palu-unlearn: --fused-linear applies to --method palu only (the PALU "
                          f"loss from hidden states); --method {job.method.name} needs full logits")
@@ -245,13 +234,23 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     from .heads import FusedLinearError, is_peft_model
 
     t0 = time.time()
-    source = check_job(job)
-    try:
+    try:  # the launcher's environment first: nothing else matters if it cannot run
         check_launch(cuda=torch.cuda.is_available())
     except EngineError as e:
-        raise SystemExit(f"palu-unlearn: {e}") from None
+        raise SystemExit(f"palu-unlearn: {e}") from None  # (before any directory is made)
+    source = check_job(job)
     m, d, tr, o = job.model, job.data, job.training, job.output
+    out_existed = os.path.isdir(o.output_dir)
     set_seed(tr.seed)
+
+    def fail(message: str) -> SystemExit:
+        """A one-line error; an output directory this run created and left empty goes."""
+        if not out_existed:
+            try:
+                os.rmdir(o.output_dir)
+            except OSError:  # not there, or not empty: keep it
+                pass
+        return SystemExit(f"palu-unlearn: {message}")
 
     try:
         forget, forget_report = load_records(d.forget, spans="required", skip_bad=d.skip_bad_records)
@@ -260,20 +259,33 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
             retain, retain_report = load_records(d.retain, spans="ignore",
                                                  skip_bad=d.skip_bad_records)
     except ValueError as e:
-        raise SystemExit(f"palu-unlearn: {e}") from None
-
-    tokenizer = load_tokenizer(source, trust_remote_code=m.trust_remote_code)
-    model = load_model(source, trust_remote_code=m.trust_remote_code,
-                       upcast_half_on_cpu=True,  # half precision training on the CPU is slow
-                       lora_r=m.lora_r, lora_alpha=m.lora_alpha)
-
-    dataset = PALUDataset(tokenizer, forget, retain, max_length=d.max_length,
-                          first_n=d.first_n, seed=tr.seed)
+        raise fail(str(e)) from None
+    try:
+        tokenizer = load_tokenizer(source, trust_remote_code=m.trust_remote_code)
+    except ValueError as e:
+        raise fail(f"--model {e}") from None
+    try:
+        dataset = PALUDataset(tokenizer, forget, retain, max_length=d.max_length,
+                              first_n=d.first_n, seed=tr.seed, skip_bad=d.skip_bad_records)
+    except ValueError as e:
+        hint = "" if d.skip_bad_records else " (--skip-bad-records skips such records)"
+        raise fail(f"--max-length {d.max_length}: {e}{hint}") from None
+    if job.method.name == "palu":
+        check_unlearns(dataset, d)
+    try:
+        model = load_model(source, trust_remote_code=m.trust_remote_code,
+                           upcast_half_on_cpu=True,  # half precision training on the CPU is slow
+                           lora_r=m.lora_r, lora_alpha=m.lora_alpha)
+    except ValueError as e:
+        raise fail(f"--model {e}") from None
     collator = PALUCollator(tokenizer.pad_token_id)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = math.ceil(math.ceil(len(dataset) / (tr.batch_size * world)) / tr.grad_accum)
     warmup = int(round(tr.warmup_epochs * steps_per_epoch))
+    if tr.max_steps < 1 and math.ceil(tr.epochs * steps_per_epoch) < 1:
+        raise fail(f"--epochs {tr.epochs} makes no optimizer step ({steps_per_epoch} per "
+                   "epoch): the model would be saved unchanged")
     targs = TrainingArguments(
         output_dir=o.output_dir, per_device_train_batch_size=tr.batch_size,
         gradient_accumulation_steps=tr.grad_accum, learning_rate=tr.lr,
@@ -292,12 +304,26 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     )
     _ = targs.device  # joins the process group: every process has checked the paths above
     state = PartialState()
-    if state.is_main_process and o.overwrite and not o.resume:
-        for old in glob.glob(os.path.join(o.output_dir, "checkpoint-*")):
-            shutil.rmtree(old)
+    resume, old_checkpoints = o.resume, None
+    if state.is_main_process:
+        for stale in glob.glob(os.path.join(os.path.dirname(os.path.abspath(o.output_dir)),
+                                            f".{os.path.basename(os.path.abspath(o.output_dir))}.tmp-*")):
+            shutil.rmtree(stale, ignore_errors=True)  # a final save that was killed
+    if resume is True:
+        resume, skipped = latest_complete_checkpoint(o.output_dir)
+        if state.is_main_process:
+            for path, why in skipped:
+                print(f"palu-unlearn: --resume: skipping {path}: {why}", file=sys.stderr)
+            print(f"palu-unlearn: resuming from {resume}", file=sys.stderr)
+    elif o.overwrite and not resume and state.is_main_process:
+        # --overwrite deletes nothing before the new result is complete: the old run's
+        # checkpoints wait in a sibling directory (deleted after the new result is published)
+        old = glob.glob(os.path.join(o.output_dir, "checkpoint-*"))
+        if old:
+            old_checkpoints = make_temp_sibling(o.output_dir, "old")
+            for path in old:
+                os.replace(path, os.path.join(old_checkpoints, os.path.basename(path)))
     state.wait_for_everyone()
-    if o.resume is True and not glob.glob(os.path.join(o.output_dir, "checkpoint-*")):
-        raise SystemExit(f"palu-unlearn: --resume: no checkpoint-* in {o.output_dir!r}")
 
     class _Epoch(TrainerCallback):
         def on_epoch_begin(self, a, st, control, **kw):
@@ -310,13 +336,20 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
             model=model, args=targs, train_dataset=dataset, data_collator=collator,
             processing_class=tokenizer, callbacks=[_Epoch(), *(callbacks or [])],
             **{**kwargs, **(trainer_kwargs or {})})
-    except (FusedLinearError, EngineError) as e:  # say why, no traceback
-        raise SystemExit(f"palu-unlearn: {e}") from None
+    except (FusedLinearError, EngineError, ValueError) as e:  # e.g. no --fused-linear here
+        raise fail(str(e)) from None
 
     # Fixed measurement set: every forget record, each paired with a retain record.
     eval_items = dataset.measurement_items(d.eval_retain if retain else 0)
     before = trainer.measure(eval_items, batch_size=tr.batch_size, desc="losses before")
-    train_out = trainer.train(resume_from_checkpoint=o.resume)
+    try:
+        train_out = trainer.train(resume_from_checkpoint=resume)
+        trainer.check_finite_weights()
+    except NonFiniteLossError as e:
+        last, _ = latest_complete_checkpoint(o.output_dir)
+        raise fail(f"{e}; stopped, nothing saved as the result"
+                   + (f" (the last good checkpoint: {last})" if last else "")
+                   + "; lower --lr / --gamma / --alpha or check the data") from None
     after = trainer.measure(eval_items, batch_size=tr.batch_size, desc="losses after")
 
     summary = {
@@ -326,12 +359,15 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
         "world_size": state.num_processes,
         "engine": trainer.engine,
         "data": {"forget": forget_report.describe(),
-                 "forget_skipped": [f"{d.forget}:{ln}: {why}" for ln, why in forget_report.skipped],
+                 "forget_skipped": [f"{d.forget}:{ln}: {why}" for ln, why in forget_report.skipped]
+                                   + dataset.skipped_forget,
                  "retain": retain_report.describe() if retain_report else None,
                  "retain_skipped": ([f"{d.retain}:{ln}: {why}" for ln, why in retain_report.skipped]
-                                    if retain_report else []),
+                                    if retain_report else []) + dataset.skipped_retain,
                  "truncated_forget": sum(e["truncated"] for e in dataset.forget),
-                 "truncated_retain": dataset.n_truncated_retain},
+                 "truncated_retain": dataset.n_truncated_retain,
+                 "initiating_rows": dataset.n_initiating,
+                 "forget_without_spans": dataset.n_without_spans},
         "palu": palu.to_dict(),
         "method": {"name": job.method.name, **getattr(trainer, "hparams", {})},
         "steps": trainer.state.global_step,
@@ -347,17 +383,58 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     # FSDP: every process takes part in gathering the whole weights; the main one saves them
     full_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.engine == "fsdp2" else None
     if state.is_main_process:
-        if is_peft_model(final):
-            final.save_pretrained(os.path.join(o.output_dir, "adapter"))
-            final = final.merge_and_unload()
-        final.save_pretrained(o.output_dir, safe_serialization=True, state_dict=full_state)
-        tokenizer.save_pretrained(o.output_dir)
-        with open(os.path.join(o.output_dir, "run_summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, default=str)
+        save_result(final, tokenizer, summary, o.output_dir, state_dict=full_state)
+        if old_checkpoints:
+            shutil.rmtree(old_checkpoints, ignore_errors=True)
         if verbose:
             print_summary(summary)
     state.wait_for_everyone()
     return summary
+
+
+def check_unlearns(dataset, d: DataSpec) -> None:
+    """PALU unlearns through its initiating rows: none over the whole forget set is an error
+    (``SystemExit`` with the count of records without spans)."""
+    if dataset.n_initiating > 0:
+        return
+    n = len(dataset.forget_records)
+    raise SystemExit(
+        f"palu-unlearn: --forget {d.forget!r}: no initiating row in the whole forget set "
+        f"({dataset.n_without_spans} of {n} records have no target_words span; --first-n "
+        f"{d.first_n}, --max-length {d.max_length}): the PALU local term would never apply. "
+        "Annotate spans, or use a method without spans (e.g. --method npo)")
+
+
+def save_result(model, tokenizer, summary: dict, output_dir: str, *, state_dict=None) -> None:
+    """Write the final model, its tokenizer and ``run_summary.json`` (last) into a temporary
+    sibling of ``output_dir``, fsync, then move them in (:func:`palu_kernels.outputs.
+    publish_result`). A model with a non-finite weight is refused (nothing is written).
+    ``state_dict``: the whole weights to save instead of the model's own parameters (under
+    FSDP the parameters are shards; every process helped gather this)."""
+    import torch
+
+    from .heads import is_peft_model
+
+    if state_dict is not None:
+        bad = [k for k, v in state_dict.items()
+               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    else:
+        bad = nonfinite_parameters(model)
+    if bad:
+        raise SystemExit(f"palu-unlearn: {len(bad)} weight tensors are not finite (e.g. "
+                         f"{bad[0]}); nothing saved as the result")
+    tmp = make_temp_sibling(output_dir)
+    try:
+        if is_peft_model(model):
+            model.save_pretrained(os.path.join(tmp, "adapter"))
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(os.path.join(tmp, MARKER), summary, indent=2, default=str)
+        publish_result(tmp, output_dir)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def print_summary(s: dict) -> None:

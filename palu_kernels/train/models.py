@@ -56,16 +56,32 @@ def _source(source) -> ModelSource:
     return source if isinstance(source, ModelSource) else ModelSource(str(source))
 
 
+def _where(src: ModelSource) -> str:
+    return repr(os.path.join(src.directory, src.gguf_file) if src.gguf_file else src.directory)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def load_tokenizer(source, *, trust_remote_code: bool = False, pad_with_eos: bool = True):
     """``AutoTokenizer`` of ``source`` (a directory or :class:`ModelSource`); with
-    ``pad_with_eos`` a tokenizer without a pad token gets ``pad_token = eos_token``."""
+    ``pad_with_eos`` a tokenizer without a pad token gets ``pad_token = eos_token``.
+    ``ValueError`` (one line naming the path) when it cannot be loaded or has no EOS."""
     from transformers import AutoTokenizer
 
     src = _source(source)
     kw = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     if src.gguf_file:
         kw["gguf_file"] = src.gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(src.directory, **kw)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.directory, **kw)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds; one line instead
+        raise ValueError(f"{_where(src)}: cannot load the tokenizer: {_first_line(e)}") from e
+    if tokenizer.eos_token is None:
+        raise ValueError(f"{_where(src)}: the tokenizer has no eos_token (every answer ends "
+                         "with EOS); set eos_token in tokenizer_config.json")
     if pad_with_eos and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -92,6 +108,9 @@ def load_model(source, *, dtype: Optional[str] = None, float32: bool = False,
     name; ``float32``: cast to float32 after loading; ``upcast_half_on_cpu``: cast a half
     precision model to float32 when there is no CUDA (training on the CPU). A GGUF model loses
     its quantisation flag (:func:`drop_gguf_quantizer`). ``lora_r > 0`` wraps it in LoRA.
+    ``ValueError`` (one line naming the path) for a directory that is not a finished model
+    (:func:`palu_kernels.outputs.result_problem`: no config, truncated weights, an unfinished
+    ``palu-unlearn`` run) or that transformers cannot load.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -104,7 +123,16 @@ def load_model(source, *, dtype: Optional[str] = None, float32: bool = False,
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         kw["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(src.directory, **kw)
+    if not src.gguf_file and os.path.isdir(src.directory):
+        from ..outputs import result_problem
+
+        problem = result_problem(src.directory)
+        if problem:
+            raise ValueError(f"{_where(src)}: {problem}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src.directory, **kw)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds; one line instead
+        raise ValueError(f"{_where(src)}: cannot load the model: {_first_line(e)}") from e
     if src.gguf_file:
         drop_gguf_quantizer(model)
     if float32 or (upcast_half_on_cpu and model.dtype in (torch.float16, torch.bfloat16)

@@ -1,0 +1,305 @@
+"""Rerun the failures of issue 13 (reliability) against the command lines; one table row each.
+
+Usage (from the repository root; a few minutes on a CPU)::
+
+    python bench/reliability_cases.py [--work /tmp/rel13] [--only 1a,6c] > table.md
+
+Each case runs ``python -m palu_kernels.cli.<tool> ...`` in a subprocess on a tiny model
+(:mod:`palu_kernels.tiny`) and the first lines of ``../shared/data/tofu``, and reports the exit
+status, whether stderr holds a traceback, the last stderr line and what is left in the output
+directory. ``docs/reliability.md`` holds the table of this script before and after the fixes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOFU = os.environ.get("PALU_TOFU", os.path.join(os.path.dirname(ROOT), "shared", "data", "tofu"))
+
+
+def setup(work: str) -> dict:
+    from palu_kernels.tiny import save_tiny_model, tofu_texts
+
+    os.makedirs(work, exist_ok=True)
+    f = {"work": work}
+    forget = os.path.join(TOFU, "forget01_spans.jsonl")
+    retain = os.path.join(TOFU, "retain99.json")
+    with open(forget, encoding="utf-8") as fh:
+        lines = [next(fh) for _ in range(4)]
+    f["forget"] = os.path.join(work, "forget.jsonl")
+    open(f["forget"], "w").write("".join(lines))
+    with open(retain, encoding="utf-8") as fh:
+        rl = [next(fh) for _ in range(4)]
+    f["retain"] = os.path.join(work, "retain.json")
+    open(f["retain"], "w").write("".join(rl))
+    f["nospans"] = os.path.join(work, "nospans.jsonl")
+    open(f["nospans"], "w").write("".join(
+        json.dumps({**json.loads(x), "target_words": []}) + "\n" for x in lines))
+    f["longq"] = os.path.join(work, "longq.jsonl")
+    long = {"question": "Who? " * 400, "answer": "Basil.",
+            "target_words": [{"word": "Basil", "start": 0, "end": 5}]}
+    open(f["longq"], "w").write("".join(lines) + json.dumps(long) + "\n")
+    f["longr"] = os.path.join(work, "longr.json")
+    open(f["longr"], "w").write("".join(rl) + json.dumps({"question": "Who? " * 400,
+                                                           "answer": "x"}) + "\n")
+    m = os.path.join(work, "model")
+    if not os.path.isdir(m):
+        save_tiny_model(m, texts=tofu_texts(forget) + tofu_texts(retain, limit=40),
+                        vocab_size=300, hidden_size=32, num_layers=1, num_heads=2)
+    f["model"] = m
+    # broken models
+    def variant(name, drop=(), edit=None):
+        d = os.path.join(work, name)
+        if os.path.isdir(d):
+            shutil.rmtree(d)
+        shutil.copytree(m, d)
+        for x in drop:
+            os.remove(os.path.join(d, x))
+        if edit:
+            edit(d)
+        return d
+
+    f["notok"] = variant("notok", drop=[x for x in os.listdir(m) if "token" in x])
+    f["noconfig"] = variant("noconfig", drop=["config.json"])
+
+    def trunc(d):
+        p = os.path.join(d, "model.safetensors")
+        data = open(p, "rb").read()
+        open(p, "wb").write(data[:len(data) // 2])
+
+    f["trunc"] = variant("trunc", edit=trunc)
+
+    def noeos(d):
+        p = os.path.join(d, "tokenizer_config.json")
+        cfg = json.load(open(p))
+        cfg.pop("eos_token", None)
+        json.dump(cfg, open(p, "w"))
+        sp = os.path.join(d, "special_tokens_map.json")
+        if os.path.exists(sp):
+            c = json.load(open(sp))
+            c.pop("eos_token", None)
+            json.dump(c, open(sp, "w"))
+
+    f["noeos"] = variant("noeos", edit=noeos)
+    f["gguf"] = os.path.join(work, "fake.gguf")
+    open(f["gguf"], "wb").write(b"GGUF not really")
+    f["notjson"] = os.path.join(work, "notjson.json")
+    open(f["notjson"], "w").write("this is not json\n")
+    f["afile"] = os.path.join(work, "afile")
+    open(f["afile"], "w").write("x")
+    return f
+
+
+def unlearn(f, out, *extra, model=None):
+    return ["unlearn", "--model", model or f["model"], "--forget", f["forget"], "--retain",
+            f["retain"], "--output-dir", out, "--k", "20", "--batch-size", "2", "--max-steps", "2",
+            "--epochs", "1", "--eval-retain", "2", *extra]
+
+
+def evaluate(f, model, out, *extra):
+    return ["eval", "--model", model, "--data-dir", TOFU, "--max-samples", "2",
+            "--max-new-tokens", "4", "--output-dir", out, "--no-progress", "--threads", "1",
+            *extra]
+
+
+def run(tool_argv, env_extra=None, timeout=600):
+    tool, *argv = tool_argv
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore", **(env_extra or {})}
+    p = subprocess.run([sys.executable, "-m", f"palu_kernels.cli.{tool}", *argv],
+                       capture_output=True, text=True, env=env, timeout=timeout)
+    return p
+
+
+def describe(p, out=None) -> str:
+    err = [ln for ln in p.stderr.replace("\r", "\n").splitlines()
+           if ln.strip() and "%|" not in ln and "it/s]" not in ln and "warn" not in ln.lower()]
+    tb = "Traceback" in p.stderr
+    last = err[-1] if err else ""
+    if len(last) > 150:
+        last = last[:147] + "..."
+    s = f"exit {p.returncode}{', traceback' if tb else ''}: {last}".replace("|", "\\|")
+    if out is not None:
+        if not os.path.exists(out):
+            s += " [no output dir]"
+        elif os.path.isdir(out):
+            items = sorted(os.listdir(out))
+            s += f" [output: {', '.join(items) if items else 'EMPTY dir'}]"
+    return s
+
+
+def weights_finite(d) -> str:
+    from safetensors.torch import load_file
+
+    p = os.path.join(d, "model.safetensors")
+    if not os.path.exists(p):
+        return "no model.safetensors"
+    t = load_file(p)
+    bad = sum(int(not v.float().isfinite().all()) for v in t.values())
+    return f"{bad} of {len(t)} tensors non-finite"
+
+
+def cases(f):
+    w = f["work"]
+
+    def out(name):
+        d = os.path.join(w, "out_" + name)
+        if os.path.exists(d):
+            shutil.rmtree(d) if os.path.isdir(d) else os.remove(d)
+        return d
+
+    def plain(name, argv_fn):
+        def go():
+            o = out(name)
+            p = run(argv_fn(o))
+            return describe(p, o)
+        return go
+
+    c = {}
+    def nan_case(flag, value):
+        def go():
+            o = out("nan")
+            p = run(unlearn(f, o, flag, value))
+            s = describe(p, o)
+            if os.path.exists(os.path.join(o, "model.safetensors")):
+                s += "; " + weights_finite(o)
+            return s
+        return go
+
+    c["1a gamma nan"] = nan_case("--gamma", "nan")
+    c["1b alpha inf"] = nan_case("--alpha", "inf")
+    c["1c gamma 1e300"] = nan_case("--gamma", "1e300")
+
+    def model_in_output():
+        o = out("c")
+        p = run(unlearn(f, o, "--save-steps", "1"))
+        ck = os.path.join(o, "checkpoint-2")
+        state = open(os.path.join(ck, "trainer_state.json")).read()
+        os.utime(ck, (1, 1))
+        p = run(unlearn(f, o, "--overwrite", model=ck))
+        same = (os.path.isfile(os.path.join(ck, "trainer_state.json"))
+                and open(os.path.join(ck, "trainer_state.json")).read() == state
+                and os.stat(ck).st_mtime == 1)
+        return describe(p) + ("; the input checkpoint-2 untouched" if same else
+                              "; the input checkpoint-2 was DELETED (and rewritten by the run)")
+    c["3 --model runs/c/checkpoint-2 --output-dir runs/c --overwrite"] = model_in_output
+
+    def half_checkpoint():
+        o = out("half")
+        p = run(unlearn(f, o, "--save-steps", "1", "--max-steps", "3"))
+        shutil.rmtree(os.path.join(o, "checkpoint-3"), ignore_errors=True)
+        os.remove(os.path.join(o, "run_summary.json"))
+        ck2 = os.path.join(o, "checkpoint-2")
+        os.remove(os.path.join(ck2, "optimizer.pt"))
+        os.remove(os.path.join(ck2, "trainer_state.json"))
+        p = run(unlearn(f, o, "--save-steps", "1", "--max-steps", "3", "--resume"))
+        return describe(p)
+    c["4 --resume with a half-written last checkpoint"] = half_checkpoint
+
+    c["5a --epochs 0"] = plain("e0", lambda o: unlearn(f, o, "--epochs", "0", "--max-steps", "-1"))
+    c["5b --first-n 0"] = plain("fn0", lambda o: unlearn(f, o, "--first-n", "0"))
+    c["5c target_words [] everywhere"] = plain(
+        "nosp", lambda o: unlearn(f, o, "--forget", f["nospans"]))
+    c["6a model dir without tokenizer"] = plain("m", lambda o: unlearn(f, o, model=f["notok"]))
+    c["6b no config.json"] = plain("m", lambda o: unlearn(f, o, model=f["noconfig"]))
+    c["6c truncated weights"] = plain("m", lambda o: unlearn(f, o, model=f["trunc"]))
+    c["6d fake .gguf"] = plain("m", lambda o: unlearn(f, o, model=f["gguf"]))
+    c["6e tokenizer without EOS"] = plain("m", lambda o: unlearn(f, o, model=f["noeos"]))
+    c["6f --resume /bad/path"] = plain("r", lambda o: unlearn(f, o, "--resume", "/bad/path"))
+    for flag, val in (("--lr", "nan"), ("--lr=-1e-3", None), ("--epochs", "nan"),
+                      ("--seed", "-1"), ("--warmup-epochs", "-1"), ("--logging-steps", "0"),
+                      ("--optim", "bogus"), ("--backend", "triton"), ("--target", "nan")):
+        extra = [flag] if val is None else [flag, val]
+        c[f"6 {' '.join(extra)}"] = plain("v", lambda o, extra=extra: unlearn(f, o, *extra))
+    c["6 missing --idk-file"] = plain(
+        "v", lambda o: unlearn(f, o, "--method", "idkdpo", "--idk-file", "/no/such.jsonl"))
+    c["6g long question, --skip-bad-records (forget)"] = plain(
+        "v", lambda o: unlearn(f, o, "--forget", f["longq"], "--skip-bad-records",
+                               "--max-length", "300"))
+    c["6h long question, no skip (forget)"] = plain(
+        "v", lambda o: unlearn(f, o, "--forget", f["longq"], "--max-length", "300"))
+    c["6i long question (retain), --skip-bad-records"] = plain(
+        "v", lambda o: unlearn(f, o, "--retain", f["longr"], "--skip-bad-records",
+                               "--max-length", "300", "--eval-retain", "1"))
+    c["6j palu-eval --output-dir is a file"] = lambda: describe(
+        run(evaluate(f, f["model"], f["afile"])))
+    c["6k palu-eval --retain-result not JSON"] = plain(
+        "ev", lambda o: evaluate(f, f["model"], o, "--retain-result", f["notjson"]))
+
+    def half_model():
+        o = out("hm")
+        run(unlearn(f, o, "--save-steps", "1"))
+        os.remove(os.path.join(o, "run_summary.json"))
+        p = os.path.join(o, "model.safetensors")
+        data = open(p, "rb").read()
+        open(p, "wb").write(data[: len(data) // 2])
+        return describe(run(evaluate(f, o, out("ev"))))
+    c["6l palu-eval on a half-written model"] = half_model
+
+    def retain_mismatch():
+        o = out("ret")
+        run(evaluate(f, f["model"], o))
+        rr = os.path.join(o, "eval.json")
+        o2 = out("ret2")
+        s = describe(run(evaluate(f, f["model"], o2, "--retain-result", rr)[:0] + [
+            "eval", "--model", f["model"], "--data-dir", TOFU, "--max-samples", "4",
+            "--max-new-tokens", "4", "--output-dir", o2, "--no-progress", "--threads", "1",
+            "--retain-result", rr]))
+        if os.path.exists(os.path.join(o2, "eval.json")):
+            s += f"; FQ = {json.load(open(os.path.join(o2, 'eval.json')))['metrics']['forget_quality']}"
+        return s
+    c["7a --retain-result of another --max-samples"] = retain_mismatch
+
+    def nan_ratios():
+        o = out("retn")
+        run(evaluate(f, f["model"], o))
+        rr = os.path.join(o, "eval.json")
+        d = json.load(open(rr))
+        d["forget_truth_ratios"] = [float("nan")] * len(d["forget_truth_ratios"])
+        json.dump(d, open(rr, "w"))
+        o2 = out("retn2")
+        s = describe(run(evaluate(f, f["model"], o2, "--retain-result", rr)))
+        if os.path.exists(os.path.join(o2, "eval.json")):
+            s += f"; FQ = {json.load(open(os.path.join(o2, 'eval.json')))['metrics']['forget_quality']}"
+        return s
+    c["7b NaN retain truth ratios"] = nan_ratios
+
+    def compare_bad_forget():
+        o = out("cmp")
+        bad = os.path.join(w, "bad_forget.jsonl")
+        open(bad, "w").write('{"question": "q"}\n')
+        p = run(["compare", "--model", f["model"], "--forget", bad, "--data-dir", TOFU,
+                 "--output-dir", o, "--max-samples", "2", "--max-new-tokens", "4",
+                 "--methods", "palu", "--no-progress", "--threads", "1", "--max-steps", "1"])
+        return describe(p, o) + ("; evaluated the original first" if os.path.isdir(
+            os.path.join(o, "original")) else "")
+    c["7d palu-compare with bad --forget data"] = compare_bad_forget
+    return c
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/rel13")
+    ap.add_argument("--only", default=None)
+    a = ap.parse_args()
+    f = setup(a.work)
+    only = a.only.split(",") if a.only else None
+    print("| case | result |\n|---|---|")
+    for name, fn in cases(f).items():
+        if only and name.split()[0] not in only:
+            continue
+        try:
+            r = fn()
+        except Exception as e:  # noqa: BLE001 - the driver reports, never stops
+            r = f"driver error {type(e).__name__}: {e}"
+        print(f"| {name} | {r} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Checks of an :class:`~palu_kernels.train.job.UnlearningJob` that run before any model is
+loaded (:func:`~palu_kernels.train.job.check_job` calls them): every number finite and in
+range, the model files present and complete, the output directory safe to write, the
+checkpoint to resume complete. Each failure is one ``SystemExit`` line naming the
+``palu-unlearn`` option (``docs/reliability.md``)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from ..outputs import checkpoint_problem, is_within, latest_complete_checkpoint, result_problem
+
+PROG = "palu-unlearn"
+TARGETS = ("mean", "mean_detached", "topk_mean")
+KLS = (None, "reverse", "forward")
+BACKENDS = ("auto", "torch", "triton")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "spiece.model")
+
+
+def fail(flag: str, message: str) -> SystemExit:
+    """``SystemExit("palu-unlearn: --flag message")``."""
+    return SystemExit(f"{PROG}: {flag} {message}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_real(flag: str, value, *, low=None, low_open=False, high=None, optional=False):
+    """A finite number with ``value >= low`` (``> low`` with ``low_open``) and ``<= high``."""
+    if value is None and optional:
+        return
+    if not _is_number(value):
+        raise fail(flag, f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise fail(flag, f"must be a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise fail(flag, f"must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and value > high:
+        raise fail(flag, f"must be <= {high}, got {value}")
+
+
+def check_int(flag: str, value, *, low=None, high=None, optional=False, also=()):
+    """An integer ``low <= value <= high`` (or one of ``also``)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail(flag, f"must be an integer, got {value!r}")
+    if value in also:
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        rng = (f">= {low}" if high is None else f"in [{low}, {high}]")
+        extra = f" (or {', '.join(map(str, also))})" if also else ""
+        raise fail(flag, f"must be {rng}{extra}, got {value}")
+
+
+def check_values(job) -> None:
+    """Every number and choice of ``job`` (finite, in range); ``SystemExit`` naming the flag."""
+    m, d, me, tr, o = job.model, job.data, job.method, job.training, job.output
+    check_int("--lora-r", m.lora_r, low=0)
+    check_real("--lora-alpha", m.lora_alpha, low=0, low_open=True, optional=True)
+    check_int("--max-length", d.max_length, low=1)
+    check_int("--first-n", d.first_n, low=0, also=(-1,), optional=True)
+    check_int("--eval-retain", d.eval_retain, low=0)
+    if me.k is not None:
+        check_int("--k", me.k, low=1)
+    if not (me.target in TARGETS or (_is_number(me.target) and math.isfinite(me.target))):
+        raise fail("--target", f"must be one of {', '.join(TARGETS)} or a finite number, "
+                               f"got {me.target!r}")
+    if me.kl not in KLS:
+        raise fail("--kl", f"must be reverse, forward or none, got {me.kl!r}")
+    check_real("--gamma", me.gamma, low=0, optional=True)
+    check_real("--alpha", me.alpha, low=0)
+    check_real("--beta", me.beta, low=0, low_open=True, optional=True)
+    check_real("--delta", me.delta, optional=True)
+    if me.backend not in BACKENDS:
+        raise fail("--backend", f"must be one of {BACKENDS}, got {me.backend!r}")
+    if me.backend == "triton":
+        import torch
+
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            raise fail("--backend", "triton needs a CUDA GPU (none is available here; "
+                                    "TRITON_INTERPRET=1 runs it interpreted); use --backend "
+                                    "torch or auto")
+    if me.idk_file is not None and not os.path.isfile(me.idk_file):
+        raise fail("--idk-file", f"{me.idk_file!r} is not a file")
+    check_real("--lr", tr.lr, low=0, low_open=True)
+    check_real("--weight-decay", tr.weight_decay, low=0)
+    check_real("--epochs", tr.epochs, low=0)
+    check_int("--max-steps", tr.max_steps, low=1, also=(-1,))
+    if tr.max_steps == -1 and tr.epochs == 0:
+        raise fail("--epochs", "0 (and no --max-steps) makes no optimizer step: the model "
+                               "would be saved unchanged")
+    check_real("--warmup-epochs", tr.warmup_epochs, low=0)
+    check_int("--batch-size", tr.batch_size, low=1)
+    check_int("--grad-accum", tr.grad_accum, low=1)
+    check_int("--seed", tr.seed, low=0, high=2**32 - 1)
+    check_int("--logging-steps", tr.logging_steps, low=1)
+    from transformers.training_args import OptimizerNames
+
+    names = [n.value for n in OptimizerNames]
+    if tr.optim not in names:
+        raise fail("--optim", f"{tr.optim!r} is not an optimizer name of transformers' "
+                              "OptimizerNames (e.g. adamw_torch, sgd, adafactor)")
+    check_int("--save-steps", o.save_steps, low=0)
+    check_int("--save-total-limit", o.save_total_limit, low=1)
+    if me.name == "palu" and d.first_n == 0:
+        raise fail("--first-n", "0 selects no initiating row: the PALU local term never "
+                                "applies and the run would not unlearn")
+
+
+def check_model_files(source) -> None:
+    """The model directory (or ``.gguf`` file) of ``source`` looks loadable: config,
+    complete weights, a tokenizer; not an unfinished ``palu-unlearn`` run."""
+    if source.gguf_file:
+        path = os.path.join(source.directory, source.gguf_file)
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise fail("--model", f"{path!r} is not a GGUF file (it does not start with 'GGUF')")
+        return
+    problem = result_problem(source.directory)
+    if problem:
+        raise fail("--model", f"{source.directory!r}: {problem}")
+    if not any(os.path.isfile(os.path.join(source.directory, n)) for n in TOKENIZER_FILES):
+        raise fail("--model", f"{source.directory!r} has no tokenizer (none of "
+                              f"{', '.join(TOKENIZER_FILES)}); save the tokenizer with the model")
+
+
+def check_output(job, source) -> None:
+    """The output directory is not the model, does not hold it and is not inside it; a
+    ``--resume`` checkpoint is complete."""
+    out, o = job.output.output_dir, job.output
+    model_path = (os.path.join(source.directory, source.gguf_file) if source.gguf_file
+                  else source.directory)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise fail("--output-dir", f"{out!r} exists and is not a directory")
+    if is_within(out, source.directory) and not source.gguf_file:
+        raise fail("--output-dir", f"{out!r} is inside the input model directory "
+                                   f"{source.directory!r}; choose another directory")
+    if is_within(model_path, out):
+        raise fail("--output-dir", f"{out!r} contains the input model {job.model.path!r}; "
+                                   "writing (or --overwrite) there could destroy it; choose "
+                                   "another directory")
+    if os.path.isdir(out) and os.listdir(out):
+        if not (o.resume or o.overwrite):
+            raise fail("--output-dir", f"{out!r} is not empty; pass --resume to continue its "
+                                       "run or --overwrite to replace it")
+    if isinstance(o.resume, str):
+        problem = checkpoint_problem(o.resume)
+        if problem:
+            raise fail("--resume", f"{o.resume!r} is not a complete checkpoint: {problem}")
+    elif o.resume is True:
+        ckpt, skipped = latest_complete_checkpoint(out)
+        if ckpt is None:
+            why = "; ".join(f"{os.path.basename(p)}: {w}" for p, w in skipped)
+            raise fail("--resume", f"no complete checkpoint-* in {out!r}"
+                                   + (f" ({why})" if why else ""))
+    elif o.resume not in (None, False):
+        raise fail("--resume", f"must be a checkpoint path or True, got {o.resume!r}")
