@@ -25,7 +25,8 @@ meaning *log P(text | question, answer[:start])*, ``answer[start:end] == text``:
 - synonym: ``form`` (A, in the answer) and ``alt_form`` (B, in the paraphrased answer,
   which has the same text before the slot: ``probes["alt_form"]["answer"][:start]`` equals
   ``probes["form"]["answer"][:start]``);
-- long: ``lead`` (the span's generic first words) and ``late`` (the disease), with
+- long: ``lead`` (the span's generic first words and the space after them) and ``late``
+  (the disease; ``lead`` and ``late`` partition the span), with
   ``late_words_into_span`` (how many words of the span precede the late part, at least 5:
   with word-level pre-tokenisation, at least as many tokens);
 - split: ``part1`` .. ``part3`` in answer order (``part1`` the first span).
@@ -210,7 +211,7 @@ def _fact(tpl: Template, values: dict, question: str, answer: str, spans: list,
         lead = values["illness_lead"]
         late_start = span["start"] + len(lead) + 1
         fact.update(kind="long", late_words_into_span=len(lead.split()),
-                    probes={"lead": _probe(question, answer, span["start"], late_start - 1),
+                    probes={"lead": _probe(question, answer, span["start"], late_start),
                             "late": _probe(question, answer, late_start, span["end"])})
     else:
         fact.update(kind="split", probes={
