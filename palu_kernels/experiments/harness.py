@@ -556,6 +556,7 @@ class Harness:
                                     batch_size=16, max_new_tokens=MAX_NEW_TOKENS,
                                     retain_truth_ratios=setup.retain_truth_ratios,
                                     progress=False)
+            extra = self.after_run(model, tok, setup, spec, seed)
             del model
         finally:
             hf_logging.set_verbosity(verbosity)
@@ -566,7 +567,16 @@ class Harness:
                 "metrics": result["metrics"], "steps": summary.get("steps"),
                 "train_s": round(train_s, 2), "loss_curve": curve,
                 "trace": callbacks[0].points if callbacks else [],
-                "summary_after": summary.get("after"), "before": summary.get("before")}
+                "summary_after": summary.get("after"), "before": summary.get("before"),
+                "extra": extra}
+
+    def after_run(self, model, tokenizer, setup: Setup, spec: RunSpec, seed: int
+                  ) -> Optional[dict]:
+        """Extra measurements of the unlearned model, taken before it is deleted and stored
+        in the run's result as ``"extra"``; ``None`` here. A subclass that overrides it also
+        overrides :meth:`run_key`, so cached runs without them are not taken for runs with
+        them (:class:`palu_kernels.experiments.probing.ProbeHarness`)."""
+        return None
 
     def row(self, res: dict, params: dict) -> dict:
         """The flat table row of a run's result (see the module docstring)."""
