@@ -143,3 +143,16 @@ def test_every_synonym_pair_starts_differently():
 def test_bad_extras(tmp_path, extras, exc):
     with pytest.raises(exc, match="extras"):
         generate_benchmark(tmp_path, n_people=4, questions_per_person=4, extras=extras)
+
+
+def test_cli_extras(tmp_path, capsys):
+    from palu_kernels.cli.synth import main
+
+    assert main(["--out", str(tmp_path), "--people", "4", "--questions", "4",
+                 "--extras", "long,split"]) == 0
+    meta = json.loads((tmp_path / "synth_meta.json").read_text())
+    assert meta["extras"]["kinds"] == ["long", "split"]
+    assert len(rows(tmp_path / "full.json")) == 4 * 6
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--extras", "synonyms"])
+    assert "extras" in capsys.readouterr().err
