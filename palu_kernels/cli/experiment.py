@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "cached per run under --out, and write results.csv, results.md and a PNG.")
     p.add_argument("name", choices=sorted(EXPERIMENTS), help="the experiment")
     p.add_argument("--out", default=None, help="output directory (default: experiments/NAME)")
+    p.add_argument("--cache", default=None,
+                   help="where the cached setups/ and runs/ go (default: --out); share it "
+                        "between experiments to reuse the fine-tuned models")
     p.add_argument("--seeds", type=_seeds, default=None,
                    help="comma-separated seeds (default: 0,1,2; --quick: 0)")
     p.add_argument("--quick", action="store_true", help="the CI size (well under a minute)")
@@ -75,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     out = args.out or os.path.join("experiments", args.name)
     seeds = args.seeds or ((0,) if args.quick else (0, 1, 2))
-    cfg = ExperimentConfig(out=out, seeds=seeds, quick=args.quick, data_dir=args.data_dir,
+    cfg = ExperimentConfig(out=out, cache=args.cache, seeds=seeds, quick=args.quick, data_dir=args.data_dir,
                            forget_split=args.forget_split, model=args.model,
                            generator=generate_benchmark, threads=args.threads,
                            progress=not args.no_progress,

@@ -18,7 +18,7 @@ __all__ = ["PALU_BASE", "k_experiment", "n_experiment", "target_experiment"]
 
 PALU_BASE = RunSpec(method="palu", lr=1e-3, epochs=10, k=10, first_n=3, gamma=2.0)
 """The PALU run every ablation varies one option of (the demo's defaults)."""
-TRACE_EVERY = 5
+TRACE_EVERY = 10
 
 _AGG_COLS = [("fq_median", "FQ median"), ("fq_min", "FQ min"), ("fq_max", "FQ max"),
              ("mu_mean", "MU mean"), ("mu_std", "MU std"),

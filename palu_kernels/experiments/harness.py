@@ -89,9 +89,12 @@ class ExperimentConfig:
     synthetic benchmark from ``generator``, one per seed). ``model``: a local model directory
     fine-tuned on the data (``None``: a tiny Llama built here, one per seed). ``seeds``: each
     seed gets its own data (synthetic), model initialisation, fine-tuning and unlearning order.
+    ``cache``: where ``setups/`` and ``runs/`` go (default: ``out``); experiments sharing a
+    cache share their setups and any identical run.
     """
 
     out: str
+    cache: Optional[str] = None
     seeds: Tuple[int, ...] = (0, 1, 2)
     quick: bool = False
     data_dir: Optional[str] = None
@@ -362,7 +365,7 @@ class Harness:
             raise ValueError("data: pass data_dir (a TOFU-layout directory with spans) or a "
                              "generator for the synthetic benchmark")
         self.cfg = cfg
-        self.out = os.path.abspath(cfg.out)
+        self.out = os.path.abspath(cfg.cache or cfg.out)
         self._setups: Dict[str, Setup] = {}
         os.makedirs(os.path.join(self.out, "runs"), exist_ok=True)
 
@@ -511,7 +514,8 @@ class Harness:
         if cached is not None:
             return cached
         setup = self.setup(seed, dict(spec.synth))
-        res = self._run(spec, seed, setup, key)
+        with self._threads():
+            res = self._run(spec, seed, setup, key)
         atomic_write(os.path.join(self.out, "runs", f"{key}.json"),
                      json.dumps(res, indent=1, default=str))
         return res
@@ -528,7 +532,8 @@ class Harness:
         forget = spec.forget_file or setup.forget_spans
         job = UnlearningJob(
             model=ModelSpec(setup.finetuned_dir),
-            data=DataSpec(forget=forget, retain=setup.retain, first_n=spec.first_n),
+            data=DataSpec(forget=forget, retain=setup.retain, first_n=spec.first_n,
+                          eval_retain=8),  # the before/after losses only
             method=MethodSpec(name=spec.method, k=spec.k, target=spec.target, kl=spec.kl,
                               gamma=spec.gamma, alpha=spec.alpha, beta=spec.beta,
                               delta=spec.delta),
@@ -548,7 +553,9 @@ class Harness:
         hf_logging.set_verbosity_error()
         t0 = time.time()
         try:
-            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+                    (contextlib.nullcontext() if self.cfg.progress
+                     else contextlib.redirect_stderr(null)):
                 summary = run_unlearning(job, callbacks=callbacks)
             train_s = time.time() - t0
             model, tok = load_eval_model(work)
