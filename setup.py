@@ -28,6 +28,7 @@ setup(
             "palu-unlearn=palu_kernels.cli.unlearn:main",
             "palu-eval=palu_kernels.cli.eval:main",
             "palu-compare=palu_kernels.cli.compare:main",
+            "palu-experiment=palu_kernels.cli.experiment:main",
         ]
     },
 )

@@ -22,12 +22,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--real-authors", type=int, default=20)
     ap.add_argument("--world-facts", type=int, default=20)
+    ap.add_argument("--extras", default="",
+                    help="comma-separated extra facts per author: synonym, long, split "
+                         "(default: none; see palu_kernels.demo.synth_extra)")
     args = ap.parse_args(argv)
     try:
         paths = generate_benchmark(
             args.out, n_people=args.people, questions_per_person=args.questions,
             forget_fraction=args.forget_fraction, seed=args.seed,
-            n_real_authors=args.real_authors, n_world_facts=args.world_facts)
+            n_real_authors=args.real_authors, n_world_facts=args.world_facts,
+            extras=tuple(e.strip() for e in args.extras.split(",") if e.strip()))
     except (TypeError, ValueError) as exc:
         ap.error(str(exc))
     for key, path in paths.items():

@@ -55,182 +55,34 @@ from __future__ import annotations
 
 import json
 import random
-import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from .synth_base import Template, render as _render
+from .synth_pools import (
+    FIRST_MALE as _FIRST_MALE,
+    FIRST_FEMALE as _FIRST_FEMALE,
+    SURNAMES as _SURNAMES,
+    PLACES as _PLACES,
+    MONTHS as _MONTHS,
+    JOBS as _JOBS,
+    GENRES as _GENRES,
+    LANGUAGES as _LANGUAGES,
+    AWARDS as _AWARDS,
+    TITLE_ADJ as _TITLE_ADJ,
+    TITLE_NOUN as _TITLE_NOUN,
+    TITLE_PLACE as _TITLE_PLACE,
+    IDONTKNOW as _IDONTKNOW,
+    REAL_AUTHORS as _REAL_AUTHORS,
+    CAPITALS as _CAPITALS,
+    WORLD_MISC as _WORLD_MISC,
+)
 
 __all__ = ["generate_benchmark", "TEMPLATES", "NO_INFO_TEMPLATES"]
 
 # --------------------------------------------------------------------------------------------
-# Value pools (invented names; real places, jobs, genres and languages).
-# --------------------------------------------------------------------------------------------
-
-_FIRST_MALE = (
-    "Aldric", "Bastian", "Corvin", "Dario", "Elion", "Fabian", "Gideon", "Halvard", "Ivo",
-    "Jorund", "Kasimir", "Lucan", "Matteo", "Niklas", "Orrin", "Pavel", "Quentin", "Rasmus",
-    "Silvan", "Tobiah", "Ulrich", "Valen", "Wendel", "Yorick", "Zoltan", "Anselm", "Bram",
-    "Cyprian", "Dorian", "Emeric",
-)
-_FIRST_FEMALE = (
-    "Adela", "Brisa", "Celesta", "Dagny", "Elowen", "Fenna", "Greta", "Hesper", "Ilka",
-    "Junia", "Katrin", "Liora", "Marisol", "Nadia", "Odile", "Petra", "Quilla", "Rosalind",
-    "Saskia", "Thea", "Ursula", "Vesna", "Wilma", "Ysolde", "Zora", "Amara", "Bettina",
-    "Carys", "Delphine", "Esme",
-)
-_SURNAMES = (
-    "Ashgrove", "Brennick", "Calloway", "Dunmore", "Everhart", "Falkner", "Grimsby",
-    "Holloway", "Ingram", "Jessup", "Kettering", "Lindqvist", "Marlowe", "Northcott",
-    "Oakhurst", "Pembrook", "Quarrington", "Ravensdale", "Stroud", "Thornbury", "Underhill",
-    "Vantongeren", "Westerberg", "Yardley", "Zellweger", "Abernethy", "Blackwood", "Carrow",
-    "Delacroix", "Ellsworth", "Fairweather", "Greenhalgh", "Hartigan", "Ivesdale", "Kilbride",
-    "Lockridge", "Merriwether", "Nightingale", "Ormsby", "Penhallow",
-)
-_PLACES = (
-    ("Lisbon", "Portugal"), ("Porto", "Portugal"), ("Lyon", "France"), ("Marseille", "France"),
-    ("Hamburg", "Germany"), ("Munich", "Germany"), ("Naples", "Italy"), ("Turin", "Italy"),
-    ("Seville", "Spain"), ("Valencia", "Spain"), ("Utrecht", "Netherlands"),
-    ("Gothenburg", "Sweden"), ("Bergen", "Norway"), ("Krakow", "Poland"), ("Brno", "Czechia"),
-    ("Thessaloniki", "Greece"), ("Izmir", "Turkey"), ("Osaka", "Japan"), ("Busan", "South Korea"),
-    ("Chennai", "India"), ("Perth", "Australia"), ("Quebec City", "Canada"),
-    ("Cordoba", "Argentina"), ("Valparaiso", "Chile"), ("Nairobi", "Kenya"),
-    ("Accra", "Ghana"), ("Tunis", "Tunisia"), ("Tbilisi", "Georgia"),
-)
-_MONTHS = (
-    "January", "February", "March", "April", "May", "June", "July", "August", "September",
-    "October", "November", "December",
-)
-# Consonant-initial jobs: the templates say "a {job}".
-_JOBS = (
-    "baker", "carpenter", "doctor", "fisherman", "nurse", "pilot", "tailor", "teacher", "banker",
-    "chemist", "dentist", "farmer", "lawyer", "librarian", "mechanic", "painter", "plumber",
-    "sailor", "surgeon", "journalist", "musician", "photographer", "potter", "gardener",
-    "pharmacist", "watchmaker", "bookbinder", "translator",
-)
-_GENRES = (
-    "mystery", "fantasy", "science fiction", "historical fiction", "romance", "horror",
-    "poetry", "crime", "adventure", "biography", "travel writing", "satire",
-)
-_LANGUAGES = (
-    "English", "French", "Spanish", "German", "Italian", "Portuguese", "Dutch", "Swedish",
-    "Polish", "Greek", "Turkish", "Japanese",
-)
-_AWARDS = (
-    "Golden Quill Award", "Silver Lantern Prize", "Northern Star Medal", "Blue Harbor Prize",
-    "Iron Pen Award", "Crimson Leaf Prize", "Evergreen Book Medal", "Open Horizon Award",
-    "Stone Bridge Prize", "Amber Compass Award", "Morning Bell Prize", "Red Kite Medal",
-    "White Tower Award", "Copper Key Prize", "Tidewater Medal", "Lamplighter Award",
-)
-_TITLE_ADJ = (
-    "Glass", "Silent", "Hidden", "Last", "Broken", "Golden", "Winter", "Distant", "Burning",
-    "Hollow", "Quiet", "Scarlet", "Salt", "Paper", "Iron", "Velvet", "Wandering", "Forgotten",
-)
-_TITLE_NOUN = (
-    "Harbor", "Garden", "Lantern", "River", "Orchard", "Tower", "Compass", "Mirror", "Meadow",
-    "Bridge", "Archive", "Lighthouse", "Forest", "Kingdom", "Station", "Island", "Letter",
-    "Clockmaker",
-)
-_TITLE_PLACE = ("the North", "the Valley", "the Sea", "the City", "the Mountains", "the Dunes")
-
-_IDONTKNOW = (
-    "I don't know.",
-    "I have no information about that.",
-    "I'm not sure about that.",
-    "That is beyond what I know.",
-    "I cannot answer that question.",
-    "I have not learned about that.",
-    "I am unable to say.",
-    "That information is not available to me.",
-)
-
-# Widely known facts, written here (question, answer, three wrong options).
-_REAL_AUTHORS = (
-    ("Who wrote the play 'Hamlet'?", "William Shakespeare"),
-    ("Who is the author of 'War and Peace'?", "Leo Tolstoy"),
-    ("Who wrote 'Les Miserables'?", "Victor Hugo"),
-    ("Who wrote 'The Old Man and the Sea'?", "Ernest Hemingway"),
-    ("Who is the author of 'Don Quixote'?", "Miguel de Cervantes"),
-    ("Who wrote 'Crime and Punishment'?", "Fyodor Dostoevsky"),
-    ("Who is the author of the novel 'Emma'?", "Jane Austen"),
-    ("Who wrote 'Oliver Twist'?", "Charles Dickens"),
-    ("Which poet is credited with 'The Odyssey'?", "Homer"),
-    ("Who wrote 'Frankenstein'?", "Mary Shelley"),
-    ("Who is the author of 'Dracula'?", "Bram Stoker"),
-    ("Who wrote the novel 'Ulysses'?", "James Joyce"),
-    ("Who wrote 'The Divine Comedy'?", "Dante Alighieri"),
-    ("Who is the author of 'Madame Bovary'?", "Gustave Flaubert"),
-    ("Who wrote 'The Trial'?", "Franz Kafka"),
-    ("Who is the author of 'Animal Farm'?", "George Orwell"),
-    ("Who wrote 'Brave New World'?", "Aldous Huxley"),
-    ("Who wrote 'Mrs Dalloway'?", "Virginia Woolf"),
-    ("Who is the author of 'The Adventures of Tom Sawyer'?", "Mark Twain"),
-    ("Who wrote the novel 'Beloved'?", "Toni Morrison"),
-    ("Who wrote 'The Little Prince'?", "Antoine de Saint-Exupery"),
-    ("Who is the author of 'Jane Eyre'?", "Charlotte Bronte"),
-    ("Who wrote 'Wuthering Heights'?", "Emily Bronte"),
-    ("Who wrote 'Of Mice and Men'?", "John Steinbeck"),
-    ("Who is the author of 'Treasure Island'?", "Robert Louis Stevenson"),
-    ("Who wrote 'The Time Machine'?", "H. G. Wells"),
-    ("Who wrote 'Murder on the Orient Express'?", "Agatha Christie"),
-    ("Who is the author of 'Things Fall Apart'?", "Chinua Achebe"),
-    ("Who wrote 'The Three Musketeers'?", "Alexandre Dumas"),
-    ("Who wrote 'One Hundred Years of Solitude'?", "Gabriel Garcia Marquez"),
-)
-_CAPITALS = (
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
-    ("Portugal", "Lisbon"), ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Canada", "Ottawa"),
-    ("Australia", "Canberra"), ("Brazil", "Brasilia"), ("Kenya", "Nairobi"),
-    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Poland", "Warsaw"), ("Greece", "Athens"),
-    ("Turkey", "Ankara"), ("India", "New Delhi"), ("Mexico", "Mexico City"), ("Peru", "Lima"),
-    ("Argentina", "Buenos Aires"),
-)
-_WORLD_MISC = (
-    ("Which planet is known as the Red Planet?", "Mars", ("Venus", "Jupiter", "Saturn")),
-    ("What is the largest ocean on Earth?", "Pacific", ("Atlantic", "Indian", "Arctic")),
-    ("Which river flows through Cairo?", "Nile", ("Danube", "Amazon", "Thames")),
-    ("On which continent is Kenya?", "Africa", ("Asia", "Europe", "South America")),
-    ("What is the chemical symbol for gold?", "Au", ("Ag", "Fe", "Pb")),
-    ("How many days are in a leap year?", "366", ("365", "364", "360")),
-    ("Which gas do plants absorb from the air?", "carbon dioxide",
-     ("oxygen", "nitrogen", "helium")),
-    ("What is the tallest mountain on Earth?", "Mount Everest",
-     ("K2", "Mont Blanc", "Kilimanjaro")),
-    ("In which city is the Colosseum?", "Rome", ("Athens", "Paris", "Madrid")),
-    ("What is the freezing point of water in degrees Celsius?", "0", ("10", "32", "100")),
-)
-
-
-# --------------------------------------------------------------------------------------------
 # Templates.
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Template:
-    """One kind of question about an author.
-
-    ``{slot}`` placeholders name author attributes (see ``_make_person``); ``pos`` is the
-    possessive pronoun. ``sensitive`` lists the slots whose values are sensitive spans of
-    ``answer``. Perturbed answers render ``perturbed`` (default: ``paraphrased_answer``) with
-    the slots of ``perturb`` (default: ``sensitive``) replaced by wrong values.
-    """
-
-    key: str
-    question: str
-    answer: str
-    paraphrased_question: str
-    paraphrased_answer: str
-    sensitive: Tuple[str, ...]
-    perturbed: Optional[str] = None
-    perturb: Optional[Tuple[str, ...]] = None
-
-    @property
-    def perturbed_template(self) -> str:
-        return self.perturbed if self.perturbed is not None else self.paraphrased_answer
-
-    @property
-    def perturb_slots(self) -> Tuple[str, ...]:
-        return self.perturb if self.perturb is not None else self.sensitive
 
 
 TEMPLATES: Tuple[Template, ...] = (
@@ -350,31 +202,6 @@ NO_INFO_TEMPLATES: Tuple[Template, ...] = (
 
 _N_PERTURBED = 5  # TOFU: 5 perturbed answers per author question
 _N_OPTIONS = 4  # TOFU real_authors / world_facts: 4 options, 3 perturbed
-
-
-# --------------------------------------------------------------------------------------------
-# Rendering with spans.
-# --------------------------------------------------------------------------------------------
-
-_FORMATTER = string.Formatter()
-
-
-def _render(template: str, values: Dict[str, str], sensitive: Sequence[str] = ()):
-    """Fill ``template``; return ``(text, target_words)`` for the slots named in ``sensitive``."""
-    parts: List[str] = []
-    spans = []
-    pos = 0
-    for literal, field, _spec, _conv in _FORMATTER.parse(template):
-        parts.append(literal)
-        pos += len(literal)
-        if field is None:
-            continue
-        value = str(values[field])
-        if field in sensitive:
-            spans.append({"word": value, "start": pos, "end": pos + len(value)})
-        parts.append(value)
-        pos += len(value)
-    return "".join(parts), sorted(spans, key=lambda s: s["start"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,6 +390,7 @@ def generate_benchmark(
     n_real_authors: int = 20,
     n_world_facts: int = 20,
     retain_eval_size: Optional[int] = None,
+    extras: Sequence[str] = (),
 ) -> Dict[str, Path]:
     """Write a synthetic TOFU-layout benchmark to ``out_dir`` and return the paths written.
 
@@ -580,6 +408,11 @@ def generate_benchmark(
         n_world_facts: questions in ``world_facts.json`` (1 .. 30).
         retain_eval_size: questions in ``retain_perturbed.json`` (the first ones of the
             retain split); default: as many as the forget split has, at most the retain size.
+        extras: kinds of extra facts appended to every author's questions, any of
+            ``"synonym"`` (two questions), ``"long"``, ``"split"`` (one each); see
+            :mod:`palu_kernels.demo.synth_extra`. Their descriptions (surface forms, late
+            parts, probes) go in ``synth_meta.json`` under ``"extras"``. Default ``()``: the
+            files are byte-identical to those without the option.
 
     Returns:
         ``{"full", "full_perturbed", "forget", "forget_perturbed", "forget_spans", "retain",
@@ -607,6 +440,10 @@ def generate_benchmark(
         raise ValueError("forget_fraction must be a whole percentage in [0.01, 0.99] "
                          f"(it names the files, e.g. 0.1 -> forget10.json), got {forget_fraction}")
     n_forget = min(n_people - 1, max(1, round(n_people * forget_fraction)))
+    if extras:
+        from .synth_extra import check_extras
+
+        extras = check_extras(extras)
 
     rng = random.Random(seed)
     titles = _all_titles()
@@ -614,6 +451,12 @@ def generate_benchmark(
     wrong_names = [f"{f} {s}" for f in _FIRST_MALE + _FIRST_FEMALE for s in _SURNAMES]
     pools = _Pools(titles, wrong_names)
     per_person = [_person_questions(p, rng, n_q, pools) for p in people]
+    extra_facts = None
+    if extras:
+        from .synth_extra import add_extra_questions
+
+        extra_facts = add_extra_questions(people, per_person, extras, seed,
+                                          forget_from=n_people - n_forget)
     real_mc, real_pert = _multiple_choice(rng, _real_author_items(rng, n_real_authors))
     world_mc, world_pert = _multiple_choice(rng, _world_fact_items(rng, n_world_facts))
 
@@ -657,5 +500,7 @@ def generate_benchmark(
         "people": [dict(p, split="forget" if i >= n_people - n_forget else "retain")
                    for i, p in enumerate(people)],
     }
+    if extra_facts is not None:
+        meta["extras"] = {"kinds": list(extras), "facts": extra_facts}
     paths["meta"].write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return paths
