@@ -101,7 +101,7 @@ def _check_record(obj, spans: str, merge_overlaps: bool = False,
             raise ValueError(f"field {key!r} must be a string, got {type(obj[key]).__name__}")
     question, answer = obj["question"], obj["answer"]
     if not answer.strip():
-        raise ValueError("empty answer")
+        raise ValueError("empty answer" if keys[0] else f"empty {keys[1]!r} (a blank passage)")
     if spans == "ignore":
         return question, answer, ()
     if "target_words" not in obj:
