@@ -30,6 +30,7 @@ setup(
             "palu-eval=palu_kernels.cli.eval:main",
             "palu-compare=palu_kernels.cli.compare:main",
             "palu-spans=palu_kernels.cli.spans:main",
+            "palu-experiment=palu_kernels.cli.experiment:main",
         ]
     },
 )
