@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from .ablations import k_experiment, n_experiment, target_experiment
 from .pareto import pareto_experiment
+from .span_sources import spans_experiment
 
 EXPERIMENTS = {
     "pareto": pareto_experiment,
     "k": k_experiment,
     "n": n_experiment,
     "target": target_experiment,
+    "spans": spans_experiment,
 }
 """Experiment name -> its function (``palu-experiment NAME``)."""
 
