@@ -7,6 +7,7 @@ from .ablations import k_experiment, n_experiment, target_experiment
 from .beyond_prefix import beyond_prefix_experiment
 from .mask_noise import mask_noise_experiment
 from .pareto import pareto_experiment
+from .span_sources import spans_experiment
 from .synonym_leak import synonym_leak_experiment
 
 EXPERIMENTS = {
@@ -17,6 +18,7 @@ EXPERIMENTS = {
     "mask-noise": mask_noise_experiment,
     "synonym-leak": synonym_leak_experiment,
     "beyond-prefix": beyond_prefix_experiment,
+    "spans": spans_experiment,
 }
 """Experiment name -> its function (``palu-experiment NAME``)."""
 
