@@ -29,7 +29,7 @@ def small(tmp_path_factory):
     mp.setitem(harness.TINY, "quick", dict(harness.TINY["quick"], ft_epochs=2))
     for mod in (synonym_leak, beyond_prefix, mask_noise):
         mp.setitem(mod.EPOCHS, "quick", 1)
-    for mod in (synonym_leak, beyond_prefix):
+    for mod in (synonym_leak, beyond_prefix, mask_noise):
         mp.setitem(mod.LRS, "quick", (1e-3,))
     mp.setitem(mask_noise.LEVELS, "quick", {"recall": (0.5,), "precision": (0.5,),
                                             "shift": (1,)})
