@@ -107,6 +107,10 @@ def test_mask_noise(small):
     assert float(by[("precision", "0.5")]["recall"]) == 1.0  # only additions
     assert 0.3 <= float(by[("precision", "0.5")]["precision"]) <= 0.7
     assert float(by[("shift", "1")]["recall"]) < 1.0
+    # a one-word shift keeps part of each span's characters, and adds as many wrong ones
+    assert 0 < float(by[("shift", "1")]["char_recall"]) < 1.0
+    assert 0 < float(by[("shift", "1")]["char_precision"]) < 1.0
+    assert float(by[("precision", "0.5")]["char_recall"]) == 1.0
     # noisy runs trained on other files: other run keys than the clean one
     assert len({r["run"] for r in rows}) == len(rows)
     for r in rows:

@@ -79,6 +79,7 @@ def beyond_prefix_experiment(h: Harness) -> Report:
     items = [(_spec(h, method, n, lr), seed, {"config": label, "first_n": n or "all", "lr": lr})
              for label, method, n in CONFIGS for lr in LRS[size] for seed in h.seeds]
     rows = ph.run_many(items, desc="beyond-prefix")
+    h.cache_hits = ph.cache_hits  # palu-experiment reports the harness it made
     probe_rows = ph.probe_rows(rows)
     for r, (facts, before, after) in zip(rows, probe_rows):
         for label, kind, names in PARTS:

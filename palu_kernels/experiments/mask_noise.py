@@ -33,7 +33,7 @@ __all__ = ["LEVELS", "mask_noise_experiment"]
 
 LEVELS = {"full": {"recall": (0.25, 0.5, 0.75, 0.9), "precision": (0.25, 0.5, 0.75),
                    "shift": (1, 2)},
-          "quick": {"recall": (0.5,), "precision": (0.5,), "shift": (1,)}}
+          "quick": {"recall": (0.25, 0.5, 0.75), "precision": (0.25, 0.5), "shift": (1, 2)}}
 EPOCHS = {"full": 10, "quick": 5}
 LRS = {"full": (2e-4, 5e-4, 1e-3), "quick": (2e-4, 5e-4)}
 """PALU's learning rates (its strength: the noise may matter at one and not at another)."""
@@ -41,17 +41,30 @@ LRS = {"full": (2e-4, 5e-4, 1e-3), "quick": (2e-4, 5e-4)}
 
 def _noisy_file(h: Harness, setup, kind: str, level, seed: int):
     """The forget spans degraded by ``kind`` at ``level`` (seed ``seed``), written once under
-    ``<out>/noise/``; returns ``(path, achieved recall, achieved precision)``."""
+    ``<out>/noise/``; returns ``(path, {"recall", "precision", "char_recall",
+    "char_precision"})``: the achieved span recall and precision (exact spans) and the same
+    over span characters."""
     records = read_json_objects(setup.forget_spans)
     noisy = degrade(records, kind, level, seed=seed)
     true = {(i, w["start"], w["end"]) for i, r in enumerate(records) for w in r["target_words"]}
     got = {(i, w["start"], w["end"]) for i, r in enumerate(noisy) for w in r["target_words"]}
     recall = len(true & got) / len(true) if true else 1.0
     precision = len(true & got) / len(got) if got else float("nan")
+    true_c = _chars(records)
+    got_c = _chars(noisy)
+    char_recall = len(true_c & got_c) / len(true_c) if true_c else 1.0
+    char_precision = len(true_c & got_c) / len(got_c) if got_c else float("nan")
     path = os.path.join(h.out, "noise", f"{setup.key}-{kind}-{level}-{seed}.jsonl")
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in noisy))
     assert span_count(noisy) == len(got)
-    return path, recall, precision
+    return path, {"recall": recall, "precision": precision, "char_recall": char_recall,
+                  "char_precision": char_precision}
+
+
+def _chars(records) -> set:
+    """``(record, character)`` pairs inside a span."""
+    return {(i, c) for i, r in enumerate(records) for w in r["target_words"]
+            for c in range(w["start"], w["end"])}
 
 
 def mask_noise_experiment(h: Harness) -> Report:
@@ -62,23 +75,24 @@ def mask_noise_experiment(h: Harness) -> Report:
         for seed in h.seeds:
             setup = h.setup(seed, dict(base.synth))
             items.append((base, seed, {"lr": lr, "noise": "none", "level": 0, "recall": 1.0,
-                                       "precision": 1.0}))
+                                       "precision": 1.0, "char_recall": 1.0,
+                                       "char_precision": 1.0}))
             for kind in NOISE_KINDS:
                 for level in LEVELS[size][kind]:
-                    path, rec, prec = _noisy_file(h, setup, kind, level, seed)
+                    path, achieved = _noisy_file(h, setup, kind, level, seed)
                     items.append((replace(base, forget_file=path), seed,
-                                  {"lr": lr, "noise": kind, "level": level, "recall": rec,
-                                   "precision": prec}))
+                                  {"lr": lr, "noise": kind, "level": level, **achieved}))
     rows = h.run_many(items, desc="mask-noise")
     agg = aggregate(rows, ["lr", "noise", "level"])
     for a in agg:
         rs = [r for r in rows
               if (r["lr"], r["noise"], r["level"]) == (a["lr"], a["noise"], a["level"])]
-        a["recall"] = st.fmean(r["recall"] for r in rs)
-        a["precision"] = st.fmean(r["precision"] for r in rs)
+        for k in ("recall", "precision", "char_recall", "char_precision"):
+            a[k] = st.fmean(r[k] for r in rs)
         a["forget_prob_sd"] = st.pstdev(r["forget_probability"] for r in rs)
     cols = [("lr", "lr"), ("noise", "noise"), ("level", "level"), ("recall", "span recall"),
-            ("precision", "span precision"), ("fq_median", "FQ median"), ("fq_min", "FQ min"),
+            ("precision", "span precision"), ("char_recall", "char recall"),
+            ("char_precision", "char precision"), ("fq_median", "FQ median"), ("fq_min", "FQ min"),
             ("fq_max", "FQ max"), ("mu_mean", "MU mean"), ("mu_std", "MU std"),
             ("forget_prob_mean", "forget prob."), ("forget_prob_sd", "forget prob. std"),
             ("n_seeds", "seeds")]
@@ -90,7 +104,9 @@ def mask_noise_experiment(h: Harness) -> Report:
         f"{PALU_BASE.gamma}, {EPOCHS[size]} epochs, at each lr. Level: recall = fraction of "
         "spans dropped; precision = share of false spans; shift = words each span slides. "
         "Span recall / precision: measured on the degraded files against the true spans (a "
-        "shifted span that no longer matches exactly counts as missed and false). References "
+        "shifted span that no longer matches exactly counts as missed and false); char recall "
+        "/ precision: the same over span characters (a shifted span still covers part of "
+        "the fact). References "
         f"(mean over seeds): retain model MU {retain_mu:.3f}, forget probability "
         f"{retain_fp:.3f}; fine-tuned model forget probability {ft_fp:.3f}. FQ median over "
         "seeds with its range; MU and forget probability (length-normalised answer "

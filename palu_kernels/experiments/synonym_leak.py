@@ -59,6 +59,7 @@ def synonym_leak_experiment(h: Harness) -> Report:
     items = [(_spec(h, m, lr), seed, {"method_label": m, "lr": lr})
              for m in METHODS for lr in LRS[size] for seed in h.seeds]
     rows = ph.run_many(items, desc="synonym-leak")
+    h.cache_hits = ph.cache_hits  # palu-experiment reports the harness it made
     for r, (facts, before, after) in zip(rows, ph.probe_rows(rows)):
         leak = synonym_leakage(_pairs(facts, before, "forget"), _pairs(facts, after, "forget"))
         ctrl = synonym_leakage(_pairs(facts, before, "retain"), _pairs(facts, after, "retain"))
