@@ -29,7 +29,7 @@ def small(tmp_path_factory):
     mp.setitem(harness.TINY, "quick", dict(harness.TINY["quick"], ft_epochs=2))
     for mod in (synonym_leak, beyond_prefix, mask_noise):
         mp.setitem(mod.EPOCHS, "quick", 1)
-    for mod in (synonym_leak, beyond_prefix):
+    for mod in (synonym_leak, beyond_prefix, mask_noise):
         mp.setitem(mod.LRS, "quick", (1e-3,))
     mp.setitem(mask_noise.LEVELS, "quick", {"recall": (0.5,), "precision": (0.5,),
                                             "shift": (1,)})
@@ -107,6 +107,10 @@ def test_mask_noise(small):
     assert float(by[("precision", "0.5")]["recall"]) == 1.0  # only additions
     assert 0.3 <= float(by[("precision", "0.5")]["precision"]) <= 0.7
     assert float(by[("shift", "1")]["recall"]) < 1.0
+    # a one-word shift keeps part of each span's characters, and adds as many wrong ones
+    assert 0 < float(by[("shift", "1")]["char_recall"]) < 1.0
+    assert 0 < float(by[("shift", "1")]["char_precision"]) < 1.0
+    assert float(by[("precision", "0.5")]["char_recall"]) == 1.0
     # noisy runs trained on other files: other run keys than the clean one
     assert len({r["run"] for r in rows}) == len(rows)
     for r in rows:

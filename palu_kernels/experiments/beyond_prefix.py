@@ -9,8 +9,9 @@ facts (:mod:`palu_kernels.demo.synth_extra`) put sensitive content where that ma
   token offset is measured with the run's tokenizer and reported);
 - ``split``: one fact over three spans (street, house number, district).
 
-Compared, from the same start model per seed and over a few learning rates: PALU with ``N = 3`` (prefix only), PALU with
-``N = all`` (every span token initiating) and NPO (the whole answer). For each part we score
+Compared, from the same start model per seed and over a few learning rates: PALU with
+``N = 3`` (prefix only), PALU with ``N = all`` (every span token initiating) and NPO (the
+whole answer). For each part we score
 ``log P(part | question, answer before it)`` before and after
 (:func:`palu_kernels.experiments.probes.probability_change`): the mean log-probability drop
 (nats, > 0: forgotten) and the kept probability ratio.
@@ -25,12 +26,12 @@ from .ablations import PALU_BASE
 from .harness import Harness, Report, RunSpec
 from .plots import pyplot
 from .probes import probability_change, span_token_offset
-from .probing import ProbeHarness, extras_spec, summarise
+from .probing import ProbeHarness, extras_spec, references, summarise
 
 __all__ = ["CONFIGS", "LRS", "PARTS", "beyond_prefix_experiment"]
 
 EPOCHS = {"full": 10, "quick": 5}
-LRS = {"full": (2e-4, 5e-4, 1e-3), "quick": (5e-4, 1e-3)}
+LRS = {"full": (1e-4, 2e-4, 5e-4, 1e-3), "quick": (2e-4, 5e-4, 1e-3)}
 CONFIGS = (("palu N=3", "palu", 3), ("palu N=all", "palu", None), ("npo", "npo", None))
 """``(label, method, first_n)`` of the runs compared (each at every learning rate)."""
 PARTS = (("long: lead", "long", ("lead",)), ("long: late", "long", ("late",)),
@@ -78,6 +79,7 @@ def beyond_prefix_experiment(h: Harness) -> Report:
     items = [(_spec(h, method, n, lr), seed, {"config": label, "first_n": n or "all", "lr": lr})
              for label, method, n in CONFIGS for lr in LRS[size] for seed in h.seeds]
     rows = ph.run_many(items, desc="beyond-prefix")
+    h.cache_hits = ph.cache_hits  # palu-experiment reports the harness it made
     probe_rows = ph.probe_rows(rows)
     for r, (facts, before, after) in zip(rows, probe_rows):
         for label, kind, names in PARTS:
@@ -103,7 +105,8 @@ def beyond_prefix_experiment(h: Harness) -> Report:
         + ", ".join(f"{p} {before[k]:.3f}" for k, (p, _, _) in zip(keys, PARTS))
         + ". The late part of a long span starts at span token "
         + ", ".join(f"{v} (seed {k})" for k, v in sorted(offsets.items()))
-        + " at the earliest, past N = 3: prefix-only PALU puts no loss on it.")
+        + " at the earliest, past N = 3: prefix-only PALU puts no loss on it. "
+        + references(rows))
 
     def plot(path):
         plt = pyplot()

@@ -21,7 +21,7 @@ from .harness import Harness, RunSpec, Setup, atomic_write, config_hash, with_sy
 from .probes import score_probes
 
 __all__ = ["EXTRAS", "PROBE_VERSION", "ProbeHarness", "extras_spec", "facts_of",
-           "summarise"]
+           "references", "summarise"]
 
 EXTRAS = ("synonym", "long", "split")
 PROBE_VERSION = 1
@@ -115,3 +115,13 @@ def summarise(rows: Sequence[dict], by: Sequence[str], keys: Sequence[str]) -> L
             s[k], s[k + "_sd"], s[k + "_pm"] = mean, sd, f"{mean:.3f} +- {sd:.3f}"
         out.append(s)
     return out
+
+
+def references(rows: Sequence[dict]) -> str:
+    """The setups' reference values (means over the seeds' setups) as one sentence."""
+    firsts = {r["seed"]: r for r in rows}.values()
+    mean = lambda k: st.fmean(r[k] for r in firsts)  # noqa: E731
+    return (f"References (mean over seeds): retain model MU {mean('retain_mu'):.3f}, forget "
+            f"probability {mean('retain_forget_probability'):.3f}; fine-tuned model MU "
+            f"{mean('finetuned_mu'):.3f}, forget probability "
+            f"{mean('finetuned_forget_probability'):.3f}.")

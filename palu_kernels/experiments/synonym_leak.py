@@ -24,7 +24,7 @@ from .ablations import PALU_BASE
 from .harness import Harness, Report, RunSpec
 from .plots import pyplot
 from .probes import synonym_leakage
-from .probing import ProbeHarness, extras_spec, summarise
+from .probing import ProbeHarness, extras_spec, references, summarise
 
 __all__ = ["LRS", "METHODS", "synonym_leak_experiment"]
 
@@ -59,6 +59,7 @@ def synonym_leak_experiment(h: Harness) -> Report:
     items = [(_spec(h, m, lr), seed, {"method_label": m, "lr": lr})
              for m in METHODS for lr in LRS[size] for seed in h.seeds]
     rows = ph.run_many(items, desc="synonym-leak")
+    h.cache_hits = ph.cache_hits  # palu-experiment reports the harness it made
     for r, (facts, before, after) in zip(rows, ph.probe_rows(rows)):
         leak = synonym_leakage(_pairs(facts, before, "forget"), _pairs(facts, after, "forget"))
         ctrl = synonym_leakage(_pairs(facts, before, "retain"), _pairs(facts, after, "retain"))
@@ -89,7 +90,7 @@ def synonym_leak_experiment(h: Harness) -> Report:
         "to the other form). A method that removes only the marked string keeps P(B) (P(B) "
         "kept >> P(A) kept, B share rising); one that removes the fact lowers both. 'retain "
         "facts P(A) kept': the same ratio on the retain authors' synonym facts (a control; "
-        "near 1 is good).")
+        "near 1 is good). " + references(rows))
 
     def plot(path):
         plt = pyplot()
