@@ -212,16 +212,19 @@ class _Sweep:
         lead = self.a.row_shape
         pos = (f" ([{flat // lead[1]}, {flat % lead[1]}])" if len(lead) == 2 else "")
         n = int(bad.numel())
+        row = f"row {flat}{pos} of ref_hidden ({n} such row(s) in its chunk)"
         if bool(torch.isnan(self.rh[flat]).any()):
-            what = "ref_hidden holds NaN"
-        elif bool(torch.isnan(self.rw).any()):
-            what = f"ref_weight holds NaN (in {int(torch.isnan(self.rw).any(dim=1).sum())} vocabulary rows)"
-        elif self.rb is not None and bool(torch.isnan(self.rb).any()):
-            what = "ref_bias holds NaN"
-        else:
-            what = "ref_hidden @ ref_weight.T overflows to inf - inf = NaN"
-        return ValueError(f"{what}: the reference logits of a row that carries loss are NaN "
-                          f"(row {flat}{pos} of ref_hidden; {n} such row(s) in its chunk)")
+            return ValueError(f"ref_hidden must not hold NaN in rows that carry loss, got NaN "
+                              f"in {row}")
+        if bool(torch.isnan(self.rw).any()):
+            k = int(torch.isnan(self.rw).any(dim=1).sum())
+            return ValueError(f"ref_weight must not hold NaN, got NaN in {k} vocabulary "
+                              f"row(s): the reference logits of {row} are NaN")
+        if self.rb is not None and bool(torch.isnan(self.rb).any()):
+            return ValueError(f"ref_bias must not hold NaN: the reference logits of {row} "
+                              "are NaN")
+        return ValueError(f"ref_hidden @ ref_weight.T must not hold NaN in rows that carry "
+                          f"loss, got NaN (inf - inf: an overflow) in {row}")
 
     def values(self):
         """Per-row loss values ``[N]`` (0 outside I and C), no gradient work."""

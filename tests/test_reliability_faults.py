@@ -214,11 +214,11 @@ def test_fused_linear_errors_name_the_callers_arguments_and_rows():
     i[0, 1] = i[1, 2] = True
     rh = h.clone()
     rh[1, 2, 3] = float("nan")  # flat row 6 = [1, 2]
-    with pytest.raises(ValueError, match=r"^ref_hidden holds NaN.*row 6 \(\[1, 2\]\) of ref_hidden"):
+    with pytest.raises(ValueError, match=r"^ref_hidden must not hold NaN .*row 6 \(\[1, 2\]\) of ref_hidden"):
         palu_fused_linear_loss(h, w, rh, w, i, None, k=4, chunk_rows=1)
     rw = w.clone()
     rw[3, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"^ref_weight holds NaN \(in 1 vocabulary rows\)"):
+    with pytest.raises(ValueError, match=r"^ref_weight must not hold NaN, got NaN in 1 vocabulary row"):
         palu_fused_linear_loss(h, w, h, rw, i, None, k=4)
     with pytest.raises(ValueError, match="hidden size of at least 1, got 0"):
         palu_fused_linear_loss(h[..., :0], w[:, :0], h[..., :0], w[:, :0], i, None, k=4)
