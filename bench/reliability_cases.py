@@ -179,6 +179,7 @@ def cases(f):
     c["1a gamma nan"] = nan_case("--gamma", "nan")
     c["1b alpha inf"] = nan_case("--alpha", "inf")
     c["1c gamma 1e300"] = nan_case("--gamma", "1e300")
+    c["1d gamma 3e38 (finite; the loss overflows in training)"] = nan_case("--gamma", "3e38")
 
     def model_in_output():
         o = out("c")

@@ -252,6 +252,12 @@ def test_nonfinite_loss_stops_the_run(files, tmp_path):
                                          r"optimizer step 2.*nothing saved as the result"):
         cli.run(args, callbacks=[_Poison(1)])
     assert not out.exists()  # the run created it and left it empty: removed
+    # a finite loss whose gradient overflows: stopped before the optimizer step
+    args = cli.build_parser().parse_args(argv(files, out, "--max-steps", "2", "--gamma", "3e38"))
+    with pytest.raises(SystemExit, match=r"the gradient norm is not finite \(\w+\) at "
+                                         r"optimizer step 1.*nothing saved"):
+        cli.run(args)
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- kills

@@ -51,6 +51,8 @@ def test_publish_result_swaps_a_complete_result_in(tmp_path):
     (out / "model-00002-of-00002.safetensors").write_text("old shard")
     (out / "checkpoint-3").mkdir()
     (out / "adapter").mkdir()
+    (out / "eval_forget01").mkdir()  # an evaluation of the old model
+    (out / "notes.txt").write_text("the user's")
     tmp = tmp_path / ".out.tmp-1"
     _fake_result(tmp, "new")
     (tmp / "adapter").mkdir()
@@ -58,7 +60,7 @@ def test_publish_result_swaps_a_complete_result_in(tmp_path):
     outputs.publish_result(str(tmp), str(out))
     assert not tmp.exists()
     assert sorted(os.listdir(out)) == ["adapter", "checkpoint-3", "config.json",
-                                       "model.safetensors", outputs.MARKER]
+                                       "model.safetensors", "notes.txt", outputs.MARKER]
     assert (out / "model.safetensors").read_text() == "new"
     assert json.loads((out / outputs.MARKER).read_text()) == {"run": "new"}
     assert (out / "adapter" / "a").read_text() == "new adapter"
