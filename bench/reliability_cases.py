@@ -122,6 +122,10 @@ def describe(p, out=None) -> str:
            if ln.strip() and "%|" not in ln and "it/s]" not in ln and "warn" not in ln.lower()]
     tb = "Traceback" in p.stderr
     last = err[-1] if err else ""
+    for ln in p.stderr.replace("\r", "\n").splitlines():  # a message amid progress bars
+        for prog in ("palu-unlearn:", "palu-eval:", "palu-compare:"):
+            if prog in ln:
+                last = ln[ln.index(prog):]
     if len(last) > 150:
         last = last[:147] + "..."
     s = f"exit {p.returncode}{', traceback' if tb else ''}: {last}".replace("|", "\\|")
@@ -175,6 +179,7 @@ def cases(f):
     c["1a gamma nan"] = nan_case("--gamma", "nan")
     c["1b alpha inf"] = nan_case("--alpha", "inf")
     c["1c gamma 1e300"] = nan_case("--gamma", "1e300")
+    c["1d gamma 3e38 (finite; the loss overflows in training)"] = nan_case("--gamma", "3e38")
 
     def model_in_output():
         o = out("c")
@@ -192,14 +197,22 @@ def cases(f):
 
     def half_checkpoint():
         o = out("half")
-        p = run(unlearn(f, o, "--save-steps", "1", "--max-steps", "3"))
-        shutil.rmtree(os.path.join(o, "checkpoint-3"), ignore_errors=True)
-        os.remove(os.path.join(o, "run_summary.json"))
+        args = ["--save-steps", "1", "--max-steps", "3", "--save-total-limit", "3"]
+        p = run(unlearn(f, o, *args))
+        for name in os.listdir(o):  # as if killed while writing checkpoint-2/optimizer.pt
+            if not name.startswith("checkpoint-"):
+                p_ = os.path.join(o, name)
+                shutil.rmtree(p_) if os.path.isdir(p_) else os.remove(p_)
+        shutil.rmtree(os.path.join(o, "checkpoint-3"))
         ck2 = os.path.join(o, "checkpoint-2")
-        os.remove(os.path.join(ck2, "optimizer.pt"))
+        opt = os.path.join(ck2, "optimizer.pt")
+        open(opt, "r+b").truncate(os.path.getsize(opt) // 2)
         os.remove(os.path.join(ck2, "trainer_state.json"))
-        p = run(unlearn(f, o, "--save-steps", "1", "--max-steps", "3", "--resume"))
-        return describe(p)
+        p = run(unlearn(f, o, *args, "--resume"))
+        skipped = [ln[ln.index("palu-unlearn:"):] for ln in p.stderr.splitlines()
+                   if "palu-unlearn: --resume: skipping" in ln or "resuming from" in ln]
+        done = os.path.isfile(os.path.join(o, "run_summary.json"))
+        return describe(p) + "; " + "; ".join(skipped) + ("; finished" if done else "")
     c["4 --resume with a half-written last checkpoint"] = half_checkpoint
 
     c["5a --epochs 0"] = plain("e0", lambda o: unlearn(f, o, "--epochs", "0", "--max-steps", "-1"))
@@ -219,12 +232,24 @@ def cases(f):
         c[f"6 {' '.join(extra)}"] = plain("v", lambda o, extra=extra: unlearn(f, o, *extra))
     c["6 missing --idk-file"] = plain(
         "v", lambda o: unlearn(f, o, "--method", "idkdpo", "--idk-file", "/no/such.jsonl"))
-    c["6g long question, --skip-bad-records (forget)"] = plain(
+    def skipped(name, argv_fn):
+        def go():
+            o = out(name)
+            p = run(argv_fn(o))
+            s = describe(p, o)
+            sp = os.path.join(o, "run_summary.json")
+            if os.path.exists(sp):
+                d = json.load(open(sp))["data"]
+                s += f"; skipped: {d['forget_skipped'] + d['retain_skipped']}"
+            return s
+        return go
+
+    c["6g long question, --skip-bad-records (forget)"] = skipped(
         "v", lambda o: unlearn(f, o, "--forget", f["longq"], "--skip-bad-records",
                                "--max-length", "300"))
     c["6h long question, no skip (forget)"] = plain(
         "v", lambda o: unlearn(f, o, "--forget", f["longq"], "--max-length", "300"))
-    c["6i long question (retain), --skip-bad-records"] = plain(
+    c["6i long question (retain), --skip-bad-records"] = skipped(
         "v", lambda o: unlearn(f, o, "--retain", f["longr"], "--skip-bad-records",
                                "--max-length", "300", "--eval-retain", "1"))
     c["6j palu-eval --output-dir is a file"] = lambda: describe(

@@ -150,6 +150,14 @@ def check_loss_args(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     gamma = _check_number("gamma", gamma)
     alpha = _check_number("alpha", alpha)
+    # The loss computes in fp32 (fp64 for fp64 logits): a weight or target beyond that range
+    # would be inf there (and NaN where it meets a zero), differently on each backend.
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    limit = torch.finfo(acc).max
+    for name, value in (("gamma", gamma), ("alpha", alpha), ("target", target_value)):
+        if abs(value) > limit:
+            raise ValueError(f"{name} must be at most {limit:.4g} in magnitude (the loss "
+                             f"computes in {str(acc).replace('torch.', '')}), got {value:g}")
 
     lead = logits.shape[:-1]
     i_mask = _check_mask("initiating_mask", initiating_mask, lead, logits.device)

@@ -116,6 +116,9 @@ def check_fused_linear_args(
             f"ref_hidden must have the leading shape of hidden {list(hidden.shape[:-1])}, "
             f"got {list(ref_hidden.shape[:-1])}"
         )
+    if hidden.shape[-1] < 1 or ref_hidden.shape[-1] < 1:
+        raise ValueError(f"hidden and ref_hidden must have a hidden size of at least 1, got "
+                         f"{hidden.shape[-1]} and {ref_hidden.shape[-1]}")
     for name, w, h, hname in (("weight", weight, hidden, "hidden"),
                               ("ref_weight", ref_weight, ref_hidden, "ref_hidden")):
         if w.shape[1] != h.shape[-1]:
@@ -188,12 +191,41 @@ class _Sweep:
         a = self.a
         with torch.no_grad():
             r = F.linear(self.rh.index_select(0, idx), self.rw, self.rb)
-        return palu_local_entropy_loss(
-            z, r, a.initiating.index_select(0, idx),
-            a.common.index_select(0, idx) if a.kl is not None else None,
-            k=a.k, target=a.target_value if a.target == "const" else a.target, kl=a.kl,
-            gamma=a.gamma, alpha=a.alpha, reduction="none", backend=self.backend,
-        )
+        try:
+            return palu_local_entropy_loss(
+                z, r, a.initiating.index_select(0, idx),
+                a.common.index_select(0, idx) if a.kl is not None else None,
+                k=a.k, target=a.target_value if a.target == "const" else a.target, kl=a.kl,
+                gamma=a.gamma, alpha=a.alpha, reduction="none", backend=self.backend,
+            )
+        except ValueError as e:
+            raise self._user_error(e, idx, r) from None
+
+    def _user_error(self, e: ValueError, idx, r) -> ValueError:
+        """The loss's message about a chunk's ``ref_logits`` row, in the caller's terms: the
+        argument that holds the NaN and the row of ``ref_hidden`` (flat and ``[b, t]``)."""
+        if "ref_logits" not in str(e):
+            return e
+        bad = torch.isnan(r).any(dim=1).nonzero()
+        if bad.numel() == 0:
+            return e
+        flat = int(idx[int(bad[0, 0])])
+        lead = self.a.row_shape
+        pos = (f" ([{flat // lead[1]}, {flat % lead[1]}])" if len(lead) == 2 else "")
+        n = int(bad.numel())
+        row = f"row {flat}{pos} of ref_hidden ({n} such row(s) in its chunk)"
+        if bool(torch.isnan(self.rh[flat]).any()):
+            return ValueError(f"ref_hidden must not hold NaN in rows that carry loss, got NaN "
+                              f"in {row}")
+        if bool(torch.isnan(self.rw).any()):
+            k = int(torch.isnan(self.rw).any(dim=1).sum())
+            return ValueError(f"ref_weight must not hold NaN, got NaN in {k} vocabulary "
+                              f"row(s): the reference logits of {row} are NaN")
+        if self.rb is not None and bool(torch.isnan(self.rb).any()):
+            return ValueError(f"ref_bias must not hold NaN: the reference logits of {row} "
+                              "are NaN")
+        return ValueError(f"ref_hidden @ ref_weight.T must not hold NaN in rows that carry "
+                          f"loss, got NaN (inf - inf: an overflow) in {row}")
 
     def values(self):
         """Per-row loss values ``[N]`` (0 outside I and C), no gradient work."""

@@ -109,13 +109,22 @@ def make_temp_sibling(output_dir: str, tag: str = "tmp") -> str:
     return tmp
 
 
-def publish_result(tmp_dir: str, output_dir: str, *, keep=("checkpoint-*",)) -> None:
+STALE = ("*.safetensors", "*.bin", "*.index.json", "*.gguf", "config.json",
+         "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
+         "vocab.*", "merges.txt", "*.model", "chat_template.*", "adapter", "eval_*")
+"""Entries of an old result that :func:`publish_result` removes when the new result has no
+entry of that name (e.g. the shards of a bigger model, an adapter, evaluations of the old
+model); anything else in the directory is left alone."""
+
+
+def publish_result(tmp_dir: str, output_dir: str, *, stale=STALE) -> None:
     """Move a complete result from ``tmp_dir`` (holding :data:`MARKER`) into ``output_dir``.
 
     ``tmp_dir`` is fsynced first. Then the old marker of ``output_dir`` is removed, every
     entry of ``tmp_dir`` but the marker is renamed into place (an old entry of the same name is
-    moved aside and deleted afterwards), the old result's other entries are deleted except
-    those matching ``keep`` (this run's checkpoints), and the marker comes last.
+    moved aside and deleted afterwards), the old result's entries matching ``stale`` that the
+    new result does not have are deleted (checkpoints and unknown files stay), and the marker
+    comes last.
     """
     import fnmatch
 
@@ -135,7 +144,7 @@ def publish_result(tmp_dir: str, output_dir: str, *, keep=("checkpoint-*",)) -> 
             os.replace(dst, os.path.join(trash, name))
         os.replace(os.path.join(tmp_dir, name), dst)
     for name in os.listdir(output_dir):  # the old result's leftovers (e.g. other shards)
-        if name in new or name == MARKER or any(fnmatch.fnmatch(name, k) for k in keep):
+        if name in new or name == MARKER or not any(fnmatch.fnmatch(name, k) for k in stale):
             continue
         path = os.path.join(output_dir, name)
         if os.path.isdir(path) and not os.path.islink(path):

@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-retain", type=int, default=100,
                    help="retain records used for the before/after retain loss")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                   help="resume from the last checkpoint in --output-dir (or from CHECKPOINT)")
+                   help="resume from the latest complete checkpoint in --output-dir (or from "
+                        "CHECKPOINT); unfinished checkpoints are skipped and named")
     p.add_argument("--overwrite", action="store_true",
-                   help="allow a non-empty --output-dir (its old checkpoint-* are removed)")
+                   help="allow a non-empty --output-dir: its result is replaced once the new "
+                        "one is complete (its old checkpoint-* wait in a sibling until then)")
     p.add_argument("--skip-bad-records", action="store_true",
                    help="skip (and report) bad data records instead of failing")
     p.add_argument("--trust-remote-code", action="store_true",

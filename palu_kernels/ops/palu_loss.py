@@ -115,7 +115,9 @@ def _local_a_tile(z_row, r_row, zo, ro, cols, valid, thr, j_last, sum_v, sum_s,
             sum_s += z
         else:
             r = _load(r_row, ro, valid, float("-inf"), MASKED, "evict_last")
-            sum_s += tl.where(_in_s(r, cols, valid, thr, j_last, TOPK_ALL, MASKED), z, 0.0)
+            # z [j in S] as a product, like the specification: a NaN or +-inf outside S
+            # still reaches the row (0 * inf = NaN), so every backend agrees (spec)
+            sum_s += z * _in_s(r, cols, valid, thr, j_last, TOPK_ALL, MASKED).to(tl.float32)
     return sum_v, sum_s
 
 
@@ -131,7 +133,9 @@ def _local_b_tile(z_row, r_row, g_row, zo, ro, go, cols, valid, thr, j_last, c, 
     else:
         r = _load(r_row, ro, valid, float("-inf"), MASKED, "evict_first")
         member = _in_s(r, cols, valid, thr, j_last, TOPK_ALL, MASKED)
-    d = tl.where(member, z - c, 0.0)
+    # (z - c) [j in S] as a product (0 * inf = NaN outside S, as in the specification); the
+    # lanes past the row's end hold z = 0 and add 0 while c is finite
+    d = (z - c) * member.to(tl.float32)
     sq += d * d
     if WRITE_GRAD:
         g = (two_w_over_k * (d - s_over_v)).to(g_row.dtype.element_ty)
@@ -310,6 +314,10 @@ def _palu_fwd_kernel(
             c = tl.sum(sum_v, axis=0) / V
         if TARGET == 0:
             s_over_v = (tl.sum(sum_s, axis=0) - K * c) / V  # s * dc/dz_j, dc/dz_j = 1/V
+        elif TARGET == 2:
+            # s = 0 exactly for a finite c; a non-finite c (a NaN or +-inf logit in the row)
+            # makes it NaN, and the whole gradient row NaN, as in the specification
+            s_over_v = c * 0.0
         else:
             s_over_v = 0.0  # "topk_mean": s = 0 exactly; detached / constant: no path
 

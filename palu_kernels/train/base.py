@@ -322,6 +322,17 @@ class UnlearningTrainer(Trainer):
                 + (f" (non-finite terms: {', '.join(sorted(bad))})" if bad else ""))
         return loss
 
+    def _get_grad_norm(self, model, grad_norm=None):
+        """``Trainer._get_grad_norm`` (the norm before clipping, computed just before the
+        optimizer step), which must be finite: an infinite or NaN norm (a finite loss whose
+        gradient overflows) would turn the weights into NaN at this step."""
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        value = float(norm.item() if torch.is_tensor(norm) else norm) if norm is not None else 0.0
+        if not torch.isfinite(torch.tensor(value)):
+            raise NonFiniteLossError(f"the gradient norm is not finite ({value}) at optimizer "
+                                     f"step {self.state.global_step + 1}")
+        return norm
+
     def check_finite_weights(self) -> None:
         """:class:`NonFiniteLossError` when a weight of the model holds a NaN or infinity."""
         bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))

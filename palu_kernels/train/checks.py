@@ -15,6 +15,7 @@ PROG = "palu-unlearn"
 TARGETS = ("mean", "mean_detached", "topk_mean")
 KLS = (None, "reverse", "forward")
 BACKENDS = ("auto", "torch", "triton")
+FP32_MAX = 3.4028234663852886e38  # the loss computes in fp32: a larger weight is inf there
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
                    "spiece.model")
 
@@ -71,8 +72,8 @@ def check_values(job) -> None:
                                f"got {me.target!r}")
     if me.kl not in KLS:
         raise fail("--kl", f"must be reverse, forward or none, got {me.kl!r}")
-    check_real("--gamma", me.gamma, low=0, optional=True)
-    check_real("--alpha", me.alpha, low=0)
+    check_real("--gamma", me.gamma, low=0, high=FP32_MAX, optional=True)
+    check_real("--alpha", me.alpha, low=0, high=FP32_MAX)
     check_real("--beta", me.beta, low=0, low_open=True, optional=True)
     check_real("--delta", me.delta, optional=True)
     if me.backend not in BACKENDS:

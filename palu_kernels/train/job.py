@@ -345,7 +345,7 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     )
     _ = targs.device  # joins the process group: every process has checked the paths above
     state = PartialState()
-    resume, old_checkpoints = o.resume, None
+    resume = o.resume
     if state.is_main_process:
         for stale in glob.glob(os.path.join(os.path.dirname(os.path.abspath(o.output_dir)),
                                             f".{os.path.basename(os.path.abspath(o.output_dir))}.tmp-*")):
@@ -361,9 +361,9 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
         # checkpoints wait in a sibling directory (deleted after the new result is published)
         old = glob.glob(os.path.join(o.output_dir, "checkpoint-*"))
         if old:
-            old_checkpoints = make_temp_sibling(o.output_dir, "old")
+            aside = make_temp_sibling(o.output_dir, "old")
             for path in old:
-                os.replace(path, os.path.join(old_checkpoints, os.path.basename(path)))
+                os.replace(path, os.path.join(aside, os.path.basename(path)))
     state.wait_for_everyone()
 
     class _Epoch(TrainerCallback):
@@ -426,8 +426,11 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     full_state = trainer.accelerator.get_state_dict(trainer.model) if trainer.engine == "fsdp2" else None
     if state.is_main_process:
         save_result(final, tokenizer, summary, o.output_dir, state_dict=full_state)
-        if old_checkpoints:
-            shutil.rmtree(old_checkpoints, ignore_errors=True)
+        # the new result is complete: old checkpoints set aside by --overwrite (this run's, and
+        # those of an earlier --overwrite run that was killed) go now
+        for old in glob.glob(os.path.join(os.path.dirname(os.path.abspath(o.output_dir)),
+                                          f".{os.path.basename(os.path.abspath(o.output_dir))}.old-*")):
+            shutil.rmtree(old, ignore_errors=True)
         if verbose:
             print_summary(summary)
     state.wait_for_everyone()

@@ -60,6 +60,17 @@ def _where(src: ModelSource) -> str:
     return repr(os.path.join(src.directory, src.gguf_file) if src.gguf_file else src.directory)
 
 
+def _check_directory(src: ModelSource) -> None:
+    """``ValueError`` for a directory that is not a finished model
+    (:func:`palu_kernels.outputs.result_problem`)."""
+    if not src.gguf_file and os.path.isdir(src.directory):
+        from ..outputs import result_problem
+
+        problem = result_problem(src.directory)
+        if problem:
+            raise ValueError(f"{_where(src)}: {problem}")
+
+
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
@@ -123,12 +134,7 @@ def load_model(source, *, dtype: Optional[str] = None, float32: bool = False,
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         kw["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
-    if not src.gguf_file and os.path.isdir(src.directory):
-        from ..outputs import result_problem
-
-        problem = result_problem(src.directory)
-        if problem:
-            raise ValueError(f"{_where(src)}: {problem}")
+    _check_directory(src)
     try:
         model = AutoModelForCausalLM.from_pretrained(src.directory, **kw)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds; one line instead
@@ -147,7 +153,9 @@ def load_model(source, *, dtype: Optional[str] = None, float32: bool = False,
 
 def load_model_and_tokenizer(source, *, tokenizer_source=None, pad_with_eos: bool = True,
                              **model_kw) -> Tuple[object, object]:
-    """``(load_model(source, **model_kw), load_tokenizer(tokenizer_source or source))``."""
+    """``(load_model(source, **model_kw), load_tokenizer(tokenizer_source or source))``; an
+    unfinished or broken model directory is named before the tokenizer is read."""
+    _check_directory(_source(source))
     tokenizer = load_tokenizer(tokenizer_source if tokenizer_source is not None else source,
                                trust_remote_code=model_kw.get("trust_remote_code", False),
                                pad_with_eos=pad_with_eos)
