@@ -108,20 +108,24 @@ def k_experiment(h: Harness) -> Report:
             ax.grid(True, which="both", alpha=0.3)
             sec = ax.secondary_xaxis("top", functions=(lambda k: k / vocab, lambda f: f * vocab))
             sec.set_xlabel("K / V")
-        for r in seed0:
+        cmap = plt.get_cmap("viridis")
+        for i, r in enumerate(seed0):
             res = h.result(r["run"])
-            curve = [c for c in res["loss_curve"] if "forget_local" in c]
-            steps = [c["step"] for c in curve]
-            axes[1, 0].plot(steps, [c["forget_local"] for c in curve], label=f"local K={r['k']}")
-            axes[1, 0].plot(steps, [c.get("forget_kl", float("nan")) for c in curve], ls=":",
-                            label=f"KL K={r['k']}")
+            c = cmap(i / max(1, len(seed0) - 1))
+            curve = [c_ for c_ in res["loss_curve"] if "forget_local" in c_]
+            steps = [c_["step"] for c_ in curve]
+            axes[1, 0].plot(steps, [c_["forget_local"] for c_ in curve], color=c,
+                            label=f"local K={r['k']}")
+            axes[1, 0].plot(steps, [c_.get("forget_kl", float("nan")) for c_ in curve], ls=":",
+                            color=c, label=f"KL K={r['k']}")
             tr = res["trace"]
             axes[1, 1].plot([t["step"] for t in tr], [t["forget_probability"] for t in tr],
-                            marker=".", label=f"K={r['k']}")
+                            marker=".", color=c, label=f"K={r['k']}")
         axes[1, 1].axhline(seed0[0]["retain_forget_probability"], color="gray", ls="--",
                            label="retain model")
         axes[1, 0].set_yscale("symlog", linthresh=1e-2)
-        axes[1, 0].set_title(f"PALU terms per step (seed {h.seeds[0]})")
+        axes[1, 0].set_title(f"PALU local term (solid) and KL (dotted) per step, seed "
+                             f"{h.seeds[0]}")
         axes[1, 1].set_title(f"forget answer probability per step (seed {h.seeds[0]})")
         for ax in axes[1]:
             ax.set_xlabel("optimizer step")

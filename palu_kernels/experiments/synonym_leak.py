@@ -6,8 +6,9 @@ span; the paraphrased answer, which the start model is also fine-tuned on, uses 
 same context, unmarked. So before unlearning the model splits its probability between A and B
 after the same words.
 
-Each method (PALU, NPO, TPO) unlearns the forget split from the same start model, one run per
-seed, over a few learning rates (its strength). For the forget split's synonym facts we score
+Each method (PALU with K = 10 and with K = 1, NPO, TPO) unlearns the forget split from the
+same start model, one run per seed, over a few learning rates (its strength). For the forget
+split's synonym facts we score
 ``P(A | question, answer prefix)`` and ``P(B | same)`` before and after
 (:func:`palu_kernels.experiments.probes.synonym_leakage`): ``P(B)`` after is what remains of
 the fact in its other form; the B share ``P(B) / (P(A) + P(B))`` says whether the method
@@ -28,7 +29,9 @@ from .probing import ProbeHarness, extras_spec, references, summarise
 
 __all__ = ["LRS", "METHODS", "synonym_leak_experiment"]
 
-METHODS = ("palu", "npo", "tpo")
+METHODS = ("palu", "palu-k1", "npo", "tpo")
+"""``palu``: the ablations' base (K = 10); ``palu-k1``: the same with K = 1, where only the
+top logit is flattened, so the other form's first token may take its place."""
 EPOCHS = {"full": 10, "quick": 5}
 LRS = {"full": (1e-4, 2e-4, 5e-4, 1e-3), "quick": (2e-4, 5e-4, 1e-3)}
 """Learning rates each method runs at (its strength; compare methods at equal forgetting of
@@ -39,8 +42,12 @@ _KEYS = ("p_form_before", "p_form_after", "p_alt_before", "p_alt_after", "alt_sh
 
 def _spec(h: Harness, method: str, lr: float) -> RunSpec:
     epochs = EPOCHS["quick" if h.quick else "full"]
-    base = replace(PALU_BASE, lr=lr, epochs=epochs) if method == "palu" else \
-        RunSpec(method=method, lr=lr, epochs=epochs)
+    if method == "palu":
+        base = replace(PALU_BASE, lr=lr, epochs=epochs)
+    elif method == "palu-k1":
+        base = replace(PALU_BASE, lr=lr, epochs=epochs, k=1)
+    else:
+        base = RunSpec(method=method, lr=lr, epochs=epochs)
     return extras_spec(h, base)
 
 
@@ -80,9 +87,10 @@ def synonym_leak_experiment(h: Harness) -> Report:
     n_facts = st.fmean(r["n_facts"] for r in rows)
     notes = (
         f"{len(h.seeds)} seed(s), {n_facts:.0f} forget synonym facts per seed; every method at "
-        f"each lr, {EPOCHS[size]} epochs, from the same fine-tuned model per seed (PALU: K, N, "
-        "gamma of the ablations' base). A = the marked form in the forget answer, B = the "
-        "unmarked form the paraphrased answer teaches in the same context; P = probability of "
+        f"each lr, {EPOCHS[size]} epochs, from the same fine-tuned model per seed (palu: K, N, "
+        "gamma of the ablations' base; palu-k1: the same with K = 1). A = the marked form in "
+        "the forget answer, B = the unmarked form the paraphrased answer teaches in the same "
+        "context; P = probability of "
         "the whole form given the question and the answer up to it, mean over the forget "
         "split's synonym facts; each cell mean +- std over seeds. Before unlearning: P(A) "
         f"{pa:.3f}, P(B) {pb:.3f}, B share P(B) / (P(A) + P(B)) {share:.3f}. 'kept' = P after "
