@@ -1,7 +1,8 @@
 """MUSE evaluation (the News corpus): VerbMem, KnowMem, PrivLeak and utility preservation.
 
 The metrics follow MUSE (Shi et al., 2024, "Machine Unlearning Six-Way Evaluation for
-Language Models") as its evaluation code defines them; ``docs/spec.md`` names this module.
+Language Models") as its evaluation code defines them; this docstring is their definition
+in this project (``palu-eval --benchmark muse``, :mod:`palu_kernels.cli.eval_muse`).
 The layout read from ``data_dir`` (JSON lists, as MUSE publishes them):
 
 * ``verbmem/forget.json``: ``{"prompt", "gt"}``, a forget-set prefix and its true
@@ -68,7 +69,7 @@ __all__ = ["KNOWMEM_MAX_NEW_TOKENS", "MIN_K_FRACTION", "MUSE_FILES", "MuseData",
            "VERBMEM_MAX_NEW_TOKENS", "auc_score", "evaluate_muse", "knowmem_prompt",
            "load_muse", "min_k_score", "muse_summary_markdown", "passage_log_probs",
            "priv_leak", "read_muse_result", "truncate_answer", "utility_preservation",
-           "write_muse_result"]
+           "write_muse_result", "write_text_atomic"]
 
 MIN_K_FRACTION = 0.4
 VERBMEM_MAX_NEW_TOKENS = 128
@@ -534,7 +535,9 @@ def muse_summary_markdown(result: dict, title: str = "MUSE evaluation") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: str, text: str) -> None:
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and
+    ``os.replace`` (a reader never sees half a file)."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path), suffix=".tmp")
@@ -553,6 +556,6 @@ def write_muse_result(result: dict, output_dir: str, title: str = "MUSE evaluati
     """Write ``eval.json`` and ``eval.md`` into ``output_dir`` (each atomically)."""
     json_path = os.path.join(output_dir, "eval.json")
     md_path = os.path.join(output_dir, "eval.md")
-    _write_atomic(json_path, json.dumps(result, indent=1, ensure_ascii=False))
-    _write_atomic(md_path, muse_summary_markdown(result, title=title))
+    write_text_atomic(json_path, json.dumps(result, indent=1, ensure_ascii=False))
+    write_text_atomic(md_path, muse_summary_markdown(result, title=title))
     return json_path, md_path
