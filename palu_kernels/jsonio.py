@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from typing import List
 
-__all__ = ["iter_json_objects", "read_json_objects"]
+__all__ = ["iter_json_objects", "iter_json_values", "read_json_objects"]
 
 
-def iter_json_objects(path: str, text: str):
-    """Yield ``(line, object_or_error_message)`` of ``text`` (the contents of ``path``): a JSON
-    array or JSON lines (blank lines skipped). A broken array element ends the iteration."""
+def iter_json_values(path: str, text: str):
+    """Yield ``(line, value, error)`` of ``text`` (the contents of ``path``): a JSON array or
+    JSON lines (blank lines skipped); ``error`` is ``None`` or a message (``value`` then
+    ``None``). A broken array element ends the iteration. Values may be any JSON value (a
+    list of passages is a JSON array of strings)."""
     stripped = text.lstrip()
     if stripped.startswith("["):
         dec = json.JSONDecoder()
@@ -31,17 +33,24 @@ def iter_json_objects(path: str, text: str):
                 obj, pos = dec.raw_decode(text, pos)
             except json.JSONDecodeError as e:
                 # One broken element makes the rest of an array unreadable: report and stop.
-                yield line, f"invalid JSON ({e.msg}); the rest of the array cannot be read"
+                yield line, None, f"invalid JSON ({e.msg}); the rest of the array cannot be read"
                 return
-            yield line, obj
+            yield line, obj, None
     else:
         for i, raw in enumerate(text.splitlines(), start=1):
             if not raw.strip():
                 continue
             try:
-                yield i, json.loads(raw)
+                yield i, json.loads(raw), None
             except json.JSONDecodeError as e:
-                yield i, f"invalid JSON ({e.msg} at column {e.colno})"
+                yield i, None, f"invalid JSON ({e.msg} at column {e.colno})"
+
+
+def iter_json_objects(path: str, text: str):
+    """Yield ``(line, object_or_error_message)`` of ``text`` (the contents of ``path``): a JSON
+    array or JSON lines (blank lines skipped). A broken array element ends the iteration."""
+    for line, obj, err in iter_json_values(path, text):
+        yield line, (err if err is not None else obj)
 
 
 def read_json_objects(path: str) -> List[dict]:

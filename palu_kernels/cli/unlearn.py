@@ -70,7 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True,
                    help="local model directory, or a .gguf file (loaded with gguf_file=)")
     p.add_argument("--forget", required=True,
-                   help="forget records, JSON / JSON lines {question, answer, target_words}")
+                   help="forget records, JSON / JSON lines {question, answer, target_words}, or "
+                        "raw passages (.txt with blank lines between passages, a JSON list of "
+                        "strings, {text, target_words} objects): every token an answer token, "
+                        "cut into --max-length pieces")
+    p.add_argument("--spans", default="given", choices=["given", "text", "contrast"],
+                   help="sensitive spans: the file's target_words, or computed as palu-spans "
+                        "does (text: no model; contrast: --model against --spans-reference)")
+    p.add_argument("--spans-reference", default=None,
+                   help="--spans contrast: a model that never saw the forget data (retain or "
+                        "base model)")
     p.add_argument("--retain", default=None,
                    help="retain records, JSON / JSON lines {question, answer} (optional)")
     p.add_argument("--output-dir", required=True, help="where the unlearned model goes")
@@ -134,7 +143,8 @@ def job_from_args(args) -> UnlearningJob:
                         trust_remote_code=args.trust_remote_code),
         data=DataSpec(forget=args.forget, retain=args.retain, max_length=args.max_length,
                       first_n=args.first_n, eval_retain=args.eval_retain,
-                      skip_bad_records=args.skip_bad_records),
+                      skip_bad_records=args.skip_bad_records, spans=args.spans,
+                      spans_reference=args.spans_reference),
         method=MethodSpec(name=args.method, k=args.k, target=args.target,
                           kl=None if args.kl == "none" else args.kl, gamma=args.gamma,
                           alpha=args.alpha, beta=args.beta, delta=args.delta,

@@ -42,9 +42,16 @@ class ModelSpec:
     trust_remote_code: bool = False
 
 
+SPAN_SOURCES = ("given", "text", "contrast")
+
+
 @dataclass
 class DataSpec:
-    """Forget records (span-annotated JSON / JSON lines) and optional retain records."""
+    """Forget records (span-annotated JSON / JSON lines, or raw passages: a ``.txt``, JSON
+    strings or ``{"text"}`` objects, cut into ``max_length``-token pieces) and optional retain
+    records. ``spans``: ``"given"`` (the file's ``target_words``), or computed by
+    :mod:`palu_kernels.spans`: ``"text"`` (no model) or ``"contrast"`` (the model to unlearn
+    against ``spans_reference``)."""
 
     forget: str
     retain: Optional[str] = None
@@ -52,6 +59,8 @@ class DataSpec:
     first_n: int = 3
     eval_retain: int = 100
     skip_bad_records: bool = False
+    spans: str = "given"
+    spans_reference: Optional[str] = None
 
 
 @dataclass
@@ -181,6 +190,15 @@ def check_job(job: UnlearningJob) -> ModelSource:
     for flag, path in (("--forget", job.data.forget), ("--retain", job.data.retain)):
         if path is not None and not os.path.isfile(path):
             raise SystemExit(f"palu-unlearn: {flag} {path!r} is not a file")
+    if job.data.spans not in SPAN_SOURCES:
+        raise SystemExit(f"palu-unlearn: --spans must be one of {', '.join(SPAN_SOURCES)}, got "
+                         f"{job.data.spans!r}")
+    if (job.data.spans == "contrast") != (job.data.spans_reference is not None):
+        raise SystemExit("palu-unlearn: --spans contrast needs --spans-reference (a model that "
+                         "never saw the forget data), and --spans-reference needs --spans contrast")
+    if job.data.spans_reference is not None and not os.path.isdir(job.data.spans_reference):
+        raise SystemExit(f"palu-unlearn: --spans-reference {job.data.spans_reference!r} is not a "
+                         "model directory")
     out = job.output.output_dir
     if _is_within(out, source.directory):
         raise SystemExit(f"palu-unlearn: --output-dir {out!r} is inside the input model "
@@ -208,6 +226,22 @@ def check_job(job: UnlearningJob) -> ModelSource:
     if job.method.chunk_rows is not None and job.method.chunk_rows < 1:
         raise SystemExit(f"palu-unlearn: --chunk-rows must be >= 1, got {job.method.chunk_rows}")
     return source
+
+
+def _find_spans(forget, d: DataSpec, source: ModelSource, tokenizer):
+    """The forget records with spans computed by :mod:`palu_kernels.spans` (``--spans``)."""
+    from ..spans import SpanOptions, find_spans
+
+    opts = SpanOptions(method=d.spans, model=source.directory, reference=d.spans_reference,
+                       max_length=d.max_length)
+    model = reference = None
+    if d.spans == "contrast":
+        model = load_model(source, float32=True, eval_mode=True)
+        reference = load_model(d.spans_reference, float32=True, eval_mode=True)
+    try:
+        return find_spans(forget, opts, model=model, reference=reference, tokenizer=tokenizer)
+    except ValueError as e:
+        raise SystemExit(f"palu-unlearn: --spans {d.spans}: {e}") from None
 
 
 def _versions() -> dict:
@@ -240,7 +274,7 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     from accelerate import PartialState
     from transformers import TrainerCallback, TrainingArguments, set_seed
 
-    from .data import PALUCollator, PALUDataset, load_records
+    from .data import PALUCollator, PALUDataset, chunk_passages, load_forget, load_records
     from .heads import FusedLinearError, is_peft_model
 
     t0 = time.time()
@@ -249,7 +283,11 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     set_seed(tr.seed)
 
     try:
-        forget, forget_report = load_records(d.forget, spans="required", skip_bad=d.skip_bad_records)
+        forget, forget_report = load_forget(d.forget, spans="required" if d.spans == "given"
+                                            else "ignore", skip_bad=d.skip_bad_records)
+        if d.spans == "given" and forget[0].raw and not any(r.spans for r in forget):
+            raise ValueError(f"{d.forget}: the passages have no target_words; pass --spans text "
+                             "or --spans contrast (or a palu-spans output file)")
         retain, retain_report = (None, None)
         if d.retain:
             retain, retain_report = load_records(d.retain, spans="ignore",
@@ -258,6 +296,9 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
         raise SystemExit(f"palu-unlearn: {e}") from None
 
     tokenizer = load_tokenizer(source, trust_remote_code=m.trust_remote_code)
+    if d.spans != "given":
+        forget = _find_spans(forget, d, source, tokenizer)
+    forget = chunk_passages(tokenizer, forget, d.max_length)
     model = load_model(source, trust_remote_code=m.trust_remote_code,
                        upcast_half_on_cpu=True,  # half precision training on the CPU is slow
                        lora_r=m.lora_r, lora_alpha=m.lora_alpha)
@@ -319,7 +360,8 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
         "arguments": job.arguments(),
         "versions": _versions(),
         "world_size": state.num_processes,
-        "data": {"forget": forget_report.describe(),
+        "data": {"forget": forget_report.describe(), "forget_pieces": len(forget),
+                 "forget_spans": sum(len(r.spans) for r in forget),
                  "forget_skipped": [f"{d.forget}:{ln}: {why}" for ln, why in forget_report.skipped],
                  "retain": retain_report.describe() if retain_report else None,
                  "retain_skipped": ([f"{d.retain}:{ln}: {why}" for ln, why in retain_report.skipped]

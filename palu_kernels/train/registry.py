@@ -19,6 +19,7 @@ from .methods.idkdpo import IdkDPOTrainer
 from .methods.npo import NPOTrainer
 from .methods.palu import PALUTrainer
 from .methods.simnpo import SimNPOTrainer
+from .methods.tpo import TPOTrainer
 
 METHODS: dict[str, type] = {
     "palu": PALUTrainer,
@@ -27,6 +28,7 @@ METHODS: dict[str, type] = {
     "npo": NPOTrainer,
     "simnpo": SimNPOTrainer,
     "idkdpo": IdkDPOTrainer,
+    "tpo": TPOTrainer,
 }
 """``--method`` name -> trainer class (the first is the default)."""
 

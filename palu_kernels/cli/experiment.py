@@ -1,0 +1,98 @@
+"""``palu-experiment NAME``: one of the paper's experiments, cached and resumable.
+
+Examples::
+
+    palu-experiment k --quick --out /tmp/k            # CI-sized, synthetic data, tiny model
+    palu-experiment pareto --seeds 0,1,2 --out bench/results/experiments/pareto
+    palu-experiment n --data-dir DIR --model M --out /tmp/n   # any TOFU-layout dir with spans
+
+The options become an :class:`~palu_kernels.experiments.harness.ExperimentConfig`; the
+experiment (:data:`~palu_kernels.experiments.registry.EXPERIMENTS`) runs through a
+:class:`~palu_kernels.experiments.harness.Harness`, which caches every setup and run under
+``--out`` (a second call reruns nothing) and writes ``results.csv``, ``results.md`` and a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from typing import Optional, Sequence
+
+
+def _seeds(text: str):
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        seeds = ()
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct comma-separated integers like 0,1,2, got {text!r}")
+    return seeds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..experiments.registry import EXPERIMENTS
+
+    p = argparse.ArgumentParser(
+        prog="palu-experiment", allow_abbrev=False,
+        description="Run one experiment (a sweep of unlearning runs, each evaluated on TOFU), "
+                    "cached per run under --out, and write results.csv, results.md and a PNG.")
+    p.add_argument("name", choices=sorted(EXPERIMENTS), help="the experiment")
+    p.add_argument("--out", default=None, help="output directory (default: experiments/NAME)")
+    p.add_argument("--cache", default=None,
+                   help="where the cached setups/ and runs/ go (default: --out); share it "
+                        "between experiments to reuse the fine-tuned models")
+    p.add_argument("--seeds", type=_seeds, default=None,
+                   help="comma-separated seeds (default: 0,1,2; --quick: 0)")
+    p.add_argument("--quick", action="store_true", help="the CI size (well under a minute)")
+    p.add_argument("--data-dir", default=None,
+                   help="TOFU-layout directory with <forget split>_spans.jsonl (default: the "
+                        "synthetic benchmark, generated per seed)")
+    p.add_argument("--forget-split", default=None, choices=("forget01", "forget05", "forget10"),
+                   help="with --data-dir (default: forget01)")
+    p.add_argument("--model", default=None,
+                   help="local model directory to fine-tune on the data (default: a tiny Llama)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: fastest for tiny models on a busy CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    for flag, path in (("--data-dir", args.data_dir), ("--model", args.model)):
+        if path is not None and not os.path.isdir(path):
+            p.error(f"{flag}: expected a directory, got {path!r}")
+    if args.forget_split is not None and args.data_dir is None:
+        p.error("--forget-split: needs --data-dir (the synthetic split is forget10)")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads: expected an integer >= 1, got {args.threads}")
+
+    from ..demo.synth import generate_benchmark
+    from ..experiments.harness import ExperimentConfig, Harness, write_report
+    from ..experiments.registry import EXPERIMENTS
+
+    out = args.out or os.path.join("experiments", args.name)
+    seeds = args.seeds or ((0,) if args.quick else (0, 1, 2))
+    cfg = ExperimentConfig(out=out, cache=args.cache, seeds=seeds, quick=args.quick, data_dir=args.data_dir,
+                           forget_split=args.forget_split, model=args.model,
+                           generator=generate_benchmark, threads=args.threads,
+                           progress=not args.no_progress,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        h = Harness(cfg)
+        report = EXPERIMENTS[args.name](h)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"palu-experiment: error: {e}") from None
+    paths = write_report(report, out, command="palu-experiment " + shlex.join(argv))
+    print(f"wrote {paths['csv']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else "")
+          + f" ({getattr(h, 'cache_hits', 0)} cached runs)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""``palu-spans``: find the sensitive spans of question/answer records or raw passages.
+
+Examples::
+
+    # no model: names, titles, numbers, dates, rare content words new in the answer
+    palu-spans ../shared/data/tofu/forget05.json --method text -o /tmp/forget05_text.jsonl
+    # score against annotated spans (character-level precision, recall, F1)
+    palu-spans ../shared/data/tofu/forget05_spans.jsonl --method text \\
+        --score ../shared/data/tofu/forget05_spans.jsonl
+    # the tokens the fine-tuned model predicts far better than the retain model
+    palu-spans forget.jsonl --method contrast --model /tmp/ft --reference /tmp/retain -o s.jsonl
+
+The output (``-o``) is what ``palu-unlearn --forget`` reads: ``{"question", "answer",
+"target_words"}`` per record, ``{"text", "target_words"}`` per passage. Input: JSON / JSON
+lines records (TOFU format; given spans are replaced), or passages (a ``.txt`` with blank
+lines between passages, a JSON list of strings, or objects with a ``text`` field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from ..spans import (DEFAULT_THRESHOLD, METHODS, SpanOptions, find_spans, read_span_inputs,
+                     score_records, spacy_available, write_span_records)
+from ..train.data import load_forget
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="palu-spans", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Sensitive spans of question/answer records or raw passages, in the span "
+                    "format palu-unlearn reads; --score compares them with annotated spans.")
+    p.add_argument("input", help="records (JSON / JSON lines {question, answer}) or passages "
+                                 "(.txt, JSON list of strings, or {text} objects)")
+    p.add_argument("--method", default="text", choices=METHODS,
+                   help="text: no model; contrast: log-likelihood ratio of --model over "
+                        "--reference")
+    p.add_argument("-o", "--output", default=None, help="where the span records go (JSON lines)")
+    p.add_argument("--score", default=None, metavar="GOLD",
+                   help="annotated records (target_words) to score the spans against")
+    p.add_argument("--spacy", default="auto", choices=["auto", "yes", "no"],
+                   help="text: use spaCy (pip install 'palu_kernels[spans]') for entities and "
+                        "part-of-speech tags; auto = when installed")
+    p.add_argument("--max-df", type=float, default=0.2,
+                   help="text: a content word in more than this fraction of the records is "
+                        "common, not sensitive")
+    p.add_argument("--model", default=None, help="contrast: the model to unlearn (directory)")
+    p.add_argument("--reference", default=None,
+                   help="contrast: a model that never saw the data (retain or base model)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="contrast: a token is sensitive when log p_model - log p_reference "
+                        "exceeds this many nats (with --relative: this many standard "
+                        "deviations above the record's mean)")
+    p.add_argument("--relative", action="store_true",
+                   help="contrast: per-record z-score threshold instead of fixed nats")
+    p.add_argument("--batch-size", type=int, default=8, help="contrast: sequences per batch")
+    p.add_argument("--max-length", type=int, default=512,
+                   help="contrast: tokens per scored sequence (longer passages: windows)")
+    p.add_argument("--skip-bad-records", action="store_true",
+                   help="skip (and report) bad input records instead of failing")
+    p.add_argument("--json", action="store_true", help="print the score as JSON")
+    return p
+
+
+def options_from_args(args) -> SpanOptions:
+    """The :class:`~palu_kernels.spans.SpanOptions` of parsed arguments (``SystemExit`` naming
+    the flag for a bad combination)."""
+    def fail(msg):
+        raise SystemExit(f"palu-spans: {msg}")
+
+    if args.method == "contrast":
+        for flag in ("model", "reference"):
+            v = getattr(args, flag)
+            if v is None:
+                fail(f"--method contrast needs --{flag}")
+            if not os.path.exists(v):
+                fail(f"--{flag} {v!r} does not exist (a local model directory)")
+    if not 0.0 < args.max_df <= 1.0:
+        fail(f"--max-df must be in (0, 1], got {args.max_df}")
+    if args.batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_length < 2:
+        fail(f"--max-length must be >= 2, got {args.max_length}")
+    if args.method == "text" and args.spacy == "yes" and not spacy_available():
+        fail("--spacy yes: spaCy with en_core_web_sm is not installed (pip install "
+             "'palu_kernels[spans]')")
+    return SpanOptions(method=args.method,
+                       use_spacy={"auto": None, "yes": True, "no": False}[args.spacy],
+                       max_df=args.max_df, model=args.model, reference=args.reference,
+                       threshold=args.threshold, relative=args.relative,
+                       batch_size=args.batch_size, max_length=args.max_length)
+
+
+def run(args) -> dict:
+    """Find (and score) the spans; returns ``{"n_records", "method", "output", "score"}``."""
+    for flag, path in (("input", args.input), ("--score", args.score)):
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"palu-spans: {flag} {path!r} is not a file")
+    opts = options_from_args(args)
+    try:
+        records, report = read_span_inputs(args.input, skip_bad=args.skip_bad_records)
+        gold = None
+        if args.score:
+            gold, _ = load_forget(args.score, spans="required", skip_bad=args.skip_bad_records,
+                                  merge_overlaps=True)
+    except ValueError as e:
+        raise SystemExit(f"palu-spans: {e}") from None
+    try:
+        pred = find_spans(records, opts)
+    except (ValueError, ImportError) as e:
+        raise SystemExit(f"palu-spans: --method {args.method}: {e}") from None
+    out = {"n_records": len(pred), "method": args.method, "input": report.describe(),
+           "n_spans": sum(len(r.spans) for r in pred), "output": None, "score": None}
+    if opts.method == "text":
+        out["method"] = ("text+spacy" if opts.use_spacy is not False and spacy_available()
+                         else "text (rules, no spaCy)")
+    if args.output:
+        write_span_records(args.output, pred)
+        out["output"] = args.output
+    if gold is not None:
+        try:
+            out["score"] = score_records(pred, gold).to_dict()
+        except ValueError as e:
+            raise SystemExit(f"palu-spans: --score {args.score}: {e}") from None
+    return out
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    out = run(args)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{out['input']}; method {out['method']}: {out['n_spans']} spans")
+    if out["output"]:
+        print(f"wrote {out['output']}")
+    s = out["score"]
+    if s is not None:
+        print(f"score against {args.score}: P {s['precision']:.3f}  R {s['recall']:.3f}  "
+              f"F1 {s['f1']:.3f}  ({s['n_records']} records; {s['pred_chars']} predicted, "
+              f"{s['gold_chars']} gold, {s['overlap_chars']} common characters)")
+        if s["n_unmatched"]:
+            print(f"  {s['n_unmatched']} records without a gold record were not scored")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

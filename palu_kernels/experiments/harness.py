@@ -1,0 +1,623 @@
+"""The experiment harness behind ``palu-experiment NAME``: cached runs, sweeps, tables, plots.
+
+A *run* is one unlearning job from a fine-tuned start model plus its TOFU evaluation. The
+harness builds, once per (data, model, seed), a :class:`Setup`: the data (a TOFU-layout
+directory with spans, or the synthetic benchmark written by the injected ``generator``), the
+fine-tuned model (every fact) and the retain model (without the forget authors), and the retain
+model's forget truth ratios (Forget Quality's reference). Setups and runs are cached under
+``--out`` by a hash of their full configuration: ``setups/<hash>/`` and ``runs/<hash>.json``,
+so an interrupted sweep continues where it stopped and a second call recomputes nothing.
+
+How an experiment plugs in: one module in :mod:`palu_kernels.experiments` with a function
+
+    def my_experiment(h: Harness) -> Report:
+        items = [(RunSpec(method="palu", k=k, lr=1e-3, epochs=10), seed, {"k": k})
+                 for k in (1, 10, 100) for seed in h.seeds]
+        rows = h.run_many(items)            # one row per run (cached), with a progress bar
+        return Report(title="...", rows=rows, tables=[...], plot=lambda path: ...)
+
+and one line ``"my-experiment": my_experiment`` in
+:data:`palu_kernels.experiments.registry.EXPERIMENTS`. Each row of :meth:`Harness.run_many`
+is the item's own parameters (the dict given) plus ``seed``, ``method``,
+``forget_quality``, ``model_utility``, ``forget_probability``, ``forget_rouge``,
+``retain_probability``, ``steps``, ``train_s``, ``run`` (the run's hash) and the setup's
+reference values ``retain_mu``, ``retain_forget_probability``, ``finetuned_mu``,
+``finetuned_fq``, ``finetuned_forget_probability``; the full cached result (evaluation
+metrics, loss curve, per-step trace) is :meth:`Harness.result` of the row's ``run``.
+:func:`write_report` writes ``results.csv`` (``Report.rows``), ``results.md`` (the
+``Report.tables`` via :func:`palu_kernels.eval.table.format_table`, the notes, the plot) and
+the PNG (``Report.plot(path)``) to ``--out``.
+
+Synthetic data needs ``ExperimentConfig.generator`` (``palu-experiment`` passes
+:func:`palu_kernels.demo.synth.generate_benchmark`; this layer does not import the demo);
+``RunSpec``/``Harness.setup`` take ``synth`` overrides (keyword arguments of the generator) so
+an experiment can ask for data of another shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..eval.table import format_number, format_table
+
+__all__ = ["CHAT_TEMPLATE", "ExperimentConfig", "Harness", "Report", "RunSpec", "Setup",
+           "aggregate", "atomic_write", "config_hash", "write_report"]
+
+HARNESS_VERSION = 1  # part of every hash: bump when a cached result's meaning changes
+
+# The prompt format of the tiny models' tokenizer: the trainer and the evaluation both apply
+# a tokenizer's chat template the same way (prompt tokens, the answer tokenised on its own,
+# EOS), so fine-tuning, unlearning and evaluation see identical token sequences.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}Question: {{ message['content'] }}\n"
+    "Answer: {% endfor %}"
+)
+MAX_NEW_TOKENS = 48  # the synthetic answers are short
+
+# Synthetic benchmark sizes (keyword arguments of the generator). forget_fraction 0.1 names
+# the split forget10 (the TOFU evaluation knows forget01/05/10).
+SYNTH = {
+    "full": dict(n_people=40, questions_per_person=10, forget_fraction=0.1, n_real_authors=16,
+                 n_world_facts=16),  # 4 forget authors x 10 = 40 forget questions
+    "quick": dict(n_people=10, questions_per_person=5, forget_fraction=0.1, n_real_authors=6,
+                  n_world_facts=6),
+}
+TINY = {
+    "full": dict(hidden=64, layers=2, vocab=640, ft_epochs=30),
+    "quick": dict(hidden=64, layers=2, vocab=512, ft_epochs=20),
+}
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+@dataclass
+class ExperimentConfig:
+    """What every experiment shares (``palu-experiment``'s options).
+
+    ``data_dir``: a TOFU-layout directory with ``<forget_split>_spans.jsonl`` (``None``: the
+    synthetic benchmark from ``generator``, one per seed). ``model``: a local model directory
+    fine-tuned on the data (``None``: a tiny Llama built here, one per seed). ``seeds``: each
+    seed gets its own data (synthetic), model initialisation, fine-tuning and unlearning order.
+    ``cache``: where ``setups/`` and ``runs/`` go (default: ``out``); experiments sharing a
+    cache share their setups and any identical run.
+    """
+
+    out: str
+    cache: Optional[str] = None
+    seeds: Tuple[int, ...] = (0, 1, 2)
+    quick: bool = False
+    data_dir: Optional[str] = None
+    forget_split: Optional[str] = None
+    model: Optional[str] = None
+    generator: Optional[Callable] = None
+    synth: Dict = field(default_factory=dict)
+    ft_lr: Optional[float] = None
+    ft_target_nll: float = 0.05
+    threads: Optional[int] = 1
+    progress: bool = True
+    log: Optional[Callable[[str], None]] = None
+
+    # ``threads``: torch CPU threads while setups and runs compute (1: tiny models run
+    # faster on one thread, far faster on a busy machine; None: torch's default)
+
+    def size(self) -> str:
+        return "quick" if self.quick else "full"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One unlearning job's options (the start model and data come from the seed's setup).
+
+    ``k`` ``None``: the whole vocabulary. ``gamma``/``beta``/``delta`` ``None``: the method's
+    default. ``forget_file``: another span-annotated forget file instead of the setup's (its
+    content is hashed into the run's key). ``synth``: generator overrides (a different setup).
+    ``trace_every``: record the mean forget answer probability every that many steps.
+    """
+
+    method: str = "palu"
+    lr: float = 1e-3
+    epochs: float = 10
+    batch_size: int = 4
+    k: Optional[int] = 1
+    target: object = "mean"
+    kl: Optional[str] = "reverse"
+    first_n: Optional[int] = 3
+    gamma: Optional[float] = None
+    alpha: float = 1.0
+    beta: Optional[float] = None
+    delta: Optional[float] = None
+    warmup_epochs: float = 1.0
+    forget_file: Optional[str] = None
+    synth: Tuple[Tuple[str, object], ...] = ()
+    trace_every: int = 0
+
+
+def config_hash(obj) -> str:
+    """16 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _file_sha(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ------------------------------------------------------------------------------ setups
+
+
+@dataclass
+class Setup:
+    """The fine-tuned and retain models of one (data, model, seed) and their references."""
+
+    key: str
+    dir: str
+    data_dir: str
+    forget_split: str
+    forget_spans: str
+    retain: str
+    finetuned_dir: str
+    retain_dir: str
+    retain_truth_ratios: List[float]
+    retain_metrics: dict
+    finetuned_metrics: dict
+    vocab_size: int
+    training: dict
+    seconds: float
+
+
+def _records(path: str) -> List[dict]:
+    from ..eval.tofu import read_json_records
+
+    return read_json_records(path) if os.path.isfile(path) else []
+
+
+def _split_names(data_dir: str, forget_split: Optional[str]) -> Tuple[str, str]:
+    if forget_split is None:
+        meta = os.path.join(data_dir, "synth_meta.json")
+        forget_split = (json.load(open(meta, encoding="utf-8"))["forget_split"]
+                        if os.path.isfile(meta) else "forget01")
+    pct = int(forget_split.replace("forget", ""))
+    return forget_split, f"retain{100 - pct:02d}"
+
+
+def _pairs(data_dir: str, forget_split: str, retain_split: str, with_forget: bool) -> list:
+    """(question, answer) pairs a start model is fine-tuned on: the authors (with or without
+    the forget split), each answer also paraphrased when the data has it, plus the real
+    authors and the world facts."""
+    authors = _records(os.path.join(data_dir, f"{retain_split}.json"))
+    if with_forget:
+        authors = authors + _records(os.path.join(data_dir, f"{forget_split}.json"))
+    para = {r["question"]: r.get("paraphrased_answer")
+            for r in _records(os.path.join(data_dir, "full_perturbed.json"))}
+    pairs = []
+    for r in authors:
+        pairs.append((r["question"], r["answer"]))
+        if para.get(r["question"]):
+            pairs.append((r["question"], para[r["question"]]))
+    for name in ("real_authors.json", "world_facts.json"):
+        pairs += [(r["question"], r["answer"]) for r in _records(os.path.join(data_dir, name))]
+    return pairs
+
+
+def _texts(data_dir: str) -> List[str]:
+    texts = []
+    for name in ("full_perturbed.json", "real_authors_perturbed.json",
+                 "world_facts_perturbed.json"):
+        for r in _records(os.path.join(data_dir, name)):
+            texts += [r.get("question"), r.get("answer"), r.get("paraphrased_answer"),
+                      r.get("paraphrased_question"), *r.get("perturbed_answer", [])]
+    return [t for t in texts if isinstance(t, str) and t]
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+@dataclass
+class Report:
+    """What an experiment returns. ``rows``: ``results.csv`` (one per run, or aggregated);
+    ``tables``: ``(heading, [(key, column header)], rows)`` for ``results.md``; ``plot``: a
+    function writing the PNG to the path given; ``notes``: markdown after the tables."""
+
+    title: str
+    rows: List[dict]
+    tables: List[tuple] = field(default_factory=list)
+    plot: Optional[Callable[[str], None]] = None
+    notes: str = ""
+    png: str = "results.png"
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return format_number(v)
+    return "-" if v is None else str(v)
+
+
+def aggregate(rows: Sequence[dict], by: Sequence[str]) -> List[dict]:
+    """One row per distinct value of the ``by`` keys, over seeds: ``fq_median``, ``fq_min``,
+    ``fq_max``, ``mu_mean``, ``mu_std``, ``forget_prob_mean``, ``n_seeds`` (first-seen order)."""
+    import statistics as st
+
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        fq = [r["forget_quality"] for r in rs if r["forget_quality"] is not None]
+        mu = [r["model_utility"] for r in rs]
+        fp = [r["forget_probability"] for r in rs]
+        out.append({**dict(zip(by, key)),
+                    "fq_median": st.median(fq) if fq else None,
+                    "fq_min": min(fq) if fq else None, "fq_max": max(fq) if fq else None,
+                    "mu_mean": st.fmean(mu), "mu_std": st.pstdev(mu) if len(mu) > 1 else 0.0,
+                    "forget_prob_mean": st.fmean(fp), "n_seeds": len(rs)})
+    return out
+
+
+def write_report(report: Report, out: str, command: str = "") -> dict:
+    """``results.csv``, ``results.md`` and the PNG of ``report`` in ``out``; returns the paths."""
+    os.makedirs(out, exist_ok=True)
+    keys: List[str] = []
+    for r in report.rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in report.rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    paths = {"csv": os.path.join(out, "results.csv"), "md": os.path.join(out, "results.md"),
+             "png": None}
+    atomic_write(paths["csv"], buf.getvalue())
+    if report.plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        png = os.path.join(out, report.png)
+        tmp = png + ".tmp.png"
+        report.plot(tmp)
+        os.replace(tmp, png)
+        paths["png"] = png
+    md = [f"# {report.title}", ""]
+    if command:
+        md += ["```", command, "```", ""]
+    for heading, cols, rows in report.tables:
+        md += [f"## {heading}", "", format_table([h for _, h in cols],
+                                                 [[_cell(r.get(k)) for k, _ in cols]
+                                                  for r in rows]), ""]
+    if report.notes:
+        md += [report.notes.strip(), ""]
+    if paths["png"]:
+        md += [f"![{report.title}]({report.png})", ""]
+    atomic_write(paths["md"], "\n".join(md))
+    return paths
+
+
+# ------------------------------------------------------------------------------ the harness
+
+
+class _Trace:
+    """A ``TrainerCallback`` that records the mean length-normalised forget answer
+    probability every ``every`` optimizer steps (and at step 0)."""
+
+    def __new__(cls, pairs, pad_id: int, every: int):
+        from transformers import TrainerCallback
+
+        from ..eval.metrics import normalised_probability, score_answers
+
+        class Trace(TrainerCallback):
+            def __init__(self):
+                self.points: List[dict] = []
+
+            def _measure(self, model, step):
+                was = model.training
+                model.eval()
+                try:
+                    s = score_answers(model, pairs, pad_token_id=pad_id, batch_size=16,
+                                      progress=False)
+                finally:
+                    model.train(was)
+                p = sum(normalised_probability(x.avg_nll) for x in s) / len(s)
+                self.points.append({"step": step, "forget_probability": p})
+
+            def on_train_begin(self, args, state, control, model=None, **kw):
+                self._measure(model, 0)
+
+            def on_step_end(self, args, state, control, model=None, **kw):
+                if state.global_step % every == 0 or state.global_step == state.max_steps:
+                    self._measure(model, state.global_step)
+
+        return Trace()
+
+
+class Harness:
+    """Runs and caches setups and runs for one :class:`ExperimentConfig`."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        if cfg.data_dir is None and cfg.generator is None:
+            raise ValueError("data: pass data_dir (a TOFU-layout directory with spans) or a "
+                             "generator for the synthetic benchmark")
+        self.cfg = cfg
+        self.out = os.path.abspath(cfg.cache or cfg.out)
+        self._setups: Dict[str, Setup] = {}
+        os.makedirs(os.path.join(self.out, "runs"), exist_ok=True)
+
+    @property
+    def seeds(self) -> Tuple[int, ...]:
+        return tuple(self.cfg.seeds)
+
+    @property
+    def quick(self) -> bool:
+        return self.cfg.quick
+
+    @contextlib.contextmanager
+    def _threads(self):
+        import torch
+
+        old = torch.get_num_threads()
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+    def log(self, msg: str) -> None:
+        if self.cfg.log is not None:
+            self.cfg.log(msg)
+
+    # -------------------------------------------------------------- setups
+    def _setup_config(self, seed: int, synth: dict) -> dict:
+        c = self.cfg
+        size = c.size()
+        data = ({"dir": os.path.abspath(c.data_dir), "forget_split": c.forget_split}
+                if c.data_dir else {"synth": {**SYNTH[size], **c.synth, **synth}, "seed": seed})
+        model = ({"path": os.path.abspath(c.model)} if c.model else {"tiny": TINY[size]})
+        ft_lr = c.ft_lr if c.ft_lr is not None else (3e-4 if c.model else 3e-3)
+        return {"v": HARNESS_VERSION, "data": data, "model": model, "seed": seed,
+                "ft_lr": ft_lr, "ft_target_nll": c.ft_target_nll,
+                "ft_epochs": TINY[size]["ft_epochs"]}
+
+    def setup(self, seed: int, synth: Optional[dict] = None) -> Setup:
+        """The :class:`Setup` of ``seed`` (built once, then read from ``setups/<hash>/``)."""
+        conf = self._setup_config(seed, dict(synth or {}))
+        key = config_hash(conf)
+        if key in self._setups:
+            return self._setups[key]
+        d = os.path.join(self.out, "setups", key)
+        path = os.path.join(d, "setup.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                s = Setup(**json.load(f)["setup"])
+        else:
+            with self._threads():
+                s = self._build_setup(conf, key, d)
+            atomic_write(path, json.dumps({"config": conf, "setup": asdict(s)}, indent=1,
+                                          default=str))
+        self._setups[key] = s
+        return s
+
+    def _build_setup(self, conf: dict, key: str, d: str) -> Setup:
+        import torch
+
+        from ..eval import evaluate_model, forget_quality
+        from ..tiny import build_tiny_llama, build_tokenizer
+        from ..train.finetune import fine_tune
+        from ..train.models import load_model, load_tokenizer
+
+        t0 = time.time()
+        seed = conf["seed"]
+        if "synth" in conf["data"]:
+            data_dir = os.path.join(d, "data")
+            self.cfg.generator(data_dir, seed=seed, **conf["data"]["synth"])
+            forget_split, retain_split = _split_names(data_dir, None)
+        else:
+            data_dir = conf["data"]["dir"]
+            forget_split, retain_split = _split_names(data_dir, conf["data"]["forget_split"])
+        spans = os.path.join(data_dir, f"{forget_split}_spans.jsonl")
+        retain = os.path.join(data_dir, f"{retain_split}.json")
+        for p in (spans, retain):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"data: {p} not found (a TOFU-layout directory needs "
+                                        f"{forget_split}_spans.jsonl and {retain_split}.json)")
+        self.log(f"setup {key} (seed {seed}): fine-tuning the start and retain models")
+        tiny = conf["model"].get("tiny")
+        if tiny:
+            tokenizer = build_tokenizer(_texts(data_dir), vocab_size=tiny["vocab"],
+                                        chat_template=CHAT_TEMPLATE)
+        else:
+            tokenizer = load_tokenizer(conf["model"]["path"])
+        training, dirs, evals = {}, {}, {}
+        torch.manual_seed(seed)
+        for name, with_forget in (("finetuned", True), ("retain", False)):
+            if tiny:
+                model = build_tiny_llama(tokenizer, hidden_size=tiny["hidden"],
+                                         num_layers=tiny["layers"], seed=seed)
+            else:
+                model = load_model(conf["model"]["path"], float32=True)
+            pairs = _pairs(data_dir, forget_split, retain_split, with_forget)
+            training[name] = fine_tune(model, tokenizer, pairs, lr=conf["ft_lr"],
+                                       max_epochs=conf["ft_epochs"],
+                                       target_nll=conf["ft_target_nll"], seed=seed,
+                                       desc=f"fine-tune {name} (seed {seed})",
+                                       progress=self.cfg.progress,
+                                       answer_rows_only=not tiny)
+            training[name]["n_pairs"] = len(pairs)
+            dirs[name] = os.path.join(d, name)
+            model.save_pretrained(dirs[name], safe_serialization=True)
+            tokenizer.save_pretrained(dirs[name])
+            model.eval()
+            evals[name] = evaluate_model(model, tokenizer, data_dir, forget_split,
+                                         batch_size=16, max_new_tokens=MAX_NEW_TOKENS,
+                                         progress=False)
+            del model
+        ratios = evals["retain"]["forget_truth_ratios"]
+        for name in evals:
+            evals[name]["metrics"]["forget_quality"] = forget_quality(
+                evals[name]["forget_truth_ratios"], ratios)
+        return Setup(key=key, dir=d, data_dir=data_dir, forget_split=forget_split,
+                     forget_spans=spans, retain=retain, finetuned_dir=dirs["finetuned"],
+                     retain_dir=dirs["retain"], retain_truth_ratios=ratios,
+                     retain_metrics=evals["retain"]["metrics"],
+                     finetuned_metrics=evals["finetuned"]["metrics"], vocab_size=len(tokenizer),
+                     training=training, seconds=round(time.time() - t0, 1))
+
+    # -------------------------------------------------------------- runs
+    def run_key(self, spec: RunSpec, seed: int) -> str:
+        setup = self.setup(seed, dict(spec.synth))
+        spec_d = asdict(spec)
+        if spec.forget_file:
+            spec_d["forget_file"] = _file_sha(spec.forget_file)
+        return config_hash({"v": HARNESS_VERSION, "setup": setup.key, "spec": spec_d,
+                            "seed": seed})
+
+    def result(self, key: str) -> Optional[dict]:
+        """The cached result of run ``key`` (``None`` if not run yet)."""
+        path = os.path.join(self.out, "runs", f"{key}.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def run(self, spec: RunSpec, seed: int) -> dict:
+        """The result of one run (cached in ``runs/<hash>.json``): ``{"key", "spec", "seed",
+        "metrics", "steps", "train_s", "loss_curve", "trace", "summary_after"}``."""
+        key = self.run_key(spec, seed)
+        cached = self.result(key)
+        if cached is not None:
+            return cached
+        setup = self.setup(seed, dict(spec.synth))
+        with self._threads():
+            res = self._run(spec, seed, setup, key)
+        atomic_write(os.path.join(self.out, "runs", f"{key}.json"),
+                     json.dumps(res, indent=1, default=str))
+        return res
+
+    def _run(self, spec: RunSpec, seed: int, setup: Setup, key: str) -> dict:
+        from transformers.utils import logging as hf_logging
+
+        from ..eval import evaluate_model
+        from ..eval.tofu import PromptEncoder, load_eval_model, read_json_records
+        from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
+                                 UnlearningJob, run_unlearning)
+
+        work = os.path.join(self.out, "work", key)
+        forget = spec.forget_file or setup.forget_spans
+        job = UnlearningJob(
+            model=ModelSpec(setup.finetuned_dir),
+            data=DataSpec(forget=forget, retain=setup.retain, first_n=spec.first_n,
+                          eval_retain=8),  # the before/after losses only
+            method=MethodSpec(name=spec.method, k=spec.k, target=spec.target, kl=spec.kl,
+                              gamma=spec.gamma, alpha=spec.alpha, beta=spec.beta,
+                              delta=spec.delta),
+            training=TrainingOptions(lr=spec.lr, epochs=spec.epochs, batch_size=spec.batch_size,
+                                     warmup_epochs=spec.warmup_epochs, seed=seed,
+                                     logging_steps=1),
+            output=OutputSpec(work, save_steps=10 ** 9, save_total_limit=1, overwrite=True))
+        callbacks = []
+        if spec.trace_every > 0:
+            from ..train.models import load_tokenizer
+
+            tok = load_tokenizer(setup.finetuned_dir)
+            enc = PromptEncoder(tok)
+            pairs = [enc.pair(r["question"], r["answer"]) for r in read_json_records(forget)]
+            callbacks.append(_Trace(pairs, enc.pad_token_id, spec.trace_every))
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        t0 = time.time()
+        try:
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+                    (contextlib.nullcontext() if self.cfg.progress
+                     else contextlib.redirect_stderr(null)):
+                summary = run_unlearning(job, callbacks=callbacks)
+            train_s = time.time() - t0
+            model, tok = load_eval_model(work)
+            result = evaluate_model(model, tok, setup.data_dir, setup.forget_split,
+                                    batch_size=16, max_new_tokens=MAX_NEW_TOKENS,
+                                    retain_truth_ratios=setup.retain_truth_ratios,
+                                    progress=False)
+            del model
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            shutil.rmtree(work, ignore_errors=True)
+        curve = [{k: v for k, v in h.items() if isinstance(v, (int, float))}
+                 for h in summary.get("loss_curve", [])]
+        return {"key": key, "spec": asdict(spec), "seed": seed, "setup": setup.key,
+                "metrics": result["metrics"], "steps": summary.get("steps"),
+                "train_s": round(train_s, 2), "loss_curve": curve,
+                "trace": callbacks[0].points if callbacks else [],
+                "summary_after": summary.get("after"), "before": summary.get("before")}
+
+    def row(self, res: dict, params: dict) -> dict:
+        """The flat table row of a run's result (see the module docstring)."""
+        s = self._setups.get(res["setup"])
+        m = res["metrics"]
+        row = {**params, "seed": res["seed"], "method": res["spec"]["method"],
+               "forget_quality": m["forget_quality"], "model_utility": m["model_utility"],
+               "forget_probability": m["forget"]["probability"],
+               "forget_rouge": m["forget"]["rouge_l_recall"],
+               "retain_probability": m["retain"]["probability"],
+               "steps": res["steps"], "train_s": res["train_s"], "run": res["key"]}
+        if s is not None:
+            row.update(retain_mu=s.retain_metrics["model_utility"],
+                       retain_forget_probability=s.retain_metrics["forget"]["probability"],
+                       finetuned_mu=s.finetuned_metrics["model_utility"],
+                       finetuned_fq=s.finetuned_metrics["forget_quality"],
+                       finetuned_forget_probability=s.finetuned_metrics["forget"]["probability"])
+        return row
+
+    def run_many(self, items: Sequence[Tuple[RunSpec, int, dict]], desc: str = "runs"
+                 ) -> List[dict]:
+        """Rows of every ``(spec, seed, params)`` item, run in order (setups first), cached
+        ones read back; a tqdm bar counts runs, with the cache hits in its postfix."""
+        from tqdm.auto import tqdm
+
+        with self._threads():
+            for seed in sorted({seed for _, seed, _ in items}):
+                for synth in {spec.synth for spec, s, _ in items if s == seed}:
+                    self.setup(seed, dict(synth))
+            rows, hits = [], 0
+            bar = tqdm(items, desc=desc, disable=not self.cfg.progress, dynamic_ncols=True)
+            for spec, seed, params in bar:
+                key = self.run_key(spec, seed)
+                res = self.result(key)
+                if res is None:
+                    res = self.run(spec, seed)
+                else:
+                    hits += 1
+                bar.set_postfix(cached=hits)
+                rows.append(self.row(res, params))
+            self.cache_hits = hits
+            return rows
+
+
+def with_synth(spec: RunSpec, **synth) -> RunSpec:
+    """``spec`` with generator overrides (hashable, sorted)."""
+    return replace(spec, synth=tuple(sorted(synth.items())))
