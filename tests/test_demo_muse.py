@@ -1,5 +1,5 @@
-"""The MUSE demo (``palu-unlearn demo --muse``): its data, its contrast spans against a direct
-log-likelihood-ratio computation, passage encoding, and a very small end-to-end run.
+"""The MUSE demo (``palu-unlearn demo --muse``): its data, passage encoding, and a very small
+end-to-end run (spans from palu_kernels.spans.contrast, tested in its own file).
 
 Uses ../shared/data/muse_news (skipped when absent).
 """
@@ -10,10 +10,9 @@ import json
 import os
 
 import pytest
-import torch
 
 from palu_kernels.cli.demo import run_demo
-from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE, _SIZES, build_data, contrast_spans
+from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE, _SIZES, build_data
 from palu_kernels.eval.muse import load_muse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,43 +55,6 @@ def test_passage_record_is_bos_plus_text():
     assert whole[:len(head)] == head
 
 
-def test_contrast_spans_match_direct_ratio():
-    from palu_kernels.tiny import build_tiny_llama, build_tokenizer
-    from palu_kernels.train.data import prompt_ids
-
-    texts = ["The prime minister said 57 people died in the crash.",
-             "Question: what year?\nAnswer: 1472"]
-    tok = build_tokenizer(texts * 8, vocab_size=300, chat_template=MUSE_CHAT_TEMPLATE,
-                          split_spaces=True)
-    a = build_tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2, seed=0)
-    b = build_tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2, seed=1)
-    records = [("", texts[0]), ("Question: what year?\nAnswer: ", "1472 and 57")]
-    for threshold in (-1.0, 0.0, 0.3):
-        spans = contrast_spans(a, b, tok, records, threshold)
-        for (q, text), sp in zip(records, spans):
-            p = prompt_ids(tok, q)
-            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = torch.tensor([p + enc["input_ids"]])
-            with torch.no_grad():
-                la = torch.log_softmax(a(ids).logits[0].double(), -1)
-                lb = torch.log_softmax(b(ids).logits[0].double(), -1)
-            marked = set()
-            for j, (s, e) in enumerate(enc["offset_mapping"]):
-                pos, tgt = len(p) + j - 1, enc["input_ids"][j]
-                if la[pos, tgt] - lb[pos, tgt] > threshold:
-                    marked.update(range(s, e))
-            # every marked non-space character is covered, spans are whole words, and a span
-            # holds no word without a marked character
-            covered = {c for s in sp for c in range(s["start"], s["end"])}
-            assert {c for c in marked if not text[c].isspace()} <= covered
-            for s in sp:
-                assert text[s["start"]:s["end"]] == s["word"]
-                assert not any(ch.isspace() for ch in s["word"])
-                assert s["start"] == 0 or text[s["start"] - 1].isspace()
-                assert s["end"] == len(text) or text[s["end"]].isspace()
-                assert any(c in marked for c in range(s["start"], s["end"]))
-
-
 @needs_data
 def test_muse_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
@@ -110,6 +72,11 @@ def test_muse_demo_end_to_end(tmp_path, capsys):
     assert rows["retrained"]["eval"]["metrics"]["privleak"] == 0.0
     saved = json.loads((out / "muse_demo.json").read_text())
     assert saved["table"] == result["table"]
+    # the PALU forget file holds valid spans of each forget record
+    for line in (out / "seed0" / "forget_spans.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        for sp in rec["target_words"]:
+            assert rec["answer"][sp["start"]:sp["end"]] == sp["word"]
     assert (out / "muse_demo.md").read_text().startswith("# MUSE News demo")
 
 

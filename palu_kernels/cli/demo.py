@@ -88,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     muse.add_argument("--passages", type=int, default=None,
                       help="--muse: forget passages (and forget questions, retain passages, "
                            "retain questions, holdout passages); default 10, --quick 4")
-    muse.add_argument("--contrast-threshold", type=float, default=4.0,
+    muse.add_argument("--contrast-threshold", type=float, default=None,
                       help="--muse: a forget token is sensitive when log p_target - log "
-                           "p_retrained exceeds this (nats)")
+                           "p_retrained exceeds this (nats; default: palu-spans' contrast "
+                           "default)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 is fastest for a model this small)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -24,10 +24,10 @@ What it does, with nothing downloaded (the MUSE metrics: :mod:`palu_kernels.eval
    ``"Answer: "`` tokenizes as in training); the *target* model is trained on forget and
    retain records (every passage token, every answer token), the *retrained* model on the
    retain records only.
-3. **Spans** for PALU (``contrast``): the tokens of each forget document that the target
-   predicts far better than the retrained model, ``log p_target - log p_retrain >
-   contrast_threshold`` nats (default 4, a probability ratio above 50), widened to whole
-   words, one span per word (:func:`contrast_spans`). This is the demo's own contrast rule.
+3. **Spans** for PALU (``contrast``, :func:`palu_kernels.spans.contrast.contrast_spans`,
+   as ``palu-spans --method contrast``): the tokens of each forget record that the target
+   predicts far better than the retrained model, ``log p_target - log p_retrained >
+   contrast_threshold`` nats (default: the span module's), widened to words and merged.
 4. **Unlearning**: PALU, NPO and GA from the target model with the same forget documents
    (every token is an answer token), the retain documents as the retain set, the same seed
    and schedule (:func:`palu_kernels.train.job.run_unlearning`).
@@ -45,18 +45,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
-from ..eval.muse import (MUSE_FILES, evaluate_muse, knowmem_prompt, load_muse,
-                         passage_log_probs, write_text_atomic)
+from ..eval.muse import MUSE_FILES, evaluate_muse, knowmem_prompt, load_muse, write_text_atomic
 from ..eval.table import format_number, format_table
 
-__all__ = ["MUSE_CHAT_TEMPLATE", "MuseDemoConfig", "contrast_spans", "run_muse_demo"]
+__all__ = ["MUSE_CHAT_TEMPLATE", "MuseDemoConfig", "build_data", "run_muse_demo"]
 
 # An empty "question" renders as BOS alone: a passage record ("", text) is BOS + text + EOS,
 # every text token an answer token, for fine-tuning and unlearning alike.
@@ -90,7 +88,7 @@ class MuseDemoConfig:
     batch_size: int = 4
     k: str = "1"
     gamma: float = 2.0
-    contrast_threshold: float = 4.0
+    contrast_threshold: Optional[float] = None
     threads: int = 1
     no_progress: bool = False
     command: str = field(default="", repr=False)
@@ -154,45 +152,6 @@ def build_data(data_dir: str, sizes: dict, out_dir: str) -> dict:
             "tokenizer_texts": [q + a for q, a in forget + retain] + holdout}
 
 
-# ------------------------------------------------------------------------- contrast spans
-
-
-_WORD = re.compile(r"\S+")
-
-
-def contrast_spans(target, reference, tokenizer, records: Sequence[tuple], threshold: float,
-                   *, batch_size: int = 16) -> List[List[dict]]:
-    """Per ``(prompt, text)`` record, the character spans (``{"word", "start", "end"}``) of
-    ``text``'s words (whitespace-separated) that hold a token with ``log p_target -
-    log p_reference > threshold`` (nats). Each word is its own span: a fully memorised
-    passage is marked almost everywhere, and one passage-long span would give PALU's local
-    term only its first tokens (the first ``first_n`` rows of a run), the spaces and
-    unmarked words between word spans keep the KL term. Tokens are scored as the trainer
-    sees them (:func:`palu_kernels.train.data.prompt_ids`, then the text)."""
-    from ..train.data import prompt_ids
-
-    encs = [tokenizer(t, add_special_tokens=False, return_offsets_mapping=True)
-            for _, t in records]
-    prompts = [prompt_ids(tokenizer, q) for q, _ in records]
-    seqs = [p + list(e["input_ids"]) for p, e in zip(prompts, encs)]
-    pad = tokenizer.pad_token_id
-    lp_t = passage_log_probs(target, seqs, pad_token_id=pad, batch_size=batch_size,
-                             progress=False)
-    lp_r = passage_log_probs(reference, seqs, pad_token_id=pad, batch_size=batch_size,
-                             progress=False)
-    out = []
-    for (_, text), p, enc, a, b in zip(records, prompts, encs, lp_t, lp_r):
-        marked_chars = set()
-        # log-prob j scores token j + 1: the text's tokens are scored from len(p) - 1 on
-        for (s, e), x, y in zip(enc["offset_mapping"], a[len(p) - 1:], b[len(p) - 1:]):
-            if x - y > threshold:
-                marked_chars.update(range(s, e))
-        out.append([{"word": m.group(), "start": m.start(), "end": m.end()}
-                    for m in _WORD.finditer(text)
-                    if any(c in marked_chars for c in range(m.start(), m.end()))])
-    return out
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -204,7 +163,7 @@ def _train(tokenizer, docs, sizes, cfg, seed, desc, progress):
                              max_position_embeddings=1024, seed=seed)
     info = fine_tune(model, tokenizer, list(docs), lr=cfg.ft_lr,
                      max_epochs=cfg.ft_epochs or sizes["ft_epochs"],
-                     target_nll=cfg.ft_target_nll, batch_size=8, seed=seed, desc=desc,
+                     target_nll=cfg.ft_target_nll, batch_size=4, seed=seed, desc=desc,
                      progress=progress)
     return model, info
 
@@ -249,14 +208,23 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
     rows["target"] = {"eval": ev_t, "seconds": info_t["seconds"]}
     rows["retrained"] = {"eval": ev_r, "seconds": info_r["seconds"]}
 
-    spans = contrast_spans(target, retrain, tokenizer, data["forget"], cfg.contrast_threshold)
+    from ..spans.contrast import DEFAULT_THRESHOLD, ContrastOptions, contrast_spans
+    from ..train.data import QARecord
+
+    threshold = DEFAULT_THRESHOLD if cfg.contrast_threshold is None else cfg.contrast_threshold
+    marked_records = contrast_spans([QARecord(q, a) for q, a in data["forget"]], target, retrain,
+                                    tokenizer=tokenizer,
+                                    options=ContrastOptions(threshold=threshold,
+                                                            max_length=1024))
+    spans = [[{"word": sp.word, "start": sp.start, "end": sp.end} for sp in r.spans]
+             for r in marked_records]
     n_chars = sum(len(a) for _, a in data["forget"])
     marked = sum(s["end"] - s["start"] for sp in spans for s in sp)
     forget_path = os.path.join(sdir, "forget_spans.jsonl")
     write_text_atomic(forget_path, "".join(
         json.dumps({"question": q, "answer": a, "target_words": sp}, ensure_ascii=False) + "\n"
         for (q, a), sp in zip(data["forget"], spans)))
-    span_info = {"threshold": cfg.contrast_threshold, "marked_char_fraction": marked / n_chars,
+    span_info = {"threshold": threshold, "marked_char_fraction": marked / n_chars,
                  "n_spans": sum(len(sp) for sp in spans)}
     log(f"  seed {seed}: contrast spans cover {100 * marked / n_chars:.0f}% of the forget "
         f"characters ({span_info['n_spans']} spans)")
@@ -378,7 +346,8 @@ def run_muse_demo(cfg: MuseDemoConfig) -> dict:
         "over-unlearned. Utility: KnowMem retain as % of the target's. train s: training time "
         "of that model.",
         "",
-        f"PALU spans: contrast, log p_target - log p_retrained > {cfg.contrast_threshold} nats; "
+        f"PALU spans: contrast (palu_kernels.spans.contrast), log p_target - log p_retrained > "
+        f"{per_seed[0]['spans']['threshold']} nats; "
         f"they cover {100 * min(spans):.0f}-{100 * max(spans):.0f}% of the forget characters.",
         "", f"Command: `{cfg.command or 'run_muse_demo(...)'}`", "",
         f"Total wall time: {seconds} s.", ""])
