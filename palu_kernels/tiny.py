@@ -48,7 +48,8 @@ def tofu_texts(path: str, limit: int | None = None) -> list[str]:
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequency: int = 2,
-                    model_max_length: int = 512, chat_template: str | None = None):
+                    model_max_length: int = 512, chat_template: str | None = None,
+                    split_spaces: bool = False):
     """Train a byte-level BPE tokenizer on ``texts`` and wrap it as a ``PreTrainedTokenizerFast``.
 
     Args:
@@ -60,6 +61,9 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequenc
         model_max_length: stored on the tokenizer.
         chat_template: optional Jinja chat template; None leaves the tokenizer without one, so
             the trainer uses its plain ``Question: ...\\nAnswer: `` template.
+        split_spaces: every space is a token of its own (words carry no leading space), so
+            a prompt that ends with a space (MUSE's ``"Answer: "``) is tokenized as the same
+            text is inside a training sequence.
 
     Returns:
         A fast tokenizer with ``<|pad|>``, ``<|bos|>``, ``<|eos|>``, ``<|unk|>`` (ids 0-3),
@@ -80,6 +84,10 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 512, *, min_frequenc
         raise ValueError("texts must contain at least one non-empty string")
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_spaces:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(" ", behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),

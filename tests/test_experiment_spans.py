@@ -2,7 +2,6 @@
 the synthetic benchmark and a tiny model; the random control keeps the annotation's counts."""
 
 import csv
-import json
 import os
 
 import pytest

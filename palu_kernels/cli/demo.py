@@ -4,6 +4,7 @@ Run::
 
     palu-unlearn demo --out demo_out            # default sizes, a few minutes on 2 cores
     palu-unlearn demo --quick --out /tmp/demo   # CI-sized
+    palu-unlearn demo --muse --data-dir ../shared/data/muse_news --seeds 0,1,2   # MUSE News
     python -m palu_kernels.cli.demo --quick --out /tmp/demo
 
 From Python: ``run_demo(["--quick", "--out", "/tmp/demo"])`` returns the result dict, as does
@@ -77,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=2.0,
                    help="weight of the forget term (every method; with K = 1 PALU needs a "
                         "little more than 1 to beat the retain and KL terms on this tiny model)")
+    muse = p.add_argument_group("MUSE demo (--muse, palu_kernels/demo/muse.py)")
+    muse.add_argument("--muse", action="store_true",
+                      help="the MUSE News demo: a tiny Llama trained on MUSE forget and retain "
+                           "text (--data-dir: the MUSE directory), unlearned with PALU "
+                           "(contrast spans), NPO and GA, scored with the MUSE metrics")
+    muse.add_argument("--seeds", default=None,
+                      help="--muse: comma-separated seeds, one full run each (default: --seed)")
+    muse.add_argument("--passages", type=int, default=None,
+                      help="--muse: forget passages (and forget questions, retain passages, "
+                           "retain questions, holdout passages); default 10, --quick 4")
+    muse.add_argument("--contrast-threshold", type=float, default=None,
+                      help="--muse: a forget token is sensitive when log p_target - log "
+                           "p_retrained exceeds this (nats; default: palu-spans' contrast "
+                           "default)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1 is fastest for a model this small)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -86,8 +101,45 @@ def build_parser() -> argparse.ArgumentParser:
 def run_demo(argv: Optional[Sequence[str]] = None) -> dict:
     """Parse ``argv`` (see :func:`build_parser`) into a :class:`DemoConfig` and run the demo;
     returns the result dict of :func:`palu_kernels.demo.run.run`."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    return run(DemoConfig(**vars(args)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.muse:
+        return _run_muse(args, argv)
+    for flag in ("seeds", "passages"):
+        if getattr(args, flag) is not None:
+            raise SystemExit(f"palu-unlearn demo: --{flag} needs --muse")
+    kw = {k: v for k, v in vars(args).items()
+          if k not in ("muse", "seeds", "passages", "contrast_threshold")}
+    return run(DemoConfig(**kw))
+
+
+def _run_muse(args, argv) -> dict:
+    from ..demo.muse import MuseDemoConfig, command_line, run_muse_demo
+
+    for flag, bad in (("--model", args.model != "tiny"), ("--forget-split", args.forget_split),
+                      ("--max-samples", args.max_samples),
+                      ("--retain-from-base", args.retain_from_base),
+                      ("--people", args.people), ("--questions", args.questions),
+                      ("--forget-fraction", args.forget_fraction)):
+        if bad:
+            raise SystemExit(f"palu-unlearn demo: {flag} does not apply to --muse")
+    if args.data_dir is None:
+        raise SystemExit("palu-unlearn demo: --muse needs --data-dir (the MUSE News directory, "
+                         "e.g. ../shared/data/muse_news)")
+    try:
+        seeds = ([args.seed] if args.seeds is None
+                 else [int(s) for s in args.seeds.split(",") if s.strip()])
+    except ValueError:
+        raise SystemExit(f"palu-unlearn demo: --seeds: expected comma-separated integers, got "
+                         f"{args.seeds!r}") from None
+    kw = {k: getattr(args, k) for k in ("ft_lr", "ft_epochs", "ft_target_nll", "lr", "epochs",
+                                        "k") if getattr(args, k) is not None}
+    cfg = MuseDemoConfig(data_dir=args.data_dir, out=args.out, quick=args.quick,
+                         methods=args.methods, seeds=seeds, n=args.passages,
+                         batch_size=args.batch_size, gamma=args.gamma,
+                         contrast_threshold=args.contrast_threshold, threads=args.threads,
+                         no_progress=args.no_progress, command=command_line(argv), **kw)
+    return run_muse_demo(cfg)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,5 @@
-"""``palu-eval``: evaluate a causal LM on TOFU (forget, retain, real authors, world facts).
+"""``palu-eval``: evaluate a causal LM on TOFU (forget, retain, real authors, world facts), or
+on MUSE with ``--benchmark muse`` (:mod:`palu_kernels.cli.eval_muse`).
 
 Example (a tiny model, two questions per split, on the CPU)::
 
@@ -21,9 +22,10 @@ import time
 from typing import List, Optional
 
 from ..eval.tofu import (FORGET_SPLITS, check_output_dir, check_retain_ratios, evaluate_model,
-                         forget_truth_ratios, load_eval_model, load_split, read_retain_result,
+                         forget_truth_ratios, load_split, read_retain_result,
                          split_file, write_result)
 from ._errors import DEBUG_HELP
+from .eval_muse import load_flagged
 
 from ..train.models import DTYPES
 
@@ -38,23 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "offline")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory (default: the model directory)")
+    p.add_argument("--benchmark", default="tofu", choices=("tofu", "muse"),
+                   help="tofu, or muse: VerbMem, KnowMem, PrivLeak, utility preservation "
+                        "(default: %(default)s)")
     p.add_argument("--data-dir", required=True,
-                   help="TOFU data directory (e.g. ../shared/data/tofu)")
-    p.add_argument("--forget-split", default="forget01", choices=FORGET_SPLITS,
-                   help="forget set (default: %(default)s)")
+                   help="TOFU data directory (e.g. ../shared/data/tofu), or the MUSE one "
+                        "(e.g. ../shared/data/muse_news)")
+    p.add_argument("--forget-split", default=None, choices=FORGET_SPLITS,
+                   help="TOFU forget set (default: forget01)")
     retain = p.add_mutually_exclusive_group()
     retain.add_argument("--retain-model", default=None,
-                        help="retain model directory, for Forget Quality")
+                        help="retain (retrained) model directory, for Forget Quality / PrivLeak")
     retain.add_argument("--retain-result", default=None,
                         help="eval.json of a previous palu-eval run of the retain model, for "
-                             "Forget Quality")
+                             "Forget Quality (TOFU) or PrivLeak (MUSE)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--target-model", default=None,
+                        help="MUSE: the model before unlearning, for utility preservation")
+    target.add_argument("--target-result", default=None,
+                        help="MUSE: eval.json of a previous palu-eval --benchmark muse run of "
+                             "the target model, for utility preservation")
     p.add_argument("--max-samples", type=int, default=None,
                    help="evaluate the first N questions of each split (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
-    p.add_argument("--max-new-tokens", type=int, default=200,
-                   help="greedy generation limit for ROUGE (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="greedy generation limit for ROUGE (default: TOFU 200; MUSE 128 for "
+                        "VerbMem and 32 for KnowMem, both replaced by this value if given)")
     p.add_argument("--output-dir", default=None,
-                   help="where eval.json and eval.md go (default: <model>/eval_<split>)")
+                   help="where eval.json and eval.md go (default: <model>/eval_<split>, "
+                        "MUSE: <model>/eval_muse)")
     p.add_argument("--device", default=None,
                    help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=DTYPES,
@@ -77,13 +91,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     for name in ("max_samples", "batch_size", "max_new_tokens", "threads"):
         _positive(parser, "--" + name.replace("_", "-"), getattr(args, name))
-    if not os.path.isdir(args.data_dir):
-        parser.error(f"--data-dir: TOFU data directory not found: {args.data_dir}")
-    missing = [split_file(args.data_dir, s, args.forget_split)
-               for s in ("forget", "retain", "real_authors", "world_facts")]
-    missing = [m for m in missing if not os.path.isfile(m)]
-    if missing:
-        parser.error("--data-dir: missing TOFU file(s): " + ", ".join(missing))
+    if args.benchmark == "muse":
+        from .eval_muse import check_muse_args, run_muse
+
+        check_muse_args(parser, args)
+    else:
+        _check_tofu_args(parser, args)
 
     import torch
 
@@ -95,7 +108,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--device: {e}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device: {device} requested but CUDA is not available")
-    output_dir = args.output_dir or os.path.join(args.model, f"eval_{args.forget_split}")
+    output_dir = args.output_dir or os.path.join(
+        args.model, "eval_muse" if args.benchmark == "muse" else f"eval_{args.forget_split}")
     try:
         check_output_dir(output_dir)
     except ValueError as e:
@@ -107,18 +121,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not progress:
         hf_logging.disable_progress_bar()
     try:
-        return _run(args, device, output_dir, progress)
+        return (run_muse if args.benchmark == "muse" else _run)(args, device, output_dir,
+                                                                  progress)
     finally:
         if hf_bars:
             hf_logging.enable_progress_bar()
 
 
-def _load(flag: str, path: str, device, dtype: str, tokenizer: Optional[str] = None):
-    """:func:`load_eval_model`, its errors naming ``flag``."""
-    try:
-        return load_eval_model(path, device, dtype, tokenizer)
-    except (OSError, ValueError) as e:
-        raise type(e)(f"{flag} {e}") from e
+def _check_tofu_args(parser, args) -> None:
+    for flag in ("target_model", "target_result"):
+        if getattr(args, flag) is not None:
+            parser.error(f"--{flag.replace('_', '-')}: applies to --benchmark muse only")
+    args.forget_split = args.forget_split or "forget01"
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 200
+    if not os.path.isdir(args.data_dir):
+        parser.error(f"--data-dir: TOFU data directory not found: {args.data_dir}")
+    missing = [split_file(args.data_dir, s, args.forget_split)
+               for s in ("forget", "retain", "real_authors", "world_facts")]
+    missing = [m for m in missing if not os.path.isfile(m)]
+    if missing:
+        parser.error("--data-dir: missing TOFU file(s): " + ", ".join(missing))
 
 
 def _run(args, device, output_dir: str, progress: bool) -> int:
@@ -130,12 +153,12 @@ def _run(args, device, output_dir: str, progress: bool) -> int:
             n = len(load_split(args.data_dir, "forget", args.forget_split, args.max_samples))
             check_retain_ratios(retain_ratios, n, f"--retain-result {args.retain_result}")
         elif args.retain_model:
-            rmodel, rtok = _load("--retain-model", args.retain_model, device, args.dtype)
+            rmodel, rtok = load_flagged("--retain-model", args.retain_model, device, args.dtype)
             retain_ratios = forget_truth_ratios(rmodel, rtok, args.data_dir, args.forget_split,
                                                 max_samples=args.max_samples,
                                                 batch_size=args.batch_size, progress=progress)
             del rmodel
-        model, tokenizer = _load("--model", args.model, device, args.dtype, args.tokenizer)
+        model, tokenizer = load_flagged("--model", args.model, device, args.dtype, args.tokenizer)
         result = evaluate_model(model, tokenizer, args.data_dir, args.forget_split,
                                 max_samples=args.max_samples, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens,

@@ -43,11 +43,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from ..constants import IGNORE_INDEX
 
 __all__ = [
     "TokenScores",
@@ -58,6 +57,7 @@ __all__ = [
     "model_utility",
     "normalised_probability",
     "option_probability",
+    "rouge_l_f1",
     "rouge_l_recall",
     "score_answers",
     "sequence_token_scores",
@@ -205,23 +205,40 @@ def extraction_strength(correct: Sequence[bool]) -> float:
 _SCORERS = {}
 
 
+def _rouge_l(predictions: Sequence[str], references: Sequence[str], field: str,
+             stemmer: bool) -> List[float]:
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"predictions: expected as many predictions as references ({len(references)}), "
+            f"got {len(predictions)}")
+    key = ("rougeL", stemmer)
+    if key not in _SCORERS:
+        from rouge_score import rouge_scorer
+
+        _SCORERS[key] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
+    scorer = _SCORERS[key]
+    return [float(getattr(scorer.score(ref, pred)["rougeL"], field))
+            for pred, ref in zip(predictions, references)]
+
+
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> List[float]:
     """ROUGE-L recall of each prediction against its reference (rouge-score, stemming on).
 
     >>> rouge_l_recall(["the cat sat"], ["the cat sat on the mat"])
     [0.5]
     """
-    if len(predictions) != len(references):
-        raise ValueError(
-            f"predictions: expected as many predictions as references ({len(references)}), "
-            f"got {len(predictions)}")
-    if "rougeL" not in _SCORERS:
-        from rouge_score import rouge_scorer
+    return _rouge_l(predictions, references, "recall", stemmer=True)
 
-        _SCORERS["rougeL"] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scorer = _SCORERS["rougeL"]
-    return [float(scorer.score(ref, pred)["rougeL"].recall)
-            for pred, ref in zip(predictions, references)]
+
+def rouge_l_f1(predictions: Sequence[str], references: Sequence[str], *,
+               stemmer: bool = False) -> List[float]:
+    """ROUGE-L F1 (the F-measure of LCS precision and recall) of each prediction against its
+    reference; MUSE's VerbMem and KnowMem, which score without stemming (the default here).
+
+    >>> rouge_l_f1(["the cat sat"], ["the cat sat on the mat"])  # P 1, R 0.5
+    [0.6666666666666666]
+    """
+    return _rouge_l(predictions, references, "fmeasure", stemmer=stemmer)
 
 
 # ------------------------------------------------------------------ model-level scoring

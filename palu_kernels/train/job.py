@@ -265,7 +265,7 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
 
     from .data import PALUCollator, PALUDataset, chunk_passages, load_forget, load_records
     from .distributed import EngineError, check_launch
-    from .heads import FusedLinearError, is_peft_model
+    from .heads import FusedLinearError
 
     t0 = time.time()
     try:  # the launcher's environment first: nothing else matters if it cannot run
