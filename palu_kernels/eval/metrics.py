@@ -47,7 +47,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-
 __all__ = [
     "TokenScores",
     "exact_memorisation",
