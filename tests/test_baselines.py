@@ -107,7 +107,7 @@ def test_loss_argument_errors():
 # ----------------------------------------------------------------------------- registry, refusals
 
 def test_registry_complete():
-    assert list(bl.METHODS) == ["palu", "ga", "graddiff", "npo", "simnpo", "idkdpo"]
+    assert list(bl.METHODS) == ["palu", "ga", "graddiff", "npo", "simnpo", "idkdpo", "tpo"]
     assert bl.METHODS["palu"] is PALUTrainer
     for name, cls in bl.METHODS.items():
         # every method is a sibling on the common base, none a PALUTrainer subclass but palu
