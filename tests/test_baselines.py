@@ -115,12 +115,11 @@ def test_registry_complete():
         assert issubclass(cls, PALUTrainer) == (name == "palu")
         assert bl.trainer_class(name) is cls
         if name != "palu":
-            assert cls.method == name
+            assert cls.method == name and callable(bl.LOSSES[name])
+            assert cls.loss_function is bl.LOSSES[name]
             assert cls.__doc__ and "L" in cls.__doc__  # documented with its formula
-        if name in bl.LOSSES:
-            assert callable(bl.LOSSES[name]) and cls.loss_function is bl.LOSSES[name]
-    # a loss on per-sequence log-probabilities: every baseline but TPO (per-token logits)
-    assert set(bl.LOSSES) == set(bl.METHODS) - {"palu", "tpo"}
+    # every baseline has its loss function (tpo's on logits and its U / G row masks)
+    assert set(bl.LOSSES) == set(bl.METHODS) - {"palu"}
     with pytest.raises(ValueError, match="unknown method 'rmu'.*idkdpo"):
         bl.trainer_class("rmu")
 

@@ -61,7 +61,7 @@ def test_format_table_aligns_and_marks_missing():
 
 
 @pytest.mark.parametrize("argv", [["--methods", "nope"], ["--threads", "0"],
-                                  ["--forget-fraction", "0.3"]])
+                                  ["--forget-fraction", "0.3"], ["--first-n", "0"]])
 def test_bad_arguments_fail_before_any_work(tmp_path, argv):
     with pytest.raises(SystemExit):
         run_demo(["--out", str(tmp_path / "x"), *argv])
@@ -72,8 +72,10 @@ def test_parser_defaults():
     args = build_parser().parse_args([])
     assert args.threads == 1 and not args.quick and args.model == "tiny"
     resolved = _resolve(args)
-    assert resolved["source"] is None and args.k == "1" and args.lr == 1e-3
-    assert args.epochs == 10 and resolved["sizes"]["people"] == 20
+    assert resolved["source"] is None and args.k == "10" and args.lr == 1e-3
+    assert args.first_n == "all" and args.epochs == 10
+    sizes = resolved["sizes"]  # at least 40 forget questions (4 of 40 authors x 10)
+    assert round(sizes["people"] * sizes["forget_fraction"]) * sizes["questions"] >= 40
 
 
 # ------------------------------------------------------------------ pre-trained models

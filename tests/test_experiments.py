@@ -37,7 +37,8 @@ def test_aggregate_frontier_and_best():
             _row(m="b", seed=0, forget_quality=0.5, model_utility=0.5)]
     agg = aggregate(rows, ["m"])
     a = agg[0]
-    assert (a["m"], a["fq_median"], a["fq_min"], a["fq_max"], a["n_seeds"]) == ("a", 0.2, 0.1, 0.3, 3)
+    got = (a["m"], a["fq_median"], a["fq_min"], a["fq_max"], a["n_seeds"])
+    assert got == ("a", 0.2, 0.1, 0.3, 3)
     assert a["mu_mean"] == pytest.approx(0.9)
     pts = [{"mu_mean": 0.9, "fq_median": 0.1}, {"mu_mean": 0.8, "fq_median": 0.05},
            {"mu_mean": 0.5, "fq_median": 0.5}]

@@ -71,10 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unlearning epochs (default 10; pre-trained models 4, --quick 2)")
     p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
     p.add_argument("--k", default=None,
-                   help="PALU top-K set size ('all' = whole vocabulary); default 1, the paper's "
-                        "smallest, which suits the tiny model's vocabulary of a few hundred "
-                        "tokens (K = all dilutes the local term over the whole vocabulary); "
-                        "pre-trained models 10")
+                   help="PALU top-K set size ('all' = whole vocabulary); default 10 (the best "
+                        "of the K sweep in bench/results/experiments/k on the tiny model's "
+                        "640-token vocabulary; K = all dilutes the local term)")
+    p.add_argument("--first-n", default=None,
+                   help="PALU initiating tokens per span (N; 'all' = every sensitive token); "
+                        "default all on the tiny model (bench/results/experiments/n), 3 on "
+                        "pre-trained models")
     p.add_argument("--gamma", type=float, default=2.0,
                    help="weight of the forget term (every method; with K = 1 PALU needs a "
                         "little more than 1 to beat the retain and KL terms on this tiny model)")

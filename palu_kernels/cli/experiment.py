@@ -78,7 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     out = args.out or os.path.join("experiments", args.name)
     seeds = args.seeds or ((0,) if args.quick else (0, 1, 2))
-    cfg = ExperimentConfig(out=out, cache=args.cache, seeds=seeds, quick=args.quick, data_dir=args.data_dir,
+    cfg = ExperimentConfig(out=out, cache=args.cache, seeds=seeds, quick=args.quick,
+                           data_dir=args.data_dir,
                            forget_split=args.forget_split, model=args.model,
                            generator=generate_benchmark, threads=args.threads,
                            progress=not args.no_progress,

@@ -9,7 +9,7 @@ What it does, with nothing downloaded:
    answer both in its own wording and paraphrased) until it has learned them, and trains the
    *retain model* the same way without the forgotten authors (Forget Quality compares with it);
 4. unlearns the forget split from the fine-tuned model with each method the trainer offers
-   (``palu-unlearn --method ...``: PALU, and NPO / GA when available), same starting point;
+   (``palu-unlearn --method ...``: PALU, TPO, NPO and GA by default), same starting point;
 5. evaluates every model with the TOFU metrics (:func:`palu_kernels.eval.evaluate_model`),
    prints one table and writes ``demo.md``, ``demo.json`` and ``demo_fq_mu.png`` (Forget
    Quality against Model Utility) to the output directory.
@@ -53,11 +53,13 @@ __all__ = ["DEMO_CHAT_TEMPLATE", "DemoConfig", "DemoSetup", "format_table", "run
 
 # The methods the demo runs by default, in table order; --methods takes any key of the one
 # method registry, palu_kernels.train.registry.METHODS.
-_BASELINES = ("palu", "npo", "ga")
+_BASELINES = ("palu", "tpo", "npo", "ga")
 
 # name: (n_people, questions_per_person, forget_fraction, hidden, layers, vocab, max ft epochs)
 _SIZES = {
-    "default": dict(people=20, questions=8, forget_fraction=0.1, hidden=64, layers=2, vocab=640,
+    # 4 forgotten authors x 10 questions: 40 forget questions, so that the KS-test Forget
+    # Quality can resolve differences between methods
+    "default": dict(people=40, questions=10, forget_fraction=0.1, hidden=64, layers=2, vocab=640,
                     ft_epochs=30, real_authors=16, world_facts=16),
     "quick": dict(people=10, questions=6, forget_fraction=0.1, hidden=64, layers=2, vocab=512,
                   ft_epochs=30, real_authors=8, world_facts=8),
@@ -76,7 +78,10 @@ _MODEL_DEFAULTS = {
     "ft_lr": (3e-3, 3e-4),
     "ft_target_nll": (0.05, 0.3),
     "lr": (1e-3, 2e-4),
-    "k": ("1", "10"),
+    # tiny: from bench/results/experiments (pareto, k, n): at K = 10 with every sensitive token
+    # initiating (N = all), PALU reached its best Forget Quality at lr 1e-3, 10 epochs
+    "k": ("10", "10"),
+    "first_n": ("all", "3"),
 }
 
 
@@ -106,6 +111,7 @@ class DemoConfig:
     epochs: Optional[float] = None
     batch_size: int = 4
     k: Optional[str] = None
+    first_n: Optional[str] = None
     gamma: float = 2.0
     threads: int = 1
     no_progress: bool = False
@@ -167,6 +173,10 @@ def _resolve(args) -> dict:
     for name, (tiny, pre) in _MODEL_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, pre if pretrained else tiny)
+    if str(args.first_n).lower() != "all" and not (str(args.first_n).isdigit()
+                                                   and int(args.first_n) >= 1):
+        raise SystemExit(f"palu-unlearn demo: --first-n must be an integer >= 1 or 'all', got "
+                         f"{args.first_n!r}")
     if args.epochs is None:
         args.epochs = sizes["unlearn_epochs"] if pretrained else 10
     return {"sizes": sizes, "source": source}
@@ -238,10 +248,11 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
         k = parse_k(args.k)
     except ValueError as e:
         raise SystemExit(f"palu-unlearn demo: --k: {e}") from None
+    first_n = None if str(args.first_n).lower() == "all" else int(args.first_n)
     job = UnlearningJob(
         model=ModelSpec(st.finetuned_dir),
         data=DataSpec(forget=st.forget_spans, retain=st.retain,
-                      max_length=st.max_length),
+                      max_length=st.max_length, first_n=first_n),
         method=MethodSpec(k=k, gamma=args.gamma),
         training=TrainingOptions(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                                  warmup_epochs=st.warmup_epochs, seed=args.seed,
@@ -319,7 +330,8 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
          f"Forget Quality vs Model Utility ({forget_split}, {st.label})")
     result = {
         "config": {"sizes": sizes, "methods": methods, "seed": args.seed, "ft_lr": args.ft_lr,
-                   "lr": args.lr, "k": args.k, "gamma": args.gamma, "epochs": args.epochs,
+                   "lr": args.lr, "k": args.k, "first_n": args.first_n, "gamma": args.gamma,
+                   "epochs": args.epochs,
                    "batch_size": args.batch_size, "model": args.model,
                    "data_dir": args.data_dir, "retain_from_base": args.retain_from_base,
                    "threads": args.threads, "quick": args.quick, "forget_split": forget_split},

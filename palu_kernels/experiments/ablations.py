@@ -49,8 +49,8 @@ def _curve_plot(agg, key, xlabel, path, rows, log_x=False, labels=None):
     fq = [fq_floor(a["fq_median"]) for a in agg]
     lo = [fq_floor(a["fq_min"]) for a in agg]
     hi = [fq_floor(a["fq_max"]) for a in agg]
-    axes[0].errorbar(xs, fq, yerr=[[f - l for f, l in zip(fq, lo)], [h - f for f, h in zip(fq, hi)]],
-                     marker="o", capsize=3)
+    err = [[f - lo_ for f, lo_ in zip(fq, lo)], [hi_ - f for f, hi_ in zip(fq, hi)]]
+    axes[0].errorbar(xs, fq, yerr=err, marker="o", capsize=3)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("Forget Quality (median, seed range)")
     axes[1].errorbar(xs, [a["mu_mean"] for a in agg], yerr=[a["mu_std"] for a in agg],

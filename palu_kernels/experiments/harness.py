@@ -51,7 +51,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from ..eval.table import format_number, format_table
 
 __all__ = ["CHAT_TEMPLATE", "ExperimentConfig", "Harness", "Report", "RunSpec", "Setup",
-           "aggregate", "atomic_write", "config_hash", "write_report"]
+           "aggregate", "atomic_write", "config_hash", "with_synth", "write_report"]
 
 HARNESS_VERSION = 1  # part of every hash: bump when a cached result's meaning changes
 

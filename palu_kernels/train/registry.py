@@ -38,7 +38,8 @@ for _name, _cls in METHODS.items():
 
 LOSSES = {name: cls.loss_function for name, cls in METHODS.items()
           if cls.loss_function is not None}
-"""Baseline name -> its loss function on per-sequence log-probabilities."""
+"""Baseline name -> its loss function (on per-sequence log-probabilities; tpo's on logits and
+its U / G row masks)."""
 
 
 def trainer_class(method: str) -> type:

@@ -128,6 +128,7 @@ class TPOTrainer(UnlearningTrainer):
 
     method = "tpo"
     config_class = TPOConfig
+    loss_function = staticmethod(tpo_loss)  # on logits and the U / G row masks, not log-probs
 
     def forget_loss(self, model, inputs, counts):
         cfg = self.method_config
