@@ -66,8 +66,9 @@ def _fsync_dir(path: str) -> None:
 
 def atomic_write_text(path: str, text: str) -> str:
     """Write ``text`` to ``path`` atomically (temp file in the same directory, fsync,
-    ``os.replace``); returns ``path``."""
+    ``os.replace``), creating its directory if needed; returns ``path``."""
     d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp uses 0600)

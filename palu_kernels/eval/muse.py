@@ -55,7 +55,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -63,6 +62,7 @@ import torch
 
 from .metrics import _batches, _check_batch_size, _logits_of, _model_device, _progress
 from .metrics import generate_greedy, rouge_l_f1
+from ..outputs import atomic_write_text
 from .table import format_number, format_table
 
 __all__ = ["KNOWMEM_MAX_NEW_TOKENS", "MIN_K_FRACTION", "MUSE_FILES", "MuseData",
@@ -535,20 +535,9 @@ def muse_summary_markdown(result: dict, title: str = "MUSE evaluation") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and
-    ``os.replace`` (a reader never sees half a file)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+write_text_atomic = atomic_write_text
+"""Write a file through a temporary sibling, fsync and ``os.replace``
+(:func:`palu_kernels.outputs.atomic_write_text`)."""
 
 
 def write_muse_result(result: dict, output_dir: str, title: str = "MUSE evaluation"

@@ -43,12 +43,12 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..eval.table import format_number, format_table
+from ..outputs import atomic_write_text
 
 __all__ = ["CHAT_TEMPLATE", "ExperimentConfig", "Harness", "Report", "RunSpec", "Setup",
            "aggregate", "atomic_write", "config_hash", "with_synth", "write_report"]
@@ -156,19 +156,9 @@ def _file_sha(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+atomic_write = atomic_write_text
+"""Write a file through a temporary sibling, fsync and ``os.replace``
+(:func:`palu_kernels.outputs.atomic_write_text`)."""
 
 
 # ------------------------------------------------------------------------------ setups
