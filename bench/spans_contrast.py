@@ -56,7 +56,7 @@ def main(argv=None):
             pairs = [(r.question, r.answer) for r in recs]
             training[name] = fine_tune(model, tok, pairs, lr=a.lr, max_epochs=a.epochs,
                                        target_nll=a.target_nll, seed=a.seed,
-                                       desc=f"fine-tune {name}", progress=False)
+                                       desc=f"fine-tune {name}", progress=True)
             training[name]["n_pairs"] = len(pairs)
             print(name, training[name], flush=True)
             model.save_pretrained(dirs[name], safe_serialization=True)

@@ -75,3 +75,15 @@ def test_refusals(setup, tmp_path):
         with pytest.raises(SystemExit) as e:
             cli.unlearn(_argv(setup, tmp_path / "x", *extra))
         assert msg in str(e.value)
+
+
+def test_question_answer_records_with_spans_on_the_fly(setup, tmp_path):
+    qa = tmp_path / "qa.json"
+    qa.write_text("\n".join(json.dumps({"question": f"What did {n} do?",
+                                        "answer": f"{n} wrote \"The Glass Station\" in 1987."})
+                            for n in ("Greta Blackwood", "Basil Mahfouz")))
+    summary = cli.unlearn(_argv({**setup, "forget": str(qa)}, tmp_path / "qa_out",
+                                "--spans", "text", "--max-steps", "1"))
+    # records stay records (no pieces); the title and the year are the spans, the names are in
+    # the questions
+    assert summary["data"]["forget_pieces"] == 2 and summary["data"]["forget_spans"] == 4

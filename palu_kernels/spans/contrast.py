@@ -13,9 +13,9 @@ Threshold rule (``docs/spec.md``, "Sensitive spans"): a token is sensitive when
 ``llr_t > threshold`` nats (default :data:`DEFAULT_THRESHOLD`, chosen by measuring on TOFU
 forget05, see ``bench/results/spans/README.md``); with ``relative=True`` the threshold is
 instead ``mean + threshold * std`` of the record's own token ratios (a per-record z-score).
-A word is sensitive when any of its tokens is; adjacent sensitive words are merged into
-one span, stopwords and connectors are trimmed at its edges
-(:func:`palu_kernels.spans.text.spans_from_marks`).
+A word is sensitive when any of its tokens is and it is not a stopword (function words carry
+no facts, and a model that memorised an answer predicts them better too); adjacent sensitive
+words are merged into one span (:func:`palu_kernels.spans.text.spans_from_marks`).
 
 Long passages are scored in windows of ``max_length`` tokens (each window its own context).
 """
@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 from ..train.data import QARecord, format_prompt, prompt_ids
 from ..train.models import load_model, load_tokenizer, resolve_model_path
-from .text import spans_from_marks, words_of
+from .text import STOPWORDS, spans_from_marks, words_of
 
 __all__ = ["DEFAULT_THRESHOLD", "ContrastOptions", "contrast_spans", "token_llr"]
 
@@ -119,8 +119,9 @@ def _spans_of(answer: str, tokens: list[tuple[int, int, float]], opts: ContrastO
     mark = [False] * len(words)
     hot = [(a, e) for a, e, v in tokens if v > cut]
     for i, w in enumerate(words):
-        mark[i] = any(a < w.end and e > w.start and answer[max(a, w.start):min(e, w.end)].strip()
-                      for a, e in hot)
+        mark[i] = w.lower not in STOPWORDS and any(
+            a < w.end and e > w.start and answer[max(a, w.start):min(e, w.end)].strip()
+            for a, e in hot)
     return spans_from_marks(answer, words, mark)
 
 

@@ -158,7 +158,7 @@ def _words(text: str) -> list[_Word]:
 
 
 def _is_cap(w: _Word) -> bool:
-    return w.text[0].isupper() or (w.text[0].isdigit() is False and w.text.isupper())
+    return w.text[0].isupper()
 
 
 def _is_number(w: _Word) -> bool:
@@ -234,10 +234,10 @@ class TextSpanner:
             raise ValueError(f"max_df must be in (0, 1], got {max_df!r}")
         texts = list(texts)
         self.max_df, self.content_words, self.drop_question = max_df, content_words, drop_question
-        # adverbs, and (without spaCy's tags) participles / gerunds: mostly verbs, not facts
         self.nlp = None
         if use_spacy or use_spacy is None:
             self.nlp = _load_spacy(quiet=not use_spacy)
+        # adverbs, and (without spaCy's tags) participles / gerunds: mostly verbs, not facts
         self.skip_suffixes = ("ly",) if self.nlp is not None else ("ly", "ing", "ed")
         self.n_docs = max(1, len(texts))
         self.df: Counter = Counter()
