@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..outputs import atomic_write_text
 from ..train.data import QARecord, load_forget
 from .contrast import DEFAULT_THRESHOLD, ContrastOptions, contrast_spans
 from .text import text_spans
@@ -79,15 +79,5 @@ def record_to_dict(r: QARecord) -> dict:
 
 def write_span_records(path: str, records: Sequence[QARecord]) -> None:
     """Write ``records`` as JSON lines (:func:`record_to_dict`), atomically."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".spans-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(record_to_dict(r), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_text(path, "".join(json.dumps(record_to_dict(r), ensure_ascii=False) + "\n"
+                                    for r in records))
