@@ -10,7 +10,6 @@ The format ``palu-spans`` writes and ``palu-unlearn --forget`` reads, one JSON o
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
