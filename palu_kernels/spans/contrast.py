@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from ..train.data import QARecord, format_prompt, prompt_ids
+from ..train.data import QARecord, encode_answer
 from ..train.models import load_model, load_tokenizer, resolve_model_path
 from .text import STOPWORDS, spans_from_marks, words_of
 
@@ -46,13 +46,7 @@ def _layout(tokenizer, record: QARecord, max_length: int):
     """Windows of ``(input_ids, first_answer_position, answer_token_char_ranges)``: the
     trainer's token sequence of ``record`` (prompt, answer; no EOS); a raw passage longer than
     ``max_length`` is split into several windows, each starting with BOS."""
-    if record.raw:
-        bos = tokenizer.bos_token_id
-        p_ids, prefix = ([] if bos is None else [bos]), ""
-    else:
-        p_ids = prompt_ids(tokenizer, record.question)
-        _, prefix, _ = format_prompt(tokenizer, record.question)
-    enc = tokenizer(prefix + record.answer, add_special_tokens=False, return_offsets_mapping=True)
+    p_ids, prefix, enc = encode_answer(tokenizer, record)
     shift = len(prefix)
     ids = list(enc["input_ids"])
     offs = [(a - shift, b - shift) for a, b in enc["offset_mapping"]]

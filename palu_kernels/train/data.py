@@ -355,6 +355,22 @@ def prompt_too_long(tokenizer, record: QARecord, max_length: int | None) -> str 
     return _too_long(record, n_prompt, max_length) if n_prompt + 1 > max_length else None
 
 
+def encode_answer(tokenizer, record: QARecord):
+    """``(prompt_ids, answer_prefix, encoding)`` of ``record`` as the trainer lays it out: the
+    prompt's token ids (a raw passage: just BOS, if any, and every token is an answer token)
+    and the answer tokenized after its prefix, without special tokens, with character
+    offsets (``return_offsets_mapping``; subtract ``len(answer_prefix)`` for offsets into the
+    answer)."""
+    if record.raw:
+        bos = tokenizer.bos_token_id
+        p_ids, prefix = ([] if bos is None else [bos]), ""
+    else:
+        p_ids = prompt_ids(tokenizer, record.question)
+        _, prefix, _ = format_prompt(tokenizer, record.question)
+    enc = tokenizer(prefix + record.answer, add_special_tokens=False, return_offsets_mapping=True)
+    return p_ids, prefix, enc
+
+
 def encode_record(tokenizer, record: QARecord, *, max_length: int | None = None,
                   first_n: int | None = 3) -> dict:
     """Tokenise one record and build its labels and PALU row masks.
@@ -369,13 +385,7 @@ def encode_record(tokenizer, record: QARecord, *, max_length: int | None = None,
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos_token; set tokenizer.eos_token first")
-    if record.raw:  # a passage: BOS (if any), then every token is an answer token
-        bos = tokenizer.bos_token_id
-        p_ids, prefix = ([] if bos is None else [bos]), ""
-    else:
-        p_ids = prompt_ids(tokenizer, record.question)
-        _, prefix, _ = format_prompt(tokenizer, record.question)
-    enc = tokenizer(prefix + record.answer, add_special_tokens=False, return_offsets_mapping=True)
+    p_ids, prefix, enc = encode_answer(tokenizer, record)
     a_ids = list(enc["input_ids"])
     shift = len(prefix)
     sens_ans = []
