@@ -1,0 +1,202 @@
+"""The typed unlearning job: what :func:`palu_kernels.train.job.run_unlearning` runs.
+
+An :class:`UnlearningJob` is the model (:class:`ModelSpec`), the data (:class:`DataSpec`), the
+method and its hyper-parameters (:class:`MethodSpec`), the optimizer and schedule
+(:class:`TrainingOptions`) and the output (:class:`OutputSpec`); :func:`check_job` validates
+it before any model loads (``SystemExit`` naming the ``palu-unlearn`` option). Every name here
+is also importable from :mod:`palu_kernels.train.job`.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+from .base import BaselineConfig, PALUConfig
+from .checks import check_model_files, check_output, check_values
+from .models import ModelSource, resolve_model_path
+from .registry import trainer_class
+
+__all__ = ["DataSpec", "MethodSpec", "ModelSpec", "OutputSpec", "SPAN_SOURCES",
+           "TrainingOptions", "UnlearningJob", "check_job", "parse_k"]
+
+
+@dataclass
+class ModelSpec:
+    """The starting model: a directory or ``.gguf`` file; ``lora_r > 0``: train a LoRA adapter."""
+
+    path: str
+    lora_r: int = 0
+    lora_alpha: Optional[float] = None
+    trust_remote_code: bool = False
+
+
+SPAN_SOURCES = ("given", "text", "contrast")
+
+
+@dataclass
+class DataSpec:
+    """Forget records (span-annotated JSON / JSON lines, or raw passages: a ``.txt``, JSON
+    strings or ``{"text"}`` objects, cut into ``max_length``-token pieces) and optional retain
+    records. ``spans``: ``"given"`` (the file's ``target_words``), or computed by
+    :mod:`palu_kernels.spans`: ``"text"`` (no model) or ``"contrast"`` (the model to unlearn
+    against ``spans_reference``)."""
+
+    forget: str
+    retain: Optional[str] = None
+    max_length: int = 512
+    first_n: int = 3
+    eval_retain: int = 100
+    skip_bad_records: bool = False
+    spans: str = "given"
+    spans_reference: Optional[str] = None
+
+
+@dataclass
+class MethodSpec:
+    """A method of :data:`palu_kernels.train.registry.METHODS` and its hyper-parameters.
+
+    ``gamma``/``beta``/``delta``/``idk_file`` ``None``: the method's default. The PALU options
+    (``k``, ``target``, ``kl``, ``backend``) also set the PALU terms every method measures.
+    """
+
+    name: str = "palu"
+    k: Optional[int] = 5000
+    target: object = "mean"
+    kl: Optional[str] = "reverse"
+    gamma: Optional[float] = None
+    alpha: float = 1.0
+    beta: Optional[float] = None
+    delta: Optional[float] = None
+    idk_file: Optional[str] = None
+    backend: str = "auto"
+    fused_linear: bool = False
+    chunk_rows: Optional[int] = None
+
+    def palu_config(self) -> PALUConfig:
+        return PALUConfig(k=self.k, target=self.target, kl=self.kl,
+                          gamma=1.0 if self.gamma is None else self.gamma, alpha=self.alpha,
+                          backend=self.backend, fused_linear=self.fused_linear,
+                          chunk_rows=self.chunk_rows)
+
+    def trainer_kwargs(self) -> dict:
+        """The trainer's keyword arguments for this method (``palu=`` and, for a method with a
+        ``config_class``, ``baseline=``)."""
+        kw = {"palu": self.palu_config()}
+        if trainer_class(self.name).config_class is not None:
+            kw["baseline"] = BaselineConfig(beta=self.beta, delta=self.delta, gamma=self.gamma,
+                                            alpha=self.alpha, idk_file=self.idk_file)
+        return kw
+
+
+@dataclass
+class TrainingOptions:
+    """Optimizer, schedule and batch options (transformers ``TrainingArguments``)."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    optim: str = "adamw_torch"
+    epochs: float = 10
+    max_steps: int = -1
+    warmup_epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    bf16: bool = False
+    seed: int = 42
+    logging_steps: int = 1
+
+
+@dataclass
+class OutputSpec:
+    """Where the unlearned model, its checkpoints and ``run_summary.json`` go."""
+
+    output_dir: str
+    save_steps: int = 0
+    save_total_limit: int = 2
+    resume: object = None  # None, True (the last checkpoint-*) or a checkpoint path
+    overwrite: bool = False
+
+
+@dataclass
+class UnlearningJob:
+    model: ModelSpec
+    data: DataSpec
+    output: OutputSpec
+    method: MethodSpec = field(default_factory=MethodSpec)
+    training: TrainingOptions = field(default_factory=TrainingOptions)
+
+    def arguments(self) -> dict:
+        """The job as one flat dict with ``palu-unlearn``'s option names (``model``,
+        ``method``, ``k``, ``beta``, ``output_dir`` ...)."""
+        out = {"model": self.model.path, "method": self.method.name}
+        for part in (self.model, self.data, self.method, self.training, self.output):
+            for f in fields(part):
+                if f.name not in ("path", "name"):
+                    out[f.name] = getattr(part, f.name)
+        out["kl"] = "none" if self.method.kl is None else self.method.kl
+        return out
+
+    def command(self) -> str:
+        """A ``palu-unlearn`` command line that runs this job (options that differ from the
+        defaults)."""
+        defaults = UnlearningJob(ModelSpec(""), DataSpec(""), OutputSpec("")).arguments()
+        argv = []
+        for key, value in self.arguments().items():
+            if key in ("model", "forget", "output_dir") or value != defaults[key]:
+                flag = "--" + key.replace("_", "-")
+                if key == "k" and value is None:
+                    argv += [flag, "all"]
+                elif value is True:
+                    argv.append(flag)
+                elif value is not False and value is not None:
+                    argv += [flag, str(value)]
+        return "palu-unlearn " + shlex.join(argv)
+
+
+def parse_k(value) -> Optional[int]:
+    """A top-K set size from text or a number: ``"all"`` / ``"none"`` / ``None`` -> ``None``
+    (whole vocabulary), else an int >= 1 (``ValueError`` otherwise)."""
+    if value is None or str(value).lower() in ("none", "all"):
+        return None
+    k = int(value)
+    if k < 1:
+        raise ValueError(f"k must be >= 1 or 'all', got {value!r}")
+    return k
+
+
+def check_job(job: UnlearningJob) -> ModelSource:
+    """Validate the job before any work (``SystemExit`` with the option's name): paths, every
+    number finite and in range (:mod:`palu_kernels.train.checks`), the model files, the output
+    directory (not the model, not holding it, not inside it) and the checkpoint to resume;
+    returns where the model is."""
+    try:
+        source = resolve_model_path(job.model.path)
+    except ValueError as e:
+        raise SystemExit(f"palu-unlearn: --model {e}") from None
+    for flag, path in (("--forget", job.data.forget), ("--retain", job.data.retain)):
+        if path is not None and not os.path.isfile(path):
+            raise SystemExit(f"palu-unlearn: {flag} {path!r} is not a file")
+    if job.data.spans not in SPAN_SOURCES:
+        raise SystemExit(f"palu-unlearn: --spans must be one of {', '.join(SPAN_SOURCES)}, got "
+                         f"{job.data.spans!r}")
+    if (job.data.spans == "contrast") != (job.data.spans_reference is not None):
+        raise SystemExit("palu-unlearn: --spans contrast needs --spans-reference (a model that "
+                         "never saw the forget data), and --spans-reference needs --spans contrast")
+    if job.data.spans_reference is not None and not os.path.isdir(job.data.spans_reference):
+        raise SystemExit(f"palu-unlearn: --spans-reference {job.data.spans_reference!r} is not a "
+                         "model directory")
+    try:
+        trainer_class(job.method.name)
+    except ValueError as e:
+        raise SystemExit(f"palu-unlearn: --method: {e}") from None
+    check_values(job)
+    check_model_files(source)
+    check_output(job, source)
+    if job.method.fused_linear and job.method.name != "palu":
+        raise SystemExit(f"palu-unlearn: --fused-linear applies to --method palu only (the PALU "
+                         f"loss from hidden states); --method {job.method.name} needs full logits")
+    if job.method.chunk_rows is not None and job.method.chunk_rows < 1:
+        raise SystemExit(f"palu-unlearn: --chunk-rows must be >= 1, got {job.method.chunk_rows}")
+    return source
