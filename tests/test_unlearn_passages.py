@@ -56,6 +56,19 @@ def test_passages_with_spans_on_the_fly(setup, tmp_path, spans):
     assert "--spans " + spans in summary["command"]
 
 
+def test_eval_forget_limits_the_before_after_measurement(setup, tmp_path):
+    """--eval-forget N measures the first N forget pieces (a MUSE passage file has thousands);
+    the default measures all of them; 0 is refused in one line."""
+    full = cli.unlearn(_argv(setup, tmp_path / "all", "--spans", "text", "--max-steps", "1"))
+    assert full["data"]["measured_forget"] == full["data"]["forget_pieces"] > 2
+    two = cli.unlearn(_argv(setup, tmp_path / "two", "--spans", "text", "--max-steps", "1",
+                            "--eval-forget", "2"))
+    assert two["data"]["measured_forget"] == 2
+    assert two["before"]["forget_nll"] != full["before"]["forget_nll"]
+    with pytest.raises(SystemExit, match="--eval-forget must be >= 1, got 0"):
+        cli.unlearn(_argv(setup, tmp_path / "zero", "--spans", "text", "--eval-forget", "0"))
+
+
 def test_palu_spans_file_and_a_baseline_unlearn_the_same_passages(setup, tmp_path):
     spans_file = tmp_path / "spans.jsonl"
     assert spans_main([setup["forget"], "-o", str(spans_file)]) == 0

@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logging-steps", type=int, default=1)
     p.add_argument("--eval-retain", type=int, default=100,
                    help="retain records used for the before/after retain loss")
+    p.add_argument("--eval-forget", type=int, default=None,
+                   help="forget items (records, or passage pieces) used for the before/after "
+                        "losses: the first N (default: all; a long passage file has thousands "
+                        "of pieces)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="resume from the latest complete checkpoint in --output-dir (or from "
                         "CHECKPOINT); unfinished checkpoints are skipped and named")
@@ -152,6 +156,7 @@ def job_from_args(args) -> UnlearningJob:
                         trust_remote_code=args.trust_remote_code),
         data=DataSpec(forget=args.forget, retain=args.retain, max_length=args.max_length,
                       first_n=args.first_n, eval_retain=args.eval_retain,
+                      eval_forget=args.eval_forget,
                       skip_bad_records=args.skip_bad_records, spans=args.spans,
                       spans_reference=args.spans_reference),
         method=MethodSpec(name=args.method, k=args.k, target=args.target,

@@ -65,6 +65,7 @@ def check_values(job) -> None:
     check_int("--max-length", d.max_length, low=1)
     check_int("--first-n", d.first_n, low=0, also=(-1,), optional=True)
     check_int("--eval-retain", d.eval_retain, low=0)
+    check_int("--eval-forget", d.eval_forget, low=1, optional=True)
     if me.k is not None:
         check_int("--k", me.k, low=1)
     if not (me.target in TARGETS or (_is_number(me.target) and math.isfinite(me.target))):

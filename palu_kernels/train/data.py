@@ -502,13 +502,14 @@ class PALUDataset(torch.utils.data.Dataset):
             self._retain_cache[j] = enc
         return self._retain_cache[j]
 
-    def measurement_items(self, n_retain: int) -> list[dict]:
-        """A fixed measurement set: every forget item, item ``i`` paired with retain record
-        ``i mod n_retain`` of the seeded permutation (no retain part when ``n_retain`` is 0 or
-        there are no retain records); independent of the epoch."""
+    def measurement_items(self, n_retain: int, n_forget: int | None = None) -> list[dict]:
+        """A fixed measurement set: every forget item (the first ``n_forget`` when given),
+        item ``i`` paired with retain record ``i mod n_retain`` of the seeded permutation (no
+        retain part when ``n_retain`` is 0 or there are no retain records); independent of
+        the epoch."""
         n = min(n_retain, len(self._perm))
         items = []
-        for i in range(len(self.forget)):
+        for i in range(len(self.forget) if n_forget is None else min(n_forget, len(self.forget))):
             item = {"forget": self.forget[i]}
             if n:
                 item["retain"] = self.encoded_retain(self._perm[i % n])

@@ -199,7 +199,7 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
         raise fail(str(e)) from None
 
     # Fixed measurement set: every forget record, each paired with a retain record.
-    eval_items = dataset.measurement_items(d.eval_retain if retain else 0)
+    eval_items = dataset.measurement_items(d.eval_retain if retain else 0, d.eval_forget)
     before = trainer.measure(eval_items, batch_size=tr.batch_size, desc="losses before")
     try:
         train_out = trainer.train(resume_from_checkpoint=resume)
@@ -218,6 +218,7 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
         "world_size": state.num_processes,
         "engine": trainer.engine,
         "data": {"forget": forget_report.describe(), "forget_pieces": len(forget),
+                 "measured_forget": len(eval_items),
                  "forget_spans": sum(len(r.spans) for r in forget),
                  "forget_skipped": [f"{d.forget}:{ln}: {why}" for ln, why in forget_report.skipped]
                                    + dataset.skipped_forget,

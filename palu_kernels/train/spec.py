@@ -49,6 +49,7 @@ class DataSpec:
     max_length: int = 512
     first_n: int = 3
     eval_retain: int = 100
+    eval_forget: Optional[int] = None
     skip_bad_records: bool = False
     spans: str = "given"
     spans_reference: Optional[str] = None
