@@ -158,21 +158,29 @@ def _describe(spec: RunSpec) -> str:
             f"target {spec.target}, KL {spec.kl}")
 
 
+def _knob(h: Harness, field: str, values, key: str, header: str, axis: str, title: str,
+          note: str) -> Report:
+    """PALU (the ablations' base run) with ``field`` set to each of ``values`` over the
+    seeds: the rows, their seed aggregate by ``key`` and a curve plot."""
+    items = [(replace(_quick(h, PALU_BASE), **{field: v}), seed, {key: label})
+             for v, label in values for seed in h.seeds]
+    rows = h.run_many(items, desc=key)
+    agg = aggregate(rows, [key])
+
+    def plot(path):
+        _curve_plot(agg, key, axis, path, rows, labels=[str(a[key]) for a in agg])
+
+    return Report(title=title, rows=rows,
+                  tables=[("Over seeds", [(key, header)] + _AGG_COLS, agg)],
+                  plot=plot, notes=_refs(rows) + f"\n\nRun: {_describe(items[0][0])} ({note}).")
+
+
 def n_experiment(h: Harness) -> Report:
     """PALU over the initiating prefix length N in {1, 2, 3, 5, all}."""
     ns = [1, None] if h.quick else [1, 2, 3, 5, None]
-    items = [(replace(_quick(h, PALU_BASE), first_n=n), seed, {"n": n or "all"})
-             for n in ns for seed in h.seeds]
-    rows = h.run_many(items, desc="n")
-    agg = aggregate(rows, ["n"])
-
-    def plot(path):
-        _curve_plot(agg, "n", "N (initiating prefix tokens)", path, rows,
-                    labels=[str(a["n"]) for a in agg])
-
-    return Report(title="PALU: the initiating prefix length N", rows=rows,
-                  tables=[("Over seeds", [("n", "N")] + _AGG_COLS, agg)], plot=plot,
-                  notes=_refs(rows) + f"\n\nRun: {_describe(items[0][0])} (N varies).")
+    return _knob(h, "first_n", [(n, n or "all") for n in ns], "n", "N",
+                 "N (initiating prefix tokens)", "PALU: the initiating prefix length N",
+                 "N varies")
 
 
 TARGETS = ("mean", "mean_detached", "topk_mean", 0.0)
@@ -182,16 +190,5 @@ def target_experiment(h: Harness) -> Report:
     """PALU with the local target ``mean``, ``mean_detached``, ``topk_mean`` and a uniform
     constant (0.0: every top-K logit pulled to 0)."""
     targets = ["mean", 0.0] if h.quick else list(TARGETS)
-    items = [(replace(_quick(h, PALU_BASE), target=t), seed, {"target": str(t)})
-             for t in targets for seed in h.seeds]
-    rows = h.run_many(items, desc="target")
-    agg = aggregate(rows, ["target"])
-
-    def plot(path):
-        _curve_plot(agg, "target", "local target", path, rows,
-                    labels=[str(a["target"]) for a in agg])
-
-    return Report(title="PALU: the local target", rows=rows,
-                  tables=[("Over seeds", [("target", "target")] + _AGG_COLS, agg)], plot=plot,
-                  notes=_refs(rows) + f"\n\nRun: {_describe(items[0][0])} (target varies; 0.0 "
-                                      "is the uniform constant).")
+    return _knob(h, "target", [(t, str(t)) for t in targets], "target", "target", "local target",
+                 "PALU: the local target", "target varies; 0.0 is the uniform constant")
