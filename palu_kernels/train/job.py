@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from ..outputs import (MARKER, atomic_write_json, is_within, latest_complete_checkpoint,
-                       make_temp_sibling, publish_result)
+from ..outputs import (MARKER, atomic_write_json, latest_complete_checkpoint, make_temp_sibling,
+                       publish_result)
 from .base import BaselineConfig, NonFiniteLossError, PALUConfig, nonfinite_parameters
 from .checks import check_model_files, check_output, check_values
 from .models import ModelSource, load_model, load_tokenizer, resolve_model_path
@@ -169,9 +169,6 @@ def parse_k(value) -> Optional[int]:
     return k
 
 
-_is_within = is_within
-
-
 def check_job(job: UnlearningJob) -> ModelSource:
     """Validate the job before any work (``SystemExit`` with the option's name): paths, every
     number finite and in range (:mod:`palu_kernels.train.checks`), the model files, the output
@@ -230,7 +227,7 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     from transformers import TrainerCallback, TrainingArguments, set_seed
 
     from .data import PALUCollator, PALUDataset, load_records
-    from .heads import FusedLinearError, is_peft_model
+    from .heads import FusedLinearError
 
     t0 = time.time()
     source = check_job(job)
