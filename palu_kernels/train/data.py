@@ -164,6 +164,10 @@ def load_records(path: str, *, spans: str = "required", skip_bad: bool = False,
         more = len(report.skipped) - max_listed
         if more > 0:
             listed += f"\n  ... and {more} more"
+        if not skip_bad and len(report.skipped) == 1:  # one line
+            ln, why = report.skipped[0]
+            raise ValueError(f"{path}:{ln}: {why} (1 bad record; pass skip_bad=True / "
+                             "--skip-bad-records to skip it)")
         if not skip_bad:
             raise ValueError(f"{len(report.skipped)} bad record(s) in {path} (pass skip_bad=True / "
                              f"--skip-bad-records to skip them):\n{listed}")
