@@ -171,9 +171,20 @@ def weights_problem(directory: str) -> Optional[str]:
             problem = _safetensors_problem(path)
             if problem:
                 return f"{name}: {problem}"
-        elif name.endswith(".bin") and not zipfile.is_zipfile(path):
+        elif name.endswith(".bin") and _truncated_zip(path):
             return f"{name}: not a complete torch archive (truncated?)"
     return None
+
+
+def _truncated_zip(path: str) -> bool:
+    """A zip archive (what ``torch.save`` writes) without its central directory: cut short.
+    A file in torch's legacy (pre-zip) format is not judged."""
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return True
+    return (is_zip or os.path.getsize(path) == 0) and not zipfile.is_zipfile(path)
 
 
 def _safetensors_problem(path: str) -> Optional[str]:
@@ -232,7 +243,7 @@ def checkpoint_problem(path: str) -> Optional[str]:
         p = os.path.join(path, name)
         if not os.path.isfile(p):
             return f"no {name}"
-        if not zipfile.is_zipfile(p):
+        if _truncated_zip(p):
             return f"{name} is not a complete torch archive (truncated?)"
     return None
 

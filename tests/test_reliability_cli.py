@@ -287,12 +287,33 @@ def _kill_during_final_save(monkeypatch, argv_):
             cli.unlearn(argv_)
 
 
-def test_kill_during_the_final_save_then_resume(files, tmp_path, monkeypatch):
+KILL_FINAL_SAVE = r"""
+import os, sys
+import transformers.modeling_utils as mu
+real = mu.safe_save_file
+def half_then_die(tensors, filename, *a, **k):
+    real(tensors, filename, *a, **k)
+    if ".tmp-" in filename:  # the final save (a checkpoint goes to checkpoint-N)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        os._exit(137)  # no clean-up of any kind runs
+mu.safe_save_file = half_then_die
+from palu_kernels.cli.unlearn import main
+main(sys.argv[1:])
+"""
+
+
+def test_kill_during_the_final_save_then_resume(files, tmp_path):
+    """A real process killed halfway through the final ``model.safetensors``."""
     from palu_kernels.train.models import load_model
 
     out = tmp_path / "fresh"
     a = argv(files, out, "--save-steps", "1", "--max-steps", "2")
-    _kill_during_final_save(monkeypatch, a)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "TOKENIZERS_PARALLELISM": "false"}
+    p = subprocess.run([sys.executable, "-c", KILL_FINAL_SAVE, *a], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=300)
+    assert p.returncode == 137, p.stderr[-2000:]
     assert outputs.MARKER not in os.listdir(out) and "model.safetensors" not in os.listdir(out)
     left = [n for n in os.listdir(tmp_path) if n.startswith(".fresh.tmp-")]
     assert len(left) == 1  # the half-written model stays in the temporary sibling

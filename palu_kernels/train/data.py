@@ -210,6 +210,10 @@ def _load(path: str, *, spans: str, skip_bad: bool, max_listed: int, merge_overl
         more = len(report.skipped) - max_listed
         if more > 0:
             listed += f"\n  ... and {more} more"
+        if not skip_bad and len(report.skipped) == 1:  # one line
+            ln, why = report.skipped[0]
+            raise ValueError(f"{path}:{ln}: {why} (1 bad record; pass skip_bad=True / "
+                             "--skip-bad-records to skip it)")
         if not skip_bad:
             raise ValueError(f"{len(report.skipped)} bad record(s) in {path} (pass skip_bad=True / "
                              f"--skip-bad-records to skip them):\n{listed}")
