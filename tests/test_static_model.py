@@ -46,7 +46,14 @@ def test_issue_model_is_sass_profiles_model(n, n_int, n_mufu, elements, warps):
     cycles, bound = sm.issue_cycles(n, n_int, n_mufu, m)
     assert bound == ref["bound_term"] and cycles == ref["cycles_per_warp_iteration"][bound]
     s_el = sm.issue_seconds_per_element(n, n_int, n_mufu, e, m)
-    assert 1 / s_el == pytest.approx(ref["elements_per_s"], rel=1e-12)
+    # the tool's whole-GPU rate is the inverse of the model's time per element
+    assert s_el > 0 and s_el * ref["elements_per_s"] == pytest.approx(1.0, rel=1e-12)
+    # the bound is a rate of its term: twice the instructions of an issue-bound loop take
+    # twice as long, and they never make any loop faster
+    slower = sm.issue_seconds_per_element(2 * n, n_int, n_mufu, e, m)
+    assert slower >= s_el
+    if bound == "issue":
+        assert slower == pytest.approx(2 * s_el)
     assert sm.issue_seconds_per_element(n, n_int, n_mufu, 2 * e, m) == pytest.approx(s_el / 2)
 
 
