@@ -25,8 +25,8 @@ import argparse
 import math
 import sys
 
-from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions, UnlearningJob,
-                  check_job, run_unlearning)
+from ..train.job import (SPAN_SOURCES, DataSpec, MethodSpec, ModelSpec, OutputSpec,
+                         TrainingOptions, UnlearningJob, check_job, run_unlearning)
 from ._errors import DEBUG_HELP, run_cli
 from ..train.registry import METHODS as _REGISTRY
 from ..train.registry import method_defaults, trainer_class  # noqa: F401
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "raw passages (.txt with blank lines between passages, a JSON list of "
                         "strings, {text, target_words} objects): every token an answer token, "
                         "cut into --max-length pieces")
-    p.add_argument("--spans", default="given", choices=["given", "text", "contrast"],
+    p.add_argument("--spans", default="given", choices=SPAN_SOURCES,
                    help="sensitive spans: the file's target_words, or computed as palu-spans "
                         "does (text: no model; contrast: --model against --spans-reference)")
     p.add_argument("--spans-reference", default=None,

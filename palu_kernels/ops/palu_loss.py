@@ -433,14 +433,12 @@ def default_num_stages() -> int:
 
 def _row_weights(a: PALUArgs):
     """``[N]`` int32 row kinds and fp32 row weights, on the device, without a host sync."""
-    i_f = a.initiating.to(torch.float32)
-    c_f = a.common.to(torch.float32)
     kind = a.initiating.to(torch.int32) + 2 * a.common.to(torch.int32)
     if a.reduction == "mean":
         # each I row weighs gamma / max(1,|I|), each C row alpha / max(1,|C|)
         w = mean_row_weights(a.initiating, a.common, a.gamma, a.alpha)
     else:
-        w = i_f * a.gamma + c_f * a.alpha
+        w = a.initiating.to(torch.float32) * a.gamma + a.common.to(torch.float32) * a.alpha
     if a.weights is not None:
         w = w * a.weights.to(torch.float32)
     return kind, w
