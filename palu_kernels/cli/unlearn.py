@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=512, help="longest tokenised example")
     p.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 = full fine-tuning")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 2 * r)")
+    p.add_argument("--train-layers", type=int, default=None, metavar="L",
+                   help="train only the last L decoder layers and the final norm (the rest, "
+                        "embeddings and output layer included, stay frozen; cheap on a CPU); "
+                        "default: every parameter")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--save-steps", type=int, default=0,
@@ -153,6 +157,7 @@ def job_from_args(args) -> UnlearningJob:
     """The :class:`~palu_kernels.train.job.UnlearningJob` of parsed ``palu-unlearn`` arguments."""
     return UnlearningJob(
         model=ModelSpec(path=args.model, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+                        train_layers=args.train_layers,
                         trust_remote_code=args.trust_remote_code),
         data=DataSpec(forget=args.forget, retain=args.retain, max_length=args.max_length,
                       first_n=args.first_n, eval_retain=args.eval_retain,

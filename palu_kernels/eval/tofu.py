@@ -192,12 +192,18 @@ def _stop_ids(model, encoder: PromptEncoder) -> List[int]:
 
 def evaluate_split(model, encoder: PromptEncoder, records: Sequence[dict], split: str, *,
                    batch_size: int = 8, max_new_tokens: int = 200, generate: bool = True,
-                   progress: bool = True) -> dict:
+                   max_generate: Optional[int] = None, progress: bool = True) -> dict:
     """Per-question values and aggregate metrics of one split (see module docstring).
 
     ``generate=False`` skips greedy generation (and ROUGE): used for the retain model, of
-    which only the forget-set truth ratios are needed.
+    which only the forget-set truth ratios are needed. ``max_generate``: generate (and score
+    ROUGE) for only the first that many questions; probabilities and truth ratios still cover
+    every record (ROUGE is the expensive part of an evaluation on a CPU).
     """
+    if max_generate is not None and (isinstance(max_generate, bool)
+                                     or not isinstance(max_generate, int) or max_generate < 1):
+        raise ValueError(f"max_generate: expected a positive integer or None, got "
+                         f"{max_generate!r}")
     if split not in EVAL_SPLITS:
         raise ValueError(f"split: expected one of {EVAL_SPLITS}, got {split!r}")
     options = split in ("real_authors", "world_facts")
@@ -214,13 +220,14 @@ def evaluate_split(model, encoder: PromptEncoder, records: Sequence[dict], split
                            batch_size=batch_size, desc=f"{split}: scoring", progress=progress)
     generations = None
     if generate:
-        gen_ids = generate_greedy(model, [encoder.prompt_ids(r["question"]) for r in records],
+        gen_records = list(records[:max_generate] if max_generate else records)
+        gen_ids = generate_greedy(model, [encoder.prompt_ids(r["question"]) for r in gen_records],
                                   pad_token_id=encoder.pad_token_id,
                                   eos_token_id=_stop_ids(model, encoder),
                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
                                   desc=f"{split}: generating", progress=progress)
         generations = [encoder.decode(g) for g in gen_ids]
-        rouges = rouge_l_recall(generations, [r["answer"] for r in records])
+        rouges = rouge_l_recall(generations, [r["answer"] for r in gen_records])
 
     per_question = []
     for qi, (r, (a, b)) in enumerate(zip(records, spans)):
@@ -240,7 +247,7 @@ def evaluate_split(model, encoder: PromptEncoder, records: Sequence[dict], split
         if split == "forget":
             item["exact_memorisation"] = exact_memorisation(gold.correct)
             item["extraction_strength"] = extraction_strength(gold.correct)
-        if generations is not None:
+        if generations is not None and qi < len(generations):
             item["generation"] = generations[qi]
             item["rouge_l_recall"] = rouges[qi]
         per_question.append(item)
@@ -252,6 +259,7 @@ def evaluate_split(model, encoder: PromptEncoder, records: Sequence[dict], split
                "truth_ratio": truth_ratio_score(ratios, forget=(split == "forget"))}
     if generations is not None:
         metrics["rouge_l_recall"] = _mean(rouges)
+        metrics["n_generated"] = len(rouges)
     if split == "forget":
         metrics["exact_memorisation"] = _mean([q["exact_memorisation"] for q in per_question])
         metrics["extraction_strength"] = _mean([q["extraction_strength"] for q in per_question])
@@ -278,10 +286,10 @@ def forget_truth_ratios(model, tokenizer, data_dir: str, forget_split: str, *,
 
 
 def evaluate_model(model, tokenizer, data_dir: str, forget_split: str = "forget01", *,
-                   max_samples: Optional[int] = None, batch_size: int = 8,
+                   max_samples=None, batch_size: int = 8,
                    max_new_tokens: int = 200, format_prompt: Optional[FormatPrompt] = None,
                    retain_truth_ratios: Optional[Sequence[float]] = None,
-                   progress: bool = True) -> dict:
+                   max_generate: Optional[int] = None, progress: bool = True) -> dict:
     """Evaluate ``model`` on TOFU: forget, retain, real-authors and world-facts splits.
 
     Args:
@@ -290,11 +298,14 @@ def evaluate_model(model, tokenizer, data_dir: str, forget_split: str = "forget0
         tokenizer: its tokenizer (needs ``eos_token_id``; ``pad_token_id`` defaults to EOS).
         data_dir: a TOFU directory (see module docstring).
         forget_split: ``"forget01"``, ``"forget05"`` or ``"forget10"``.
-        max_samples: evaluate only the first ``max_samples`` questions of each split.
+        max_samples: evaluate only the first ``max_samples`` questions of each split (an
+            int), or of the splits named in a dict (``{"retain": 100}``; others whole).
         batch_size: sequences per forward pass / generation batch.
         max_new_tokens: the generation limit for ROUGE (TOFU answers stay under ~150 tokens).
         format_prompt: ``question -> prompt text``; default: the chat template when the
             tokenizer has one, else the trainer's plain template (:class:`PromptEncoder`).
+        max_generate: generate answers (ROUGE) for only the first that many questions of
+            each split; probabilities and truth ratios still use every question.
         retain_truth_ratios: the retain model's forget-set truth ratios (e.g. from
             :func:`forget_truth_ratios` or a previous result's ``"forget_truth_ratios"``);
             when given, Forget Quality is computed, otherwise it is ``None``.
@@ -305,7 +316,15 @@ def evaluate_model(model, tokenizer, data_dir: str, forget_split: str = "forget0
         and one dict per split (``probability``, ``rouge_l_recall``, ``truth_ratio``; plus
         ``exact_memorisation`` and ``extraction_strength`` for the forget set).
     """
-    records = {s: load_split(data_dir, s, forget_split, max_samples) for s in EVAL_SPLITS}
+    if isinstance(max_samples, dict):
+        unknown = sorted(set(max_samples) - set(EVAL_SPLITS))
+        if unknown:
+            raise ValueError(f"max_samples: unknown split(s) {unknown}; expected keys of "
+                             f"{EVAL_SPLITS}")
+        per_split = {s: max_samples.get(s) for s in EVAL_SPLITS}
+    else:
+        per_split = {s: max_samples for s in EVAL_SPLITS}
+    records = {s: load_split(data_dir, s, forget_split, per_split[s]) for s in EVAL_SPLITS}
     if retain_truth_ratios is not None:  # before the work, not after it
         check_retain_ratios(retain_truth_ratios, len(records["forget"]))
     encoder = PromptEncoder(tokenizer, format_prompt)
@@ -313,7 +332,8 @@ def evaluate_model(model, tokenizer, data_dir: str, forget_split: str = "forget0
     model.eval()
     try:
         results = {s: evaluate_split(model, encoder, records[s], s, batch_size=batch_size,
-                                     max_new_tokens=max_new_tokens, progress=progress)
+                                     max_new_tokens=max_new_tokens, max_generate=max_generate,
+                                     progress=progress)
                    for s in EVAL_SPLITS}
     finally:
         model.train(was_training)
@@ -331,7 +351,7 @@ def evaluate_model(model, tokenizer, data_dir: str, forget_split: str = "forget0
     metrics.update({s: results[s]["metrics"] for s in EVAL_SPLITS})
     config = {"forget_split": forget_split, "data_dir": os.path.abspath(data_dir),
               "max_samples": max_samples, "batch_size": batch_size,
-              "max_new_tokens": max_new_tokens,
+              "max_new_tokens": max_new_tokens, "max_generate": max_generate,
               "prompt_format": encoder.prompt_format,
               "n_retain_truth_ratios": (None if retain_truth_ratios is None
                                         else len(retain_truth_ratios))}

@@ -107,9 +107,29 @@ class ExperimentConfig:
     threads: Optional[int] = 1
     progress: bool = True
     log: Optional[Callable[[str], None]] = None
+    train_layers: Optional[int] = None
+    ft_epochs: Optional[int] = None
+    shared_setup: bool = False
+    chat_template: Optional[str] = None
+    eval_max_samples: Optional[Dict[str, int]] = None
+    eval_max_generate: Optional[int] = None
+    max_new_tokens: Optional[int] = None
+    shard: Optional[Tuple[int, int]] = None
 
     # ``threads``: torch CPU threads while setups and runs compute (1: tiny models run
-    # faster on one thread, far faster on a busy machine; None: torch's default)
+    # faster on one thread, far faster on a busy machine; None: torch's default).
+    # The options below default to the synthetic benchmark's behaviour and enter the cache
+    # keys only when set (earlier caches stay valid). ``train_layers``: fine-tune and unlearn
+    # only the last that many decoder layers (a pre-trained model on a CPU).
+    # ``ft_epochs``: the fine-tuning's epoch cap. ``shared_setup``: every seed starts from
+    # the one setup of seed 0 (the seeds then vary the unlearning only: data order and
+    # initialisation of nothing else). ``chat_template``: replaces a pre-trained tokenizer's
+    # template in the setup's models (a shorter prompt is cheaper). ``eval_max_samples``:
+    # ``{split: n}``, the first n questions of those splits (probabilities, truth ratios and
+    # ROUGE); ``eval_max_generate``: ROUGE on only the first n questions of each split;
+    # ``max_new_tokens``: the generation limit (default 48). ``shard``: ``(i, n)``: this
+    # process computes only the runs whose position in a sweep is i modulo n (others are read
+    # from the cache when there, skipped otherwise: several processes share one cache).
 
     def size(self) -> str:
         return "quick" if self.quick else "full"
@@ -391,13 +411,34 @@ class Harness:
                 if c.data_dir else {"synth": {**SYNTH[size], **c.synth, **synth}, "seed": seed})
         model = ({"path": os.path.abspath(c.model)} if c.model else {"tiny": TINY[size]})
         ft_lr = c.ft_lr if c.ft_lr is not None else (3e-4 if c.model else 3e-3)
-        return {"v": HARNESS_VERSION, "data": data, "model": model, "seed": seed,
+        conf = {"v": HARNESS_VERSION, "data": data, "model": model, "seed": seed,
                 "ft_lr": ft_lr, "ft_target_nll": c.ft_target_nll,
-                "ft_epochs": TINY[size]["ft_epochs"]}
+                "ft_epochs": c.ft_epochs or TINY[size]["ft_epochs"]}
+        extra = {"train_layers": c.train_layers, "chat_template": c.chat_template,
+                 "eval": self._eval_options()}
+        conf.update({k: v for k, v in extra.items() if v})  # only what is set: old keys hold
+        return conf
+
+    def _eval_options(self) -> dict:
+        c = self.cfg
+        opts = {"max_samples": c.eval_max_samples, "max_generate": c.eval_max_generate,
+                "max_new_tokens": c.max_new_tokens}
+        return {k: v for k, v in opts.items() if v}
+
+    def _evaluate(self, model, tok, data_dir: str, forget_split: str,
+                  retain_truth_ratios=None) -> dict:
+        from ..eval import evaluate_model
+
+        o = self._eval_options()
+        return evaluate_model(model, tok, data_dir, forget_split, batch_size=16,
+                              max_new_tokens=o.get("max_new_tokens", MAX_NEW_TOKENS),
+                              max_samples=o.get("max_samples"),
+                              max_generate=o.get("max_generate"),
+                              retain_truth_ratios=retain_truth_ratios, progress=False)
 
     def setup(self, seed: int, synth: Optional[dict] = None) -> Setup:
         """The :class:`Setup` of ``seed`` (built once, then read from ``setups/<hash>/``)."""
-        conf = self._setup_config(seed, dict(synth or {}))
+        conf = self._setup_config(0 if self.cfg.shared_setup else seed, dict(synth or {}))
         key = config_hash(conf)
         if key in self._setups:
             return self._setups[key]
@@ -417,7 +458,7 @@ class Harness:
     def _build_setup(self, conf: dict, key: str, d: str) -> Setup:
         import torch
 
-        from ..eval import evaluate_model, forget_quality
+        from ..eval import forget_quality
         from ..tiny import build_tiny_llama, build_tokenizer
         from ..train.finetune import fine_tune
         from ..train.models import load_model, load_tokenizer
@@ -444,6 +485,8 @@ class Harness:
                                         chat_template=CHAT_TEMPLATE)
         else:
             tokenizer = load_tokenizer(conf["model"]["path"])
+            if conf.get("chat_template"):
+                tokenizer.chat_template = conf["chat_template"]
         training, dirs, evals = {}, {}, {}
         torch.manual_seed(seed)
         for name, with_forget in (("finetuned", True), ("retain", False)):
@@ -458,15 +501,18 @@ class Harness:
                                        target_nll=conf["ft_target_nll"], seed=seed,
                                        desc=f"fine-tune {name} (seed {seed})",
                                        progress=self.cfg.progress,
-                                       answer_rows_only=not tiny)
+                                       answer_rows_only=not tiny,
+                                       train_layers=conf.get("train_layers"))
             training[name]["n_pairs"] = len(pairs)
             dirs[name] = os.path.join(d, name)
             model.save_pretrained(dirs[name], safe_serialization=True)
             tokenizer.save_pretrained(dirs[name])
             model.eval()
-            evals[name] = evaluate_model(model, tokenizer, data_dir, forget_split,
-                                         batch_size=16, max_new_tokens=MAX_NEW_TOKENS,
-                                         progress=False)
+            evals[name] = self._evaluate(model, tokenizer, data_dir, forget_split)
+            self.log(f"setup {key}: {name} fine-tuned in {training[name]['seconds']:.0f} s "
+                     f"({training[name]['epochs']} epochs, NLL {training[name]['nll']:.3f}), "
+                     f"forget probability "
+                     f"{evals[name]['metrics']['forget']['probability']:.3f}")
             del model
         ratios = evals["retain"]["forget_truth_ratios"]
         for name in evals:
@@ -485,8 +531,12 @@ class Harness:
         spec_d = asdict(spec)
         if spec.forget_file:
             spec_d["forget_file"] = _file_sha(spec.forget_file)
-        return config_hash({"v": HARNESS_VERSION, "setup": setup.key, "spec": spec_d,
-                            "seed": seed})
+        conf = {"v": HARNESS_VERSION, "setup": setup.key, "spec": spec_d, "seed": seed}
+        if self.cfg.train_layers:
+            conf["train_layers"] = self.cfg.train_layers
+        if self._eval_options():
+            conf["eval"] = self._eval_options()
+        return config_hash(conf)
 
     def result(self, key: str) -> Optional[dict]:
         """The cached result of run ``key`` (``None`` if not run yet)."""
@@ -513,7 +563,6 @@ class Harness:
     def _run(self, spec: RunSpec, seed: int, setup: Setup, key: str) -> dict:
         from transformers.utils import logging as hf_logging
 
-        from ..eval import evaluate_model
         from ..eval.tofu import PromptEncoder, load_eval_model, read_json_records
         from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
                                  UnlearningJob, run_unlearning)
@@ -521,7 +570,7 @@ class Harness:
         work = os.path.join(self.out, "work", key)
         forget = spec.forget_file or setup.forget_spans
         job = UnlearningJob(
-            model=ModelSpec(setup.finetuned_dir),
+            model=ModelSpec(setup.finetuned_dir, train_layers=self.cfg.train_layers),
             data=DataSpec(forget=forget, retain=setup.retain, first_n=spec.first_n,
                           eval_retain=8),  # the before/after losses only
             method=MethodSpec(name=spec.method, k=spec.k, target=spec.target, kl=spec.kl,
@@ -549,10 +598,10 @@ class Harness:
                 summary = run_unlearning(job, callbacks=callbacks)
             train_s = time.time() - t0
             model, tok = load_eval_model(work)
-            result = evaluate_model(model, tok, setup.data_dir, setup.forget_split,
-                                    batch_size=16, max_new_tokens=MAX_NEW_TOKENS,
-                                    retain_truth_ratios=setup.retain_truth_ratios,
-                                    progress=False)
+            t1 = time.time()
+            result = self._evaluate(model, tok, setup.data_dir, setup.forget_split,
+                                    retain_truth_ratios=setup.retain_truth_ratios)
+            eval_s = time.time() - t1
             extra = self.after_run(model, tok, setup, spec, seed)
             del model
         finally:
@@ -562,7 +611,7 @@ class Harness:
                  for h in summary.get("loss_curve", [])]
         return {"key": key, "spec": asdict(spec), "seed": seed, "setup": setup.key,
                 "metrics": result["metrics"], "steps": summary.get("steps"),
-                "train_s": round(train_s, 2), "loss_curve": curve,
+                "train_s": round(train_s, 2), "eval_s": round(eval_s, 2), "loss_curve": curve,
                 "trace": callbacks[0].points if callbacks else [],
                 "summary_after": summary.get("after"), "before": summary.get("before"),
                 "extra": extra}
@@ -584,7 +633,8 @@ class Harness:
                "forget_probability": m["forget"]["probability"],
                "forget_rouge": m["forget"]["rouge_l_recall"],
                "retain_probability": m["retain"]["probability"],
-               "steps": res["steps"], "train_s": res["train_s"], "run": res["key"]}
+               "steps": res["steps"], "train_s": res["train_s"],
+               "eval_s": res.get("eval_s"), "run": res["key"]}
         if s is not None:
             row.update(retain_mu=s.retain_metrics["model_utility"],
                        retain_forget_probability=s.retain_metrics["forget"]["probability"],
@@ -604,10 +654,14 @@ class Harness:
                 for synth in {spec.synth for spec, s, _ in items if s == seed}:
                     self.setup(seed, dict(synth))
             rows, hits = [], 0
+            self.missing = getattr(self, "missing", 0)
             bar = tqdm(items, desc=desc, disable=not self.cfg.progress, dynamic_ncols=True)
-            for spec, seed, params in bar:
+            for i, (spec, seed, params) in enumerate(bar):
                 key = self.run_key(spec, seed)
                 res = self.result(key)
+                if res is None and self.cfg.shard and i % self.cfg.shard[1] != self.cfg.shard[0]:
+                    self.missing += 1  # another shard's run, not done yet
+                    continue
                 if res is None:
                     res = self.run(spec, seed)
                 else:

@@ -9,6 +9,7 @@ from .mask_noise import mask_noise_experiment
 from .pareto import pareto_experiment
 from .span_sources import spans_experiment
 from .synonym_leak import synonym_leak_experiment
+from .tofu_real import tofu_smollm2_experiment
 
 EXPERIMENTS = {
     "pareto": pareto_experiment,
@@ -19,6 +20,7 @@ EXPERIMENTS = {
     "synonym-leak": synonym_leak_experiment,
     "beyond-prefix": beyond_prefix_experiment,
     "spans": spans_experiment,
+    "tofu-smollm2": tofu_smollm2_experiment,
 }
 """Experiment name -> its function (``palu-experiment NAME``)."""
 

@@ -61,6 +61,10 @@ def check_values(job) -> None:
     """Every number and choice of ``job`` (finite, in range); ``SystemExit`` naming the flag."""
     m, d, me, tr, o = job.model, job.data, job.method, job.training, job.output
     check_int("--lora-r", m.lora_r, low=0)
+    check_int("--train-layers", m.train_layers, low=1, optional=True)
+    if m.train_layers is not None and m.lora_r > 0:
+        raise fail("--train-layers", "cannot be combined with --lora-r (LoRA already chooses "
+                   "what trains); pass one of them")
     check_real("--lora-alpha", m.lora_alpha, low=0, low_open=True, optional=True)
     check_int("--max-length", d.max_length, low=1)
     check_int("--first-n", d.first_n, low=0, also=(-1,), optional=True)

@@ -11,22 +11,27 @@ __all__ = ["fine_tune"]
 
 def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll: float,
               batch_size: int = 16, seed: int = 0, desc: str = "fine-tune",
-              progress: bool = True, answer_rows_only: bool = False) -> dict:
+              progress: bool = True, answer_rows_only: bool = False,
+              train_layers: int | None = None) -> dict:
     """Plain answer-token NLL training (AdamW) until the epoch's mean NLL < ``target_nll``.
 
     Sequences are encoded exactly as the trainer encodes them (:func:`encode_record`), so the
     unlearning and evaluation see the same tokens. ``answer_rows_only``: project only the
     answer rows' hidden states to the vocabulary (same loss, less work with a large vocabulary;
-    needs ``get_decoder()`` / ``get_output_embeddings()``). Returns ``{"epochs", "nll",
+    needs ``get_decoder()`` / ``get_output_embeddings()``). ``train_layers``: train only the
+    last that many decoder layers (:func:`~palu_kernels.train.models.train_last_layers`).
+    Returns ``{"epochs", "nll",
     "seconds"}``.
     """
     import torch
     from tqdm.auto import tqdm
 
     from .data import IGNORE_INDEX, QARecord, _pad, encode_record
+    from .models import train_last_layers
 
+    train_last_layers(model, train_layers)
     encs = [encode_record(tokenizer, QARecord(q, a)) for q, a in pairs]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(encs) / batch_size)
     total_steps = max(1, max_epochs * steps_per_epoch)
     # cosine decay to lr / 20 over max_epochs: a fast start, then the loss settles

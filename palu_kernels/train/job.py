@@ -25,7 +25,7 @@ import time
 from ..outputs import (MARKER, atomic_write_json, latest_complete_checkpoint, make_temp_sibling,
                        publish_result)
 from .base import NonFiniteLossError, nonfinite_parameters
-from .models import ModelSource, load_model, load_tokenizer
+from .models import ModelSource, load_model, load_tokenizer, train_last_layers
 from .registry import trainer_class
 from .spec import (SPAN_SOURCES, DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
                    UnlearningJob, check_job, parse_k)
@@ -137,6 +137,11 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
                            lora_r=m.lora_r, lora_alpha=m.lora_alpha)
     except ValueError as e:
         raise fail(f"--model {e}") from None
+    if m.train_layers is not None:
+        try:
+            train_last_layers(model, m.train_layers)
+        except ValueError as e:
+            raise fail(f"--train-layers: {e}") from None
     collator = PALUCollator(tokenizer.pad_token_id)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))

