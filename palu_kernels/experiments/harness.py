@@ -115,6 +115,7 @@ class ExperimentConfig:
     eval_max_generate: Optional[int] = None
     max_new_tokens: Optional[int] = None
     shard: Optional[Tuple[int, int]] = None
+    bf16: bool = False
 
     # ``threads``: torch CPU threads while setups and runs compute (1: tiny models run
     # faster on one thread, far faster on a busy machine; None: torch's default).
@@ -130,6 +131,8 @@ class ExperimentConfig:
     # ``max_new_tokens``: the generation limit (default 48). ``shard``: ``(i, n)``: this
     # process computes only the runs whose position in a sweep is i modulo n (others are read
     # from the cache when there, skipped otherwise: several processes share one cache).
+    # ``bf16``: fine-tuning and unlearning under bfloat16 autocast (float32 weights and
+    # evaluation), fine-tuning batches of similar length: about twice as fast on a CPU.
 
     def size(self) -> str:
         return "quick" if self.quick else "full"
@@ -415,6 +418,7 @@ class Harness:
                 "ft_lr": ft_lr, "ft_target_nll": c.ft_target_nll,
                 "ft_epochs": c.ft_epochs or TINY[size]["ft_epochs"]}
         extra = {"train_layers": c.train_layers, "chat_template": c.chat_template,
+                 "bf16": c.bf16,
                  "eval": self._eval_options()}
         conf.update({k: v for k, v in extra.items() if v})  # only what is set: old keys hold
         return conf
@@ -502,7 +506,9 @@ class Harness:
                                        desc=f"fine-tune {name} (seed {seed})",
                                        progress=self.cfg.progress,
                                        answer_rows_only=not tiny,
-                                       train_layers=conf.get("train_layers"))
+                                       train_layers=conf.get("train_layers"),
+                                       bf16=bool(conf.get("bf16")),
+                                       length_buckets=bool(conf.get("bf16")))
             training[name]["n_pairs"] = len(pairs)
             dirs[name] = os.path.join(d, name)
             model.save_pretrained(dirs[name], safe_serialization=True)
@@ -534,6 +540,8 @@ class Harness:
         conf = {"v": HARNESS_VERSION, "setup": setup.key, "spec": spec_d, "seed": seed}
         if self.cfg.train_layers:
             conf["train_layers"] = self.cfg.train_layers
+        if self.cfg.bf16:
+            conf["bf16"] = True
         if self._eval_options():
             conf["eval"] = self._eval_options()
         return config_hash(conf)
@@ -578,7 +586,7 @@ class Harness:
                               delta=spec.delta),
             training=TrainingOptions(lr=spec.lr, epochs=spec.epochs, batch_size=spec.batch_size,
                                      warmup_epochs=spec.warmup_epochs, seed=seed,
-                                     logging_steps=1),
+                                     logging_steps=1, bf16=self.cfg.bf16),
             output=OutputSpec(work, save_steps=10 ** 9, save_total_limit=1, overwrite=True))
         callbacks = []
         if spec.trace_every > 0:

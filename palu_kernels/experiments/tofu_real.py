@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..outputs import atomic_write_text
 from .harness import Harness, Report, RunSpec, aggregate
-from .pareto import MU_FRACTION, best_at_utility
+from .pareto import MU_FRACTION, best_at_utility, select
 from .plots import fq_floor, pyplot
 
 __all__ = ["CHAT_TEMPLATE_IM", "GRID", "KEEP", "LADDERS", "tofu_smollm2_experiment",
@@ -44,7 +44,7 @@ GRID = {"full": (1e-4, 5), "quick": (1e-3, 2)}
 TRAIN_LAYERS = {"full": 4, "quick": None}
 """Decoder layers trained (fine-tuning and unlearning); the rest stay frozen (CPU cost)."""
 KEEP = 2
-FT_LR = {"full": 5e-4, "quick": 3e-3}
+FT_LR = {"full": 1e-3, "quick": 3e-3}
 """Fine-tuning learning rate of the target and retain models (only the top layers train)."""
 """Settings per method carried from the selection seed to the other seeds."""
 K_FULL = 5000
@@ -79,7 +79,7 @@ EVAL = {"full": dict(eval_max_samples={"retain": 60, "real_authors": 60, "world_
 (Forget Quality), the first 60 questions of the utility splits, ROUGE on the first 40
 questions of each split with 64 new tokens."""
 
-SUBSET = {"full": dict(forget=None, retain_authors=18, ft_epochs=12),
+SUBSET = {"full": dict(forget=None, retain_authors=18, ft_epochs=15),
           "quick": dict(forget=6, retain_authors=1, ft_epochs=2)}
 
 
@@ -169,23 +169,6 @@ def _spec(method: str, overrides: dict, size: str) -> RunSpec:
     return replace(base, **overrides)
 
 
-def _rank_key(row: dict, threshold: float):
-    ok = row["model_utility"] >= threshold
-    fq = row["forget_quality"] if row["forget_quality"] is not None else -1.0
-    return (ok, fq if ok else row["model_utility"], row["model_utility"])
-
-
-def select(rows: Sequence[dict], threshold: float, keep: int = KEEP) -> Dict[str, List[str]]:
-    """Per method, the labels of its ``keep`` best settings: those with Model Utility >=
-    ``threshold`` first (by Forget Quality, then utility), then the rest by utility."""
-    out: Dict[str, List[str]] = {}
-    for m in dict.fromkeys(r["method"] for r in rows):
-        rs = sorted((r for r in rows if r["method"] == m),
-                    key=lambda r: _rank_key(r, threshold), reverse=True)
-        out[m] = [r["setting"] for r in rs[:keep]]
-    return out
-
-
 def tofu_smollm2_experiment(h: Harness) -> Report:
     cfg = h.cfg
     size = cfg.size()
@@ -202,7 +185,7 @@ def tofu_smollm2_experiment(h: Harness) -> Report:
     hh = Harness(replace(cfg, data_dir=data, forget_split="forget01", model=base,
                          cache=h.out, train_layers=TRAIN_LAYERS[size],
                          ft_lr=cfg.ft_lr if cfg.ft_lr is not None else FT_LR[size],
-                         ft_epochs=sub["ft_epochs"], shared_setup=True,
+                         ft_epochs=sub["ft_epochs"], shared_setup=True, bf16=size == "full",
                          chat_template=CHAT_TEMPLATE_IM if size == "full" else None,
                          **EVAL[size]))
     ladders = LADDERS if size == "full" else QUICK_LADDERS
