@@ -145,3 +145,38 @@ def test_tofu_smollm2_quick_plumbing(tmp_path):
     h2 = Harness(cfg)
     again = tofu_smollm2_experiment(h2)
     assert [r["run"] for r in again.rows] == [r["run"] for r in report.rows]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["tofu-smollm2", "--shard", "2/2"], "--shard"),
+    (["tofu-smollm2", "--shard", "x"], "--shard"),
+    (["tofu-smollm2", "--model", "/nonexistent/m", "--data-dir", "."], "--model"),
+    (["tofu-smollm2", "--model", ".", "--data-dir", "/nonexistent/d"], "--data-dir"),
+])
+def test_cli_refuses_bad_values_in_one_line(argv, needle, capsys):
+    from palu_kernels.cli import experiment as cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert needle in err and "Traceback" not in err
+
+
+def test_shard_computes_only_its_runs(tmp_path, monkeypatch):
+    """A shard computes the runs at its positions and skips (counts as missing) the others
+    that are not cached yet."""
+    from palu_kernels.experiments import harness as H
+
+    cfg = H.ExperimentConfig(out=str(tmp_path), seeds=(0,), quick=True, generator=object(),
+                             progress=False, shard=(1, 2))
+    h = H.Harness(cfg)
+    done = []
+    monkeypatch.setattr(h, "setup", lambda seed, synth=None: None)
+    monkeypatch.setattr(h, "run_key", lambda spec, seed: f"{spec.lr}")
+    monkeypatch.setattr(h, "result", lambda key: None)
+    monkeypatch.setattr(h, "run", lambda spec, seed: done.append(spec.lr) or {"key": spec.lr})
+    monkeypatch.setattr(h, "row", lambda res, params: params)
+    items = [(H.RunSpec(lr=float(i)), 0, {"i": i}) for i in range(5)]
+    rows = h.run_many(items)
+    assert done == [1.0, 3.0] and [r["i"] for r in rows] == [1, 3] and h.missing == 3

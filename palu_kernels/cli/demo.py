@@ -22,13 +22,24 @@ from ..demo.run import DemoConfig, run
 __all__ = ["build_parser", "main", "run_demo"]
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help does not already state the default and there
+    is one to state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="palu-unlearn demo",
         description="Fine-tune a tiny Llama on synthetic facts, unlearn some of them with PALU "
                     "(and the baselines available), evaluate with the TOFU metrics, print one "
                     "table, write markdown, JSON and a Forget Quality / Model Utility plot.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Defaults)
     p.add_argument("--out", default="palu_demo", help="output directory")
     p.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
     p.add_argument("--model", default="tiny",
@@ -51,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured against a slightly different reference)")
     p.add_argument("--methods", default=None,
                    help="comma-separated unlearning methods, names of "
-                        "palu_kernels.train.registry.METHODS (default: palu,npo,ga)")
+                        "palu_kernels.train.registry.METHODS (default: palu,tpo,npo,ga: PALU; "
+                        "TPO, the token-level baseline the PALU paper compares with: it "
+                        "unlearns the span tokens and keeps the rest close to the reference; "
+                        "NPO; and gradient ascent, which shows what unbounded forgetting "
+                        "does to the model)")
     p.add_argument("--people", type=int, default=None, help="fictitious authors")
     p.add_argument("--questions", type=int, default=None, help="questions per author")
     p.add_argument("--forget-fraction", type=float, default=None, choices=[0.01, 0.05, 0.1],
