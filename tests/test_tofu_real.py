@@ -69,14 +69,21 @@ def test_train_layers_flag_checked_before_any_work():
 
 
 def test_select_prefers_utility_then_forget_quality():
-    from palu_kernels.experiments.tofu_real import select
+    from palu_kernels.experiments.pareto import select
 
-    rows = [{"method": "a", "setting": s, "forget_quality": fq, "model_utility": mu}
+    rows = [{"method": "a", "setting": s, "forget_quality": fq, "model_utility": mu,
+             "retain_mu": 1.0}
             for s, fq, mu in (("s1", 0.9, 0.5), ("s2", 0.3, 0.96), ("s3", 0.6, 0.95),
                               ("s4", None, 0.99))]
     # s1 has the best FQ but misses the utility bar: the two above it come first
     assert select(rows, threshold=0.95, keep=2) == {"a": ["s3", "s2"]}
     assert select(rows, threshold=0.999, keep=1) == {"a": ["s4"]}  # none qualifies: by MU
+    # utility is relative to the same seed's retain model
+    rows = [dict(r, retain_mu=2.0 if r["setting"] == "s1" else 1.0, mu_rel=None) for r in rows]
+    for r in rows:
+        del r["mu_rel"]
+    rows[0]["model_utility"] = 1.9  # s1: 0.95 of its seed's retain model
+    assert select(rows, threshold=0.95, keep=1) == {"a": ["s1"]}
 
 
 @needs_tofu
@@ -180,3 +187,19 @@ def test_shard_computes_only_its_runs(tmp_path, monkeypatch):
     items = [(H.RunSpec(lr=float(i)), 0, {"i": i}) for i in range(5)]
     rows = h.run_many(items)
     assert done == [1.0, 3.0] and [r["i"] for r in rows] == [1, 3] and h.missing == 3
+
+
+def test_merge_overlapping_spans():
+    from palu_kernels.experiments.tofu_real import merge_overlapping_spans
+
+    a = "In Kazakhstan Echoes, she writes of Almaty."
+    r = {"answer": a, "target_words": [
+        {"word": "Kazakhstan Echoes", "start": 3, "end": 20},
+        {"word": "Kazakhstan", "start": 3, "end": 13},
+        {"word": "Almaty", "start": 36, "end": 42}]}
+    out = merge_overlapping_spans(r)["target_words"]
+    assert [(w["start"], w["end"], w["word"]) for w in out] == [
+        (3, 20, "Kazakhstan Echoes"), (36, 42, "Almaty")]
+    assert all(a[w["start"]:w["end"]] == w["word"] for w in out)
+    plain = {"answer": "x", "target_words": []}
+    assert merge_overlapping_spans(plain) is plain

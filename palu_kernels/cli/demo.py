@@ -93,9 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PALU initiating tokens per span (N; 'all' = every sensitive token); "
                         "default all on the tiny model (bench/results/experiments/n), 3 on "
                         "pre-trained models")
-    p.add_argument("--gamma", type=float, default=2.0,
-                   help="weight of the forget term (every method; with K = 1 PALU needs a "
-                        "little more than 1 to beat the retain and KL terms on this tiny model)")
+    p.add_argument("--gamma", type=float, default=None,
+                   help="weight of the forget term, for every method (default: each method's "
+                        "setting chosen by bench/results/experiments/pareto on the tiny model: "
+                        "1 for all; 2 on pre-trained models and --muse)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="weight of the retain (and, for PALU, KL) terms, for every method "
+                        "(default: each method's pareto setting on the tiny model: PALU 5, TPO "
+                        "2, NPO 0.5, GA 1; 1 on pre-trained models)")
     muse = p.add_argument_group("MUSE demo (--muse, palu_kernels/demo/muse.py)")
     muse.add_argument("--muse", action="store_true",
                       help="the MUSE News demo: a tiny Llama trained on MUSE forget and retain "
@@ -121,7 +126,14 @@ def run_demo(argv: Optional[Sequence[str]] = None) -> dict:
     returns the result dict of :func:`palu_kernels.demo.run.run`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    for flag in ("gamma", "alpha"):
+        v = getattr(args, flag)
+        if v is not None and not (v >= 0 and v != float("inf")):
+            raise SystemExit(f"palu-unlearn demo: --{flag}: expected a finite number >= 0, "
+                             f"got {v}")
     if args.muse:
+        if args.alpha is not None:
+            raise SystemExit("palu-unlearn demo: --alpha is not an option of the --muse demo")
         return _run_muse(args, argv)
     for flag in ("seeds", "passages"):
         if getattr(args, flag) is not None:
@@ -154,7 +166,8 @@ def _run_muse(args, argv) -> dict:
                                         "k") if getattr(args, k) is not None}
     cfg = MuseDemoConfig(data_dir=args.data_dir, out=args.out, quick=args.quick,
                          methods=args.methods, seeds=seeds, n=args.passages,
-                         batch_size=args.batch_size, gamma=args.gamma,
+                         batch_size=args.batch_size,
+                         gamma=2.0 if args.gamma is None else args.gamma,
                          contrast_threshold=args.contrast_threshold, threads=args.threads,
                          no_progress=args.no_progress, command=command_line(argv), **kw)
     return run_muse_demo(cfg)

@@ -84,6 +84,15 @@ _MODEL_DEFAULTS = {
     "first_n": ("all", "3"),
 }
 
+# Each method's setting on the tiny model, from bench/results/experiments/pareto (every
+# method with the same tuning budget, 3 seeds): PALU's and TPO's best Forget Quality at Model
+# Utility >= 0.95 x the retain model's; NPO's best on the selection seed (no NPO setting held
+# that utility on all three seeds); GA has no knob. Pre-trained models: gamma 2, alpha 1 for
+# every method (not tuned). --gamma / --alpha replace them for every method.
+TUNED = {"palu": {"gamma": 1.0, "alpha": 5.0}, "tpo": {"gamma": 1.0, "beta": 0.3, "alpha": 2.0},
+         "npo": {"gamma": 1.0, "beta": 0.1, "alpha": 0.5}, "ga": {"gamma": 1.0}}
+PRETRAINED_WEIGHTS = {"gamma": 2.0, "alpha": 1.0}
+
 
 @dataclass
 class DemoConfig:
@@ -112,7 +121,8 @@ class DemoConfig:
     batch_size: int = 4
     k: Optional[str] = None
     first_n: Optional[str] = None
-    gamma: float = 2.0
+    gamma: Optional[float] = None
+    alpha: Optional[float] = None
     threads: int = 1
     no_progress: bool = False
 
@@ -124,6 +134,19 @@ def _available_methods() -> List[str]:
     from ..train.registry import METHODS
 
     return list(METHODS)
+
+
+def method_options(args, methods) -> Dict[str, dict]:
+    """Each method's MethodSpec fields: its :data:`TUNED` setting on the tiny model
+    (:data:`PRETRAINED_WEIGHTS` on a pre-trained one), with ``--gamma`` / ``--alpha`` (when
+    given) replacing them for every method."""
+    given = {k: getattr(args, k) for k in ("gamma", "alpha") if getattr(args, k) is not None}
+    out = {}
+    for m in methods:
+        base = dict(TUNED.get(m, {"gamma": 1.0})) if args.model == "tiny" else dict(
+            PRETRAINED_WEIGHTS)
+        out[m] = {**base, **given}
+    return out
 
 
 # ------------------------------------------------------------------------------ the run
@@ -253,7 +276,7 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
         model=ModelSpec(st.finetuned_dir),
         data=DataSpec(forget=st.forget_spans, retain=st.retain,
                       max_length=st.max_length, first_n=first_n),
-        method=MethodSpec(k=k, gamma=args.gamma),
+        method=MethodSpec(k=k),
         training=TrainingOptions(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                                  warmup_epochs=st.warmup_epochs, seed=args.seed,
                                  logging_steps=1000000),
@@ -261,6 +284,7 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
                           overwrite=True))
     comparison = Comparison(
         job=job, methods=methods, output_dir=compare_dir, data_dir=data_dir,
+        method_options=method_options(args, methods),
         forget_split=forget_split, retain_truth_ratios=ratios_r,
         max_samples=st.max_samples, eval_batch_size=16,
         max_new_tokens=st.max_new_tokens, delete_models=st.delete_models,
@@ -330,7 +354,8 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
          f"Forget Quality vs Model Utility ({forget_split}, {st.label})")
     result = {
         "config": {"sizes": sizes, "methods": methods, "seed": args.seed, "ft_lr": args.ft_lr,
-                   "lr": args.lr, "k": args.k, "first_n": args.first_n, "gamma": args.gamma,
+                   "lr": args.lr, "k": args.k, "first_n": args.first_n,
+                   "method_options": method_options(args, methods),
                    "epochs": args.epochs,
                    "batch_size": args.batch_size, "model": args.model,
                    "data_dir": args.data_dir, "retain_from_base": args.retain_from_base,

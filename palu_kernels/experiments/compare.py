@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ..eval.table import format_number, format_table
 from ..eval.tofu import evaluate_model, forget_truth_ratios, load_eval_model, write_result
@@ -55,6 +55,9 @@ class Comparison:
     progress: bool = True
     record: dict = field(default_factory=dict)
     """Extra keys for ``compare.json``'s ``config`` (the command line, the options given)."""
+    method_options: Dict[str, dict] = field(default_factory=dict)
+    """Per method, :class:`~palu_kernels.train.job.MethodSpec` fields that replace the
+    template's (``{"palu": {"alpha": 5.0}}``): each method at its own tuned setting."""
 
 
 def parse_methods(text: str) -> List[str]:
@@ -151,7 +154,8 @@ def run_comparison(c: Comparison) -> dict:
     out = c.output_dir
     # Everything that can be checked is checked before the first (minutes long) evaluation:
     # every method's job (values, paths, output directories) and the training data.
-    jobs = {m: replace(c.job, method=replace(c.job.method, name=m),
+    jobs = {m: replace(c.job, method=replace(c.job.method, name=m,
+                                             **c.method_options.get(m, {})),
                        output=replace(c.job.output, output_dir=os.path.join(out, m)))
             for m in c.methods}
     for job in jobs.values():

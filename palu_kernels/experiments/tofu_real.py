@@ -36,8 +36,8 @@ from .harness import Harness, Report, RunSpec, aggregate
 from .pareto import MU_FRACTION, best_at_utility, select
 from .plots import fq_floor, pyplot
 
-__all__ = ["CHAT_TEMPLATE_IM", "GRID", "KEEP", "LADDERS", "tofu_smollm2_experiment",
-           "write_subset"]
+__all__ = ["CHAT_TEMPLATE_IM", "GRID", "KEEP", "LADDERS", "merge_overlapping_spans",
+           "tofu_smollm2_experiment", "write_subset"]
 
 GRID = {"full": (1e-4, 5), "quick": (1e-3, 2)}
 """The one (learning rate, epochs) point every method runs at."""
@@ -96,12 +96,28 @@ def _write_jsonl(path: str, records: Sequence[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def merge_overlapping_spans(record: dict) -> dict:
+    """``record`` with overlapping ``target_words`` merged into their union (the released
+    forget01 annotations mark both 'Kazakhstan' and 'Kazakhstan Echoes' in one answer, which
+    the trainer refuses as ambiguous); other records come back unchanged."""
+    words = sorted(record.get("target_words") or [], key=lambda w: (w["start"], w["end"]))
+    merged: List[dict] = []
+    for w in words:
+        if merged and w["start"] < merged[-1]["end"]:
+            last = merged[-1]
+            end = max(last["end"], w["end"])
+            merged[-1] = {**last, "end": end, "word": record["answer"][last["start"]:end]}
+        else:
+            merged.append(dict(w))
+    return {**record, "target_words": merged} if record.get("target_words") else record
+
+
 def write_subset(tofu_dir: str, out: str, *, retain_authors: int = 18,
                  forget: Optional[int] = None) -> str:
     """Write the TOFU subset into ``out`` (a TOFU-layout directory) and return ``out``.
 
-    forget01 (its 40 questions, or the first ``forget``) with its released spans and
-    perturbed answers; ``retain99.json``: the questions of the first ``retain_authors``
+    forget01 (its 40 questions, or the first ``forget``) with its released spans (overlapping
+    spans merged: :func:`merge_overlapping_spans`) and perturbed answers; ``retain99.json``: the questions of the first ``retain_authors``
     authors of ``full.json`` (20 questions each), and ``retain_perturbed.json`` restricted to
     them; the real-author and world-fact evaluation files as they are. Fine-tuning pairs are
     the authors' questions only (no ``real_authors.json`` / ``world_facts.json`` /
@@ -126,8 +142,11 @@ def write_subset(tofu_dir: str, out: str, *, retain_authors: int = 18,
     def cut(records):
         return records if forget is None else records[:forget]
 
-    for name in ("forget01.json", "forget01_spans.jsonl", "forget01_perturbed.json"):
+    for name in ("forget01.json", "forget01_perturbed.json"):
         _write_jsonl(os.path.join(out, name), cut(_read(os.path.join(tofu_dir, name))))
+    spans = [merge_overlapping_spans(r) for r in _read(os.path.join(tofu_dir,
+                                                                    "forget01_spans.jsonl"))]
+    _write_jsonl(os.path.join(out, "forget01_spans.jsonl"), cut(spans))
     _write_jsonl(os.path.join(out, "retain99.json"), retain)
     rp = [r for r in _read(os.path.join(tofu_dir, "retain_perturbed.json"))
           if r["question"] in keep]
@@ -203,7 +222,7 @@ def tofu_smollm2_experiment(h: Harness) -> Report:
     retain_mu = setup.retain_metrics["model_utility"]
     thr = MU_FRACTION * retain_mu
     complete = hh.missing == 0
-    chosen = select(rows, thr) if complete else {}
+    chosen = select(rows, MU_FRACTION) if complete else {}
     if chosen and rest:
         pairs = [(m, label, o) for m, ladder in ladders.items() for label, o in ladder
                  if label in chosen.get(m, [])]
