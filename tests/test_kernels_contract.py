@@ -184,8 +184,8 @@ def test_strided_3d_logits_go_in_without_a_copy(backend):
     zg = z.detach().requires_grad_(True)
     a = check_loss_args(zg, r, i, c, k=4, target="mean", kl="reverse", gamma=1.0, alpha=1.0,
                         reduction="mean")
-    for view, given in ((a.logits, zg), (a.ref_logits, r)):
-        assert view.data_ptr() == given.data_ptr() and view.stride() == given.stride()
+    for view, source in ((a.logits, zg), (a.ref_logits, r)):
+        assert view.data_ptr() == source.data_ptr() and view.stride() == source.stride()
     with BigAllocations(z.numel()) as mode:
         loss = pk.palu_local_entropy_loss(zg, r, i, c, k=4, backend=backend)
     if backend == "torch":

@@ -325,7 +325,10 @@ def run_muse_demo(cfg: MuseDemoConfig) -> dict:
     progress = not cfg.no_progress
     t_start = time.time()
     out = os.path.abspath(cfg.out)
-    log = (lambda msg: print(msg, flush=True))
+
+    def log(msg):
+        print(msg, flush=True)
+
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     verbosity = hf_logging.get_verbosity()
