@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics as st
 from dataclasses import replace
 
-from .ablations import PALU_BASE, _describe
+from .ablations import PALU_BASE, describe_spec
 from .harness import Harness, Report, RunSpec, aggregate
 from .plots import fq_floor, frontier, pyplot
 
@@ -120,7 +120,7 @@ def pareto_experiment(h: Harness) -> Report:
                 ("n_seeds", "seeds")]
     notes = (f"Retain model MU {retain_mu:.3f} (mean over seeds); threshold {MU_FRACTION} x "
              f"that = {thr:.3f}. Grid (lr, epochs): {list(grid)}, seeds "
-             f"{list(h.seeds)}. PALU: {_describe(PALU_BASE)} (lr, epochs from the grid; "
+             f"{list(h.seeds)}. PALU: {describe_spec(PALU_BASE)} (lr, epochs from the grid; "
              "palu-nall: N = all); the other methods: their defaults (batch 4, alpha 1). A "
              "method with no grid point at that utility shows n/a.")
     return Report(title="Forget Quality vs Model Utility: every method's frontier", rows=rows,

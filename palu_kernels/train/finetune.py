@@ -23,7 +23,7 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
     import torch
     from tqdm.auto import tqdm
 
-    from .data import IGNORE_INDEX, QARecord, _pad, encode_record
+    from .data import IGNORE_INDEX, QARecord, pad_sequences, encode_record
 
     encs = [encode_record(tokenizer, QARecord(q, a)) for q, a in pairs]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -44,9 +44,9 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
         total, count = 0.0, 0
         for s in range(0, len(perm), batch_size):
             b = [encs[i] for i in perm[s:s + batch_size]]
-            ids = _pad([e["input_ids"] for e in b], tokenizer.pad_token_id)
-            att = _pad([e["attention_mask"] for e in b], 0)
-            lab = _pad([e["labels"] for e in b], IGNORE_INDEX)[:, 1:]
+            ids = pad_sequences([e["input_ids"] for e in b], tokenizer.pad_token_id)
+            att = pad_sequences([e["attention_mask"] for e in b], 0)
+            lab = pad_sequences([e["labels"] for e in b], IGNORE_INDEX)[:, 1:]
             if answer_rows_only:
                 hidden = model.get_decoder()(input_ids=ids, attention_mask=att)[0][:, :-1]
                 rows = lab != IGNORE_INDEX
