@@ -127,12 +127,12 @@ def test_trainer_step_backward_allocates_no_n_by_v_tensor(tmp_path, monkeypatch)
     pytest.importorskip("transformers")
     from transformers import TrainingArguments
 
-    from helpers import needs_tofu, tiny_llama, tofu_tokenizer_and_records  # noqa: F401
+    from helpers import TOFU_ABSENT, tiny_llama, tofu_tokenizer_and_records
     from palu_kernels.train import PALUCollator, PALUConfig, PALUDataset, PALUTrainer
 
     if not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                        "tofu", "forget01_spans.jsonl")):
-        pytest.skip("TOFU data not present in ../shared/data/tofu")
+        pytest.skip(TOFU_ABSENT)
     tok, forget, _ = tofu_tokenizer_and_records(4, 0)
     ds = PALUDataset(tok, forget, None, first_n=3)
     model = tiny_llama(tok)

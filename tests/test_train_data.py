@@ -6,13 +6,14 @@ import os
 import pytest
 import torch
 
+from helpers import TOFU_ABSENT
 from palu_kernels.train.data import (IGNORE_INDEX, PALUCollator, PALUDataset, QARecord, Span,
                                      encode_record, load_records)
 
 TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
 FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")
 RETAIN99 = os.path.join(TOFU, "retain99.json")
-needs_tofu = pytest.mark.skipif(not os.path.exists(FORGET01), reason="TOFU data not present")
+needs_tofu = pytest.mark.skipif(not os.path.exists(FORGET01), reason=TOFU_ABSENT)
 
 
 def word_tokenizer(words):
