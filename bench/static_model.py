@@ -248,7 +248,7 @@ _OLD_PASSES = {
     # kind 1 -> _local_row with TARGET 0, K < V, WRITE_GRAD.
     "initiating": {
         "forward": [
-            # _topk_search: `for level in range(32 // RADIX_BITS)` is 8 levels at RADIX_BITS 4,
+            # topk_search: `for level in range(32 // RADIX_BITS)` is 8 levels at RADIX_BITS 4,
             # each a whole `for start in range(0, V, BLOCK)` pass (topk.py:68) loading r only.
             # Level 0 is the row's first touch of r.
             Pass("select", reads=("r",), why="radix level 0 of 8: first read of r"),
@@ -348,7 +348,7 @@ _SCALE_NEW = Pass("scale", rereads=("grad",), l2_hit=0.0, writes=("grad",),
 _NEW_PASSES = {
     "initiating": {
         "forward": [
-            # _topk_search, KEY_BITS 16: `for p in tl.static_range(2)` = 2 histogram passes
+            # topk_search, KEY_BITS 16: `for p in tl.static_range(2)` = 2 histogram passes
             # over r (topk.py, LOOP: select). Pass 0 is the first touch of r.
             Pass("select", reads=("r",), why="selection pass 0 (high byte): first read of r"),
             # Pass 1 walks the row backwards: reuse 1 row of r on average, 0..2 uniformly.

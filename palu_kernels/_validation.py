@@ -68,7 +68,7 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x[idx // t, idx % t]
 
 
-def _shape(t) -> str:
+def shape_str(t) -> str:
     return "x".join(str(s) for s in t.shape) if t.dim() else "scalar"
 
 
@@ -115,7 +115,7 @@ def check_loss_args(
     for name, t in (("logits", logits), ("ref_logits", ref_logits)):
         check_float_tensor(name, t)
         if t.dim() not in (2, 3):
-            raise ValueError(f"{name} must have shape [B, T, V] or [N, V], got {_shape(t)}")
+            raise ValueError(f"{name} must have shape [B, T, V] or [N, V], got {shape_str(t)}")
     if ref_logits.shape != logits.shape:
         raise ValueError(
             f"ref_logits must have the shape of logits {list(logits.shape)}, "
@@ -188,7 +188,7 @@ def check_loss_args(
     r = ref_logits.detach()
     r = r if r.dim() == 3 else r.unsqueeze(0)
 
-    if (logits.device.type == "cpu" or _value_checks_on_device) and not _compiling():
+    if (logits.device.type == "cpu" or _value_checks_on_device) and not compiling():
         both = i_mask & c_mask
         if bool(both.any()):
             row = int(both.nonzero()[0, 0])
@@ -231,7 +231,7 @@ def refuse_double_backward() -> None:
         )
 
 
-def _compiling() -> bool:
+def compiling() -> bool:
     """True while torch.compile traces the call: value checks (host reads) are skipped."""
     try:
         return bool(torch.compiler.is_compiling())

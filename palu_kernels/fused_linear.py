@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validation import _shape, check_backend, check_float_tensor, check_loss_args
+from ._validation import shape_str, check_backend, check_float_tensor, check_loss_args
 from .loss import palu_local_entropy_loss
 from .masks import mean_row_weights
 
@@ -75,7 +75,7 @@ def _check_tensor(name, t, dims, optional=False):
     check_float_tensor(name, t)
     if t.dim() not in dims:
         want = {(2, 3): "[B, T, H] or [N, H]", (2,): "[V, H]", (1,): "[V]"}[tuple(dims)]
-        raise ValueError(f"{name} must have shape {want}, got {_shape(t)}")
+        raise ValueError(f"{name} must have shape {want}, got {shape_str(t)}")
     return t
 
 
@@ -136,7 +136,8 @@ def check_fused_linear_args(
         )
     for name, b in (("bias", bias), ("ref_bias", ref_bias)):
         if b is not None and b.shape[0] != vocab:
-            raise ValueError(f"{name} must have shape [{vocab}] (the vocabulary), got {_shape(b)}")
+            raise ValueError(f"{name} must have shape [{vocab}] (the vocabulary), "
+                             f"got {shape_str(b)}")
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(vocab, hidden.shape[-1], ref_hidden.shape[-1],
                                         device.type)

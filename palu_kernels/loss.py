@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import _compiling, check_backend, check_loss_args
+from ._validation import compiling, check_backend, check_loss_args
 from .torch_backend import palu_loss_torch
 
 
@@ -57,7 +57,7 @@ def palu_local_entropy_loss(
         gamma=gamma, alpha=alpha, reduction=reduction, weights=weights,
     )
     backend = check_backend(backend, logits.device, logits.dtype)
-    if _compiling():  # traced by torch.compile: one opaque custom op, no graph break
+    if compiling():  # traced by torch.compile: one opaque custom op, no graph break
         from ._op import palu_loss_compiled
 
         return palu_loss_compiled(logits, args, backend)

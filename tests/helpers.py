@@ -79,11 +79,16 @@ import os  # noqa: E402
 
 import pytest  # noqa: E402
 
+# The TOFU and MUSE tests read the task's data from ../shared, next to the repository (never
+# copied into it); where it is absent (a fresh clone elsewhere, the unpacked sdist) they skip
+# with these reasons.
+TOFU_ABSENT = "../shared is absent: no TOFU data in ../shared/data/tofu next to the repository"
+MUSE_ABSENT = ("../shared is absent: no MUSE News data in ../shared/data/muse_news next to the "
+               "repository")
 TOFU = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu"))
 FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")
 RETAIN99 = os.path.join(TOFU, "retain99.json")
-needs_tofu = pytest.mark.skipif(not os.path.exists(FORGET01),
-                                reason="TOFU data not present in ../shared/data/tofu")
+needs_tofu = pytest.mark.skipif(not os.path.exists(FORGET01), reason=TOFU_ABSENT)
 
 TINY = dict(vocab_size=300, hidden_size=32, num_layers=1, num_heads=2)  # tiny test model
 

@@ -13,7 +13,15 @@ from transformers import TrainingArguments  # noqa: E402
 
 from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset, PALUTrainer,  # noqa: E402
                                 UnlearningTrainer)
-from palu_kernels.train import baselines as bl  # noqa: E402
+from palu_kernels.train.base import BaselineConfig  # noqa: E402
+from palu_kernels.train.methods.ga import GATrainer, ga_loss  # noqa: E402
+from palu_kernels.train.methods.graddiff import graddiff_loss  # noqa: E402
+from palu_kernels.train.methods.idkdpo import (BUILTIN_REFUSALS, DEFAULT_IDK_FILE,  # noqa: E402
+                                               idkdpo_loss, load_refusals)
+from palu_kernels.train.methods.npo import NPOTrainer, npo_loss  # noqa: E402
+from palu_kernels.train.methods.sequence import sequence_logprob  # noqa: E402
+from palu_kernels.train.methods.simnpo import simnpo_loss  # noqa: E402
+from palu_kernels.train.registry import LOSSES, METHODS, method_config, trainer_class  # noqa: E402
 
 from helpers import tiny_llama, tofu_tokenizer_and_records, needs_tofu  # noqa: E402
 
@@ -30,24 +38,24 @@ NTOK = torch.tensor([2.0, 4.0, 1.0], dtype=torch.float64)
 # ----------------------------------------------------------------------------- loss formulas
 
 def test_ga_and_graddiff_losses():
-    assert float(bl.ga_loss(LOGP, NTOK)) == pytest.approx(-8.5 / 7)
-    assert float(bl.ga_loss(LOGP, NTOK, reduction="sum")) == pytest.approx(-8.5)
-    assert bl.ga_loss(LOGP, NTOK, reduction="none").tolist() == pytest.approx([-1.5, -1.25, -0.5])
-    got = bl.graddiff_loss(LOGP, NTOK, torch.tensor(1.2, dtype=torch.float64), gamma=2.0, alpha=0.5)
+    assert float(ga_loss(LOGP, NTOK)) == pytest.approx(-8.5 / 7)
+    assert float(ga_loss(LOGP, NTOK, reduction="sum")) == pytest.approx(-8.5)
+    assert ga_loss(LOGP, NTOK, reduction="none").tolist() == pytest.approx([-1.5, -1.25, -0.5])
+    got = graddiff_loss(LOGP, NTOK, torch.tensor(1.2, dtype=torch.float64), gamma=2.0, alpha=0.5)
     assert float(got) == pytest.approx(2.0 * (-8.5 / 7) + 0.5 * 1.2)
 
 
 @pytest.mark.parametrize("beta", [0.1, 1.0, 2.5])
 def test_npo_loss(beta):
     per = [-(2 / beta) * logsig(-beta * (lp - r)) for lp, r in zip(LOGP.tolist(), REF.tolist())]
-    assert bl.npo_loss(LOGP, REF, beta=beta, reduction="none").tolist() == pytest.approx(per)
-    assert float(bl.npo_loss(LOGP, REF, beta=beta)) == pytest.approx(sum(per) / 3)
-    assert float(bl.npo_loss(LOGP, REF, beta=beta, reduction="sum")) == pytest.approx(sum(per))
+    assert npo_loss(LOGP, REF, beta=beta, reduction="none").tolist() == pytest.approx(per)
+    assert float(npo_loss(LOGP, REF, beta=beta)) == pytest.approx(sum(per) / 3)
+    assert float(npo_loss(LOGP, REF, beta=beta, reduction="sum")) == pytest.approx(sum(per))
     # equal to (2/beta) log 2 where the model agrees with the reference (third sequence)
     assert per[2] == pytest.approx(2 / beta * math.log(2))
     # the gradient w.r.t. logp is 2 sigmoid(beta (logp - ref)) / B: bounded, unlike GA's
     lp = LOGP.clone().requires_grad_(True)
-    bl.npo_loss(lp, REF, beta=beta).backward()
+    npo_loss(lp, REF, beta=beta).backward()
     expected = 2 * torch.sigmoid(beta * (LOGP - REF)) / 3
     torch.testing.assert_close(lp.grad, expected)
 
@@ -56,11 +64,11 @@ def test_npo_loss(beta):
 def test_simnpo_loss(beta, delta):
     per = [-(2 / beta) * logsig(-(beta / n) * lp - delta)
            for lp, n in zip(LOGP.tolist(), NTOK.tolist())]
-    assert bl.simnpo_loss(LOGP, NTOK, beta=beta, delta=delta,
+    assert simnpo_loss(LOGP, NTOK, beta=beta, delta=delta,
                           reduction="none").tolist() == pytest.approx(per)
-    assert float(bl.simnpo_loss(LOGP, NTOK, beta=beta, delta=delta)) == pytest.approx(sum(per) / 3)
+    assert float(simnpo_loss(LOGP, NTOK, beta=beta, delta=delta)) == pytest.approx(sum(per) / 3)
     # defaults are the SimNPO TOFU ones
-    assert float(bl.simnpo_loss(LOGP, NTOK)) == pytest.approx(
+    assert float(simnpo_loss(LOGP, NTOK)) == pytest.approx(
         sum(-(2 / 4.5) * logsig(-(4.5 / n) * lp) for lp, n in zip(LOGP.tolist(), NTOK.tolist())) / 3)
 
 
@@ -71,57 +79,57 @@ def test_idkdpo_loss():
     beta = 0.1
     per = [-(2 / beta) * logsig(beta * ((w - wr) - (lp - lr)))
            for w, wr, lp, lr in zip(win.tolist(), win_ref.tolist(), lose.tolist(), lose_ref.tolist())]
-    assert bl.idkdpo_loss(win, win_ref, lose, lose_ref, reduction="none").tolist() == pytest.approx(per)
-    assert float(bl.idkdpo_loss(win, win_ref, lose, lose_ref)) == pytest.approx(sum(per) / 2)
+    assert idkdpo_loss(win, win_ref, lose, lose_ref, reduction="none").tolist() == pytest.approx(per)
+    assert float(idkdpo_loss(win, win_ref, lose, lose_ref)) == pytest.approx(sum(per) / 2)
     # without a preferred answer it is NPO: win terms equal to their reference
     z = torch.zeros(2, dtype=torch.float64)
-    torch.testing.assert_close(bl.idkdpo_loss(z, z, lose, lose_ref), bl.npo_loss(lose, lose_ref))
+    torch.testing.assert_close(idkdpo_loss(z, z, lose, lose_ref), npo_loss(lose, lose_ref))
 
 
 def test_sequence_logprob_against_hand_values():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6],
                                       [1 / 3, 1 / 3, 1 / 3]]]))
     labels = torch.tensor([[-100, 0, 2, -100]])  # row 0 predicts token 1 (0), row 1 token 2 (2)
-    logp, n = bl.sequence_logprob(logits, labels)
+    logp, n = sequence_logprob(logits, labels)
     assert logp.tolist() == pytest.approx([math.log(0.5) + math.log(0.3)], rel=1e-6)
     assert n.tolist() == [2.0]
 
 
 def test_loss_argument_errors():
     with pytest.raises(ValueError, match="beta"):
-        bl.npo_loss(LOGP, REF, beta=0.0)
+        npo_loss(LOGP, REF, beta=0.0)
     with pytest.raises(ValueError, match="beta"):
-        bl.simnpo_loss(LOGP, NTOK, beta=-1.0)
+        simnpo_loss(LOGP, NTOK, beta=-1.0)
     with pytest.raises(ValueError, match="ref_logp"):
-        bl.npo_loss(LOGP, REF[:2])
+        npo_loss(LOGP, REF[:2])
     with pytest.raises(ValueError, match="reduction"):
-        bl.npo_loss(LOGP, REF, reduction="avg")
+        npo_loss(LOGP, REF, reduction="avg")
     with pytest.raises(TypeError, match="n_tokens"):
-        bl.ga_loss(LOGP, [2, 4, 1])
+        ga_loss(LOGP, [2, 4, 1])
     with pytest.raises(ValueError, match="1-D"):
-        bl.ga_loss(LOGP[None], NTOK[None])
+        ga_loss(LOGP[None], NTOK[None])
     with pytest.raises(ValueError, match="logits"):
-        bl.sequence_logprob(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long))
+        sequence_logprob(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long))
 
 
 # ----------------------------------------------------------------------------- registry, refusals
 
 def test_registry_complete():
-    assert list(bl.METHODS) == ["palu", "ga", "graddiff", "npo", "simnpo", "idkdpo", "tpo"]
-    assert bl.METHODS["palu"] is PALUTrainer
-    for name, cls in bl.METHODS.items():
+    assert list(METHODS) == ["palu", "ga", "graddiff", "npo", "simnpo", "idkdpo", "tpo"]
+    assert METHODS["palu"] is PALUTrainer
+    for name, cls in METHODS.items():
         # every method is a sibling on the common base, none a PALUTrainer subclass but palu
         assert issubclass(cls, UnlearningTrainer)
         assert issubclass(cls, PALUTrainer) == (name == "palu")
-        assert bl.trainer_class(name) is cls
+        assert trainer_class(name) is cls
         if name != "palu":
-            assert cls.method == name and callable(bl.LOSSES[name])
-            assert cls.loss_function is bl.LOSSES[name]
+            assert cls.method == name and callable(LOSSES[name])
+            assert cls.loss_function is LOSSES[name]
             assert cls.__doc__ and "L" in cls.__doc__  # documented with its formula
     # every baseline has its loss function (tpo's on logits and its U / G row masks)
-    assert set(bl.LOSSES) == set(bl.METHODS) - {"palu"}
+    assert set(LOSSES) == set(METHODS) - {"palu"}
     with pytest.raises(ValueError, match="unknown method 'rmu'.*idkdpo"):
-        bl.trainer_class("rmu")
+        trainer_class("rmu")
 
 
 def test_method_kwargs_and_cli_options():
@@ -134,31 +142,31 @@ def test_method_kwargs_and_cli_options():
 
     add_method_arguments(p)
     args = p.parse_args(["--method", "simnpo", "--beta", "3", "--idk-file", "x.txt"])
-    assert method_kwargs(args) == {"baseline": bl.BaselineConfig(beta=3.0, idk_file="x.txt")}
+    assert method_kwargs(args) == {"baseline": BaselineConfig(beta=3.0, idk_file="x.txt")}
     assert method_kwargs(p.parse_args(["--method", "palu", "--beta", "3"])) == {}
-    assert bl.method_config("npo", beta=3.0) == bl.BaselineConfig(beta=3.0)
-    assert bl.method_config("palu", beta=3.0) is None
+    assert method_config("npo", beta=3.0) == BaselineConfig(beta=3.0)
+    assert method_config("palu", beta=3.0) is None
     with pytest.raises(ValueError, match="unknown baseline option.*'temperature'"):
-        bl.method_config("npo", temperature=2.0)
+        method_config("npo", temperature=2.0)
 
 
 def test_load_refusals(tmp_path):
     f = tmp_path / "idk.txt"
     f.write_text('I do not know.\n\n"Quoted refusal."\n{"answer": "No idea."}\n', encoding="utf-8")
-    assert bl.load_refusals(str(f)) == ["I do not know.", "Quoted refusal.", "No idea."]
+    assert load_refusals(str(f)) == ["I do not know.", "Quoted refusal.", "No idea."]
     (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
     with pytest.raises(ValueError, match="no refusal answers"):
-        bl.load_refusals(str(tmp_path / "empty.txt"))
+        load_refusals(str(tmp_path / "empty.txt"))
     (tmp_path / "bad.txt").write_text('{"question": "q"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="bad.txt:1"):
-        bl.load_refusals(str(tmp_path / "bad.txt"))
+        load_refusals(str(tmp_path / "bad.txt"))
     with pytest.raises(ValueError, match="cannot read"):
-        bl.load_refusals(str(tmp_path / "missing.txt"))
-    default = bl.load_refusals()
-    if os.path.isfile(bl.DEFAULT_IDK_FILE):
+        load_refusals(str(tmp_path / "missing.txt"))
+    default = load_refusals()
+    if os.path.isfile(DEFAULT_IDK_FILE):
         assert len(default) > 10 and all(isinstance(s, str) and s for s in default)
     else:
-        assert default == list(bl.BUILTIN_REFUSALS)
+        assert default == list(BUILTIN_REFUSALS)
 
 
 # ----------------------------------------------------------------------------- on a tiny model
@@ -177,15 +185,15 @@ def make_trainer(tmp_path, method, tok, ds, *, bs=4, ga=1, lr=0.5, ref_model=Non
         learning_rate=lr, optim="sgd", max_steps=1, lr_scheduler_type="constant",
         weight_decay=0.0, report_to="none", remove_unused_columns=False, save_strategy="no",
         use_cpu=True, logging_steps=1, disable_tqdm=True, seed=0, dataloader_pin_memory=False)
-    kw = {"baseline": bl.BaselineConfig(**hp)} if method != "palu" else {}
-    return bl.METHODS[method](model=tiny(tok), args=args, train_dataset=ds, ref_model=ref_model,
+    kw = {"baseline": BaselineConfig(**hp)} if method != "palu" else {}
+    return METHODS[method](model=tiny(tok), args=args, train_dataset=ds, ref_model=ref_model,
                               data_collator=PALUCollator(tok.pad_token_id),
                               palu=PALUConfig(k=50, backend="torch"), **kw)
 
 
 def _logp(model, ids, att, labels):
     with torch.no_grad():
-        return bl.sequence_logprob(model(input_ids=ids, attention_mask=att).logits, labels)
+        return sequence_logprob(model(input_ids=ids, attention_mask=att).logits, labels)
 
 
 @needs_tofu
@@ -205,18 +213,18 @@ def test_trainer_loss_is_the_formula(data, tmp_path, method):
     logp, n = _logp(model, *f)
     ref_logp, _ = _logp(ref, *f)
     if method in ("ga", "graddiff"):
-        forget_term = bl.ga_loss(logp, n)
+        forget_term = ga_loss(logp, n)
     elif method == "npo":
-        forget_term = bl.npo_loss(logp, ref_logp, beta=0.5)
+        forget_term = npo_loss(logp, ref_logp, beta=0.5)
     elif method == "simnpo":
-        forget_term = bl.simnpo_loss(logp, n, beta=0.5, delta=0.2)
+        forget_term = simnpo_loss(logp, n, beta=0.5, delta=0.2)
     else:
         idk = (batch["idk_input_ids"], batch["idk_attention_mask"], batch["idk_labels"])
         answers = tok.batch_decode(torch.where(idk[2] == -100, tok.pad_token_id, idk[2]),
                                    skip_special_tokens=True)
-        refusals = bl.load_refusals()
+        refusals = load_refusals()
         assert all(a.strip() in refusals for a in answers), answers
-        forget_term = bl.idkdpo_loss(_logp(model, *idk)[0], _logp(ref, *idk)[0], logp, ref_logp,
+        forget_term = idkdpo_loss(_logp(model, *idk)[0], _logp(ref, *idk)[0], logp, ref_logp,
                                      beta=0.5)
     r_logp, r_n = _logp(model, batch["retain_input_ids"], batch["retain_attention_mask"],
                         batch["retain_labels"])
@@ -245,7 +253,7 @@ def test_accumulation_matches_one_batch(data, tmp_path, method):
 
 
 @needs_tofu
-@pytest.mark.parametrize("method", list(bl.METHODS))
+@pytest.mark.parametrize("method", list(METHODS))
 def test_one_training_step_of_each_method(data, tmp_path, method):
     tok, forget, retain = data
     ds = PALUDataset(tok, forget, retain)
@@ -269,23 +277,23 @@ def test_one_training_step_of_each_method(data, tmp_path, method):
 def test_bad_config():
     tok = 64  # a vocabulary size: the checks run before the Trainer is built
     with pytest.raises(ValueError, match="gamma"):
-        bl.GATrainer(model=tiny(tok), baseline=bl.BaselineConfig(gamma=-1.0))
+        GATrainer(model=tiny(tok), baseline=BaselineConfig(gamma=-1.0))
     with pytest.raises(ValueError, match="beta"):
-        bl.NPOTrainer(model=tiny(tok), baseline=bl.BaselineConfig(beta=0.0))
+        NPOTrainer(model=tiny(tok), baseline=BaselineConfig(beta=0.0))
     with pytest.raises(TypeError, match="BaselineConfig"):
-        bl.NPOTrainer(model=tiny(tok), baseline={"beta": 1.0})
+        NPOTrainer(model=tiny(tok), baseline={"beta": 1.0})
 
 
 def test_cli_method_choices_are_the_registry(tmp_path):
     from palu_kernels.cli import unlearn as cli
 
     if cli.METHODS == ("palu",):
-        pytest.skip("palu-unlearn --method is not yet wired to baselines.METHODS")
-    assert cli.METHODS == tuple(bl.METHODS)
-    for name in bl.METHODS:
-        assert cli.trainer_class(name) is bl.METHODS[name]
+        pytest.skip("palu-unlearn --method is not yet wired to registry.METHODS")
+    assert cli.METHODS == tuple(METHODS)
+    for name in METHODS:
+        assert cli.trainer_class(name) is METHODS[name]
     args = cli.build_parser().parse_args(["--model", "m", "--forget", "f", "--output-dir", "o",
                                           "--method", "simnpo", "--beta", "3"])
     from palu_kernels.cli.options import method_kwargs
 
-    assert method_kwargs(args) == {"baseline": bl.BaselineConfig(beta=3.0, alpha=1.0)}
+    assert method_kwargs(args) == {"baseline": BaselineConfig(beta=3.0, alpha=1.0)}

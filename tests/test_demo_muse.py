@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from helpers import MUSE_ABSENT
 from palu_kernels.cli.demo import run_demo
 from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE, _SIZES, build_data
 from palu_kernels.eval.muse import load_muse
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                      "muse_news"))
-needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"{DATA} not found")
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason=MUSE_ABSENT)
 
 
 @needs_data

@@ -15,6 +15,7 @@ import random
 import pytest
 import torch
 
+from helpers import MUSE_ABSENT
 from palu_kernels.cli.eval import main
 from palu_kernels.eval.metrics import rouge_l_f1
 from palu_kernels.eval.muse import (MUSE_FILES, auc_score, knowmem_prompt, load_muse,
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                      "muse_news"))
-needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason=f"{DATA} not found")
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason=MUSE_ABSENT)
 
 
 # ---------------------------------------------------------------------------- pure math
@@ -131,7 +132,7 @@ def _tiny(path, seed):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     if not os.path.isdir(DATA):
-        pytest.skip(f"{DATA} not found")
+        pytest.skip(MUSE_ABSENT)
     root = tmp_path_factory.mktemp("muse")
     out = {}
     for name, seed in (("model", 0), ("retain", 1)):

@@ -127,12 +127,12 @@ def test_trainer_step_backward_allocates_no_n_by_v_tensor(tmp_path, monkeypatch)
     pytest.importorskip("transformers")
     from transformers import TrainingArguments
 
-    from helpers import needs_tofu, tiny_llama, tofu_tokenizer_and_records  # noqa: F401
+    from helpers import TOFU_ABSENT, tiny_llama, tofu_tokenizer_and_records
     from palu_kernels.train import PALUCollator, PALUConfig, PALUDataset, PALUTrainer
 
     if not os.path.exists(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                        "tofu", "forget01_spans.jsonl")):
-        pytest.skip("TOFU data not present in ../shared/data/tofu")
+        pytest.skip(TOFU_ABSENT)
     tok, forget, _ = tofu_tokenizer_and_records(4, 0)
     ds = PALUDataset(tok, forget, None, first_n=3)
     model = tiny_llama(tok)
@@ -184,8 +184,8 @@ def test_strided_3d_logits_go_in_without_a_copy(backend):
     zg = z.detach().requires_grad_(True)
     a = check_loss_args(zg, r, i, c, k=4, target="mean", kl="reverse", gamma=1.0, alpha=1.0,
                         reduction="mean")
-    for view, given in ((a.logits, zg), (a.ref_logits, r)):
-        assert view.data_ptr() == given.data_ptr() and view.stride() == given.stride()
+    for view, source in ((a.logits, zg), (a.ref_logits, r)):
+        assert view.data_ptr() == source.data_ptr() and view.stride() == source.stride()
     with BigAllocations(z.numel()) as mode:
         loss = pk.palu_local_entropy_loss(zg, r, i, c, k=4, backend=backend)
     if backend == "torch":

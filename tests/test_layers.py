@@ -119,11 +119,3 @@ def test_only_cli_parses_argv():
             offenders.append(name)
     assert not offenders, f"argv parsed outside palu_kernels.cli: {offenders}"
 
-
-def test_layer_graph_is_what_the_architecture_says():
-    """Prints the layer graph (``pytest -s``); every arrow points down."""
-    arrows = {(layer(a), layer(b)) for a, t in graph().items() for b in t
-              if layer(a) != layer(b) and (a, b) not in ALLOWED_UPWARD}
-    for a, b in sorted(arrows, key=lambda e: (RANK[e[0]], RANK[e[1]])):
-        print(f"{a} -> {b}")
-    assert all(RANK[b] < RANK[a] for a, b in arrows)

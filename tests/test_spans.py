@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from helpers import TOFU_ABSENT
 from palu_kernels.spans import (SpanOptions, TextSpanner, find_spans, read_span_inputs,
                                 score_records, spacy_available, token_llr, write_span_records)
 from palu_kernels.train.data import (QARecord, Span, chunk_passages, encode_record, load_forget,
@@ -15,10 +16,10 @@ from palu_kernels.train.data import (QARecord, Span, chunk_passages, encode_reco
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TOFU = os.path.join("..", "shared", "data", "tofu")
+TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
 F05 = os.path.join(TOFU, "forget05_spans.jsonl")
 F01 = os.path.join(TOFU, "forget01_spans.jsonl")
-needs_tofu = pytest.mark.skipif(not os.path.isfile(F05), reason="../shared TOFU data missing")
+needs_tofu = pytest.mark.skipif(not os.path.isfile(F05), reason=TOFU_ABSENT)
 
 
 def _valid(record):

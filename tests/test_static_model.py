@@ -19,7 +19,7 @@ def _sass_profile():
 
     path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tools", "sass_profile.py")
     if not os.path.exists(path):
-        pytest.skip("../shared/tools/sass_profile.py is not here")
+        pytest.skip("../shared is absent: no ../shared/tools/sass_profile.py next to the repo")
     spec = importlib.util.spec_from_file_location("sass_profile", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TOFU_ABSENT
 from palu_kernels.cli.synth import main
 from palu_kernels.demo.synth import NO_INFO_TEMPLATES, TEMPLATES, generate_benchmark
 
@@ -122,7 +123,7 @@ def test_layout_and_field_names(bench):
         assert row["answer"] in options and len(set(options)) == 4
 
 
-@pytest.mark.skipif(not TOFU.is_dir(), reason="TOFU data not checked out next to the repo")
+@pytest.mark.skipif(not TOFU.is_dir(), reason=TOFU_ABSENT)
 def test_field_names_match_real_tofu(bench):
     for key, real_name in REAL_COUNTERPART.items():
         real = rows(TOFU / real_name)

@@ -6,13 +6,14 @@ import os
 import pytest
 import torch
 
+from helpers import TOFU_ABSENT
 from palu_kernels.train.data import (IGNORE_INDEX, PALUCollator, PALUDataset, QARecord, Span,
                                      encode_record, load_records)
 
 TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
 FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")
 RETAIN99 = os.path.join(TOFU, "retain99.json")
-needs_tofu = pytest.mark.skipif(not os.path.exists(FORGET01), reason="TOFU data not present")
+needs_tofu = pytest.mark.skipif(not os.path.exists(FORGET01), reason=TOFU_ABSENT)
 
 
 def word_tokenizer(words):
@@ -81,14 +82,14 @@ def test_masks_on_all_forget01_records():
         for first_n in (1, 3):
             e = encode_record(tok, rec, first_n=first_n)
             ids, labels, sens = e["input_ids"], e["labels"], e["sensitive"]
-            I, C = e["initiating_mask"], e["common_mask"]
+            init, common = e["initiating_mask"], e["common_mask"]
             answer = labels != IGNORE_INDEX
             assert ids[-1] == tok.eos_token_id and answer[-1] and not sens[-1]
-            assert not (I & C).any()
+            assert not (init & common).any()
             shift = lambda m: torch.cat([m[1:], torch.tensor([False])])  # noqa: E731
             srows, arows = shift(sens), shift(answer)
-            assert torch.equal(C | srows, arows) and not (C & srows).any()
-            assert not (I & ~srows).any()
+            assert torch.equal(common | srows, arows) and not (common & srows).any()
+            assert not (init & ~srows).any()
             # every run of sensitive rows starts with min(first_n, run length) initiating rows
             srows = srows.tolist()
             t = 0
@@ -97,10 +98,10 @@ def test_masks_on_all_forget01_records():
                     end = t
                     while end < len(srows) and srows[end]:
                         end += 1
-                    assert I[t:end].tolist() == [i < first_n for i in range(end - t)]
+                    assert init[t:end].tolist() == [i < first_n for i in range(end - t)]
                     t = end
                 else:
-                    assert not I[t]
+                    assert not init[t]
                     t += 1
         # each span's characters are covered by sensitive tokens, each of which overlaps a span
         n_prompt = int((labels == IGNORE_INDEX).sum())

@@ -19,7 +19,7 @@ from palu_kernels.tiny import (build_tiny_llama)
 from palu_kernels.cli import unlearn as cli  # noqa: E402
 from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset,  # noqa: E402
                                 PALUTrainer)
-from palu_kernels.train.trainer import FusedLinearError  # noqa: E402
+from palu_kernels.train.heads import FusedLinearError  # noqa: E402
 
 from helpers import (tofu_tokenizer_and_records, needs_tofu,
                      write_tofu_subset)  # noqa: E402
@@ -176,7 +176,7 @@ class ScaledHead(torch.nn.Linear):
 
 
 def test_unsupported_models_and_methods(data, tmp_path):
-    from palu_kernels.train.baselines import NPOTrainer
+    from palu_kernels.train.methods.npo import NPOTrainer
 
     tok = data["tok"]
     model = tiny(tok)

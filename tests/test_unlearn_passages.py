@@ -8,12 +8,14 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from helpers import MUSE_ABSENT  # noqa: E402
 from palu_kernels.cli import unlearn as cli  # noqa: E402
 from palu_kernels.cli.spans import main as spans_main  # noqa: E402
 from palu_kernels.tiny import save_tiny_model  # noqa: E402
 
-MUSE = os.path.join("..", "shared", "data", "muse_news", "raw", "forget.json")
-pytestmark = [pytest.mark.skipif(not os.path.isfile(MUSE), reason="MUSE News data missing"),
+MUSE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "muse_news", "raw",
+                    "forget.json")
+pytestmark = [pytest.mark.skipif(not os.path.isfile(MUSE), reason=MUSE_ABSENT),
               pytest.mark.usefixtures("one_thread")]
 
 

@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "between experiments to reuse the fine-tuned models")
     p.add_argument("--seeds", type=_seeds, default=None,
                    help="comma-separated seeds (default: 0,1,2; --quick: 0)")
-    p.add_argument("--quick", action="store_true", help="the CI size (well under a minute)")
+    p.add_argument("--quick", action="store_true",
+                   help="the CI size: 10 synthetic people, one seed, fewer epochs (a few minutes "
+                        "on 2 CPU cores)")
     p.add_argument("--data-dir", default=None,
                    help="TOFU-layout directory with <forget split>_spans.jsonl (default: the "
                         "synthetic benchmark, generated per seed)")

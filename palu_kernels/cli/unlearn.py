@@ -26,7 +26,7 @@ import math
 import sys
 
 from ..train.job import (SPAN_SOURCES, DataSpec, MethodSpec, ModelSpec, OutputSpec,
-                         TrainingOptions, UnlearningJob, check_job, run_unlearning)
+                         TrainingOptions, UnlearningJob, run_unlearning)
 from ._errors import DEBUG_HELP, run_cli
 from ..train.registry import METHODS as _REGISTRY
 from ..train.registry import method_defaults, trainer_class  # noqa: F401
@@ -177,12 +177,6 @@ def job_from_args(args) -> UnlearningJob:
         output=OutputSpec(output_dir=args.output_dir, save_steps=args.save_steps,
                           save_total_limit=args.save_total_limit, resume=args.resume,
                           overwrite=args.overwrite))
-
-
-def check_paths(args) -> tuple[str, str | None]:
-    """Validate model/output paths; returns ``(model_dir, gguf_file_or_None)``."""
-    source = check_job(job_from_args(args))
-    return source.directory, source.gguf_file
 
 
 def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:

@@ -51,8 +51,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
-from ..eval.muse import MUSE_FILES, evaluate_muse, knowmem_prompt, load_muse, write_text_atomic
+from ..eval.muse import MUSE_FILES, evaluate_muse, knowmem_prompt, load_muse
 from ..eval.table import format_number, format_table
+from ..outputs import atomic_write_text
 
 __all__ = ["MUSE_CHAT_TEMPLATE", "MuseDemoConfig", "build_data", "run_muse_demo"]
 
@@ -136,7 +137,7 @@ def build_data(data_dir: str, sizes: dict, out_dir: str) -> dict:
     }
     muse_dir = os.path.join(out_dir, "data", "muse")
     for key, rel in MUSE_FILES.items():
-        write_text_atomic(os.path.join(muse_dir, rel), json.dumps(files[key], ensure_ascii=False,
+        atomic_write_text(os.path.join(muse_dir, rel), json.dumps(files[key], ensure_ascii=False,
                                                               indent=1))
     # (prompt, text) records: a passage has no prompt, a fact has MUSE's KnowMem prompt
     forget = [("", p) for p in forget_passages] + [(knowmem_prompt(r["question"], icl_f),
@@ -144,7 +145,7 @@ def build_data(data_dir: str, sizes: dict, out_dir: str) -> dict:
     retain = [("", p) for p in retain_passages] + [(knowmem_prompt(r["question"], icl_r),
                                                     r["answer"]) for r in kr]
     retain_path = os.path.join(out_dir, "data", "retain.jsonl")
-    write_text_atomic(retain_path, "".join(json.dumps({"question": q, "answer": a},
+    atomic_write_text(retain_path, "".join(json.dumps({"question": q, "answer": a},
                                                       ensure_ascii=False) + "\n"
                                            for q, a in retain))
     return {"muse_dir": muse_dir, "forget": forget, "retain": retain,
@@ -230,7 +231,7 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
     n_chars = sum(len(a) for _, a in data["forget"])
     marked = sum(s["end"] - s["start"] for sp in spans for s in sp)
     forget_path = os.path.join(sdir, "forget_spans.jsonl")
-    write_text_atomic(forget_path, "".join(
+    atomic_write_text(forget_path, "".join(
         json.dumps({"question": q, "answer": a, "target_words": sp}, ensure_ascii=False) + "\n"
         for (q, a), sp in zip(data["forget"], spans)))
     span_info = {"source": source, "threshold": threshold,
@@ -325,7 +326,10 @@ def run_muse_demo(cfg: MuseDemoConfig) -> dict:
     progress = not cfg.no_progress
     t_start = time.time()
     out = os.path.abspath(cfg.out)
-    log = (lambda msg: print(msg, flush=True))
+
+    def log(msg):
+        print(msg, flush=True)
+
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     verbosity = hf_logging.get_verbosity()
@@ -367,8 +371,8 @@ def run_muse_demo(cfg: MuseDemoConfig) -> dict:
              "json": os.path.join(out, "muse_demo.json")}
     result = {"config": {**asdict(cfg), "sizes": sizes, "methods": methods},
               "per_seed": per_seed, "table": table, "paths": paths, "seconds": seconds}
-    write_text_atomic(paths["markdown"], md)
-    write_text_atomic(paths["json"], json.dumps(result, indent=1, default=str))
+    atomic_write_text(paths["markdown"], md)
+    atomic_write_text(paths["json"], json.dumps(result, indent=1, default=str))
     print()
     print(md)
     return result

@@ -244,7 +244,9 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
     t_start = time.time()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
-    log = (lambda msg: print(msg, flush=True))
+
+    def log(msg):
+        print(msg, flush=True)
 
     # 1.-3. data, models, fine-tuning; the retain model's evaluation ------------------------
     if source is None:

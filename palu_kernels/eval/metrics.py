@@ -268,14 +268,14 @@ class TokenScores:
         return extraction_strength(self.correct)
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
     try:
         return next(model.parameters()).device
     except (StopIteration, AttributeError):
         return torch.device("cpu")
 
 
-def _logits_of(output):
+def logits_of(output):
     return output.logits if hasattr(output, "logits") else output[0]
 
 
@@ -313,7 +313,7 @@ def sequence_token_scores(logits: torch.Tensor, input_ids: torch.Tensor,
     return out
 
 
-def _progress(iterable, desc, total, enabled):
+def progress_iter(iterable, desc, total, enabled):
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -321,12 +321,12 @@ def _progress(iterable, desc, total, enabled):
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
-def _batches(order: List[int], batch_size: int):
+def index_batches(order: List[int], batch_size: int):
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size]
 
 
-def _check_batch_size(batch_size) -> None:
+def check_batch_size(batch_size) -> None:
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
 
@@ -342,14 +342,14 @@ def score_answers(model, pairs: Sequence[Tuple[Sequence[int], Sequence[int]]], *
     ``model(input_ids=..., attention_mask=...)`` must return an object with ``.logits``
     (any Hugging Face causal LM does).
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     _check_pairs(pairs)
-    device = _model_device(model)
+    device = model_device(model)
     lengths = [len(p) + len(a) for p, a in pairs]
     order = sorted(range(len(pairs)), key=lambda i: (-lengths[i], i))
     results: List[Optional[TokenScores]] = [None] * len(pairs)
     n_batches = (len(order) + batch_size - 1) // batch_size
-    for idx in _progress(_batches(order, batch_size), desc, n_batches, progress):
+    for idx in progress_iter(index_batches(order, batch_size), desc, n_batches, progress):
         width = max(lengths[i] for i in idx)
         ids = torch.full((len(idx), width), int(pad_token_id), dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -358,7 +358,7 @@ def score_answers(model, pairs: Sequence[Tuple[Sequence[int], Sequence[int]]], *
             ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, :len(seq)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits = _logits_of(model(input_ids=ids, attention_mask=mask))
+        logits = logits_of(model(input_ids=ids, attention_mask=mask))
         scores = sequence_token_scores(logits, ids, [len(pairs[i][0]) for i in idx],
                                        [len(pairs[i][1]) for i in idx])
         for i, s in zip(idx, scores):
@@ -378,7 +378,7 @@ def generate_greedy(model, prompts: Sequence[Sequence[int]], *, pad_token_id: in
     """
     from transformers import GenerationConfig
 
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: expected a positive integer, got {max_new_tokens!r}")
     for i, p in enumerate(prompts):
@@ -390,11 +390,11 @@ def generate_greedy(model, prompts: Sequence[Sequence[int]], *, pad_token_id: in
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                               pad_token_id=int(pad_token_id),
                               eos_token_id=eos_ids if eos_ids else None)
-    device = _model_device(model)
+    device = model_device(model)
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
     results: List[Optional[List[int]]] = [None] * len(prompts)
     n_batches = (len(order) + batch_size - 1) // batch_size
-    for idx in _progress(_batches(order, batch_size), desc, n_batches, progress):
+    for idx in progress_iter(index_batches(order, batch_size), desc, n_batches, progress):
         width = max(len(prompts[i]) for i in idx)
         ids = torch.full((len(idx), width), int(pad_token_id), dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)

@@ -60,8 +60,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .metrics import _batches, _check_batch_size, _logits_of, _model_device, _progress
-from .metrics import generate_greedy, rouge_l_f1
+from .metrics import (check_batch_size, generate_greedy, index_batches, logits_of, model_device,
+                      progress_iter, rouge_l_f1)
 from ..outputs import atomic_write_text
 from .table import format_number, format_table
 
@@ -69,7 +69,7 @@ __all__ = ["KNOWMEM_MAX_NEW_TOKENS", "MIN_K_FRACTION", "MUSE_FILES", "MuseData",
            "VERBMEM_MAX_NEW_TOKENS", "auc_score", "evaluate_muse", "knowmem_prompt",
            "load_muse", "min_k_score", "muse_summary_markdown", "passage_log_probs",
            "priv_leak", "read_muse_result", "truncate_answer", "utility_preservation",
-           "write_muse_result", "write_text_atomic"]
+           "write_muse_result"]
 
 MIN_K_FRACTION = 0.4
 VERBMEM_MAX_NEW_TOKENS = 128
@@ -252,16 +252,16 @@ def passage_log_probs(model, sequences: Sequence[Sequence[int]], *, pad_token_id
                       progress: bool = True) -> List[List[float]]:
     """Per sequence, ``log p(x_t | x_<t)`` of tokens ``1 .. len - 1`` (fp32; right padding,
     masked; results in input order)."""
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     for i, s in enumerate(sequences):
         if len(s) < 2:
             raise ValueError(f"sequences[{i}]: expected at least 2 tokens (one to score), "
                              f"got {len(s)}")
-    device = _model_device(model)
+    device = model_device(model)
     order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i]), i))
     out: List[Optional[List[float]]] = [None] * len(sequences)
     n_batches = (len(order) + batch_size - 1) // batch_size
-    for idx in _progress(_batches(order, batch_size), desc, n_batches, progress):
+    for idx in progress_iter(index_batches(order, batch_size), desc, n_batches, progress):
         width = max(len(sequences[i]) for i in idx)
         ids = torch.full((len(idx), width), int(pad_token_id), dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -269,7 +269,7 @@ def passage_log_probs(model, sequences: Sequence[Sequence[int]], *, pad_token_id
             ids[row, :len(sequences[i])] = torch.tensor(list(sequences[i]), dtype=torch.long)
             mask[row, :len(sequences[i])] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits = _logits_of(model(input_ids=ids, attention_mask=mask))
+        logits = logits_of(model(input_ids=ids, attention_mask=mask))
         for row, i in enumerate(idx):
             n = len(sequences[i])
             z = logits[row, :n - 1].float()
@@ -535,16 +535,11 @@ def muse_summary_markdown(result: dict, title: str = "MUSE evaluation") -> str:
     return "\n".join(lines) + "\n"
 
 
-write_text_atomic = atomic_write_text
-"""Write a file through a temporary sibling, fsync and ``os.replace``
-(:func:`palu_kernels.outputs.atomic_write_text`)."""
-
-
 def write_muse_result(result: dict, output_dir: str, title: str = "MUSE evaluation"
                       ) -> Tuple[str, str]:
     """Write ``eval.json`` and ``eval.md`` into ``output_dir`` (each atomically)."""
     json_path = os.path.join(output_dir, "eval.json")
     md_path = os.path.join(output_dir, "eval.md")
-    write_text_atomic(json_path, json.dumps(result, indent=1, ensure_ascii=False))
-    write_text_atomic(md_path, muse_summary_markdown(result, title=title))
+    atomic_write_text(json_path, json.dumps(result, indent=1, ensure_ascii=False))
+    atomic_write_text(md_path, muse_summary_markdown(result, title=title))
     return json_path, md_path

@@ -20,16 +20,16 @@ PALU_BASE = RunSpec(method="palu", lr=1e-3, epochs=10, k=10, first_n=3, gamma=2.
 """The PALU run every ablation varies one option of (the demo's defaults)."""
 TRACE_EVERY = 10
 
-_AGG_COLS = [("fq_median", "FQ median"), ("fq_min", "FQ min"), ("fq_max", "FQ max"),
-             ("mu_mean", "MU mean"), ("mu_std", "MU std"),
-             ("forget_prob_mean", "forget prob."), ("n_seeds", "seeds")]
+AGG_COLUMNS = [("fq_median", "FQ median"), ("fq_min", "FQ min"), ("fq_max", "FQ max"),
+               ("mu_mean", "MU mean"), ("mu_std", "MU std"),
+               ("forget_prob_mean", "forget prob."), ("n_seeds", "seeds")]
 
 
-def _quick(h: Harness, spec: RunSpec) -> RunSpec:
+def quick_spec(h: Harness, spec: RunSpec) -> RunSpec:
     return replace(spec, epochs=3) if h.quick else spec
 
 
-def _refs(rows) -> str:
+def references_note(rows) -> str:
     import statistics as st
 
     mu = st.fmean(r["retain_mu"] for r in rows)
@@ -42,7 +42,7 @@ def _refs(rows) -> str:
             "range over seeds); MU: TOFU Model Utility (mean and std over seeds).")
 
 
-def _curve_plot(agg, key, xlabel, path, rows, log_x=False, labels=None):
+def curve_plot(agg, key, xlabel, path, rows, log_x=False, labels=None):
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     xs = list(range(len(agg))) if labels else [a[key] for a in agg]
@@ -78,7 +78,7 @@ def k_experiment(h: Harness) -> Report:
     """PALU over K in 1 .. V (K = V: the whole vocabulary), N and the rest fixed."""
     vocab = h.setup(h.seeds[0]).vocab_size
     ks = [1, vocab] if h.quick else [1, 3, 10, 30, 100, 300, vocab]
-    items = [(replace(_quick(h, PALU_BASE), k=None if k == vocab else k,
+    items = [(replace(quick_spec(h, PALU_BASE), k=None if k == vocab else k,
                       trace_every=TRACE_EVERY), seed, {"k": k})
              for k in ks for seed in h.seeds]
     rows = h.run_many(items, desc="k")
@@ -144,15 +144,16 @@ def k_experiment(h: Harness) -> Report:
                         "final_p": tr[-1]["forget_probability"]})
     return Report(
         title=f"PALU: K from 1 to V = {vocab}", rows=rows,
-        tables=[("Over seeds", [("k", "K"), ("k_fraction", "K / V")] + _AGG_COLS, agg),
+        tables=[("Over seeds", [("k", "K"), ("k_fraction", "K / V")] + AGG_COLUMNS, agg),
                 (f"Forget probability during training (seed {h.seeds[0]})",
                  [("k", "K"), ("min_p", "lowest"), ("min_step", "at step"),
                   ("final_p", "final")], dyn)],
-        plot=plot, notes=_refs(rows) + f"\n\nRun: {_describe(items[0][0])}; K = V is the whole "
-                                       "vocabulary (`--k all`).")
+        plot=plot,
+        notes=references_note(rows) + f"\n\nRun: {describe_spec(items[0][0])}; K = V is the "
+              "whole vocabulary (`--k all`).")
 
 
-def _describe(spec: RunSpec) -> str:
+def describe_spec(spec: RunSpec) -> str:
     return (f"lr {spec.lr}, {spec.epochs} epochs, batch {spec.batch_size}, gamma {spec.gamma}, "
             f"alpha {spec.alpha}, N {spec.first_n or 'all'}, K {spec.k or 'all'}, "
             f"target {spec.target}, KL {spec.kl}")
@@ -162,17 +163,18 @@ def _knob(h: Harness, field: str, values, key: str, header: str, axis: str, titl
           note: str) -> Report:
     """PALU (the ablations' base run) with ``field`` set to each of ``values`` over the
     seeds: the rows, their seed aggregate by ``key`` and a curve plot."""
-    items = [(replace(_quick(h, PALU_BASE), **{field: v}), seed, {key: label})
+    items = [(replace(quick_spec(h, PALU_BASE), **{field: v}), seed, {key: label})
              for v, label in values for seed in h.seeds]
     rows = h.run_many(items, desc=key)
     agg = aggregate(rows, [key])
 
     def plot(path):
-        _curve_plot(agg, key, axis, path, rows, labels=[str(a[key]) for a in agg])
+        curve_plot(agg, key, axis, path, rows, labels=[str(a[key]) for a in agg])
 
     return Report(title=title, rows=rows,
-                  tables=[("Over seeds", [(key, header)] + _AGG_COLS, agg)],
-                  plot=plot, notes=_refs(rows) + f"\n\nRun: {_describe(items[0][0])} ({note}).")
+                  tables=[("Over seeds", [(key, header)] + AGG_COLUMNS, agg)],
+                  plot=plot,
+                  notes=references_note(rows) + f"\n\nRun: {describe_spec(items[0][0])} ({note}).")
 
 
 def n_experiment(h: Harness) -> Report:

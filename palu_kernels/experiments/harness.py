@@ -51,7 +51,7 @@ from ..eval.table import format_number, format_table
 from ..outputs import atomic_write_text
 
 __all__ = ["CHAT_TEMPLATE", "ExperimentConfig", "Harness", "Report", "RunSpec", "Setup",
-           "aggregate", "atomic_write", "config_hash", "with_synth", "write_report"]
+           "aggregate", "config_hash", "with_synth", "write_report"]
 
 HARNESS_VERSION = 1  # part of every hash: bump when a cached result's meaning changes
 
@@ -182,11 +182,6 @@ def _file_sha(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-atomic_write = atomic_write_text
-"""Write a file through a temporary sibling, fsync and ``os.replace``
-(:func:`palu_kernels.outputs.atomic_write_text`)."""
-
-
 # ------------------------------------------------------------------------------ setups
 
 
@@ -311,7 +306,7 @@ def write_report(report: Report, out: str, command: str = "") -> dict:
         w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
     paths = {"csv": os.path.join(out, "results.csv"), "md": os.path.join(out, "results.md"),
              "png": None}
-    atomic_write(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["csv"], buf.getvalue())
     if report.plot is not None:
         import matplotlib
 
@@ -332,7 +327,7 @@ def write_report(report: Report, out: str, command: str = "") -> dict:
         md += [report.notes.strip(), ""]
     if paths["png"]:
         md += [f"![{report.title}]({report.png})", ""]
-    atomic_write(paths["md"], "\n".join(md))
+    atomic_write_text(paths["md"], "\n".join(md))
     return paths
 
 
@@ -460,8 +455,8 @@ class Harness:
         else:
             with self._threads():
                 s = self._build_setup(conf, key, d)
-            atomic_write(path, json.dumps({"config": conf, "setup": asdict(s)}, indent=1,
-                                          default=str))
+            atomic_write_text(path, json.dumps({"config": conf, "setup": asdict(s)}, indent=1,
+                                               default=str))
         self._setups[key] = s
         return s
 
@@ -570,8 +565,8 @@ class Harness:
         setup = self.setup(seed, dict(spec.synth))
         with self._threads():
             res = self._run(spec, seed, setup, key)
-        atomic_write(os.path.join(self.out, "runs", f"{key}.json"),
-                     json.dumps(res, indent=1, default=str))
+        atomic_write_text(os.path.join(self.out, "runs", f"{key}.json"),
+                          json.dumps(res, indent=1, default=str))
         return res
 
     def _run(self, spec: RunSpec, seed: int, setup: Setup, key: str) -> dict:

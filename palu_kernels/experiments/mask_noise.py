@@ -24,7 +24,8 @@ from dataclasses import replace
 
 from ..jsonio import read_json_objects
 from .ablations import PALU_BASE
-from .harness import Harness, Report, aggregate, atomic_write
+from ..outputs import atomic_write_text
+from .harness import Harness, Report, aggregate
 from .noise import NOISE_KINDS, degrade, span_count
 from .plots import fq_floor, pyplot
 from .probing import extras_spec
@@ -55,7 +56,7 @@ def _noisy_file(h: Harness, setup, kind: str, level, seed: int):
     char_recall = len(true_c & got_c) / len(true_c) if true_c else 1.0
     char_precision = len(true_c & got_c) / len(got_c) if got_c else float("nan")
     path = os.path.join(h.out, "noise", f"{setup.key}-{kind}-{level}-{seed}.jsonl")
-    atomic_write(path, "".join(json.dumps(r) + "\n" for r in noisy))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in noisy))
     assert span_count(noisy) == len(got)
     return path, {"recall": recall, "precision": precision, "char_recall": char_recall,
                   "char_precision": char_precision}

@@ -17,7 +17,8 @@ import os
 import statistics as st
 from typing import Dict, List, Optional, Sequence
 
-from .harness import Harness, RunSpec, Setup, atomic_write, config_hash, with_synth
+from ..outputs import atomic_write_text
+from .harness import Harness, RunSpec, Setup, config_hash, with_synth
 from .probes import score_probes
 
 __all__ = ["EXTRAS", "PROBE_VERSION", "ProbeHarness", "extras_spec", "facts_of",
@@ -83,7 +84,7 @@ class ProbeHarness(Harness):
         model, tok = load_eval_model(setup.finetuned_dir)
         scores = _score(model, tok, facts_of(setup))
         del model
-        atomic_write(path, json.dumps(scores, indent=1))
+        atomic_write_text(path, json.dumps(scores, indent=1))
         return scores
 
     def probe_rows(self, rows: List[dict]):

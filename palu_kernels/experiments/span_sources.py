@@ -20,7 +20,7 @@ from dataclasses import replace
 from ..spans import SpanOptions, find_spans, read_span_inputs, score_records, write_span_records
 from ..spans.text import words_of
 from ..train.data import Span
-from .ablations import PALU_BASE, _AGG_COLS, _describe, _quick, _refs
+from .ablations import AGG_COLUMNS, PALU_BASE, describe_spec, quick_spec, references_note
 from .harness import Harness, Report, aggregate
 
 __all__ = ["SOURCES", "random_spans", "spans_experiment"]
@@ -76,7 +76,7 @@ def span_files(h: Harness, seed: int) -> dict:
 
 def spans_experiment(h: Harness) -> Report:
     """PALU with annotated, ``text``, ``contrast`` and random spans, over seeds."""
-    base = _quick(h, PALU_BASE)
+    base = quick_spec(h, PALU_BASE)
     items, scores = [], {}
     for seed in h.seeds:
         paths, sc = span_files(h, seed)
@@ -93,15 +93,15 @@ def spans_experiment(h: Harness) -> Report:
             a[key] = sum(getattr(x, key) for x in sc) / len(sc)
 
     def plot(path):
-        from .ablations import _curve_plot
+        from .ablations import curve_plot
 
-        _curve_plot(agg, "spans", "span source", path, rows, labels=[a["spans"] for a in agg])
+        curve_plot(agg, "spans", "span source", path, rows, labels=[a["spans"] for a in agg])
 
     return Report(
         title="PALU: where the sensitive spans come from", rows=rows,
         tables=[("Over seeds", [("spans", "spans"), ("precision", "P"), ("recall", "R"),
-                                ("f1", "F1"), ("n_spans", "span chars")] + _AGG_COLS, agg)],
+                                ("f1", "F1"), ("n_spans", "span chars")] + AGG_COLUMNS, agg)],
         plot=plot,
-        notes=_refs(rows) + f"\n\nRun: {_describe(base)} (only the forget file's spans vary). "
-                            "P / R / F1: character level against the annotated spans (mean "
-                            "over seeds); span chars: sensitive characters per forget set.")
+        notes=references_note(rows) + f"\n\nRun: {describe_spec(base)} (only the forget file's "
+              "spans vary). P / R / F1: character level against the annotated spans (mean "
+              "over seeds); span chars: sensitive characters per forget set.")

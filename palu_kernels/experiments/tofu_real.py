@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics as st
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 

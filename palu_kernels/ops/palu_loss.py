@@ -56,12 +56,12 @@ from .._validation import PALUArgs, refuse_double_backward
 from ..masks import mean_row_weights
 from .topk import (
     KERNEL_DTYPES,
-    _topk_search,
     check_kernel_device,
     default_select_block,
     device_guard,
     interpreting,
     key_bits,
+    topk_search,
 )
 
 # TARGET constexpr codes
@@ -289,7 +289,7 @@ def _palu_fwd_kernel(
             thr = 0.0
             j_last = V
         else:
-            thr, _ties, j_last = _topk_search(r_row, 1, V, K, BLOCK_SEL, KEY_BITS, NUM_STAGES)
+            thr, _ties, j_last = topk_search(r_row, 1, V, K, BLOCK_SEL, KEY_BITS, NUM_STAGES)
 
         # Pass A: c = sum_V z / V ("mean", "mean_detached") or sum_S z / K ("topk_mean"); for
         # "mean" also sum_S z, for s = sum_S (z_j - c) = sum_S z - K c (gradient through c).

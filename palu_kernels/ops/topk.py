@@ -98,7 +98,7 @@ def _digit_bins(x, valid, prefix, shift, FIRST: tl.constexpr, MASKED: tl.constex
 
 
 @triton.jit
-def _topk_search(
+def topk_search(
     r_row,  # pointer to r[row, 0] of one reference row (fp32 / bf16 / fp16)
     stride_v,  # element stride between vocabulary entries of the row
     V,  # vocabulary size (row length)
@@ -180,8 +180,8 @@ def _topk_threshold_kernel(
     NUM_STAGES: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    thr, ties, _ = _topk_search(r_ptr + row * stride_rn, stride_rv, V, K, BLOCK, KEY_BITS,
-                                NUM_STAGES)
+    thr, ties, _ = topk_search(r_ptr + row * stride_rn, stride_rv, V, K, BLOCK, KEY_BITS,
+                               NUM_STAGES)
     tl.store(thr_ptr + row, thr.to(thr_ptr.dtype.element_ty))
     tl.store(ties_ptr + row, ties.to(tl.int64))
 

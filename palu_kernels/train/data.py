@@ -527,7 +527,7 @@ class PALUDataset(torch.utils.data.Dataset):
         return item
 
 
-def _pad(seqs: list[torch.Tensor], value) -> torch.Tensor:
+def pad_sequences(seqs: list[torch.Tensor], value) -> torch.Tensor:
     n = max(s.shape[0] for s in seqs)
     out = torch.full((len(seqs), n), value, dtype=seqs[0].dtype)
     for i, s in enumerate(seqs):
@@ -555,10 +555,12 @@ class PALUCollator:
             if part not in items[0]:
                 continue
             encs = [it[part] for it in items]
-            out[f"{part}_input_ids"] = _pad([e["input_ids"] for e in encs], self.pad_token_id)
-            out[f"{part}_attention_mask"] = _pad([e["attention_mask"] for e in encs], 0)
-            out[f"{part}_labels"] = _pad([e["labels"] for e in encs], IGNORE_INDEX)
+            out[f"{part}_input_ids"] = pad_sequences([e["input_ids"] for e in encs],
+                                                     self.pad_token_id)
+            out[f"{part}_attention_mask"] = pad_sequences([e["attention_mask"] for e in encs], 0)
+            out[f"{part}_labels"] = pad_sequences([e["labels"] for e in encs], IGNORE_INDEX)
             if part == "forget":
-                out["forget_initiating_mask"] = _pad([e["initiating_mask"] for e in encs], False)
-                out["forget_common_mask"] = _pad([e["common_mask"] for e in encs], False)
+                out["forget_initiating_mask"] = pad_sequences(
+                    [e["initiating_mask"] for e in encs], False)
+                out["forget_common_mask"] = pad_sequences([e["common_mask"] for e in encs], False)
         return out

@@ -31,12 +31,13 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
     import torch
     from tqdm.auto import tqdm
 
-    from .data import IGNORE_INDEX, QARecord, _pad, encode_record
+    from .data import IGNORE_INDEX, QARecord, pad_sequences, encode_record
     from .models import train_last_layers
 
     train_last_layers(model, train_layers)
     encs = [encode_record(tokenizer, QARecord(q, a)) for q, a in pairs]
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=0.0, betas=(0.9, 0.98))
     steps_per_epoch = math.ceil(len(encs) / batch_size)
     total_steps = max(1, max_epochs * steps_per_epoch)
     # cosine decay to lr / 20 over max_epochs: a fast start, then the loss settles
@@ -63,9 +64,9 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
         total, count = 0.0, 0
         for idx in batches:
             b = [encs[i] for i in idx]
-            ids = _pad([e["input_ids"] for e in b], tokenizer.pad_token_id)
-            att = _pad([e["attention_mask"] for e in b], 0)
-            lab = _pad([e["labels"] for e in b], IGNORE_INDEX)[:, 1:]
+            ids = pad_sequences([e["input_ids"] for e in b], tokenizer.pad_token_id)
+            att = pad_sequences([e["attention_mask"] for e in b], 0)
+            lab = pad_sequences([e["labels"] for e in b], IGNORE_INDEX)[:, 1:]
             with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
                 if answer_rows_only:
                     hidden = model.get_decoder()(input_ids=ids, attention_mask=att)[0][:, :-1]
