@@ -38,13 +38,14 @@ NATS_LADDER = (2.0, 4.0)
 CAP_LADDER = (None, 0.25, 0.1)
 
 
-def _cached_log_probs(name, model, tokenizer, records, cache, chunk, log):
+def _cached_log_probs(name, load, records, cache, chunk, log):
     path = os.path.join(cache, f"{name}_log_probs.json")
     done = {}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             done = {int(k): v for k, v in json.load(f).items()}
     todo = [i for i in range(len(records)) if i not in done]
+    model, tokenizer = load() if todo else (None, None)
     t0, n_tok = time.time(), 0
     for s in range(0, len(todo), chunk):
         idx = todo[s:s + chunk]
@@ -96,10 +97,16 @@ def main(argv=None) -> int:
     out = add("text", "names, numbers, dates only (no content words)",
               text_spans(records, content_words=False, use_spacy=False), len(records))
 
-    t0 = time.time()
-    model, tok = load_scorer(args.reference)
-    log(f"loaded {args.reference} in {time.time() - t0:.0f} s")
-    lps, n_tok, secs = _cached_log_probs("reference", model, tok, sub, args.cache, args.chunk,
+    loaded = {}
+
+    def reference():
+        if "ref" not in loaded:
+            t0 = time.time()
+            loaded["ref"] = load_scorer(args.reference)
+            log(f"loaded {args.reference} in {time.time() - t0:.0f} s")
+        return loaded["ref"]
+
+    lps, n_tok, secs = _cached_log_probs("reference", reference, sub, args.cache, args.chunk,
                                          log)
     timing = {"reference_tokens": n_tok, "reference_seconds_this_run": round(secs, 1)}
     for th in P_LADDER:
@@ -113,9 +120,9 @@ def main(argv=None) -> int:
             examples[f"predictability (p {th})"] = [s.word for s in recs[0].spans][:40]
 
     if args.target:
-        target, _ = load_scorer(args.target, tokenizer=tok)
-        lpt, n_tok_t, secs_t = _cached_log_probs("target", target, tok, sub, args.cache,
-                                                 args.chunk, log)
+        lpt, n_tok_t, secs_t = _cached_log_probs(
+            "target", lambda: (load_scorer(args.target, tokenizer=reference()[1])[0],
+                               reference()[1]), sub, args.cache, args.chunk, log)
         timing["target_seconds_this_run"] = round(secs_t, 1)
         for nats in NATS_LADDER:
             for cap in CAP_LADDER:
