@@ -45,10 +45,10 @@ from palu_kernels.eval.muse import MUSE_FILES, evaluate_muse, load_muse, write_t
 from palu_kernels.eval.table import format_table
 
 SOURCES = ("text", "predictability", "contrast")
-SIZES = {"default": dict(n=12, prompt_words=48, gt_words=96, window=160, ft_epochs=4,
-                         verb_new=128, know_new=32, steps=24),
+SIZES = {"default": dict(n=8, prompt_words=32, gt_words=64, window=120, ft_epochs=4,
+                         verb_new=128, know_new=32, steps=8, batch=2),
          "quick": dict(n=2, prompt_words=8, gt_words=16, window=24, ft_epochs=2,
-                       verb_new=8, know_new=4, steps=1)}
+                       verb_new=8, know_new=4, steps=1, batch=2)}
 
 
 def _words(t):
@@ -169,7 +169,8 @@ def run_seed(args, sz, data, seed, log):
                                         TrainingOptions, UnlearningJob, run_unlearning)
 
     sd = os.path.join(args.out, f"seed{seed}")
-    dirs = {"target": os.path.join(sd, "target"), "retrained": os.path.join(sd, "retrained"),
+    md = sd if args.models_per_seed else args.out  # fine-tuned once, or once per seed
+    dirs = {"target": os.path.join(md, "target"), "retrained": os.path.join(md, "retrained"),
             "base": os.path.join(args.out, "base")}  # one pre-trained copy for all seeds
     docs = {"target": [("", p) for p in data["forget"] + data["retain"]],
             "retrained": [("", p) for p in data["retain"]]}
@@ -182,7 +183,8 @@ def run_seed(args, sz, data, seed, log):
             continue
         model, tok = _load_base(dirs["base"], seed, texts)
         info = fine_tune(model, tok, docs[name], lr=args.ft_lr, max_epochs=sz["ft_epochs"],
-                         target_nll=args.ft_target_nll, batch_size=4, seed=seed,
+                         target_nll=args.ft_target_nll, batch_size=4,
+                         seed=seed if args.models_per_seed else 0,
                          desc=f"seed {seed}: {name}", progress=not args.no_progress)
         _save(model, tok, dirs[name], info)
         log(f"seed {seed}: {name} {info}")
@@ -223,7 +225,8 @@ def run_seed(args, sz, data, seed, log):
                     data=DataSpec(forget=span_paths[src or "text"], retain=data["retain_path"],
                                   max_length=1024, eval_retain=0, eval_forget=1),
                     method=MethodSpec(name=method, k=args.k, gamma=args.gamma),
-                    training=TrainingOptions(lr=lr, max_steps=sz["steps"], batch_size=4,
+                    training=TrainingOptions(lr=lr, max_steps=sz["steps"],
+                                             batch_size=sz["batch"],
                                              warmup_epochs=0, seed=seed,
                                              logging_steps=1000000),
                     output=OutputSpec(rd, save_total_limit=1, overwrite=True,
@@ -266,11 +269,16 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2", help="smollm2, a directory, a .gguf, or tiny")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--lrs", default="1e-5,3e-5,1e-4", help="the ladder (same for every method)")
+    p.add_argument("--lrs", default="2e-5,1e-4", help="the ladder (same for every method)")
     p.add_argument("--ft-lr", type=float, default=1e-4)
     p.add_argument("--ft-target-nll", type=float, default=0.3)
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--gamma", type=float, default=1.0)
+    p.add_argument("--models-per-seed", action="store_true",
+                   help="fine-tune the target and retrained models once per seed (default: "
+                        "once, seed 0; the seeds then vary the unlearning only)")
+    p.add_argument("--steps", type=int, default=None, help="unlearning steps per run")
+    p.add_argument("--n", type=int, default=None, help="items per MUSE set")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -280,6 +288,9 @@ def main(argv=None) -> int:
     args.lrs = [float(x) for x in args.lrs.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     sz = dict(SIZES["quick" if args.quick else "default"])
+    for key in ("steps", "n"):
+        if getattr(args, key) is not None:
+            sz[key] = getattr(args, key)
     log = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.time()
     data = build_data(args.data_dir, sz, args.out)
