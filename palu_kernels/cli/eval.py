@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer directory (default: the model directory)")
     p.add_argument("--benchmark", default="tofu", choices=("tofu", "muse"),
-                   help="tofu, or muse: VerbMem, KnowMem, PrivLeak, utility preservation "
-                        "(default: %(default)s)")
+                   help="tofu, or muse: VerbMem, KnowMem, PrivLeak, utility (KnowMem on "
+                        "retain), in MUSE's conventions (default: %(default)s)")
     p.add_argument("--data-dir", required=True,
                    help="TOFU data directory (e.g. ../shared/data/tofu), or the MUSE one "
                         "(e.g. ../shared/data/muse_news)")
@@ -56,16 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "Forget Quality (TOFU) or PrivLeak (MUSE)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--target-model", default=None,
-                        help="MUSE: the model before unlearning, for utility preservation")
+                        help="MUSE: the model before unlearning, for the extra column KnowMem "
+                             "retain / target's")
     target.add_argument("--target-result", default=None,
                         help="MUSE: eval.json of a previous palu-eval --benchmark muse run of "
-                             "the target model, for utility preservation")
+                             "the target model, for the extra column KnowMem retain / target's")
     p.add_argument("--max-samples", type=int, default=None,
                    help="evaluate the first N questions of each split (default: all)")
     p.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="greedy generation limit for ROUGE (default: TOFU 200; MUSE 128 for "
-                        "VerbMem and 32 for KnowMem, both replaced by this value if given)")
+                   help="TOFU: greedy generation limit for ROUGE (default: 200); MUSE has "
+                        "its own two flags")
+    p.add_argument("--verbmem-max-new-tokens", type=int, default=None,
+                   help="MUSE: VerbMem's new tokens, and the length of its reference in tokens "
+                        "with BOS (default: MUSE's 128)")
+    p.add_argument("--knowmem-max-new-tokens", type=int, default=None,
+                   help="MUSE: KnowMem's new tokens (default: MUSE's 32)")
     p.add_argument("--output-dir", default=None,
                    help="where eval.json and eval.md go (default: <model>/eval_<split>, "
                         "MUSE: <model>/eval_muse)")
@@ -89,7 +95,8 @@ def _positive(parser, name, value):
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("max_samples", "batch_size", "max_new_tokens", "threads"):
+    for name in ("max_samples", "batch_size", "max_new_tokens", "verbmem_max_new_tokens",
+                 "knowmem_max_new_tokens", "threads"):
         _positive(parser, "--" + name.replace("_", "-"), getattr(args, name))
     if args.benchmark == "muse":
         from .eval_muse import check_muse_args, run_muse
@@ -129,7 +136,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _check_tofu_args(parser, args) -> None:
-    for flag in ("target_model", "target_result"):
+    for flag in ("target_model", "target_result", "verbmem_max_new_tokens",
+                 "knowmem_max_new_tokens"):
         if getattr(args, flag) is not None:
             parser.error(f"--{flag.replace('_', '-')}: applies to --benchmark muse only")
     args.forget_split = args.forget_split or "forget01"

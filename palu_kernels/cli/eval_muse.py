@@ -9,9 +9,11 @@ Example (a tiny model, four items per set, on the CPU)::
 Writes ``<output-dir>/eval.json`` (config, metrics, Min-K% scores, per-item outputs) and
 ``<output-dir>/eval.md``, and prints the summary. PrivLeak needs the retrained model:
 ``--retain-model DIR`` (its forget/holdout Min-K% AUC is computed, no generation) or
-``--retain-result FILE`` (``metrics.privleak_auc`` of its ``eval.json``). Utility preservation
+``--retain-result FILE`` (``metrics.privleak_auc`` of its ``eval.json``). Utility is MUSE's, the
+absolute KnowMem on retain; the extra column "KnowMem retain / target's" (not a MUSE metric)
 needs the target model: ``--target-model DIR`` (its KnowMem on retain) or ``--target-result
-FILE``. Metric definitions: :mod:`palu_kernels.eval.muse`.
+FILE``. New tokens: ``--verbmem-max-new-tokens`` (MUSE: 128) and ``--knowmem-max-new-tokens``
+(MUSE: 32). Metric definitions and conventions: :mod:`palu_kernels.eval.muse`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def check_muse_args(parser, args) -> None:
     """Refuse TOFU-only options and a data directory without the MUSE files (exit 2)."""
     if args.forget_split is not None:
         parser.error("--forget-split: applies to --benchmark tofu only")
+    if args.max_new_tokens is not None:
+        parser.error("--max-new-tokens: applies to --benchmark tofu only; MUSE has "
+                     "--verbmem-max-new-tokens (default 128) and --knowmem-max-new-tokens "
+                     "(default 32)")
     if not os.path.isdir(args.data_dir):
         parser.error(f"--data-dir: MUSE data directory not found: {args.data_dir}")
     missing = [os.path.join(args.data_dir, rel) for rel in MUSE_FILES.values()]
@@ -54,8 +60,8 @@ def load_flagged(flag: str, path: str, device, dtype: str, tokenizer=None):
 
 def run_muse(args, device, output_dir: str, progress: bool) -> int:
     t0 = time.perf_counter()
-    verb_new = args.max_new_tokens or VERBMEM_MAX_NEW_TOKENS
-    know_new = args.max_new_tokens or KNOWMEM_MAX_NEW_TOKENS
+    verb_new = args.verbmem_max_new_tokens or VERBMEM_MAX_NEW_TOKENS
+    know_new = args.knowmem_max_new_tokens or KNOWMEM_MAX_NEW_TOKENS
     common = dict(max_samples=args.max_samples, batch_size=args.batch_size, progress=progress)
     try:
         retain_auc = target_km = None

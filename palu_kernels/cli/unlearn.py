@@ -82,10 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "cut into --max-length pieces")
     p.add_argument("--spans", default="given", choices=SPAN_SOURCES,
                    help="sensitive spans: the file's target_words, or computed as palu-spans "
-                        "does (text: no model; contrast: --model against --spans-reference)")
+                        "does (text: no model; predictability: the words --spans-reference "
+                        "does not predict; contrast: --model against --spans-reference, "
+                        "capped at 25%% of each raw passage's words)")
     p.add_argument("--spans-reference", default=None,
-                   help="--spans contrast: a model that never saw the forget data (retain or "
-                        "base model)")
+                   help="--spans contrast / predictability: a model that never saw the forget "
+                        "data (retain or pre-trained base model: a directory, a .gguf file, or "
+                        "smollm2)")
     p.add_argument("--retain", default=None,
                    help="retain records, JSON / JSON lines {question, answer} (optional)")
     p.add_argument("--output-dir", required=True, help="where the unlearned model goes")

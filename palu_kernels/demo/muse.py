@@ -31,8 +31,9 @@ What it does, with nothing downloaded (the MUSE metrics: :mod:`palu_kernels.eval
 4. **Unlearning**: PALU, NPO and GA from the target model with the same forget documents
    (every token is an answer token), the retain documents as the retain set, the same seed
    and schedule (:func:`palu_kernels.train.job.run_unlearning`).
-5. **Evaluation**: the four MUSE metrics of every model (VerbMem, KnowMem forget/retain,
-   PrivLeak against the retrained model, utility preservation against the target), one table
+5. **Evaluation**: the four MUSE metrics of every model in MUSE's conventions (VerbMem,
+   KnowMem forget, PrivLeak against the retrained model, utility = KnowMem retain; plus the
+   retain KnowMem as a percentage of the target's, an extra column), one table
    with the mean and standard deviation over ``seeds`` (model initialisation, training order,
    unlearning), written to ``muse_demo.md`` / ``muse_demo.json``.
 
@@ -183,9 +184,10 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
 
     sdir = os.path.join(out, f"seed{seed}")
     muse_dir = data["muse_dir"]
-    # VerbMem continuation length: the longest gt in tokens (MUSE: the gt cut to 128 tokens)
+    # VerbMem continuation length: the longest gt in tokens with BOS (MUSE cuts the gt to its
+    # first 128 tokens, BOS included; here no gt is cut)
     with open(os.path.join(muse_dir, MUSE_FILES["verbmem"]), encoding="utf-8") as f:
-        verb_new = max(len(tokenizer(r["gt"], add_special_tokens=False)["input_ids"])
+        verb_new = max(len(tokenizer(r["gt"], add_special_tokens=True)["input_ids"])
                        for r in json.load(f))
     rows: Dict[str, dict] = {}
     t0 = time.time()
@@ -204,7 +206,7 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
     auc_r = ev_r["metrics"]["privleak_auc"]
     ev_t = _evaluate(target, tokenizer, muse_dir, verb_new, retain_auc=auc_r)
     km_t = ev_t["metrics"]["knowmem_retain"]
-    ev_t["metrics"]["utility_preservation"] = 100.0 if km_t else None
+    ev_t["metrics"]["knowmem_retain_vs_target"] = 100.0 if km_t else None
     ev_r = _evaluate(retrain, tokenizer, muse_dir, verb_new, retain_auc=auc_r, target_km=km_t)
     rows["target"] = {"eval": ev_t, "seconds": info_t["seconds"]}
     rows["retrained"] = {"eval": ev_r, "seconds": info_r["seconds"]}
@@ -266,8 +268,8 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
 
 
 _COLS = (("verbmem_forget", "VerbMem forget"), ("knowmem_forget", "KnowMem forget"),
-         ("knowmem_retain", "KnowMem retain"), ("privleak_auc", "Min-40% AUC"),
-         ("privleak", "PrivLeak %"), ("utility_preservation", "Utility %"))
+         ("knowmem_retain", "Utility (KnowMem retain)"), ("privleak_auc", "Min-40% AUC"),
+         ("privleak", "PrivLeak %"), ("knowmem_retain_vs_target", "retain / target % (extra)"))
 
 
 def _stat(values: List[Optional[float]]) -> str:
@@ -354,11 +356,13 @@ def run_muse_demo(cfg: MuseDemoConfig) -> dict:
              f"QA, {len(cfg.seeds)} seed(s)")
     md = "\n".join([
         f"# {title}", "", table, "",
-        f"Mean ± standard deviation over seeds {list(cfg.seeds)}. VerbMem / KnowMem: ROUGE-L "
-        "F1 (lower on forget = more forgotten; the retrained model is the reference level). "
-        "PrivLeak: (AUC - AUC_retrained) / AUC_retrained x 100, 0 is ideal, negative = "
-        "over-unlearned. Utility: KnowMem retain as % of the target's. train s: training time "
-        "of that model.",
+        f"Mean ± standard deviation over seeds {list(cfg.seeds)}. MUSE's conventions "
+        "(palu_kernels/eval/muse.py). VerbMem / KnowMem: ROUGE-L F1 (lower on forget = more "
+        "forgotten; the retrained model is the reference level). Min-40% AUC: forget labelled "
+        "0, holdout 1. PrivLeak: (AUC - AUC_retrained) / AUC_retrained x 100, 0 is ideal, "
+        "-100 = still memorised, positive = over-unlearned. Utility: KnowMem on retain, "
+        "absolute; retain / target %: the same as % of the target's (not a MUSE metric). "
+        "train s: training time of that model.",
         "",
         f"PALU spans: contrast (palu_kernels.spans.contrast), log p_target - log p_retrained > "
         f"{per_seed[0]['spans']['threshold']} nats"

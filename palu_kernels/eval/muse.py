@@ -12,11 +12,15 @@ The layout read from ``data_dir`` (JSON lists, as MUSE publishes them):
 * ``privleak/forget.json``, ``privleak/holdout.json``: passages (strings), members (seen in
   training) and non-members (never seen).
 
-Definitions (``n`` items, each averaged with equal weight):
+Definitions (``n`` items, each averaged with equal weight), MUSE's own conventions (checked
+against muse_bench's ``verbmem``/``knowmem``/``privleak`` scripts; ``tests/test_eval_muse.py``
+compares each with a direct transcription of MUSE's formula):
 
 * **VerbMem** = mean ROUGE-L F1 (no stemming) of the greedy continuation of each prompt
-  against its ``gt``, the ``gt`` cut to its first ``verbmem_max_new_tokens`` tokens (MUSE:
-  128) and the continuation limited to as many new tokens.
+  against its ``gt``. As MUSE cuts it, the reference is the ``gt`` tokenized *with* the
+  tokenizer's special tokens (BOS), cut to its first ``verbmem_max_new_tokens`` tokens (MUSE:
+  128, BOS included) and decoded without them; the continuation is limited to as many new
+  tokens.
 * **KnowMem** (forget and retain) = mean ROUGE-L F1 (no stemming) of the greedy answer
   against the gold answer. The prompt is the in-context examples then the question, each as
   ``"Question: {q}\\nAnswer: {a}\\n\\n"`` and ending ``"Question: {q}\\nAnswer: "``, tokenized
@@ -25,19 +29,31 @@ Definitions (``n`` items, each averaged with equal weight):
   ``"Question:"``.
 * **Min-K% score** of a passage (K = 40%): its tokens (BOS first) are scored by the model
   (log p of each token after the first given the ones before); the score is the mean of the
-  ``floor(0.4 * m)`` lowest of those ``m`` log-probabilities (at least one). Higher = the model
-  finds even the passage's hardest tokens likely = "member". (MUSE stores the negated value
-  and ranks by its negation; the ranking is the same.)
-* **AUC** = the area under the ROC curve of the Min-K% score as a classifier of forget
-  (members, positive) against holdout (non-members): the probability that a random forget
-  passage scores above a random holdout passage, ties counting one half (Mann-Whitney).
-* **PrivLeak** = ``(AUC - AUC_retrain) / AUC_retrain * 100`` with ``AUC_retrain`` the same AUC
-  of the retrained model (never trained on the forget set). 0 is ideal; large positive =
-  the forget set is still recognisably "in" the model; negative = over-unlearned (forget
-  passages now look *less* familiar than never-seen ones, which also leaks).
-* **Utility preservation** = ``KnowMem_retain(model) / KnowMem_retain(target) * 100``: the
-  share (percent) of the target (pre-unlearning) model's retain-set knowledge that is kept;
-  100 = all of it.
+  ``floor(0.4 * m)`` lowest of those ``m`` log-probabilities (at least one: MUSE's mean of
+  an empty slice is NaN for passages of fewer than 3 tokens, which MUSE News never has).
+  Higher = the model finds even the passage's hardest tokens likely. (MUSE stores the
+  negated value, ``Min-40%``, and ranks passages by its negation: the same ranking.)
+* **AUC** (MUSE's ``forget_holdout_Min-40%``) = the area under the ROC curve of the Min-K%
+  score with the **forget passages labelled 0 and the holdout passages labelled 1**: the
+  probability that a random *holdout* passage scores above a random *forget* passage, ties
+  counting one half. A model that never saw either set sits near 0.5; a model that memorised
+  the forget set finds its passages likelier than never-seen ones, and its AUC goes to 0.
+* **PrivLeak** = ``(AUC - AUC_retrain) / AUC_retrain * 100`` in that AUC, with
+  ``AUC_retrain`` the same AUC of the retrained model (never trained on the forget set). 0 is
+  ideal. An un-unlearned (memorising) model reads near **-100** (AUC near 0); a *positive*
+  value = over-unlearned (forget passages now look *less* familiar than never-seen ones,
+  which also leaks).
+* **Utility** = KnowMem on retain, absolute (MUSE's utility preservation criterion reports
+  this number, not a ratio). As an extra column that is **not** a MUSE metric,
+  ``knowmem_retain_vs_target`` = ``KnowMem_retain(model) / KnowMem_retain(target) * 100``
+  (``None`` without the target, or when the target's KnowMem on retain is 0).
+
+MUSE's own tables print VerbMem, KnowMem and utility multiplied by 100; here they stay in
+[0, 1] (the same numbers divided by 100). PrivLeak is a percentage in both.
+
+Results written before these conventions (AUC with forget as the positive class, PrivLeak
+of the opposite sign, utility as a ratio) carry no ``config.conventions`` entry and are
+refused as references (:func:`read_muse_result`).
 
 Sequences longer than the model's context (``config.max_position_embeddings``) are cut:
 prompts keep their *last* tokens (room is left for the new tokens; in-context examples go
@@ -65,16 +81,19 @@ from .metrics import (check_batch_size, generate_greedy, index_batches, logits_o
 from ..outputs import atomic_write_text
 from .table import format_number, format_table
 
-__all__ = ["KNOWMEM_MAX_NEW_TOKENS", "MIN_K_FRACTION", "MUSE_FILES", "MuseData",
+__all__ = ["CONVENTIONS", "KNOWMEM_MAX_NEW_TOKENS", "MIN_K_FRACTION", "MUSE_FILES", "MuseData",
            "VERBMEM_MAX_NEW_TOKENS", "auc_score", "evaluate_muse", "knowmem_prompt",
-           "load_muse", "min_k_score", "muse_summary_markdown", "passage_log_probs",
-           "priv_leak", "read_muse_result", "truncate_answer", "utility_preservation",
-           "write_muse_result"]
+           "knowmem_retain_vs_target", "load_muse", "min_k_score", "muse_summary_markdown",
+           "passage_log_probs", "priv_leak", "read_muse_result", "truncate_answer",
+           "verbmem_reference", "write_muse_result"]
 
 MIN_K_FRACTION = 0.4
 VERBMEM_MAX_NEW_TOKENS = 128
 KNOWMEM_MAX_NEW_TOKENS = 32
 ANSWER_STOPS = ("\n\n", "\nQuestion", "Question:")
+CONVENTIONS = "muse"
+"""``config.conventions`` of every result: MUSE's AUC (forget 0, holdout 1), PrivLeak and
+absolute utility. Results without it used the earlier, inverted conventions."""
 
 MUSE_FILES = {
     "verbmem": "verbmem/forget.json",
@@ -107,21 +126,24 @@ def min_k_score(log_probs: Sequence[float], fraction: float = MIN_K_FRACTION) ->
     return sum(vals[:k]) / k
 
 
-def auc_score(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
-    """ROC AUC of ``score`` as a member classifier: ``P(member > non-member) + 0.5 P(tie)``.
+def auc_score(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:
+    """MUSE's forget-vs-holdout ROC AUC of the Min-K% ``score``: forget labelled 0, holdout
+    labelled 1, i.e. ``P(holdout > forget) + 0.5 P(tie)`` (near 0 when the forget passages are
+    memorised, 0.5 when the model cannot tell them from never-seen ones).
 
-    >>> auc_score([3.0, 2.0], [1.0, 2.0])  # pairs: 3>1, 3>2, 2>1, 2=2 -> 3.5 / 4
-    0.875
+    >>> auc_score([3.0, 2.0], [1.0, 2.0])  # holdout above forget: no pair; one tie 2 = 2
+    0.125
     """
-    pos = [float(x) for x in member_scores]
-    neg = [float(x) for x in nonmember_scores]
-    if not pos or not neg:
-        raise ValueError(f"auc_score: expected non-empty samples, got {len(pos)} member and "
-                         f"{len(neg)} non-member scores")
-    if any(math.isnan(v) for v in pos + neg):
+    forget = [float(x) for x in forget_scores]
+    holdout = [float(x) for x in holdout_scores]
+    if not forget or not holdout:
+        raise ValueError(f"auc_score: expected non-empty samples, got {len(forget)} forget and "
+                         f"{len(holdout)} holdout scores")
+    if any(math.isnan(v) for v in forget + holdout):
         raise ValueError("auc_score: got NaN scores")
-    # rank-sum form, O((n + m) log(n + m)): average ranks of tied values
-    both = sorted([(v, 1) for v in pos] + [(v, 0) for v in neg])
+    # rank-sum (Mann-Whitney) form of the positive class (holdout), O((n + m) log(n + m)):
+    # average ranks of tied values
+    both = sorted([(v, 1) for v in holdout] + [(v, 0) for v in forget])
     rank_sum, i = 0.0, 0
     while i < len(both):
         j = i
@@ -130,31 +152,35 @@ def auc_score(member_scores: Sequence[float], nonmember_scores: Sequence[float])
         avg_rank = (i + 1 + j) / 2.0  # ranks i+1 .. j
         rank_sum += avg_rank * sum(1 for _, is_pos in both[i:j] if is_pos)
         i = j
-    n, m = len(pos), len(neg)
+    n, m = len(holdout), len(forget)
     return (rank_sum - n * (n + 1) / 2.0) / (n * m)
 
 
 def priv_leak(auc: float, auc_retrain: float) -> float:
-    """``(auc - auc_retrain) / auc_retrain * 100`` (percent; 0 = like the retrained model).
+    """MUSE's PrivLeak, ``(auc - auc_retrain) / auc_retrain * 100`` (percent) in MUSE's AUC
+    (:func:`auc_score`): 0 = like the retrained model, near -100 = the forget set is still
+    memorised, positive = over-unlearned.
 
-    >>> priv_leak(0.75, 0.5)
-    50.0
+    >>> priv_leak(0.0, 0.5)  # a memorising model against a retrained one at chance
+    -100.0
     """
     if not auc_retrain > 0:
-        raise ValueError(f"auc_retrain: expected a positive AUC, got {auc_retrain!r}")
+        raise ValueError(f"auc_retrain: expected a positive AUC, got {auc_retrain!r} (MUSE's "
+                         "PrivLeak divides by the retrained model's AUC)")
     return (float(auc) - float(auc_retrain)) / float(auc_retrain) * 100.0
 
 
-def utility_preservation(knowmem_retain: float, knowmem_retain_target: float) -> float:
-    """``knowmem_retain / knowmem_retain_target * 100`` (percent of the target's retain
-    KnowMem kept).
+def knowmem_retain_vs_target(knowmem_retain: float, knowmem_retain_target: float) -> float:
+    """``knowmem_retain / knowmem_retain_target * 100``: the percent of the target's retain
+    KnowMem kept. An extra column, not a MUSE metric (MUSE's utility is the absolute
+    KnowMem on retain).
 
-    >>> utility_preservation(0.25, 0.5)
+    >>> knowmem_retain_vs_target(0.25, 0.5)
     50.0
     """
     if not knowmem_retain_target > 0:
         raise ValueError("knowmem_retain_target: the target model's KnowMem on retain is "
-                         f"{knowmem_retain_target!r}; utility preservation is undefined")
+                         f"{knowmem_retain_target!r}; the ratio to it is undefined")
     return float(knowmem_retain) / float(knowmem_retain_target) * 100.0
 
 
@@ -307,6 +333,13 @@ def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs))
 
 
+def verbmem_reference(tokenizer, gt: str, max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS) -> str:
+    """VerbMem's reference as MUSE cuts it: ``gt`` tokenized with the special tokens (BOS),
+    its first ``max_new_tokens`` tokens (BOS counts), decoded without special tokens."""
+    return tokenizer.decode(_encode(tokenizer, gt, True)[:max_new_tokens],
+                            skip_special_tokens=True)
+
+
 def evaluate_verbmem(model, tokenizer, items: Sequence[dict], *,
                      max_new_tokens: int = VERBMEM_MAX_NEW_TOKENS, batch_size: int = 8,
                      progress: bool = True) -> dict:
@@ -320,8 +353,7 @@ def evaluate_verbmem(model, tokenizer, items: Sequence[dict], *,
         n_cut += cut
     outputs = _generate(model, tokenizer, prompts, max_new_tokens, batch_size,
                         "verbmem: generating", progress)
-    gts = [tokenizer.decode(_encode(tokenizer, r["gt"], False)[:max_new_tokens],
-                            skip_special_tokens=True) for r in items]
+    gts = [verbmem_reference(tokenizer, r["gt"], max_new_tokens) for r in items]
     scores = rouge_l_f1(outputs, gts)
     per = [{"index": i, "gt": g, "output": o, "rouge_l_f1": s}
            for i, (g, o, s) in enumerate(zip(gts, outputs, scores))]
@@ -400,12 +432,13 @@ def evaluate_muse(model, tokenizer, data_dir: str, *, max_samples: Optional[int]
                   progress: bool = True) -> dict:
     """The four MUSE metrics of ``model`` (see the module docstring).
 
-    ``retain_auc``: the retrained model's forget-vs-holdout AUC (PrivLeak is ``None``
-    without it); ``target_knowmem_retain``: the target model's KnowMem on retain (utility
-    preservation is ``None`` without it, and when it is 0: nothing to preserve). Returns ``{"config", "metrics", "min_k",
-    "per_item"}``; ``metrics`` holds ``verbmem_forget``, ``knowmem_forget``,
-    ``knowmem_retain``, ``privleak_auc``, ``privleak``, ``utility_preservation`` (and the
-    references used).
+    ``retain_auc``: the retrained model's forget-vs-holdout AUC in MUSE's convention
+    (PrivLeak is ``None`` without it); ``target_knowmem_retain``: the target model's KnowMem
+    on retain (the extra ``knowmem_retain_vs_target`` column is ``None`` without it, and when
+    it is 0). Returns ``{"config", "metrics", "min_k", "per_item"}``; ``metrics`` holds
+    ``verbmem_forget``, ``knowmem_forget``, ``knowmem_retain``, ``privleak_auc``,
+    ``privleak``, ``utility`` (= ``knowmem_retain``, MUSE's utility), ``knowmem_retain_vs_target``
+    (and the references used).
     """
     for name, v in (("verbmem_max_new_tokens", verbmem_max_new_tokens),
                     ("knowmem_max_new_tokens", knowmem_max_new_tokens)):
@@ -429,11 +462,14 @@ def evaluate_muse(model, tokenizer, data_dir: str, *, max_samples: Optional[int]
         "verbmem_forget": verb["score"], "knowmem_forget": kf["score"],
         "knowmem_retain": kr["score"], "privleak_auc": pl["auc"],
         "privleak": None if retain_auc is None else priv_leak(pl["auc"], retain_auc),
-        "utility_preservation": (None if not target_knowmem_retain else
-                                 utility_preservation(kr["score"], target_knowmem_retain)),
+        "utility": kr["score"],
+        "knowmem_retain_vs_target": (None if not target_knowmem_retain else
+                                     knowmem_retain_vs_target(kr["score"],
+                                                              target_knowmem_retain)),
         "retain_auc": retain_auc, "target_knowmem_retain": target_knowmem_retain,
     }
-    config = {"benchmark": "muse", "data_dir": os.path.abspath(data_dir),
+    config = {"benchmark": "muse", "conventions": CONVENTIONS,
+              "data_dir": os.path.abspath(data_dir),
               "max_samples": max_samples, "batch_size": batch_size,
               "verbmem_max_new_tokens": verbmem_max_new_tokens,
               "knowmem_max_new_tokens": knowmem_max_new_tokens,
@@ -452,7 +488,7 @@ def evaluate_muse(model, tokenizer, data_dir: str, *, max_samples: Optional[int]
 
 def retain_model_auc(model, tokenizer, data_dir: str, *, max_samples: Optional[int] = None,
                      batch_size: int = 8, progress: bool = True) -> float:
-    """The retrained model's forget-vs-holdout AUC (for PrivLeak)."""
+    """The retrained model's forget-vs-holdout AUC in MUSE's convention (for PrivLeak)."""
     data = load_muse(data_dir, max_samples)
     return _in_eval(model, lambda: privleak_scores(model, tokenizer, data, batch_size=batch_size,
                                                    progress=progress))["auc"]
@@ -462,7 +498,7 @@ def target_model_knowmem_retain(model, tokenizer, data_dir: str, *,
                                 max_samples: Optional[int] = None, batch_size: int = 8,
                                 max_new_tokens: int = KNOWMEM_MAX_NEW_TOKENS,
                                 progress: bool = True) -> float:
-    """The target model's KnowMem on retain (for utility preservation)."""
+    """The target model's KnowMem on retain (for the ``knowmem_retain_vs_target`` column)."""
     data = load_muse(data_dir, max_samples)
     return _in_eval(model, lambda: evaluate_knowmem(
         model, tokenizer, data.knowmem_retain, data.knowmem_retain_icl,
@@ -478,7 +514,8 @@ def read_muse_result(path: str, flag: str, key: str,
     """``metrics[key]`` of the ``eval.json`` of a previous MUSE evaluation (``key``:
     ``privleak_auc`` for ``--retain-result``, ``knowmem_retain`` for ``--target-result``);
     ``FileNotFoundError`` / ``ValueError`` naming ``flag``. A result computed on another
-    ``max_samples`` is refused (its AUC or KnowMem is over other items)."""
+    ``max_samples`` is refused (its AUC or KnowMem is over other items), and so is one written
+    before the MUSE conventions (no ``config.conventions``: its AUC is inverted)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{flag}: file not found: {path}")
     try:
@@ -490,6 +527,10 @@ def read_muse_result(path: str, flag: str, key: str,
     if not isinstance(cfg, dict) or cfg.get("benchmark") != "muse":
         raise ValueError(f"{flag}: {path} is not the eval.json of a MUSE evaluation (expected "
                          "the file palu-eval --benchmark muse writes)")
+    if cfg.get("conventions") != CONVENTIONS:
+        raise ValueError(f"{flag}: {path} was written before palu-eval used MUSE's conventions "
+                         "(its AUC has forget as the positive class: 1 - MUSE's); evaluate "
+                         "that model again")
     value = (data.get("metrics") or {}).get(key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
         raise ValueError(f"{flag}: {path} has no number metrics.{key}")
@@ -502,11 +543,10 @@ def read_muse_result(path: str, flag: str, key: str,
 _ROWS = (
     ("verbmem_forget", "VerbMem on forget (ROUGE-L F1)", "lower; retrained model's level"),
     ("knowmem_forget", "KnowMem on forget (ROUGE-L F1)", "lower; retrained model's level"),
-    ("knowmem_retain", "KnowMem on retain (ROUGE-L F1)", "higher"),
-    ("privleak_auc", "Min-40% AUC, forget vs holdout", "retrained model's AUC"),
-    ("privleak", "PrivLeak (%)", "0 (sign: + under-, - over-unlearned)"),
-    ("utility_preservation", "Utility preservation (% of target's KnowMem retain)",
-     "100"),
+    ("knowmem_retain", "Utility: KnowMem on retain (ROUGE-L F1)", "higher"),
+    ("privleak_auc", "Min-40% AUC (forget = 0, holdout = 1)", "retrained model's AUC"),
+    ("privleak", "PrivLeak (%)", "0 (-100: still memorised; + over-unlearned)"),
+    ("knowmem_retain_vs_target", "KnowMem retain / target's (%, not a MUSE metric)", "100"),
 )
 
 
@@ -516,22 +556,24 @@ def muse_summary_markdown(result: dict, title: str = "MUSE evaluation") -> str:
     rows = [[label, format_number(m[key]), best] for key, label, best in _ROWS]
     lines = [f"# {title}", "",
              f"Data: `{cfg['data_dir']}`, max samples per set: {cfg['max_samples'] or 'all'}, "
-             f"items: {cfg['n']}.", "",
+             f"items: {cfg['n']}; new tokens: VerbMem {cfg['verbmem_max_new_tokens']}, "
+             f"KnowMem {cfg['knowmem_max_new_tokens']}.", "",
              format_table(["metric", "value", "best"], rows), ""]
     cut = {k: v for k, v in cfg["n_cut"].items() if v}
     if cut:
         lines += [f"Cut to the model's context of {cfg['context']} tokens: {cut}.", ""]
     if m["privleak"] is None:
         lines += ["PrivLeak needs the retrained model (--retain-model or --retain-result).", ""]
-    if m["utility_preservation"] is None and m["target_knowmem_retain"] is not None:
-        lines += ["Utility preservation is undefined: the target model's KnowMem on retain "
+    if m["knowmem_retain_vs_target"] is None and m["target_knowmem_retain"] is not None:
+        lines += ["The ratio to the target is undefined: the target model's KnowMem on retain "
                   "is 0.", ""]
-    elif m["utility_preservation"] is None:
-        lines += ["Utility preservation needs the target model (--target-model or "
+    elif m["knowmem_retain_vs_target"] is None:
+        lines += ["The ratio to the target needs the target model (--target-model or "
                   "--target-result).", ""]
-    lines += ["PrivLeak = (AUC - AUC_retrain) / AUC_retrain x 100; utility preservation = "
-              "KnowMem_retain / KnowMem_retain(target) x 100. Definitions: "
-              "`palu_kernels/eval/muse.py`."]
+    lines += ["MUSE's conventions: AUC of the Min-40% score with forget labelled 0 and holdout "
+              "1; PrivLeak = (AUC - AUC_retrain) / AUC_retrain x 100; utility = KnowMem on "
+              "retain, absolute (MUSE prints VerbMem, KnowMem and utility x 100). "
+              "Definitions: `palu_kernels/eval/muse.py`."]
     return "\n".join(lines) + "\n"
 
 

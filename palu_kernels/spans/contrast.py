@@ -7,7 +7,15 @@ token sequence the trainer builds, :func:`palu_kernels.train.data.encode_record`
     llr_t = log p_M(y_t | y_<t) - log p_R(y_t | y_<t)     (nats)
 
 ``M`` is the model to unlearn (fine-tuned on the forget data), ``R`` the reference: the
-retain model, or the base model before fine-tuning. Both must share the tokenizer.
+retain model, or the pre-trained base model before fine-tuning (a directory, a ``.gguf``
+file, or ``"smollm2"``). Both must share the tokenizer.
+
+Against a model trained from scratch (or any reference that knows little of the language), a
+memorising model out-predicts it on nearly every content word: that is memorisation, not
+sensitivity. A pre-trained base model predicts the language itself, so the ratio singles out
+what the fine-tuning added; ``max_coverage`` further caps the marked words per record (the
+highest-ratio ones are kept), default none for question/answer records and
+:data:`PASSAGE_MAX_COVERAGE` for raw passages when chosen by :func:`palu_kernels.spans.find_spans`.
 
 Threshold rule (``docs/spec.md``, "Sensitive spans"): a token is sensitive when
 ``llr_t > threshold`` nats (default :data:`DEFAULT_THRESHOLD`, chosen by measuring on TOFU
@@ -25,79 +33,42 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from ..train.data import QARecord, encode_answer
-from ..train.models import load_model, load_tokenizer, resolve_model_path
+from ..train.data import QARecord
+from .lm import load_scorer, token_log_probs
 from .text import STOPWORDS, spans_from_marks, words_of
 
-__all__ = ["DEFAULT_THRESHOLD", "ContrastOptions", "contrast_spans", "token_llr"]
+__all__ = ["DEFAULT_THRESHOLD", "PASSAGE_MAX_COVERAGE", "ContrastOptions", "contrast_spans",
+           "token_llr"]
 
 DEFAULT_THRESHOLD = 2.0
+PASSAGE_MAX_COVERAGE = 0.25
+"""The per-passage cap (fraction of a passage's words) of contrast spans on raw passages."""
 
 
 @dataclass(frozen=True)
 class ContrastOptions:
+    """``max_coverage``: at most this fraction of a record's words is marked (those of the
+    highest ratio), ``None`` = no cap."""
+
     threshold: float = DEFAULT_THRESHOLD
     relative: bool = False
     batch_size: int = 8
     max_length: int = 512
+    max_coverage: Optional[float] = None
 
-
-def _layout(tokenizer, record: QARecord, max_length: int):
-    """Windows of ``(input_ids, first_answer_position, answer_token_char_ranges)``: the
-    trainer's token sequence of ``record`` (prompt, answer; no EOS); a raw passage longer than
-    ``max_length`` is split into several windows, each starting with BOS."""
-    p_ids, prefix, enc = encode_answer(tokenizer, record)
-    shift = len(prefix)
-    ids = list(enc["input_ids"])
-    offs = [(a - shift, b - shift) for a, b in enc["offset_mapping"]]
-    room = max(1, max_length - len(p_ids))
-    windows = []
-    for s in range(0, len(ids), room):
-        windows.append((p_ids + ids[s:s + room], len(p_ids), offs[s:s + room]))
-        if not record.raw:  # a question/answer record: one window, truncated like the trainer
-            break
-    return windows
+    def __post_init__(self):
+        if self.max_coverage is not None and not 0.0 <= self.max_coverage <= 1.0:
+            raise ValueError(f"max_coverage: a fraction in [0, 1], got {self.max_coverage!r}")
 
 
 def token_llr(model, reference, tokenizer, records: Sequence[QARecord], *,
               batch_size: int = 8, max_length: int = 512) -> list[list[tuple[int, int, float]]]:
     """Per record, the answer tokens as ``(char_start, char_end, llr)`` (offsets into the
     answer, leading whitespace of a token included as the tokenizer reports it)."""
-    import torch
-
-    jobs = []  # (record index, ids, first answer position, offsets)
-    for i, r in enumerate(records):
-        for ids, first, offs in _layout(tokenizer, r, max_length):
-            jobs.append((i, ids, first, offs))
-    out: list[list[tuple[int, int, float]]] = [[] for _ in records]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(jobs)), key=lambda j: len(jobs[j][1]))
-    results = {}
-    with torch.no_grad():
-        for s in range(0, len(order), batch_size):
-            batch = [jobs[j] for j in order[s:s + batch_size]]
-            n = max(len(b[1]) for b in batch)
-            ids = torch.full((len(batch), n), pad, dtype=torch.long)
-            att = torch.zeros((len(batch), n), dtype=torch.long)
-            for k, b in enumerate(batch):
-                ids[k, :len(b[1])] = torch.tensor(b[1])
-                att[k, :len(b[1])] = 1
-            lp = []
-            for m in (model, reference):
-                dev = next(m.parameters()).device
-                logits = m(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1)
-                lp.append(logp.gather(-1, ids[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1).cpu())
-            diff = lp[0] - lp[1]
-            for k, b in enumerate(batch):
-                _, b_ids, first, offs = b
-                # token t (t >= 1) is predicted by row t - 1
-                vals = [float(diff[k, t - 1]) for t in range(max(first, 1), len(b_ids))]
-                skip = len(offs) - len(vals)  # a first token without a predecessor row
-                results[order[s + k]] = [(a, e, v) for (a, e), v in zip(offs[skip:], vals)]
-    for j, (i, *_rest) in enumerate(jobs):
-        out[i].extend(results[j])
-    return out
+    lp_m, lp_r = token_log_probs([model, reference], tokenizer, records,
+                                 batch_size=batch_size, max_length=max_length)
+    return [[(a, e, v - w) for (a, e, v), (_, _, w) in zip(tm, tr)]
+            for tm, tr in zip(lp_m, lp_r)]
 
 
 def _spans_of(answer: str, tokens: list[tuple[int, int, float]], opts: ContrastOptions):
@@ -110,12 +81,19 @@ def _spans_of(answer: str, tokens: list[tuple[int, int, float]], opts: ContrastO
         std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
         cut = mean + opts.threshold * std
     words = words_of(answer)
-    mark = [False] * len(words)
-    hot = [(a, e) for a, e, v in tokens if v > cut]
+    score: list = [None] * len(words)  # the word's highest token ratio
     for i, w in enumerate(words):
-        mark[i] = w.lower not in STOPWORDS and any(
-            a < w.end and e > w.start and answer[max(a, w.start):min(e, w.end)].strip()
-            for a, e in hot)
+        vals = [v for a, e, v in tokens
+                if a < w.end and e > w.start and answer[max(a, w.start):min(e, w.end)].strip()]
+        score[i] = max(vals) if vals else None
+    mark = [w.lower not in STOPWORDS and sc is not None and sc > cut
+            for w, sc in zip(words, score)]
+    if opts.max_coverage is not None:
+        # the cap: at most max_coverage of the record's words, those of the highest ratio
+        room = int(opts.max_coverage * len(words))
+        marked = sorted((i for i, m in enumerate(mark) if m), key=lambda i: (-score[i], i))
+        for i in marked[room:]:
+            mark[i] = False
     return spans_from_marks(answer, words, mark)
 
 
@@ -129,14 +107,10 @@ def contrast_spans(records: Sequence[QARecord], model, reference, *,
     (a directory is needed then). The two vocabularies must have the same size.
     """
     opts = options or ContrastOptions()
-    if tokenizer is None:
-        if not isinstance(model, str):
-            raise ValueError("tokenizer is required when model is not a directory")
-        tokenizer = load_tokenizer(resolve_model_path(model))
-    if isinstance(model, str):
-        model = load_model(resolve_model_path(model), float32=True, eval_mode=True)
-    if isinstance(reference, str):
-        reference = load_model(resolve_model_path(reference), float32=True, eval_mode=True)
+    if tokenizer is None and not isinstance(model, str):
+        raise ValueError("tokenizer is required when model is not a directory")
+    model, tokenizer = load_scorer(model, tokenizer=tokenizer)
+    reference, _ = load_scorer(reference, tokenizer=tokenizer)
     v_m = model.get_output_embeddings().weight.shape[0]
     v_r = reference.get_output_embeddings().weight.shape[0]
     if v_m != v_r:

