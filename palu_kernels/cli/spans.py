@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
 from ..spans import (DEFAULT_THRESHOLD, METHODS, SpanOptions, find_spans, read_span_inputs,
                      score_records, spacy_available, write_span_records)
 from ..train.data import load_forget
+from ._errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +82,8 @@ def options_from_args(args) -> SpanOptions:
                 fail(f"--{flag} {v!r} does not exist (a local model directory)")
     if not 0.0 < args.max_df <= 1.0:
         fail(f"--max-df must be in (0, 1], got {args.max_df}")
+    if not math.isfinite(args.threshold):
+        fail(f"--threshold must be a finite number, got {args.threshold}")
     if args.batch_size < 1:
         fail(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.max_length < 2:
@@ -94,11 +98,23 @@ def options_from_args(args) -> SpanOptions:
                        batch_size=args.batch_size, max_length=args.max_length)
 
 
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def run(args) -> dict:
     """Find (and score) the spans; returns ``{"n_records", "method", "output", "score"}``."""
     for flag, path in (("input", args.input), ("--score", args.score)):
         if path is not None and not os.path.isfile(path):
             raise SystemExit(f"palu-spans: {flag} {path!r} is not a file")
+        if path is not None and args.output and _same_file(path, args.output):
+            raise SystemExit(f"palu-spans: -o/--output {args.output!r} is the {flag} file; "
+                             "writing there would replace it: choose another output file")
+    if args.output and os.path.isdir(args.output):
+        raise SystemExit(f"palu-spans: -o/--output {args.output!r} is a directory; expected a "
+                         "file name")
     opts = options_from_args(args)
     try:
         records, report = read_span_inputs(args.input, skip_bad=args.skip_bad_records)
@@ -129,7 +145,15 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+    """Entry point of ``palu-spans``. An ordinary error: one line and exit status 2; Ctrl-C:
+    one line and status 130 (the output is written at the end, atomically: nothing yet)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("palu-spans", _main, argv,
+                   interrupted=lambda: "nothing was written (the output is written at the end); "
+                                       "rerun the command")
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     out = run(args)
     if args.json:

@@ -22,9 +22,11 @@ Long passages are scored in windows of ``max_length`` tokens (each window its ow
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
+from ..errors import UsageError
 from ..train.data import QARecord, encode_answer
 from ..train.models import load_model, load_tokenizer, resolve_model_path
 from .text import STOPWORDS, spans_from_marks, words_of
@@ -111,11 +113,17 @@ def _spans_of(answer: str, tokens: list[tuple[int, int, float]], opts: ContrastO
         cut = mean + opts.threshold * std
     words = words_of(answer)
     mark = [False] * len(words)
-    hot = [(a, e) for a, e, v in tokens if v > cut]
+    hot = sorted((a, e) for a, e, v in tokens if v > cut)
+    j = 0  # words and hot tokens are both in text order: one sweep (linear in the passage)
     for i, w in enumerate(words):
-        mark[i] = w.lower not in STOPWORDS and any(
-            a < w.end and e > w.start and answer[max(a, w.start):min(e, w.end)].strip()
-            for a, e in hot)
+        while j < len(hot) and hot[j][1] <= w.start:
+            j += 1
+        k = j
+        while k < len(hot) and hot[k][0] < w.end and not mark[i]:
+            a, e = hot[k]
+            mark[i] = (e > w.start and w.lower not in STOPWORDS
+                       and bool(answer[max(a, w.start):min(e, w.end)].strip()))
+            k += 1
     return spans_from_marks(answer, words, mark)
 
 
@@ -129,6 +137,9 @@ def contrast_spans(records: Sequence[QARecord], model, reference, *,
     (a directory is needed then). The two vocabularies must have the same size.
     """
     opts = options or ContrastOptions()
+    if not (isinstance(opts.threshold, (int, float)) and math.isfinite(opts.threshold)):
+        raise UsageError("threshold", f"must be a finite number, got {opts.threshold!r} (nan "
+                                      "marks nothing, -inf every word)")
     if tokenizer is None:
         if not isinstance(model, str):
             raise ValueError("tokenizer is required when model is not a directory")
