@@ -173,8 +173,8 @@ def _read_cached(path: str, parse: Callable):
             return parse(json.load(f))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         why = f"missing {e}" if isinstance(e, KeyError) else str(e)
-        warnings.warn(f"{path}: damaged cache file ({type(e).__name__}: {why}); redoing it",
-                      stacklevel=3)
+        # (from here, not the caller: a file read twice before it is redone warns once)
+        warnings.warn(f"{path}: damaged cache file ({type(e).__name__}: {why}); redoing it")
         return None
 
 

@@ -137,7 +137,7 @@ def check_output(job, source) -> None:
     in use by another run (:func:`palu_kernels.outputs.lock_owner`); a ``--resume``
     checkpoint is complete and belongs to a run of the same model, data and settings
     (:func:`palu_kernels.train.identity.check_resume`)."""
-    from .identity import check_resume
+    from .identity import IDENTITY, check_resume
 
     out, o = job.output.output_dir, job.output
     model_path = (os.path.join(source.directory, source.gguf_file) if source.gguf_file
@@ -154,7 +154,8 @@ def check_output(job, source) -> None:
     owner = lock_owner(out) if os.path.isdir(out) else None
     if owner is not None:
         raise in_use_error(out, owner)
-    if os.path.isdir(out) and [n for n in os.listdir(out) if n != LOCK]:
+    # a killed run's lock file and identity alone (no checkpoint yet) hold nothing to keep
+    if os.path.isdir(out) and [n for n in os.listdir(out) if n not in (LOCK, IDENTITY)]:
         if not (o.resume or o.overwrite):
             raise fail("--output-dir", f"{out!r} is not empty; pass --resume to continue its "
                                        "run or --overwrite to replace it")
