@@ -236,14 +236,14 @@ def test_experiment_out_naming_a_file_and_bad_seeds_are_refused_before_any_work(
     afile = tmp_path / "afile"
     afile.write_text("x")
     refused(capsys, exp_cli.main, ["k", "--quick", "--out", str(afile)],
-            r"--out: '.*afile' is a file, not a directory")
+            r"^palu-experiment: --out '.*afile' is a file, not a directory$")
     refused(capsys, exp_cli.main, ["k", "--quick", "--out", str(tmp_path / "o"), "--cache",
-                                   str(afile)], r"--cache: .* is a file")
+                                   str(afile)], r"^palu-experiment: --cache .* is a file")
     for seeds in ("-1", "0,4294967296"):
         refused(capsys, exp_cli.main, ["k", "--quick", f"--seeds={seeds}", "--out",
                                        str(tmp_path / "o")], r"--seeds: .*every seed must be in")
     refused(capsys, exp_cli.main, ["k", "--data-dir", str(tmp_path), "--out",
-                                   str(tmp_path / "o")], r"--data-dir: .* has no forget01_spans")
+                                   str(tmp_path / "o")], r"^palu-experiment: --data-dir .* has no forget01_spans")
     assert not (tmp_path / "o").exists()
     with pytest.raises(UsageError, match="--out"):
         from palu_kernels.experiments.harness import ExperimentConfig, Harness

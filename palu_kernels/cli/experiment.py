@@ -20,6 +20,7 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
+from ..errors import UsageError
 from ._errors import run_cli
 
 
@@ -86,27 +87,29 @@ def _on_disk(argv) -> str:
 
 
 def check_args(p: argparse.ArgumentParser, args) -> None:
-    """Every value, before any work (``p.error``: one line, exit status 2)."""
+    """Every value, before any work (:class:`~palu_kernels.errors.UsageError`: one line, exit
+    status 2)."""
     for flag, path in (("--data-dir", args.data_dir), ("--model", args.model)):
         if path is not None and not os.path.isdir(path):
-            p.error(f"{flag}: expected a directory, got {path!r}")
+            raise UsageError(flag, f"expected a directory, got {path!r}")
     if args.model is not None and not os.path.isfile(os.path.join(args.model, "config.json")):
-        p.error(f"--model: {args.model!r} has no config.json (not a Hugging Face model directory)")
+        raise UsageError("--model", f"{args.model!r} has no config.json (not a Hugging Face "
+                                    "model directory)")
     if args.forget_split is not None and args.data_dir is None:
-        p.error("--forget-split: needs --data-dir (the synthetic split is forget10)")
+        raise UsageError("--forget-split", "needs --data-dir (the synthetic split is forget10)")
     if args.data_dir is not None:
         split = args.forget_split or "forget01"
         pct = int(split.replace("forget", ""))
         missing = [n for n in (f"{split}_spans.jsonl", f"retain{100 - pct:02d}.json")
                    if not os.path.isfile(os.path.join(args.data_dir, n))]
         if missing and not os.path.isfile(os.path.join(args.data_dir, "synth_meta.json")):
-            p.error(f"--data-dir: {args.data_dir!r} has no {' or '.join(missing)} (a TOFU-layout "
-                    "directory with spans)")
+            raise UsageError("--data-dir", f"{args.data_dir!r} has no {' or '.join(missing)} (a "
+                                           "TOFU-layout directory with spans)")
     if args.threads is not None and args.threads < 1:
-        p.error(f"--threads: expected an integer >= 1, got {args.threads}")
+        raise UsageError("--threads", f"expected an integer >= 1, got {args.threads}")
     for flag, path in (("--out", args.out), ("--cache", args.cache)):
         if path is not None and os.path.exists(path) and not os.path.isdir(path):
-            p.error(f"{flag}: {path!r} is a file, not a directory")
+            raise UsageError(flag, f"{path!r} is a file, not a directory")
 
 
 def _main(argv) -> int:
