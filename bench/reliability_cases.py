@@ -486,7 +486,9 @@ def cases20(f, out):
     o8 = out("int")
     c["r2-8 Ctrl-C in palu-unlearn"] = ctrl_c(
         u16(o8, "--lr", "1e-3", "--epochs", "200"), o8,
-        lambda: os.path.isdir(o8) and any(n.startswith("checkpoint-") for n in os.listdir(o8)))
+        lambda: os.path.isdir(o8) and any(
+            os.path.isfile(os.path.join(o8, n, "trainer_state.json"))
+            for n in os.listdir(o8) if n.startswith("checkpoint-")))
     o8e = os.path.join(w, "exp_int")
     c["r2-8b Ctrl-C in palu-experiment"] = ctrl_c(
         ["experiment", "k", "--quick", "--out", o8e, "--no-progress"], o8e,

@@ -221,13 +221,17 @@ def on_disk(argv) -> str:
     from ..outputs import MARKER, latest_complete_checkpoint
 
     out = build_parser().parse_known_args(argv)[0].output_dir
-    ckpt, _ = latest_complete_checkpoint(out)
+    ckpt, skipped = latest_complete_checkpoint(out)
     if ckpt is not None:
         again = argv if "--resume" in argv else argv + ["--resume"]
         return (f"{out} holds {os.path.basename(ckpt)} (the last complete checkpoint; no "
                 f"result yet); continue with: palu-unlearn {shlex.join(again)}")
     if os.path.isfile(os.path.join(out, MARKER)):
         return f"{out} holds the earlier result, unchanged; rerun the command to replace it"
+    if skipped:  # interrupted while writing the first checkpoint
+        again = argv if "--overwrite" in argv else argv + ["--overwrite"]
+        return (f"{out} holds only an unfinished {os.path.basename(skipped[-1][0])} (no "
+                f"complete checkpoint); start again with: palu-unlearn {shlex.join(again)}")
     return f"no checkpoint was saved in {out}; rerun the command to start again"
 
 
