@@ -472,3 +472,15 @@ def test_skipped_records_warn_in_one_line_without_python_source(files, tmp_path)
     assert err[i].startswith("palu-unlearn: warning: skipped 1 bad record(s) of 5 in ")
     assert "onebad.jsonl:5: missing field 'answer'" in err[i + 1]
     assert not any("warnings.warn(" in ln or "UserWarning" in ln for ln in err)
+
+
+def test_interrupt_message_says_what_is_on_disk(tmp_path):
+    out = tmp_path / "o"
+    a = ["--model", "m", "--forget", "f", "--output-dir", str(out)]
+    assert cli.on_disk(a) == f"no checkpoint was saved in {out}; rerun the command to start again"
+    (out / "checkpoint-1").mkdir(parents=True)  # interrupted while writing it
+    assert cli.on_disk(a).endswith(f"holds only an unfinished checkpoint-1 (no complete "
+                                   f"checkpoint); start again with: palu-unlearn "
+                                   f"--model m --forget f --output-dir {out} --overwrite")
+    (out / "run_summary.json").write_text("{}")
+    assert "holds the earlier result, unchanged" in cli.on_disk(a)
