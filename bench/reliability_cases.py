@@ -358,6 +358,8 @@ def _summary(o):
 
 
 def cases20(f, out):
+    from palu_kernels import outputs
+
     w = f["work"]
     c = {}
 
@@ -486,8 +488,8 @@ def cases20(f, out):
     o8 = out("int")
     c["r2-8 Ctrl-C in palu-unlearn"] = ctrl_c(
         u16(o8, "--lr", "1e-3", "--epochs", "200"), o8,
-        lambda: os.path.isdir(o8) and any(
-            os.path.isfile(os.path.join(o8, n, "trainer_state.json"))
+        lambda: os.path.isdir(o8) and any(  # a complete checkpoint
+            outputs.checkpoint_problem(os.path.join(o8, n)) is None
             for n in os.listdir(o8) if n.startswith("checkpoint-")))
     o8e = os.path.join(w, "exp_int")
     c["r2-8b Ctrl-C in palu-experiment"] = ctrl_c(
