@@ -14,10 +14,13 @@ tensors (no device to wait for); on other devices they run only when enabled wit
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 
 import torch
+
+from .errors import UsageError
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 TARGETS = ("mean", "mean_detached", "topk_mean")
@@ -72,7 +75,19 @@ def shape_str(t) -> str:
     return "x".join(str(s) for s in t.shape) if t.dim() else "scalar"
 
 
+def as_int(value):
+    """``value`` as a Python int when it is an integer of any kind (``int``, ``numpy.int64``,
+    a 0-d integer tensor is not one), else ``value`` unchanged; bools stay bools."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) \
+            and type(value).__name__ != "bool_":
+        return int(value)
+    return value
+
+
 def _check_number(name, value):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) \
+            and type(value).__name__ != "bool_":
+        value = float(value)  # numpy scalars too
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     value = float(value)
@@ -105,6 +120,9 @@ def check_float_tensor(name: str, t) -> None:
             f"{name} must be a floating tensor (float32, bfloat16, float16 or float64), "
             f"got {t.dtype}"
         )
+    if t.device.type == "meta":
+        raise UsageError(name, "must hold values, got a tensor on the meta device (shapes "
+                               "only, no data); move it to cpu or cuda first")
 
 
 def check_loss_args(
@@ -129,6 +147,7 @@ def check_loss_args(
     if v < 1:
         raise ValueError(f"logits must have a vocabulary dimension of at least 1, got {v}")
 
+    k = as_int(k)
     if k is None:
         k_eff = v
     else:

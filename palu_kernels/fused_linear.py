@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._validation import shape_str, check_backend, check_float_tensor, check_loss_args
+from ._validation import as_int, check_backend, check_float_tensor, check_loss_args, shape_str
 from .loss import palu_local_entropy_loss
 from .masks import mean_row_weights
 
@@ -138,6 +138,7 @@ def check_fused_linear_args(
         if b is not None and b.shape[0] != vocab:
             raise ValueError(f"{name} must have shape [{vocab}] (the vocabulary), "
                              f"got {shape_str(b)}")
+    chunk_rows, k = as_int(chunk_rows), as_int(k)
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(vocab, hidden.shape[-1], ref_hidden.shape[-1],
                                         device.type)

@@ -8,14 +8,20 @@ from __future__ import annotations
 import json
 from typing import List
 
-__all__ = ["iter_json_objects", "iter_json_values", "read_json_objects"]
+__all__ = ["iter_json_objects", "iter_json_values", "read_json_objects", "strip_bom"]
+
+
+def strip_bom(text: str) -> str:
+    """``text`` without a leading byte-order mark (editors on Windows write one)."""
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def iter_json_values(path: str, text: str):
     """Yield ``(line, value, error)`` of ``text`` (the contents of ``path``): a JSON array or
     JSON lines (blank lines skipped); ``error`` is ``None`` or a message (``value`` then
     ``None``). A broken array element ends the iteration. Values may be any JSON value (a
-    list of passages is a JSON array of strings)."""
+    list of passages is a JSON array of strings). A UTF-8 byte-order mark is skipped."""
+    text = strip_bom(text)
     stripped = text.lstrip()
     if stripped.startswith("["):
         dec = json.JSONDecoder()

@@ -11,6 +11,10 @@ The rules every writer of the project follows:
   place, then the new marker. At no moment does a directory with a marker hold a half-written
   or foreign model; a kill leaves either the old result (marker and all) or a directory
   without a marker, and the complete new files in the sibling;
+* an output directory belongs to one run at a time: :class:`OutputLock` holds an exclusive
+  ``flock`` on :data:`LOCK` inside it (the file names the owner's pid and host); a second run
+  is refused naming the first; a lock left by a killed run is stale (the kernel dropped its
+  ``flock``) and is reclaimed;
 * a training checkpoint ``checkpoint-N`` (written by ``transformers.Trainer``, whose
   ``trainer_state.json`` is written after the model, optimizer, scheduler and RNG state) is
   complete when :func:`checkpoint_problem` finds nothing wrong with it.
@@ -18,20 +22,28 @@ The rules every writer of the project follows:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import zipfile
 from typing import List, Optional, Tuple
 
-__all__ = ["MARKER", "atomic_write_json", "atomic_write_text", "checkpoint_problem",
+from .errors import UsageError
+
+__all__ = ["LOCK", "MARKER", "OutputLock", "in_use_error", "lock_owner", "atomic_write_json", "atomic_write_text", "checkpoint_problem",
            "checkpoints", "fsync_tree", "is_within", "latest_complete_checkpoint",
            "make_temp_sibling", "publish_result", "result_problem", "weights_problem"]
 
 MARKER = "run_summary.json"
 """The completion marker of a ``palu-unlearn`` result directory, written last."""
+
+LOCK = ".palu-lock"
+"""The lock file of an output directory in use (:class:`OutputLock`); removed on release."""
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin",
@@ -275,3 +287,118 @@ def result_problem(directory: str) -> Optional[str]:
             return None  # a PEFT adapter directory: transformers reads its base model
         return "no config.json (not a Hugging Face model directory, or not finished)"
     return weights_problem(directory)
+
+
+# ------------------------------------------------------------------------------ the lock
+
+
+def _read_owner(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            owner = json.loads(f.read() or "{}")
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe_owner(owner: dict) -> str:
+    pid, host = owner.get("pid", "?"), owner.get("host")
+    started = owner.get("started")
+    s = f"pid {pid}" + (f" on {host}" if host else "")
+    if isinstance(started, (int, float)):
+        s += ", started " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+    return s
+
+
+def in_use_error(directory: str, owner: dict, option: str = "--output-dir") -> UsageError:
+    """The one-line refusal of a directory locked by ``owner`` (:func:`lock_owner`)."""
+    return UsageError(option, f"{directory!r} is in use by another run "
+                              f"({_describe_owner(owner)}); wait for it to finish, or choose "
+                              "another directory")
+
+
+def lock_owner(directory: str) -> Optional[dict]:
+    """The owner (``{"pid", "host", "started", "command"}``) of a live lock on ``directory``,
+    ``None`` when nobody holds one (no lock file, or a stale one of a killed run)."""
+    path = os.path.join(directory, LOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_owner(path) or {"pid": "?"}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class OutputLock:
+    """Exclusive use of an output directory for the lifetime of one run.
+
+    ``acquire`` creates ``directory`` if needed and takes a non-blocking ``flock`` on
+    ``directory/.palu-lock``, writing the owner (pid, host, start time, ``command``) into it.
+    Another live holder: :class:`~palu_kernels.errors.UsageError` on ``option`` naming its
+    pid. A lock file whose ``flock`` is free belongs to a run that ended without releasing it
+    (killed): it is reclaimed (``reclaimed`` then holds the dead owner). The kernel drops an
+    ``flock`` when its process dies, so a killed run never blocks the next one. ``release``
+    (also on any exception, as a context manager) deletes the file and drops the lock.
+    """
+
+    def __init__(self, directory: str, *, option: str = "--output-dir", command: str = ""):
+        self.directory, self.option, self.command = directory, option, command
+        self.path = os.path.join(directory, LOCK)
+        self.fd: Optional[int] = None
+        self.reclaimed: Optional[dict] = None
+
+    def acquire(self) -> "OutputLock":
+        os.makedirs(self.directory, exist_ok=True)
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise in_use_error(self.directory, _read_owner(self.path) or {"pid": "?"},
+                                   self.option) from None
+            try:  # the file may have been released (deleted) between our open and flock
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            old = _read_owner(self.path)
+            if old.get("pid") not in (None, os.getpid()):
+                self.reclaimed = old  # a killed run's lock: its flock is gone
+            owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                     "command": self.command}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(owner) + "\n").encode("utf-8"), 0)
+            os.fsync(fd)
+            self.fd = fd
+            return self
+        raise UsageError(self.option, f"{self.directory!r}: cannot take the lock {self.path} "
+                                      "(it keeps changing hands)")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.remove(self.path)  # while still holding it: nobody reads a half-released lock
+        except OSError:
+            pass
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

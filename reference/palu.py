@@ -56,7 +56,11 @@ def _per_row_terms(logits, ref_logits, k, target, kl):
             w, diff = lq.exp(), lq - lp
         else:
             raise ValueError(f"kl must be 'reverse', 'forward' or None, got {kl!r}")
-        kl_term = (w * torch.where(w > 0, diff, torch.zeros_like(diff))).sum(dim=-1)
+        # 0 log 0 = 0: a zero weight drops its entry. A NaN weight (the reference row has no
+        # softmax: +inf, or only -inf) is kept, so the row's value and gradient are NaN
+        # (docs/spec.md): the forward KL's gradient p - q is NaN there, not 0.
+        keep = (w > 0) | torch.isnan(w)
+        kl_term = (w * torch.where(keep, diff, torch.zeros_like(diff))).sum(dim=-1)
     return local, kl_term
 
 

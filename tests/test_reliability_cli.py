@@ -241,7 +241,8 @@ def test_nonfinite_weights_never_reach_a_checkpoint_or_the_result(files, tmp_pat
     msg = str(e.value)
     assert "weights are not finite after optimizer step 2" in msg
     assert "nothing saved as the result" in msg and "checkpoint-1" in msg
-    assert sorted(os.listdir(out)) == ["checkpoint-1"]  # the last good checkpoint is kept
+    # the last good checkpoint is kept, with the identity --resume checks it against
+    assert sorted(os.listdir(out)) == ["checkpoint-1", "run_identity.json"]
     assert outputs.checkpoint_problem(str(out / "checkpoint-1")) is None
 
 

@@ -3,13 +3,21 @@
 An ordinary mistake (a bad value, a missing or broken file, a run that would not unlearn)
 prints one line on stderr, ``palu-xxx: ...`` naming the option, and exits with status 2 and
 no traceback; ``--debug`` prints the traceback too. Library code below the CLI raises
-``SystemExit("palu-xxx: ...")`` (checked before any work) or ``ValueError`` / ``OSError``.
+:class:`palu_kernels.errors.UsageError` naming the option (older code: ``SystemExit("palu-xxx:
+...")``), or ``ValueError`` / ``OSError``. An interrupt (Ctrl-C) prints one line saying what
+is on disk and how to continue, and exits with status 130. A warning prints as one line
+``palu-xxx: warning: ...`` (no line of Python source).
 """
 
 from __future__ import annotations
 
 import sys
 import traceback
+import warnings
+
+from ..errors import UsageError
+
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 DEBUG_HELP = "on an error, print the Python traceback too"
 
@@ -30,10 +38,33 @@ def _one_line(prog: str, e: BaseException) -> str:
     return text if text.startswith(prog) else f"{prog}: error: {text}"
 
 
-def run_cli(prog: str, fn, argv) -> int:
-    """Run ``fn(argv)``; a ``SystemExit`` with a message, a ``ValueError`` or an ``OSError``
-    becomes one line on stderr and :func:`exit_error` (status 2)."""
+def one_line_warnings(prog: str):
+    """A ``warnings.formatwarning`` printing ``prog: warning: message`` (the message's own
+    lines kept, e.g. a list of skipped records; no file name, no line of source)."""
+    def fmt(message, category, filename, lineno, line=None):
+        return f"{prog}: warning: {message}\n"
+    return fmt
+
+
+def _close_progress_bars() -> None:
+    """Close open tqdm bars, so that none redraws itself after the last line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or ()):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - cosmetic
+            pass
+
+
+def run_cli(prog: str, fn, argv, interrupted=None) -> int:
+    """Run ``fn(argv)``; a ``SystemExit`` with a message, a ``ValueError`` (a
+    :class:`~palu_kernels.errors.UsageError`: ``prog: <option> ...``) or an ``OSError``
+    becomes one line on stderr and :func:`exit_error` (status 2). Ctrl-C: one line,
+    ``prog: interrupted; <interrupted()>`` (what is on disk, how to continue), and
+    ``SystemExit(130)``. Warnings print as one line each (:func:`one_line_warnings`)."""
     debug = "--debug" in argv
+    old_format = warnings.formatwarning
+    warnings.formatwarning = one_line_warnings(prog)
     try:
         return fn(argv)
     except SystemExit as e:
@@ -42,9 +73,25 @@ def run_cli(prog: str, fn, argv) -> int:
         if debug:
             traceback.print_exc()
         message = _one_line(prog, e)
+    except UsageError as e:
+        if debug:
+            raise
+        message = f"{prog}: {e}".splitlines()[0]
     except (ValueError, OSError) as e:
         if debug:
             raise
         message = _one_line(prog, e)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        _close_progress_bars()
+        try:
+            where = interrupted() if interrupted is not None else None
+        except Exception:  # noqa: BLE001 - the interrupt is what gets reported
+            where = None
+        print(f"\n{prog}: interrupted" + (f"; {where}" if where else ""), file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
+    finally:
+        warnings.formatwarning = old_format
     print(message, file=sys.stderr)
     raise exit_error(message) from None

@@ -24,7 +24,7 @@ from typing import List, Optional
 from ..eval.tofu import (FORGET_SPLITS, check_output_dir, check_retain_ratios, evaluate_model,
                          forget_truth_ratios, load_split, read_retain_result,
                          split_file, write_result)
-from ._errors import DEBUG_HELP
+from ._errors import DEBUG_HELP, run_cli
 from .eval_muse import load_flagged
 
 from ..train.models import DTYPES
@@ -93,6 +93,15 @@ def _positive(parser, name, value):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``palu-eval``; Ctrl-C: one line, exit status 130 (eval.json and eval.md
+    are written at the end: nothing yet)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("palu-eval", _main, argv,
+                   interrupted=lambda: "nothing was written (eval.json is written at the end); "
+                                       "rerun the command")
+
+
+def _main(argv: List[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("max_samples", "batch_size", "max_new_tokens", "verbmem_max_new_tokens",

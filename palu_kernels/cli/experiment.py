@@ -20,6 +20,12 @@ import shlex
 import sys
 from typing import Optional, Sequence
 
+from ..errors import UsageError
+from ._errors import run_cli
+
+
+SEED_MAX = 2**32 - 1  # what every run's --seed accepts (palu_kernels.train.checks)
+
 
 def _seeds(text: str):
     try:
@@ -29,6 +35,9 @@ def _seeds(text: str):
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(
             f"expected distinct comma-separated integers like 0,1,2, got {text!r}")
+    bad = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if bad:
+        raise argparse.ArgumentTypeError(f"every seed must be in [0, {SEED_MAX}], got {bad[0]}")
     return seeds
 
 
@@ -85,35 +94,72 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``palu-experiment``. An ordinary error: one line and exit status 2;
+    Ctrl-C: one line saying how many runs are cached and how to continue, exit status 130
+    (:func:`palu_kernels.cli._errors.run_cli`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = build_parser()
-    args = p.parse_args(argv)
+    return run_cli("palu-experiment", _main, argv, interrupted=lambda: _on_disk(argv))
+
+
+def _on_disk(argv) -> str:
+    args = build_parser().parse_known_args(argv)[0]
+    cache = args.cache or args.out or os.path.join("experiments", args.name)
+    runs = os.path.join(cache, "runs")
+    n = len([x for x in os.listdir(runs) if x.endswith(".json")]) if os.path.isdir(runs) else 0
+    return (f"{n} finished run(s) are cached in {runs}; rerun the same command to continue "
+            "(cached runs and setups are not redone)")
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """Every value, before any work (:class:`~palu_kernels.errors.UsageError`: one line, exit
+    status 2)."""
     if args.name in REAL_MODEL:
         if args.model is None:
             args.model = REAL_MODEL[args.name]
         if args.data_dir is None:
             if not os.path.isdir(os.path.join("..", "shared", "data", "tofu")):
-                p.error(f"--data-dir: {args.name} needs the TOFU directory (for example "
-                        "--data-dir ../shared/data/tofu)")
+                raise UsageError("--data-dir", f"{args.name} needs the TOFU directory (for "
+                                               "example --data-dir ../shared/data/tofu)")
             args.data_dir = os.path.join("..", "shared", "data", "tofu")
     if args.model == "smollm2":
-        from ..demo.pretrained import resolve_model
+        from ..train.models import packaged_gguf
 
         try:
-            directory, gguf, _ = resolve_model("smollm2")
-        except SystemExit as e:
-            p.error(f"--model smollm2: {str(e).split(': ', 1)[-1]}")
-        args.model = os.path.join(directory, gguf)
+            args.model = str(packaged_gguf("smollm2"))
+        except ValueError as e:
+            raise UsageError("--model", f"smollm2: {e}") from None
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
-        p.error(f"--data-dir: expected a directory, got {args.data_dir!r}")
-    if args.model is not None and not (os.path.isdir(args.model) or (
-            os.path.isfile(args.model) and args.model.lower().endswith(".gguf"))):
-        p.error(f"--model: expected a model directory, a .gguf file or smollm2, got "
-                f"{args.model!r}")
+        raise UsageError("--data-dir", f"expected a directory, got {args.data_dir!r}")
+    if args.model is not None and os.path.isfile(args.model):
+        if not args.model.lower().endswith(".gguf"):
+            raise UsageError("--model", f"{args.model!r} is a file but not a .gguf")
+    elif args.model is not None and not os.path.isdir(args.model):
+        raise UsageError("--model", f"expected a model directory, a .gguf file or smollm2, got "
+                                    f"{args.model!r}")
+    elif args.model is not None and not os.path.isfile(os.path.join(args.model, "config.json")):
+        raise UsageError("--model", f"{args.model!r} has no config.json (not a Hugging Face "
+                                    "model directory)")
     if args.forget_split is not None and args.data_dir is None:
-        p.error("--forget-split: needs --data-dir (the synthetic split is forget10)")
+        raise UsageError("--forget-split", "needs --data-dir (the synthetic split is forget10)")
+    if args.data_dir is not None:
+        split = args.forget_split or "forget01"
+        pct = int(split.replace("forget", ""))
+        missing = [n for n in (f"{split}_spans.jsonl", f"retain{100 - pct:02d}.json")
+                   if not os.path.isfile(os.path.join(args.data_dir, n))]
+        if missing and not os.path.isfile(os.path.join(args.data_dir, "synth_meta.json")):
+            raise UsageError("--data-dir", f"{args.data_dir!r} has no {' or '.join(missing)} (a "
+                                           "TOFU-layout directory with spans)")
     if args.threads is not None and args.threads < 1:
-        p.error(f"--threads: expected an integer >= 1, got {args.threads}")
+        raise UsageError("--threads", f"expected an integer >= 1, got {args.threads}")
+    for flag, path in (("--out", args.out), ("--cache", args.cache)):
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(flag, f"{path!r} is a file, not a directory")
+
+
+def _main(argv) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    check_args(p, args)
 
     from ..demo.synth import generate_benchmark
     from ..experiments.harness import ExperimentConfig, Harness, write_report
@@ -128,11 +174,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            progress=not args.no_progress, shard=args.shard,
                            compute=not args.report_only,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
-    try:
-        h = Harness(cfg)
-        report = EXPERIMENTS[args.name](h)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"palu-experiment: error: {e}") from None
+    h = Harness(cfg)
+    report = EXPERIMENTS[args.name](h)
     paths = write_report(report, out, command="palu-experiment " + shlex.join(argv))
     print(f"wrote {paths['csv']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else "")
           + f" ({getattr(h, 'cache_hits', 0)} cached runs)")

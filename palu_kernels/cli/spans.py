@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -33,6 +34,7 @@ from ..spans import (DEFAULT_PREDICTABILITY, DEFAULT_THRESHOLD, METHODS, PASSAGE
                      spacy_available, write_span_records)
 from ..train.data import load_forget
 from ..train.models import NAMED_MODELS
+from ._errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +105,8 @@ def options_from_args(args) -> SpanOptions:
             fail(f"--{flag.replace('_', '-')} does not apply to --method {args.method}")
     if args.max_df is not None and not 0.0 < args.max_df <= 1.0:
         fail(f"--max-df must be in (0, 1], got {args.max_df}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        fail(f"--threshold must be a finite number, got {args.threshold}")
     if (args.method == "predictability" and args.threshold is not None
             and not 0.0 < args.threshold <= 1.0):
         fail(f"--threshold: --method predictability takes a probability in (0, 1], got "
@@ -124,11 +128,23 @@ def options_from_args(args) -> SpanOptions:
                        max_coverage=args.max_coverage)
 
 
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def run(args) -> dict:
     """Find (and score) the spans; returns ``{"n_records", "method", "output", "score"}``."""
     for flag, path in (("input", args.input), ("--score", args.score)):
         if path is not None and not os.path.isfile(path):
             raise SystemExit(f"palu-spans: {flag} {path!r} is not a file")
+        if path is not None and args.output and _same_file(path, args.output):
+            raise SystemExit(f"palu-spans: -o/--output {args.output!r} is the {flag} file; "
+                             "writing there would replace it: choose another output file")
+    if args.output and os.path.isdir(args.output):
+        raise SystemExit(f"palu-spans: -o/--output {args.output!r} is a directory; expected a "
+                         "file name")
     opts = options_from_args(args)
     try:
         records, report = read_span_inputs(args.input, skip_bad=args.skip_bad_records)
@@ -161,7 +177,15 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+    """Entry point of ``palu-spans``. An ordinary error: one line and exit status 2; Ctrl-C:
+    one line and status 130 (the output is written at the end, atomically: nothing yet)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli("palu-spans", _main, argv,
+                   interrupted=lambda: "nothing was written (the output is written at the end); "
+                                       "rerun the command")
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     out = run(args)
     if args.json:

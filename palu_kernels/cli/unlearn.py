@@ -204,12 +204,37 @@ def main(argv=None) -> int:
     if argv[:1] == ["demo"]:
         from .demo import main as demo_main
 
-        return demo_main(argv[1:])
+        return run_cli("palu-unlearn demo", demo_main, argv[1:],
+                       interrupted=lambda: "--out holds what was finished so far (the demo "
+                                           "keeps no cache); rerun the command to start over")
     def go(argv):
         unlearn(argv)
         return 0
 
-    return run_cli("palu-unlearn", go, argv)
+    return run_cli("palu-unlearn", go, argv, interrupted=lambda: on_disk(argv))
+
+
+def on_disk(argv) -> str:
+    """What an interrupted ``palu-unlearn argv`` left in its output directory, and how to
+    continue (the last line of an interrupt)."""
+    import os
+    import shlex
+
+    from ..outputs import MARKER, latest_complete_checkpoint
+
+    out = build_parser().parse_known_args(argv)[0].output_dir
+    ckpt, skipped = latest_complete_checkpoint(out)
+    if ckpt is not None:
+        again = argv if "--resume" in argv else argv + ["--resume"]
+        return (f"{out} holds {os.path.basename(ckpt)} (the last complete checkpoint; no "
+                f"result yet); continue with: palu-unlearn {shlex.join(again)}")
+    if os.path.isfile(os.path.join(out, MARKER)):
+        return f"{out} holds the earlier result, unchanged; rerun the command to replace it"
+    if skipped:  # interrupted while writing the first checkpoint
+        again = argv if "--overwrite" in argv else argv + ["--overwrite"]
+        return (f"{out} holds only an unfinished {os.path.basename(skipped[-1][0])} (no "
+                f"complete checkpoint); start again with: palu-unlearn {shlex.join(again)}")
+    return f"no checkpoint was saved in {out}; rerun the command to start again"
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..errors import UsageError
 from ..eval.table import format_number, format_table
 from ..outputs import atomic_write_text
 
@@ -180,6 +182,34 @@ def _file_sha(path: str) -> str:
     with open(path, "rb") as f:
         h.update(f.read())
     return h.hexdigest()[:16]
+
+
+def _read_cached(path: str, parse: Callable):
+    """``parse(the JSON of path)``; ``None`` when ``path`` does not exist, or is damaged (not
+    JSON, truncated, missing fields): then a warning names it, and the caller redoes it."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse(json.load(f))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        why = f"missing {e}" if isinstance(e, KeyError) else str(e)
+        # (from here, not the caller: a file read twice before it is redone warns once)
+        warnings.warn(f"{path}: damaged cache file ({type(e).__name__}: {why}); redoing it")
+        return None
+
+
+def _check_run(res: dict) -> dict:
+    """A cached run's result, with every field :meth:`Harness.row` reads (``KeyError`` /
+    ``TypeError`` otherwise)."""
+    for key in ("key", "seed", "setup", "steps", "train_s"):
+        res[key]  # noqa: B018 - presence
+    res["spec"]["method"]
+    m = res["metrics"]
+    for key in ("forget_quality", "model_utility"):
+        m[key]
+    m["forget"]["probability"], m["forget"]["rouge_l_recall"], m["retain"]["probability"]
+    return res
 
 
 # ------------------------------------------------------------------------------ setups
@@ -378,6 +408,9 @@ class Harness:
         self.cfg = cfg
         self.out = os.path.abspath(cfg.cache or cfg.out)
         self._setups: Dict[str, Setup] = {}
+        for flag, path in (("--out", cfg.out), ("--cache", cfg.cache)):
+            if path is not None and os.path.exists(path) and not os.path.isdir(path):
+                raise UsageError(flag, f"{path!r} is a file, not a directory")
         os.makedirs(os.path.join(self.out, "runs"), exist_ok=True)
 
     @property
@@ -446,13 +479,11 @@ class Harness:
             return self._setups[key]
         d = os.path.join(self.out, "setups", key)
         path = os.path.join(d, "setup.json")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                s = Setup(**json.load(f)["setup"])
-        elif not self.cfg.compute:
+        s = _read_cached(path, lambda obj: Setup(**obj["setup"]))
+        if s is None and not self.cfg.compute:
             raise ValueError(f"cache: setup {key} (seed {conf['seed']}) is not built yet in "
                              f"{self.out}; run the experiment without --report-only first")
-        else:
+        if s is None:
             with self._threads():
                 s = self._build_setup(conf, key, d)
             atomic_write_text(path, json.dumps({"config": conf, "setup": asdict(s)}, indent=1,
@@ -549,11 +580,7 @@ class Harness:
 
     def result(self, key: str) -> Optional[dict]:
         """The cached result of run ``key`` (``None`` if not run yet)."""
-        path = os.path.join(self.out, "runs", f"{key}.json")
-        if not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return _read_cached(os.path.join(self.out, "runs", f"{key}.json"), _check_run)
 
     def run(self, spec: RunSpec, seed: int) -> dict:
         """The result of one run (cached in ``runs/<hash>.json``): ``{"key", "spec", "seed",

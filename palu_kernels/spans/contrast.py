@@ -30,9 +30,11 @@ Long passages are scored in windows of ``max_length`` tokens (each window its ow
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
+from ..errors import UsageError
 from ..train.data import QARecord
 from .lm import load_scorer, token_log_probs
 from .text import STOPWORDS, spans_from_marks, words_of
@@ -82,10 +84,17 @@ def _spans_of(answer: str, tokens: list[tuple[int, int, float]], opts: ContrastO
         cut = mean + opts.threshold * std
     words = words_of(answer)
     score: list = [None] * len(words)  # the word's highest token ratio
+    toks = sorted(tokens)
+    j = 0  # words and tokens are both in text order: one sweep (linear in the passage)
     for i, w in enumerate(words):
-        vals = [v for a, e, v in tokens
-                if a < w.end and e > w.start and answer[max(a, w.start):min(e, w.end)].strip()]
-        score[i] = max(vals) if vals else None
+        while j < len(toks) and toks[j][1] <= w.start:
+            j += 1
+        k = j
+        while k < len(toks) and toks[k][0] < w.end:
+            a, e, v = toks[k]
+            if e > w.start and answer[max(a, w.start):min(e, w.end)].strip():
+                score[i] = v if score[i] is None else max(score[i], v)
+            k += 1
     mark = [w.lower not in STOPWORDS and sc is not None and sc > cut
             for w, sc in zip(words, score)]
     if opts.max_coverage is not None:
@@ -107,6 +116,9 @@ def contrast_spans(records: Sequence[QARecord], model, reference, *,
     (a directory is needed then). The two vocabularies must have the same size.
     """
     opts = options or ContrastOptions()
+    if not (isinstance(opts.threshold, (int, float)) and math.isfinite(opts.threshold)):
+        raise UsageError("threshold", f"must be a finite number, got {opts.threshold!r} (nan "
+                                      "marks nothing, -inf every word)")
     if tokenizer is None and not isinstance(model, str):
         raise ValueError("tokenizer is required when model is not a directory")
     model, tokenizer = load_scorer(model, tokenizer=tokenizer)

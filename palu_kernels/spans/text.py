@@ -34,6 +34,7 @@ named entities and part-of-speech tags refine the rules; without it the rules al
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -160,11 +161,19 @@ class _Word:
         return _POSSESSIVE.sub("", self.text).lower()
 
 
+_OPENERS = frozenset(" \t\"'“‘(")  # skipped back from a word to what precedes it
+
+
 def _words(text: str) -> list[_Word]:
+    """The words of ``text``; ``sent_start``: the last character before the word, openers
+    (spaces, quotes, brackets) skipped, ends a sentence (or there is none). Linear in
+    ``len(text)``: the look-back stops at the previous word, which never ends in an opener."""
     out = []
     for m in _WORD.finditer(text):
-        before = text[:m.start()].rstrip(" \t\"'“‘(")
-        sent_start = not before or before[-1] in ".!?:\n;"
+        i = m.start() - 1
+        while i >= 0 and text[i] in _OPENERS:
+            i -= 1
+        sent_start = i < 0 or text[i] in ".!?:\n;"
         out.append(_Word(m.start(), m.end(), m.group(), sent_start))
     return out
 
@@ -287,6 +296,7 @@ class TextSpanner:
         ents = self._entity_words(doc, words) if doc is not None else set()
         # 1. quoted titles: every word inside the quotes
         quoted = set()
+        starts = [w.start for w in words]
         for m in _QUOTE.finditer(answer):
             s, e = m.span()
             inner = _WORD.findall(m.group())
@@ -295,8 +305,11 @@ class TextSpanner:
                            and x.lower() not in CONNECTORS]
                 if not content or sum(x[0].isupper() for x in content) < len(content):
                     continue
-            if len(inner) <= 16:
-                quoted.update(i for i, w in enumerate(words) if s < w.start and w.end < e)
+            if len(inner) <= 16:  # the words inside: found by bisection
+                i = bisect.bisect_right(starts, s)
+                while i < n and words[i].end < e:
+                    quoted.add(i)
+                    i += 1
         # 2. capitalised runs (with connectors), numbers, content words
         cap = [False] * n
         for i, w in enumerate(words):
@@ -316,7 +329,7 @@ class TextSpanner:
             if (not cap[i] and words[i].lower in CONNECTORS and cap[i - 1]
                     and answer[words[i - 1].end:words[i].start].strip() == ""):
                 j = i
-                while j < n and not cap[j] and words[j].lower in CONNECTORS:
+                while j < min(n, i + 3) and not cap[j] and words[j].lower in CONNECTORS:
                     j += 1
                 if j < n and cap[j] and j - i <= 2:
                     for k in range(i, j):

@@ -163,6 +163,7 @@ class UnlearningTrainer(Trainer):
     method = ""
     config_class: type | None = None
     uses_retain = True
+    uses_spans = False  # the loss reads the sensitive spans (else span-less data is accepted)
     supports_fused_linear = False
     loss_function = None  # the method's loss on per-sequence values, when it has one
 

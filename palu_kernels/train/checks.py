@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import os
 
-from ..outputs import checkpoint_problem, is_within, latest_complete_checkpoint, result_problem
+from ..outputs import (LOCK, checkpoint_problem, in_use_error, is_within,
+                       latest_complete_checkpoint, lock_owner, result_problem)
 
 PROG = "palu-unlearn"
 TARGETS = ("mean", "mean_detached", "topk_mean")
@@ -136,8 +137,12 @@ def check_model_files(source) -> None:
 
 
 def check_output(job, source) -> None:
-    """The output directory is not the model, does not hold it and is not inside it; a
-    ``--resume`` checkpoint is complete."""
+    """The output directory is not the model, does not hold it, is not inside it and is not
+    in use by another run (:func:`palu_kernels.outputs.lock_owner`); a ``--resume``
+    checkpoint is complete and belongs to a run of the same model, data and settings
+    (:func:`palu_kernels.train.identity.check_resume`)."""
+    from .identity import IDENTITY, check_resume
+
     out, o = job.output.output_dir, job.output
     model_path = (os.path.join(source.directory, source.gguf_file) if source.gguf_file
                   else source.directory)
@@ -150,7 +155,11 @@ def check_output(job, source) -> None:
         raise fail("--output-dir", f"{out!r} contains the input model {job.model.path!r}; "
                                    "writing (or --overwrite) there could destroy it; choose "
                                    "another directory")
-    if os.path.isdir(out) and os.listdir(out):
+    owner = lock_owner(out) if os.path.isdir(out) else None
+    if owner is not None:
+        raise in_use_error(out, owner)
+    # a killed run's lock file and identity alone (no checkpoint yet) hold nothing to keep
+    if os.path.isdir(out) and [n for n in os.listdir(out) if n not in (LOCK, IDENTITY)]:
         if not (o.resume or o.overwrite):
             raise fail("--output-dir", f"{out!r} is not empty; pass --resume to continue its "
                                        "run or --overwrite to replace it")
@@ -158,11 +167,13 @@ def check_output(job, source) -> None:
         problem = checkpoint_problem(o.resume)
         if problem:
             raise fail("--resume", f"{o.resume!r} is not a complete checkpoint: {problem}")
+        check_resume(job, o.resume)
     elif o.resume is True:
         ckpt, skipped = latest_complete_checkpoint(out)
         if ckpt is None:
             why = "; ".join(f"{os.path.basename(p)}: {w}" for p, w in skipped)
             raise fail("--resume", f"no complete checkpoint-* in {out!r}"
                                    + (f" ({why})" if why else ""))
+        check_resume(job, ckpt)
     elif o.resume not in (None, False):
         raise fail("--resume", f"must be a checkpoint path or True, got {o.resume!r}")

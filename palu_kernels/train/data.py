@@ -37,6 +37,7 @@ import torch
 from ..constants import IGNORE_INDEX
 from ..jsonio import iter_json_objects as _iter_json_objects
 from ..jsonio import iter_json_values as _iter_json_values
+from ..jsonio import strip_bom as _strip_bom
 from ..masks import initiating_mask
 
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
@@ -186,6 +187,7 @@ def _load(path: str, *, spans: str, skip_bad: bool, max_listed: int, merge_overl
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     report = LoadReport(path=path)
     records: list[QARecord] = []
+    text = _strip_bom(text)
     if passages and path.lower().endswith(".txt"):
         items = _txt_passages(text)
     elif passages:
@@ -212,11 +214,10 @@ def _load(path: str, *, spans: str, skip_bad: bool, max_listed: int, merge_overl
             listed += f"\n  ... and {more} more"
         if not skip_bad and len(report.skipped) == 1:  # one line
             ln, why = report.skipped[0]
-            raise ValueError(f"{path}:{ln}: {why} (1 bad record; pass skip_bad=True / "
-                             "--skip-bad-records to skip it)")
+            raise ValueError(f"{path}:{ln}: {why} (1 bad record; --skip-bad-records skips it)")
         if not skip_bad:
-            raise ValueError(f"{len(report.skipped)} bad record(s) in {path} (pass skip_bad=True / "
-                             f"--skip-bad-records to skip them):\n{listed}")
+            raise ValueError(f"{len(report.skipped)} bad record(s) in {path} "
+                             f"(--skip-bad-records skips them):\n{listed}")
         warnings.warn(f"skipped {len(report.skipped)} bad record(s) of {report.n_records} in "
                       f"{path}:\n{listed}", stacklevel=2)
     if not records:

@@ -14,6 +14,7 @@ Several processes: ``torchrun --nproc_per_node 2 -m palu_kernels.cli.unlearn ...
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
@@ -22,9 +23,10 @@ import shutil
 import sys
 import time
 
-from ..outputs import (MARKER, atomic_write_json, latest_complete_checkpoint, make_temp_sibling,
-                       publish_result)
+from ..outputs import (MARKER, OutputLock, atomic_write_json, latest_complete_checkpoint,
+                       make_temp_sibling, publish_result)
 from .base import NonFiniteLossError, nonfinite_parameters
+from .identity import IDENTITY, check_resume, run_identity, write_identity
 from .models import (ModelSource, load_model, load_tokenizer, resolve_model_path,
                      train_last_layers)
 from .registry import trainer_class
@@ -82,12 +84,8 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     registry's class of ``job.method.name`` with :meth:`MethodSpec.trainer_kwargs`).
     """
     import torch
-    from accelerate import PartialState
-    from transformers import TrainerCallback, TrainingArguments, set_seed
 
-    from .data import PALUCollator, PALUDataset, chunk_passages, load_forget, load_records
     from .distributed import EngineError, check_launch
-    from .heads import FusedLinearError
 
     t0 = time.time()
     try:  # the launcher's environment first: nothing else matters if it cannot run
@@ -95,23 +93,62 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     except EngineError as e:
         raise SystemExit(f"palu-unlearn: {e}") from None  # (before any directory is made)
     source = check_job(job)
-    m, d, tr, o = job.model, job.data, job.training, job.output
+    o = job.output
     out_existed = os.path.isdir(o.output_dir)
-    set_seed(tr.seed)
-
-    def fail(message: str) -> SystemExit:
-        """A one-line error; an output directory this run created and left empty goes."""
-        if not out_existed:
+    main = int(os.environ.get("RANK", "0")) == 0  # the process that writes the outputs
+    lock = (OutputLock(o.output_dir, command=job.command()) if main
+            else contextlib.nullcontext())
+    try:
+        with lock:  # the output directory belongs to this run until it returns or fails
+            if main and lock.reclaimed:
+                print(f"palu-unlearn: {o.output_dir}: reclaimed the lock of a run that ended "
+                      f"without releasing it (pid {lock.reclaimed.get('pid')})", file=sys.stderr)
+            return _run_locked(job, source, callbacks=callbacks, trainer_cls=trainer_cls,
+                               trainer_kwargs=trainer_kwargs, verbose=verbose, t0=t0)
+    except BaseException:
+        # an output directory this run created and left without a checkpoint or result goes
+        if main and not out_existed and os.path.isdir(o.output_dir):
+            if os.listdir(o.output_dir) == [IDENTITY]:
+                os.remove(os.path.join(o.output_dir, IDENTITY))
             try:
                 os.rmdir(o.output_dir)
-            except OSError:  # not there, or not empty: keep it
+            except OSError:  # not empty: keep it
                 pass
+        raise
+
+
+def _run_locked(job: UnlearningJob, source: ModelSource, *, callbacks, trainer_cls,
+                trainer_kwargs, verbose: bool, t0: float) -> dict:
+    """:func:`run_unlearning` once the output directory is locked."""
+    import torch
+    from accelerate import PartialState
+    from transformers import TrainerCallback, TrainingArguments, set_seed
+
+    from .data import PALUCollator, PALUDataset, chunk_passages, load_forget, load_records
+    from .distributed import EngineError
+    from .heads import FusedLinearError
+
+    m, d, tr, o = job.model, job.data, job.training, job.output
+    identity = run_identity(job)
+    if o.resume:  # checked by check_job; again now that no other run can change the directory
+        check_resume(job, o.resume if isinstance(o.resume, str)
+                     else latest_complete_checkpoint(o.output_dir)[0], identity)
+    set_seed(tr.seed)
+    uses_spans = trainer_class(job.method.name).uses_spans
+
+    def fail(message: str) -> SystemExit:
+        """A one-line error (:func:`run_unlearning` removes an output directory it created
+        and left empty)."""
         return SystemExit(f"palu-unlearn: {message}")
 
     try:
-        forget, forget_report = load_forget(d.forget, spans="required" if d.spans == "given"
-                                            else "ignore", skip_bad=d.skip_bad_records)
-        if d.spans == "given" and forget[0].raw and not any(r.spans for r in forget):
+        # a method that ignores spans takes records without target_words (and raw passages)
+        forget, forget_report = load_forget(
+            d.forget, spans=("ignore" if d.spans != "given" else
+                             "required" if uses_spans else "optional"),
+            skip_bad=d.skip_bad_records)
+        if (d.spans == "given" and uses_spans and forget[0].raw
+                and not any(r.spans for r in forget)):
             raise ValueError(f"{d.forget}: the passages have no target_words; pass --spans text "
                              "or --spans contrast (or a palu-spans output file)")
         retain, retain_report = (None, None)
@@ -210,6 +247,8 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
     # Fixed measurement set: every forget record, each paired with a retain record.
     eval_items = dataset.measurement_items(d.eval_retain if retain else 0, d.eval_forget)
     before = trainer.measure(eval_items, batch_size=tr.batch_size, desc="losses before")
+    if state.is_main_process:  # what --resume checks the checkpoints against
+        write_identity(o.output_dir, identity)
     try:
         train_out = trainer.train(resume_from_checkpoint=resume)
         trainer.check_finite_weights()
@@ -246,6 +285,7 @@ def run_unlearning(job: UnlearningJob, *, callbacks=None, trainer_cls=None,
         "before": before,
         "after": after,
         "output_dir": os.path.abspath(o.output_dir),
+        "identity": identity,
     }
     summary["train_loss"] = getattr(train_out, "training_loss", None)
 

@@ -43,6 +43,7 @@ class PALUTrainer(UnlearningTrainer):
     """
 
     method = "palu"
+    uses_spans = True
     supports_fused_linear = True
 
     def __init__(self, *args, palu: PALUConfig | None = None, ref_model=None, **kwargs):

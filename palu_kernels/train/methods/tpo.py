@@ -127,6 +127,7 @@ class TPOTrainer(UnlearningTrainer):
     NLL per forget answer token), ``forget_pref``, ``forget_nll_g``, ``forget_margin``."""
 
     method = "tpo"
+    uses_spans = True
     config_class = TPOConfig
     loss_function = staticmethod(tpo_loss)  # on logits and the U / G row masks, not log-probs
 
