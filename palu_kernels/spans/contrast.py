@@ -36,8 +36,8 @@ from typing import Optional, Sequence
 
 from ..errors import UsageError
 from ..train.data import QARecord
-from .lm import load_scorer, token_log_probs
-from .text import STOPWORDS, spans_from_marks, words_of
+from .lm import load_scorer, per_word, token_log_probs
+from .text import STOPWORDS, spans_from_marks
 
 __all__ = ["DEFAULT_THRESHOLD", "PASSAGE_MAX_COVERAGE", "ContrastOptions", "contrast_spans",
            "token_llr"]
@@ -82,19 +82,7 @@ def _spans_of(answer: str, tokens: list[tuple[int, int, float]], opts: ContrastO
         mean = sum(vals) / len(vals)
         std = (sum((v - mean) ** 2 for v in vals) / len(vals)) ** 0.5
         cut = mean + opts.threshold * std
-    words = words_of(answer)
-    score: list = [None] * len(words)  # the word's highest token ratio
-    toks = sorted(tokens)
-    j = 0  # words and tokens are both in text order: one sweep (linear in the passage)
-    for i, w in enumerate(words):
-        while j < len(toks) and toks[j][1] <= w.start:
-            j += 1
-        k = j
-        while k < len(toks) and toks[k][0] < w.end:
-            a, e, v = toks[k]
-            if e > w.start and answer[max(a, w.start):min(e, w.end)].strip():
-                score[i] = v if score[i] is None else max(score[i], v)
-            k += 1
+    words, score = per_word(answer, tokens, max)  # the word's highest token ratio
     mark = [w.lower not in STOPWORDS and sc is not None and sc > cut
             for w, sc in zip(words, score)]
     if opts.max_coverage is not None:

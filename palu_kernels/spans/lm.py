@@ -121,8 +121,16 @@ def word_log_probs(answer: str, tokens: Sequence[tuple[int, int, float]]):
     (:func:`palu_kernels.spans.text.words_of`), the sum of the log-probabilities of the tokens
     that overlap it (ignoring a token's leading whitespace); ``None`` for a word no scored
     token covers."""
+    return per_word(answer, tokens, lambda a, b: a + b)
+
+
+def per_word(answer: str, tokens, combine):
+    """``(words, values)``: per word of ``answer``, the values ``v`` of the ``(start, end, v)``
+    tokens that overlap it (a token's leading whitespace ignored) folded with ``combine``
+    (``None`` for a word no token covers). Words and tokens are both in text order: one sweep,
+    linear in the passage."""
     words = words_of(answer)
-    sums: list[Optional[float]] = [None] * len(words)
+    vals: list[Optional[float]] = [None] * len(words)
     j = 0
     toks = sorted(tokens)
     for i, w in enumerate(words):
@@ -131,10 +139,10 @@ def word_log_probs(answer: str, tokens: Sequence[tuple[int, int, float]]):
         k = j
         while k < len(toks) and toks[k][0] < w.end:
             a, e, v = toks[k]
-            if answer[max(a, w.start):min(e, w.end)].strip():
-                sums[i] = (sums[i] or 0.0) + v
+            if e > w.start and answer[max(a, w.start):min(e, w.end)].strip():
+                vals[i] = v if vals[i] is None else combine(vals[i], v)
             k += 1
-    return words, sums
+    return words, vals
 
 
 def _predictability_marks(answer: str, tokens, threshold: float):
