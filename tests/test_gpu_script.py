@@ -196,3 +196,14 @@ def test_tests_past_the_deadline_skip_and_pytest_still_sums_up():
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "time budget of this run is spent" in proc.stdout
     assert re.search(r"\b\d+ skipped in ", proc.stdout) and " passed" not in proc.stdout
+
+
+def test_warmup_lists_every_cuda_test():
+    """The warm-up's shards come from pytest's own listing of tests/test_triton_cuda.py (also
+    on a CPU, where the tests then skip): parametrised tests one id per case."""
+    from bench.gpu.warmup import TESTS, collect
+
+    ids = collect(sys.executable, timeout=300)
+    assert ids and all(i.startswith(TESTS + "::") for i in ids)
+    assert len(ids) == len(set(ids)) >= 30
+    assert sum("test_bf16_subnormals_at_the_top_k_boundary[" in i for i in ids) == 4
