@@ -58,8 +58,8 @@ KILL_S=5  # timeout -k: the grace after a step's limit
 PLANNED=$((ENV_S + WARMUP_S + TESTS_S + CHECK_S + FSDP_S))
 MARGIN=$((TOTAL_S - PLANNED))
 # The dry run rehearses the GPU plan on a CPU, where the Triton interpreter and a shared
-# machine are several times slower than any GPU: every limit (and the sections' caps in
-# gpu_check.py, DRY_CAP_FACTOR) is stretched by X; the plan printed is the GPU's.
+# machine are several times slower than any GPU: every limit is stretched by X (the sections'
+# caps in gpu_check.py by 2 X, inside the step's limit); the plan printed is the GPU's.
 X=1
 [ "$DRY" = 1 ] && X=${GPU_DRY_FACTOR:-3} && export GPU_DRY_FACTOR=$X
 

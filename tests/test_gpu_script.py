@@ -68,6 +68,14 @@ def test_results_name_every_section_and_the_markdown_shows_them(clean_run):
     assert exact["topk_sets"]["rows_with_a_wrong_set"] == 0
     assert exact["gradient"]["of_them_with_a_nonzero_gradient"] == 0
     assert doc["sections"]["trainer"]["runs"]["torch"]["steps"] == 2
+    # the bandwidth against both floors: the dense one counts the zero gradient rows too
+    bw = doc["sections"]["bandwidth"]
+    assert bw["dense_min_bytes"] > bw["min_bytes"] > 0
+    fb = [e for e in bw["entries"] if e["mode"] == "forward+backward" and e["fraction_of_peak"]]
+    assert fb, bw
+    for e in fb:
+        assert e["fraction_of_peak_dense"] == pytest.approx(
+            e["fraction_of_peak"] * bw["dense_min_bytes"] / bw["min_bytes"])
     md = (out / "results.md").read_text()
     assert "DRY RUN" in md
     for name in SECTIONS:

@@ -76,6 +76,11 @@ def test_headline_minimum_traffic():
     h200, h100 = sm.MACHINES["h200"], sm.MACHINES["h100"]
     assert sm.CASE.min_bytes / h200.hbm_bytes_per_s * 1e3 == pytest.approx(1.051, abs=0.001)
     assert sm.CASE.min_bytes / h100.hbm_bytes_per_s * 1e3 == pytest.approx(1.505, abs=0.001)
+    # the GPU check's bandwidth uses the same two floors (bench.common.Case)
+    from bench.common import Case as BenchCase
+
+    c = BenchCase(rows=8192, vocab=128256, k=5000, dtype="bf16")
+    assert (c.min_bytes, c.dense_min_bytes) == (sm.CASE.loss_min_bytes, sm.CASE.min_bytes)
 
 
 def test_l2_hit_fraction():

@@ -38,7 +38,7 @@ SECTIONS = {
                 (*KERNELS, "transformers", "accelerate", "safetensors")),
 }
 CHECK_BUDGET_S = sum(s[1] for s in SECTIONS.values())  # 200
-DRY_CAP_FACTOR = 3  # --dry-run: caps and floors x3 (bench/gpu.sh's GPU_DRY_FACTOR)
+DRY_CAP_FACTOR = 6  # --dry-run: caps and floors x6 (twice bench/gpu.sh's GPU_DRY_FACTOR)
 IN_PROCESS = ("bandwidth",)
 VERSIONED = ("torch", "triton", "transformers", "accelerate", "safetensors", "hypothesis")
 

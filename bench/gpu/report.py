@@ -115,11 +115,15 @@ def render_markdown(doc: dict) -> str:
     if b and b.get("entries"):
         lines += [f"## {SECTIONS['bandwidth'][0]}", "",
                   f"Peak {_f(b.get('peak_GBps'), '.0f')} GB/s ({b.get('peak_source')}); "
-                  f"{b.get('traffic')}: {_f(_gb(b.get('min_bytes')), '.2f')} GB.", "",
-                  "| provider | mode | ms | GB/s | % of peak |", "|---|---|---:|---:|---:|"]
+                  f"{b.get('traffic')}: {_f(_gb(b.get('min_bytes')), '.2f')} GB; "
+                  f"{b.get('dense_traffic', 'dense floor')}: "
+                  f"{_f(_gb(b.get('dense_min_bytes')), '.2f')} GB.", "",
+                  "| provider | mode | ms | GB/s | % of peak | % of peak, dense floor |",
+                  "|---|---|---:|---:|---:|---:|"]
         for r in b["entries"]:
             lines.append(f"| {r['provider']} | {r['mode']} | {_f(r['ms'])} | {_f(r['GBps'], '.0f')}"
-                         f" | {_f(_pct(r['fraction_of_peak']), '.1f')} |")
+                         f" | {_f(_pct(r['fraction_of_peak']), '.1f')} | "
+                         f"{_f(_pct(r.get('fraction_of_peak_dense')), '.1f')} |")
         lines.append("")
 
     sw = secs.get("sweep")

@@ -59,6 +59,7 @@ def sec_timing(ctx: Context) -> str:
 
     case = ctx.case
     ctx.put(value={"case": case.label(), "loss_rows": case.loss_rows, "min_bytes": case.min_bytes,
+                   "dense_min_bytes": case.dense_min_bytes,
                    "reps": ctx.reps, "warmup": ctx.warmup,
                    "timer": "CUDA events" if ctx.cuda else "perf_counter (CPU)"})
     z, r, i, c = make_inputs(case, ctx.device)
@@ -134,10 +135,13 @@ def sec_bandwidth(results: Results) -> str:
     peak = env.get("peak_GBps")
     timing, comp = doc.get("timing", {}), doc.get("compile", {})
     min_bytes = timing.get("min_bytes") or comp.get("min_bytes")
+    dense = timing.get("dense_min_bytes") or comp.get("dense_min_bytes")
     out = {"peak_GBps": peak, "peak_source": env.get("peak_source"),
            "traffic": "minimum forward+backward traffic: read logits and ref_logits, write the "
                       "gradient, for the rows in I or C (bench.common.Case.min_bytes)",
-           "min_bytes": min_bytes, "entries": []}
+           "dense_traffic": "the same plus one zero gradient row per row without a loss (the "
+                            "floor of a dense gradient, bench/static_model.py's roofline)",
+           "min_bytes": min_bytes, "dense_min_bytes": dense, "entries": []}
     providers = dict(timing.get("providers", {}))
     providers.update(comp.get("providers", {}))
     rows = [(name, "forward+backward", p.get("forward+backward_ms"))
@@ -151,7 +155,8 @@ def sec_bandwidth(results: Results) -> str:
     for name, mode, ms in rows:
         gbps = _gbps(min_bytes, ms)
         out["entries"].append({"provider": name, "mode": mode, "ms": ms, "GBps": gbps,
-                               "fraction_of_peak": _fraction(gbps, peak)})
+                               "fraction_of_peak": _fraction(gbps, peak),
+                               "fraction_of_peak_dense": _fraction(_gbps(dense, ms), peak)})
     topk = timing.get("topk", {})
     for name in ("topk_threshold", "torch.topk"):
         ms = topk.get(name, {}).get("ms")

@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     for j, group in enumerate(groups):
         log = open(os.path.join(scratch, f"shard{j}.log"), "w")
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *group]
-        procs.append((f"tests shard {j + 1}/{len(groups)} ({len(group)} tests)", log,
+        what = "the whole file" if a.dry_run else f"{len(group)} tests"
+        procs.append((f"tests shard {j + 1}/{len(groups)} ({what})", log,
                       subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)))
     for name in () if a.dry_run else SECTIONS_TOO:  # into a throwaway results folder
@@ -103,8 +104,8 @@ def main(argv=None) -> int:
         procs.append((f"the {name} section", log, subprocess.Popen(
             cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)))
-    print(f"warmup: {'the' if a.dry_run else len(ids)} CUDA tests in {len(groups)} parallel "
-          "pytest processes"
+    print(f"warmup: {'the' if a.dry_run else len(ids)} CUDA tests in {len(groups)} pytest "
+          f"process{'es' if len(groups) > 1 else ''} at once"
           + ("" if a.dry_run else " + the sections " + ", ".join(SECTIONS_TOO))
           + f", limit {a.limit_s:.0f} s, Triton cache {cache or '(triton default)'}", flush=True)
     for label, log, proc in procs:
