@@ -81,6 +81,12 @@ class Case:
         return 3 * self.loss_rows * self.vocab * self.elem_size
 
     @property
+    def dense_min_bytes(self) -> int:
+        """``min_bytes`` plus one zero gradient row per row without a loss: the floor of a dense
+        [N, V] gradient (issue 23; bench/static_model.py's roofline)."""
+        return self.min_bytes + (self.rows - self.loss_rows) * self.vocab * self.elem_size
+
+    @property
     def input_bytes(self) -> int:
         return 2 * self.rows * self.vocab * self.elem_size
 

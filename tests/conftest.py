@@ -42,3 +42,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+if os.environ.get("PALU_TEST_DEADLINE"):
+    import signal
+
+    # bench/gpu.sh stops a run at its limit with SIGINT, so that pytest prints its summary: a
+    # process started with SIGINT ignored (a background job) would never see it
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_runtest_setup(item):
+    """``PALU_TEST_DEADLINE`` (seconds since the epoch, set by bench/gpu.sh): a test that would
+    start after it is skipped, so a run under a time limit ends on its own, with pytest's
+    summary, instead of being killed midway."""
+    import time
+
+    deadline = os.environ.get("PALU_TEST_DEADLINE")
+    if deadline and time.time() > float(deadline):
+        pytest.skip("the time budget of this run is spent (PALU_TEST_DEADLINE)")

@@ -68,9 +68,19 @@ def test_unroll_factor():
 def test_headline_minimum_traffic():
     n = sm.CASE.kind_rows()
     assert n == {"initiating": 819, "common": 4915, "other": 2458}
-    assert sm.CASE.min_bytes == 3 * 5734 * 128256 * 2
-    assert sm.CASE.min_bytes / 1e9 == pytest.approx(4.41, abs=0.005)
-    assert sm.CASE.min_bytes / Machine().hbm_bytes_per_s * 1e3 == pytest.approx(0.92, abs=0.005)
+    assert sm.CASE.loss_min_bytes == 3 * 5734 * 128256 * 2
+    assert sm.CASE.loss_min_bytes / 1e9 == pytest.approx(4.41, abs=0.005)
+    # the dense floor: every row without a loss still writes its zero gradient row
+    assert sm.CASE.min_bytes == (3 * 5734 + 2458) * 128256 * 2
+    assert sm.CASE.min_bytes / 1e9 == pytest.approx(5.04, abs=0.005)
+    h200, h100 = sm.MACHINES["h200"], sm.MACHINES["h100"]
+    assert sm.CASE.min_bytes / h200.hbm_bytes_per_s * 1e3 == pytest.approx(1.051, abs=0.001)
+    assert sm.CASE.min_bytes / h100.hbm_bytes_per_s * 1e3 == pytest.approx(1.505, abs=0.001)
+    # the GPU check's bandwidth uses the same two floors (bench.common.Case)
+    from bench.common import Case as BenchCase
+
+    c = BenchCase(rows=8192, vocab=128256, k=5000, dtype="bf16")
+    assert (c.min_bytes, c.dense_min_bytes) == (sm.CASE.loss_min_bytes, sm.CASE.min_bytes)
 
 
 def test_l2_hit_fraction():
@@ -118,10 +128,13 @@ def test_predict_from_pass_table_and_instruction_counts():
     assert pred["phase_s"]["forward"] == pytest.approx(0.004 + 0.006 + 0.05 + 0.006)
     assert pred["phase_s"]["backward"] == pytest.approx(0.008)
     assert pred["total_s"] == pytest.approx(0.074)
-    assert pred["min_bytes"] == 3 * 7 * 2000
-    assert pred["ideal_s"] == pytest.approx(0.042)
-    assert pred["roofline"] == pytest.approx(0.042 / 0.074)
-    assert pred["forward_roofline"] == pytest.approx(0.042 / 0.066)
+    # the floor: 3 tensors of the 7 loss rows, and the zero gradient row of the 3 others
+    assert pred["loss_min_bytes"] == 3 * 7 * 2000
+    assert pred["min_bytes"] == 3 * 7 * 2000 + 3 * 2000
+    assert pred["ideal_s"] == pytest.approx(0.048)
+    assert pred["roofline"] == pytest.approx(0.048 / 0.074)
+    assert pred["loss_roofline"] == pytest.approx(0.042 / 0.074)
+    assert pred["forward_roofline"] == pytest.approx(0.048 / 0.066)
     assert pred["overlap_s"] == pytest.approx(max(0.044, 0.05 + 8e-6 + 5e-9))
     # the bounds: every re-read from L2 drops the 6000 B pass to its issue time
     all_l2 = sm.predict(case, m, loops, passes, l2_hit=1.0)
@@ -157,11 +170,15 @@ def test_versions_table_shape():
 
 
 def test_last_line_format():
-    line = sm.last_line(sm.CASE, 0.1083)
-    assert line == ("predicted forward+backward at 8192 x 128256 bf16: 11% of the HBM roofline "
-                    "(model, not measured)")
-    assert re.fullmatch(r"predicted forward\+backward at 8192 x 128256 bf16: \d+% of the HBM "
-                        r"roofline \(model, not measured\)", sm.last_line(sm.CASE, 0.95))
+    line = sm.last_line(sm.CASE, 0.1083, sm.MACHINES["h200"])
+    assert line == ("predicted forward+backward at 8192 x 128256 bf16 on the H200: 11% of the "
+                    "HBM roofline, the dense zero gradient rows in the floor (model, not "
+                    "measured)")
+    for name in ("h100", "h200"):
+        assert re.fullmatch(r"predicted forward\+backward at 8192 x 128256 bf16 on the H[12]00: "
+                            r"\d+% of the HBM roofline, the dense zero gradient rows in the floor "
+                            r"\(model, not measured\)",
+                            sm.last_line(sm.CASE, 0.95, sm.MACHINES[name]))
 
 
 FAKE_SRC = """\
@@ -194,3 +211,100 @@ def test_marker_lookup(tmp_path):
     (tmp_path / "ops" / "palu_loss.py").write_text(FAKE_SRC)
     with pytest.raises(ModelError, match=r"appears 2 times"):
         sm.find_loop_lines(tmp_path, {"select": {"fallback": None}})
+
+
+# ------------------------------------------------------------------------- issue 23
+
+def _floor_passes():
+    """A kernel that moves exactly the dense floor: one read of z and r and one write of the
+    gradient per loss row, one zero gradient row per other row, nothing re-read."""
+    once = [Pass("mem", "z, r in, gradient out", reads=("z", "r"), writes=("g",))]
+    return {"initiating": {"forward": list(once), "backward": []},
+            "common": {"forward": list(once), "backward": []},
+            "other": {"forward": [Pass("mem", "zero row", writes=("g",))], "backward": []}}
+
+
+def test_a_kernel_at_the_dense_floor_is_at_100_percent():
+    """The floor counts the zero gradient rows: a memory-bound kernel that moves exactly the
+    floor is at 100% on either machine (the old, loss-rows-only floor capped it below 1),
+    and on the headline case that cap is the 87.5% the issue names."""
+    case = sm.CASE
+    loops = {"mem": {"s_per_element": 1e-18, "rows_in_flight": 132}}
+    for m in sm.MACHINES.values():
+        pred = sm.predict(case, m, loops, _floor_passes())
+        assert pred["hbm_bytes"] == case.min_bytes
+        assert pred["roofline"] == pytest.approx(1.0, rel=1e-12)
+        cap = case.loss_min_bytes / case.min_bytes
+        assert pred["loss_roofline"] == pytest.approx(cap, rel=1e-12) and cap < 1
+    assert case.loss_min_bytes / case.min_bytes == pytest.approx(0.875, abs=0.001)
+    # more rows without a loss raise the floor by one row each, never the loss floor
+    more = Case(rows=8192 + 100, init_frac=819 / 8292, common_frac=4915 / 8292)
+    assert more.kind_rows()["other"] == 2558
+    assert more.min_bytes - case.min_bytes == 100 * case.row_bytes
+    assert more.loss_min_bytes == case.loss_min_bytes
+
+
+def test_machines_h100_and_h200():
+    """Both parts: one chip (same issue bound), their own HBM bandwidth and L2; a memory-bound
+    kernel is slower on the H100 by the bandwidth ratio, an issue-bound one is not."""
+    h100, h200 = sm.MACHINES["h100"], sm.MACHINES["h200"]
+    assert (h100.hbm_tbs, h200.hbm_tbs) == (3.35, 4.8)
+    assert h100.sms == h200.sms == 132 and h100.ghz == h200.ghz == 1.98
+    assert h100.l2_bytes <= h200.l2_bytes
+    assert sm.issue_seconds_per_element(500, 150, 33, 32, h100) == \
+        sm.issue_seconds_per_element(500, 150, 33, 32, h200)
+    # with_tool takes the chip constants from sass_profile, keeps the part's HBM and L2
+    tool = {"SMS": 132, "SCHEDULERS": 4, "GHZ": 1.98, "HBM_TBS": 4.8, "INT_CYCLES": 2,
+            "MUFU_CYCLES": 8}
+    assert h100.with_tool(tool) == h100
+    assert h100.with_tool({**tool, "SMS": 100}).sms == 100
+    assert h100.with_tool({**tool, "SMS": 100}).hbm_tbs == 3.35
+    case = sm.CASE
+    mem = {"mem": {"s_per_element": 1e-18, "rows_in_flight": 132}}
+    t100 = sm.predict(case, h100, mem, _floor_passes())["total_s"]
+    t200 = sm.predict(case, h200, mem, _floor_passes())["total_s"]
+    assert t100 / t200 == pytest.approx(4.8 / 3.35, rel=1e-12)
+    slow = {"mem": {"s_per_element": 1e-9, "rows_in_flight": 132}}  # issue-bound everywhere
+    assert sm.predict(case, h100, slow, _floor_passes())["total_s"] == \
+        pytest.approx(sm.predict(case, h200, slow, _floor_passes())["total_s"], rel=1e-12)
+    # a larger L2 never makes a re-read cost more
+    p = Pass("a", "x", rereads=("z",), reuse=2.0)
+    assert sm.l2_hit_fraction(p, 132, case.row_bytes, h200.l2_bytes) >= \
+        sm.l2_hit_fraction(p, 132, case.row_bytes, h100.l2_bytes)
+    assert [m.name for m in sm.parse_machines("both")] == ["H100", "H200"]
+    assert sm.parse_machines("h100") == [h100]
+    with pytest.raises(ModelError, match="--machine 'a100'"):
+        sm.parse_machines("a100")
+    with pytest.raises(SystemExit) as e:
+        sm.main(["--machine", "a100"])
+    assert e.value.code == 2
+
+
+def test_each_selection_loop_is_charged_its_own_cost():
+    """A role compiled to several SASS loops (tl.static_range): the j-th pass of a phase is
+    charged the j-th loop when the counts agree, else every pass the main loop."""
+    case, m, _, _ = _toy()
+    cheap, dear = {"label": "L0", "s_per_element": 1e-6}, {"label": "L1", "s_per_element": 3e-6}
+    loops = {"sel": {"s_per_element": 3e-6, "label": "L1", "rows_in_flight": 10,
+                     "instances": [cheap, dear]},
+             "b": {"s_per_element": 1e-12, "rows_in_flight": 10}}
+    two = [Pass("sel", "pass 0", reads=("r",)), Pass("sel", "pass 1", rereads=("r",), reuse=1)]
+    passes = {"initiating": {"forward": two, "backward": []},
+              "common": {"forward": [], "backward": []},
+              "other": {"forward": [Pass("b", "zero", writes=("g",))], "backward": []}}
+    pred = sm.predict(case, m, loops, passes)
+    sel = [r for r in pred["passes"] if r["loop"] == "sel"]
+    assert [r["sass"] for r in sel] == ["L0", "L1"]
+    n = case.kind_rows()["initiating"]
+    assert [r["issue_s"] for r in sel] == pytest.approx([n * 1000 * 1e-6, n * 1000 * 3e-6])
+    # the same passes charged the main (dearest) loop twice cost more; order matters
+    flat = {**loops, "sel": {k: v for k, v in loops["sel"].items() if k != "instances"}}
+    assert sm.predict(case, m, flat, passes)["total_s"] > pred["total_s"]
+    swapped = {**loops, "sel": {**loops["sel"], "instances": [dear, cheap]}}
+    assert [r["sass"] for r in sm.predict(case, m, swapped, passes)["passes"][:2]] == ["L1", "L0"]
+    # one pass, or three, against two loops: the main loop for each (a remainder loop)
+    for lst in (two[:1], two + two[:1]):
+        passes["initiating"]["forward"] = lst
+        got = [r["sass"] for r in sm.predict(case, m, loops, passes)["passes"]
+               if r["loop"] == "sel"]
+        assert got == ["L1"] * len(lst)

@@ -15,6 +15,7 @@ import palu_kernels as pk  # noqa: E402
 import reference  # noqa: E402
 import test_triton as T  # noqa: E402  (the shared check_* functions)
 from helpers import loss_and_grad, make_case  # noqa: E402
+from palu_kernels.ops.topk import topk_mask_from_threshold, topk_threshold  # noqa: E402
 
 DEV = "cuda"
 
@@ -224,3 +225,69 @@ def test_device_guard_on_a_second_gpu():
         a = pk.palu_local_entropy_loss(z, r, i, c, k=30, backend="triton")
     b = pk.palu_local_entropy_loss(z.cpu(), r.cpu(), i.cpu(), c.cpu(), k=30, backend="torch")
     torch.testing.assert_close(a.cpu(), b, rtol=2e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- issue 23
+
+# bf16 bit patterns around zero: subnormals are m * 2^-133 (bits 0x0001..0x007F), the smallest
+# normal 2^-126 is 0x0080; 0x8000 is -0.0 (equal to +0.0: one tie group).
+_SUB_POOL = [0x0080, 0x007F, 0x0004, 0x0003, 0x0002, 0x0001, 0x0000, 0x8000, 0x8001, 0x8002,
+             0x807F, 0xBF80]  # descending by value, +0 and -0 equal; 0xBF80 is -1.0
+
+
+def _subnormal_rows(n, v, seed):
+    """[n, v] bf16 rows drawn from ``_SUB_POOL`` (built from bits: no conversion can flush),
+    -1.0 the most frequent, and the same rows mapped in order onto normal values."""
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.tensor([1, 1, 2, 3, 3, 4, 4, 4, 3, 2, 1, 40], dtype=torch.float)
+    idx = torch.multinomial(weights, n * v, replacement=True, generator=g).view(n, v)
+    bits = torch.tensor(_SUB_POOL, dtype=torch.int32)
+    r = (bits[idx] - (bits[idx] >= 0x8000).int() * 0x10000).to(torch.int16)
+    r = r.view(torch.bfloat16)
+    # an order-preserving map onto normal values: equal values (+0, -0) map to one value
+    rank = torch.tensor([11, 10, 9, 8, 7, 6, 5, 5, 4, 3, 2, 1], dtype=torch.float)
+    mapped = (rank[idx] * 0.5).to(torch.bfloat16)
+    return r.to(DEV), mapped.to(DEV)
+
+
+def _boundary_ks(row):
+    """Every K whose K-th value of a stable descending sort differs from the next one's, the
+    K just after, and K = 1: the top-K boundary at every step between two pool values."""
+    vals = torch.sort(row.float(), descending=True, stable=True).values.cpu()
+    steps = [j + 1 for j in range(vals.numel() - 1) if vals[j] != vals[j + 1]]
+    return sorted({1, *steps, *(s + 1 for s in steps if s + 1 <= vals.numel())})
+
+
+@pytest.mark.parametrize("v", [257, 4099, 32003, 128256])
+def test_bf16_subnormals_at_the_top_k_boundary(v):
+    """Compiled compares do not flush bf16 subnormals (the triton interpreter does, so only a
+    GPU can check this): the kernel's threshold and set equal a stable sort's on the GPU at
+    every boundary between two subnormals, a subnormal and +-0, and a subnormal and the
+    smallest normal; and the fused loss picks the same set as for the same order on normal
+    values (its result and gradient are then bit for bit the same)."""
+    r, mapped = _subnormal_rows(3, v, seed=v)
+    assert ((r.view(torch.int16) & 0x7F80) == 0).float().mean() > 0.2  # subnormals and zeros
+    for row in range(r.shape[0]):
+        ks = _boundary_ks(r[row])
+        rows = r[row:row + 1]
+        for k in ks:
+            thr, ties = topk_threshold(rows, k)
+            member = topk_mask_from_threshold(rows, thr, ties)
+            sort = torch.sort(rows, dim=-1, descending=True, stable=True)  # on the GPU
+            want = torch.zeros_like(member).scatter(-1, sort.indices[..., :k], True)
+            assert torch.equal(member, want), (v, row, k)
+            kth = sort.values[..., k - 1]
+            assert torch.equal(thr.float(), kth.float()), (v, row, k, thr, kth)
+            if kth.item() != 0:  # not flushed: the very bits of the K-th value
+                assert torch.equal(thr.view(torch.int16), kth.view(torch.int16)), (v, row, k)
+            assert torch.equal(member.cpu(), reference.topk_set_reference(rows.cpu(), k))
+    g = torch.Generator(device=DEV).manual_seed(v)
+    z = torch.randn(r.shape, device=DEV, generator=g).mul_(3).to(torch.bfloat16)
+    i = torch.ones(r.shape[0], dtype=torch.bool, device=DEV)
+    c = torch.zeros_like(i)
+    k = _boundary_ks(r[0])[len(_boundary_ks(r[0])) // 2]
+    for target in ("mean", "topk_mean"):
+        opts = dict(k=k, target=target, kl=None, reduction="none")
+        got, g_got = loss_and_grad(T.triton_loss, z, r, i, c, **opts)
+        same, g_same = loss_and_grad(T.triton_loss, z, mapped, i, c, **opts)
+        assert torch.equal(got, same) and torch.equal(g_got, g_same), (v, target, k)
