@@ -81,8 +81,8 @@ def test_bracket_fast_path_answers_with_ties_at_the_boundary(dtype):
     # place, all in the bracket: the candidates resolve the tie (ties < #(r == thr))
     g = torch.Generator().manual_seed(6)
     t = (torch.round(torch.randn(2, 2000, generator=g) * 8) / 4).to(dtype)
-    path = _check(t, 150, block=128)
-    thr, ties, _ = _topk_threshold(t, 150, block=128, method="bracket")
+    path = _check(t, 150, block=256)
+    thr, ties, _ = _topk_threshold(t, 150, block=256, method="bracket")
     assert path.tolist() == [1, 1]
     assert torch.all(ties < (t == thr.unsqueeze(-1)).sum(-1))
     # every row equal: one candidate value, ties = K

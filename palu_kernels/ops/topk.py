@@ -203,9 +203,11 @@ def _kth_key(key, valid, m, lo, hi, KEY_BITS: tl.constexpr):
     span = hi - lo
     off = tl.zeros([], dtype=tl.uint32)
     for b in tl.static_range(KEY_BITS):
-        c = off | tl.full([], 1 << (KEY_BITS - 1 - b), tl.uint32)
-        n = tl.sum(tl.sum((valid & (key >= lo + c)).to(tl.int32), axis=1), axis=0)
-        off = tl.where((c <= span) & (n >= m), c, off)
+        bit = tl.full([], 1 << (KEY_BITS - 1 - b), tl.uint32)
+        if bit <= span:  # bits above the span's are 0: no count (a uniform branch)
+            c = off | bit
+            n = tl.sum(tl.sum((valid & (key >= lo + c)).to(tl.int32), axis=1), axis=0)
+            off = tl.where((c <= span) & (n >= m), c, off)
     return lo + off
 
 
