@@ -9,9 +9,12 @@ short), and each row does only the work its kind needs:
 * a row in neither ``I`` nor ``C`` never reads ``z`` or ``r``; it writes a zero gradient row
   (when a gradient is wanted) and a zero loss;
 * a row in ``I`` (local term):
-    1. top-K threshold ``thr``, tie count and ``j_last`` of ``r`` by radix select over keys
-       of the data's width (``ops/topk.py``: 2 passes over ``r`` for bf16 / fp16, 4 for
-       fp32), skipped when ``K = V``;
+    1. top-K threshold ``thr``, tie count and ``j_last`` of ``r`` (``ops/topk.py``), skipped
+       when ``K = V``: by the sampled bracket (one counting pass over ``r``, the candidates'
+       columns kept in the row's gradient, which pass B overwrites later) under triton
+       < 3.9, whose ``tl.histogram`` is costly, and by radix select over keys of the data's
+       width (2 passes over ``r`` for bf16 / fp16, 4 for fp32) from 3.9, without a gradient,
+       or when the bracket misses (``default_select_method``, ``docs/kernels.md``);
     2. pass A (first tile to last): the target ``c``: mean of ``z`` over V, or over ``S``;
        for ``"mean"`` also ``s = sum_S z - K c`` for the gradient (``"mean_detached"``
        reads only ``z``; a constant target skips the pass);

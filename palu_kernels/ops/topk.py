@@ -46,6 +46,17 @@ the row (``evict_last``): the local term's passes come next.
 
 Only when a tie straddles the boundary (``ties < #(r == thr)``) does one more pass over the
 row find ``j_last`` (a running count of the entries equal to ``thr``).
+
+Sampled bracket (``_topk_search_bracket``, no histogram: the default where triton lowers
+``tl.histogram`` to ballots, ``default_select_method``). Two order statistics of a sample of
+the row (4096 entries, 16-byte runs spread over it) bracket the K-th value, ``[lo, hi]`` in
+keys, 4 binomial deviations wide; one pass counts ``c_gt = #(key > hi)`` and appends the
+column of every key in ``[lo, hi]`` to a small int32 scratch (a few thousand candidates at
+V = 128256, K = 5000); when ``c_gt < K <= c_gt + #candidates`` (and the scratch held them),
+the K-th value is the ``(K - c_gt)``-th largest candidate, found bit by bit with one count per
+bit, and the entries equal to it are all candidates (``ties``, ``n_eq``). Otherwise the radix
+select answers: the sample decides only how fast, never what. ``docs/kernels.md`` has the
+figures.
 """
 
 from __future__ import annotations
