@@ -428,8 +428,8 @@ def full(bits, vec, kl, bracket):
     return {"TARGET": 0, "KL": kl, "TOPK_ALL": False, "WRITE_GRAD": True, "KEY_BITS": bits,
             "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": vec, "G_HINT": vec > 1, "NUM_STAGES": 3,
             "BRACKET": bracket, "RC": 32}
-sel = {"r_ptr": "*fp16", "thr_ptr": "*fp16", "ties_ptr": "*i64", "s_ptr": "*i32", "V": "i32",
-       "K": "i32", "stride_rn": "i64", "stride_rv": "i32", "R": "i32"}
+sel = {"r_ptr": "*fp16", "thr_ptr": "*fp16", "ties_ptr": "*i64", "s_ptr": "*i32",
+       "path_ptr": "*i32", "V": "i32", "K": "i32", "stride_rn": "i64", "stride_rv": "i32", "R": "i32"}
 scale = {"g_ptr": "*bf16", "s_ptr": "*fp32", "kind_ptr": "*i32", "V": "i32", "stride_s": "i32"}
 for fn, sig, const in ((_palu_fwd_kernel, fused("bf16"), full(16, 8, 1, True)),
                        (_palu_fwd_kernel, fused("bf16"), full(16, 8, 1, False)),

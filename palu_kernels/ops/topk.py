@@ -216,10 +216,15 @@ def _kth_key(key, valid, m, lo, hi, KEY_BITS: tl.constexpr):
     for b in tl.static_range(KEY_BITS):
         bit = tl.full([], 1 << (KEY_BITS - 1 - b), tl.uint32)
         if bit <= span:  # bits above the span's are 0: no count (a uniform branch)
-            c = off | bit
-            n = tl.sum(tl.sum((valid & (key >= lo + c)).to(tl.int32), axis=1), axis=0)
-            off = tl.where((c <= span) & (n >= m), c, off)
+            off = _kth_step(key, valid, m, lo, span, off | bit, off)
     return lo + off
+
+
+@triton.jit
+def _kth_step(key, valid, m, lo, span, c, off):
+    """One bit of ``_kth_key``: ``c`` (``off`` with the bit set) if ``#(key >= lo + c) >= m``."""
+    n = tl.sum(tl.sum((valid & (key >= lo + c)).to(tl.int32), axis=1), axis=0)
+    return tl.where((c <= span) & (n >= m), c, off)
 
 
 @triton.jit
