@@ -15,7 +15,11 @@ import torch
 import reference
 from palu_kernels._validation import check_loss_args
 from palu_kernels.ops.palu_loss import palu_forward
-from palu_kernels.ops.topk import _topk_threshold, default_select_method, topk_mask_from_threshold
+from palu_kernels.ops.topk import (
+    _topk_threshold,
+    default_select_method,
+    topk_mask_from_threshold,
+)
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1",
