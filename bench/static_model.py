@@ -334,12 +334,31 @@ _OLD_PASSES = {
     },
 }
 
+def _triton_version() -> tuple:
+    """(major, minor) of the installed triton, without importing it (0, 0 if absent)."""
+    from importlib import metadata
+
+    try:
+        parts = metadata.version("triton").split(".")[:2]
+    except metadata.PackageNotFoundError:
+        return (0, 0)
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)
+
+
+# The top-K selection the working tree's kernel runs by default under the installed triton
+# (palu_kernels.ops.topk.default_select_method): "bracket" before 3.9 (tl.histogram lowers
+# to warp ballots there), "radix" from 3.9 (shared-memory atomics).
+SELECT_NEW = "bracket" if _triton_version() < (3, 9) else "radix"
+
 # _palu_fwd_kernel of the working tree, as the JIT specialises it for the headline case:
 # bf16 [8192, 128256] rows given as [1, 8192, 128256] (T = N; every stride divisible by 16),
 # TARGET 0, KL 1, K < V, gradient written. palu_forward picks BLOCK_V = default_block_v(V) =
 # 8192 (num_warps 8), BLOCK_SEL = default_select_block(V) = 4096, KEY_BITS 16 (bf16 keys),
 # VEC 8 (16-byte vectors of bf16, rows of z, r and the gradient aligned alike: G_HINT),
-# NUM_STAGES 3. Loops are found by their `# LOOP:` markers only.
+# NUM_STAGES 3, BRACKET as SELECT_NEW (RC 32 scratch slots per lane). Loops are found by
+# their `# LOOP:` markers only: `select` is the bracket's counting pass (compiled only with
+# BRACKET), `select_radix` the radix select's histogram passes (the main path with
+# BRACKET False, the rare fallback with BRACKET True: profiled, in no pass of the table).
 _FWD_JOB_NEW = {
     "kernel": "palu_kernels.ops.palu_loss:_palu_fwd_kernel",
     "signature": {"z_ptr": "*bf16", "r_ptr": "*bf16", "order_ptr": "*i32", "kind_ptr": "*i32",
@@ -348,13 +367,18 @@ _FWD_JOB_NEW = {
                   "stride_zt": "i32", "stride_rb": "i32", "stride_rt": "i32"},
     "constexprs": {"TARGET": 0, "KL": 1, "TOPK_ALL": False, "WRITE_GRAD": True,
                    "KEY_BITS": 16, "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": 8,
-                   "G_HINT": True, "NUM_STAGES": 3},
+                   "G_HINT": True, "NUM_STAGES": 3, "BRACKET": SELECT_NEW == "bracket",
+                   "RC": 32},
     "num_warps": 8,
     "num_stages": None,
     "divisible_by_16": ["z_ptr", "r_ptr", "order_ptr", "kind_ptr", "w_ptr", "loss_ptr",
                         "g_ptr", "T", "V", "stride_zb", "stride_zt", "stride_rb", "stride_rt"],
     "loops": {
-        "select": {"elements": "BLOCK_SEL", "tensors": 1, "fallback": None},
+        # the bracket pass loads r (2 B) and has a predicated 4-byte scatter store of a
+        # candidate's column per element (static: every element's store is an instruction)
+        **({"select": {"elements": "BLOCK_SEL", "tensors": 3, "fallback": None}}
+           if SELECT_NEW == "bracket" else {}),
+        "select_radix": {"elements": "BLOCK_SEL", "tensors": 1, "fallback": None},
         "local_a": {"elements": "BLOCK_V", "tensors": 2, "fallback": None},
         "local_b": {"elements": "BLOCK_V", "tensors": 3, "fallback": None},
         "kl_stream": {"elements": "BLOCK_V", "tensors": 2, "fallback": None},
@@ -391,17 +415,31 @@ _BWD_JOB_NEW = {
 _SCALE_NEW = Pass("scale", rereads=("grad",), l2_hit=0.0, writes=("grad",),
                   why="in-place grad *= grad_output[row] (grad_output != 1)")
 
+# The initiating rows' selection passes over r, by method (SELECT_NEW picks one).
+_SELECT_PASSES = {
+    # topk_search_bracket (topk.py): a sample of 4096 entries (16 KB of r, not counted),
+    # then one counting pass (LOOP: select), last tile first: the first touch of r. The
+    # candidates (about 3000 at K = 5000: 12 KB of scratch, in the row's gradient, written
+    # and read back through L2) and the rare radix fallback (a bracket that misses, about
+    # 1e-4 of the rows at 4 binomial deviations) are not counted.
+    "bracket": [Pass("select", reads=("r",), why="bracket pass: count above, collect the "
+                     "candidates (first read of r, reversed)")],
+    # _radix_select, KEY_BITS 16: `for p in tl.static_range(2)` = 2 histogram passes over r
+    # (LOOP: select_radix). Pass 0 is the first touch of r; pass 1 walks the row
+    # backwards: reuse 1 row of r on average, 0..2 uniformly.
+    "radix": [Pass("select_radix", reads=("r",),
+                   why="selection pass 0 (high byte): first read of r"),
+              Pass("select_radix", rereads=("r",), reuse=1.0, reverse=True,
+                   why="selection pass 1 (low byte), reversed")],
+}
+
 _NEW_PASSES = {
     "initiating": {
         "forward": [
-            # topk_search, KEY_BITS 16: `for p in tl.static_range(2)` = 2 histogram passes
-            # over r (topk.py, LOOP: select). Pass 0 is the first touch of r.
-            Pass("select", reads=("r",), why="selection pass 0 (high byte): first read of r"),
-            # Pass 1 walks the row backwards: reuse 1 row of r on average, 0..2 uniformly.
-            Pass("select", rereads=("r",), reuse=1.0, reverse=True,
-                 why="selection pass 1 (low byte), reversed"),
-            # Pass A (LOOP: local_a), forward: z first touch; r[j] was touched by pass 1
-            # (which went on to column 0: j entries) and pass A streams z, r up to j: 3j/V
+            *_SELECT_PASSES[SELECT_NEW],
+            # Pass A (LOOP: local_a), forward: z first touch; r[j] was touched by the last
+            # selection pass, which walks backwards (bracket pass, or radix pass 1) and went
+            # on to column 0 (j entries), and pass A streams z, r up to j: 3j/V
             # rows, uniform on 0..3 (average 1.5, reversed relative to pass 1).
             Pass("local_a", reads=("z",), rereads=("r",), reuse=1.5, reverse=True,
                  why="pass A: mean of z and sum of z over S"),

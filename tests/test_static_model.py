@@ -163,7 +163,15 @@ def test_versions_table_shape():
     assert roles == {"select", "local_a", "local_b", "kl_stream", "kl_grad", "zero_fill", "scale"}
     sm.check_passes(old["passes"], dict.fromkeys(roles))
     new_roles = {r: s for job in new["jobs"].values() for r, s in job["loops"].items()}
-    assert set(new_roles) == roles and all(s["fallback"] is None for s in new_roles.values())
+    # the radix select's loop always (main path or the bracket's fallback), the bracket's
+    # counting pass only where it is the default (triton before 3.9)
+    bracket = sm.SELECT_NEW == "bracket"
+    assert set(new_roles) == (roles - {"select"}) | {"select_radix"} | ({"select"} if bracket
+                                                                         else set())
+    assert all(s["fallback"] is None for s in new_roles.values())
+    assert new["jobs"]["forward"]["constexprs"]["BRACKET"] == bracket
+    sel = [p.loop for p in new["passes"]["initiating"]["forward"] if p.loop.startswith("select")]
+    assert sel == (["select"] if bracket else ["select_radix", "select_radix"])
     # old: 8 radix levels over r, passes A and B, KL passes 1 and 2, zero fill, scale_rows
     init = old["passes"]["initiating"]["forward"]
     assert sum(p.repeat for p in init if p.loop == "select") == 8

@@ -424,15 +424,21 @@ def fused(dt):
             "w_ptr": "*fp32", "loss_ptr": "*fp32", "g_ptr": "*" + dt, "T": "i32", "V": "i32",
             "K": "i32", "target_value": "fp32", "stride_zb": "i64", "stride_zt": "i64",
             "stride_rb": "i64", "stride_rt": "i64"}
-def full(bits, vec, kl):
+def full(bits, vec, kl, bracket):
     return {"TARGET": 0, "KL": kl, "TOPK_ALL": False, "WRITE_GRAD": True, "KEY_BITS": bits,
-            "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": vec, "G_HINT": vec > 1, "NUM_STAGES": 3}
-sel = {"r_ptr": "*fp16", "thr_ptr": "*fp16", "ties_ptr": "*i64", "V": "i32", "K": "i32",
-       "stride_rn": "i64", "stride_rv": "i32"}
+            "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": vec, "G_HINT": vec > 1, "NUM_STAGES": 3,
+            "BRACKET": bracket, "RC": 32}
+sel = {"r_ptr": "*fp16", "thr_ptr": "*fp16", "ties_ptr": "*i64", "s_ptr": "*i32",
+       "path_ptr": "*i32", "V": "i32", "K": "i32", "stride_rn": "i64", "stride_rv": "i32", "R": "i32"}
 scale = {"g_ptr": "*bf16", "s_ptr": "*fp32", "kind_ptr": "*i32", "V": "i32", "stride_s": "i32"}
-for fn, sig, const in ((_palu_fwd_kernel, fused("bf16"), full(16, 8, 1)),
-                       (_palu_fwd_kernel, fused("fp32"), full(32, 1, 2)),
-                       (_topk_threshold_kernel, sel, {"BLOCK": 4096, "KEY_BITS": 16, "NUM_STAGES": 3}),
+for fn, sig, const in ((_palu_fwd_kernel, fused("bf16"), full(16, 8, 1, True)),
+                       (_palu_fwd_kernel, fused("bf16"), full(16, 8, 1, False)),
+                       (_palu_fwd_kernel, fused("fp32"), full(32, 1, 2, True)),
+                       (_topk_threshold_kernel, sel, {"BLOCK": 4096, "KEY_BITS": 16,
+                                                      "NUM_STAGES": 3, "BRACKET": True, "RC": 32}),
+                       (_topk_threshold_kernel, {**sel, "r_ptr": "*fp32", "thr_ptr": "*fp32"},
+                        {"BLOCK": 4096, "KEY_BITS": 32,
+                                                      "NUM_STAGES": 3, "BRACKET": False, "RC": 32}),
                        (_scale_rows_kernel, scale, {"BLOCK_V": 8192})):
     sig = {**sig, **{name: "constexpr" for name in const}}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),

@@ -9,9 +9,12 @@ short), and each row does only the work its kind needs:
 * a row in neither ``I`` nor ``C`` never reads ``z`` or ``r``; it writes a zero gradient row
   (when a gradient is wanted) and a zero loss;
 * a row in ``I`` (local term):
-    1. top-K threshold ``thr``, tie count and ``j_last`` of ``r`` by radix select over keys
-       of the data's width (``ops/topk.py``: 2 passes over ``r`` for bf16 / fp16, 4 for
-       fp32), skipped when ``K = V``;
+    1. top-K threshold ``thr``, tie count and ``j_last`` of ``r`` (``ops/topk.py``), skipped
+       when ``K = V``: by the sampled bracket (one counting pass over ``r``, the candidates'
+       columns kept in the row's gradient, which pass B overwrites later) under triton
+       < 3.9, whose ``tl.histogram`` is costly, and by radix select over keys of the data's
+       width (2 passes over ``r`` for bf16 / fp16, 4 for fp32) from 3.9, without a gradient,
+       or when the bracket misses (``default_select_method``, ``docs/kernels.md``);
     2. pass A (first tile to last): the target ``c``: mean of ``z`` over V, or over ``S``;
        for ``"mean"`` also ``s = sum_S z - K c`` for the gradient (``"mean_detached"``
        reads only ``z``; a constant target skips the pass);
@@ -55,13 +58,16 @@ import triton.language as tl
 from .._validation import PALUArgs, refuse_double_backward
 from ..masks import mean_row_weights
 from .topk import (
+    BRACKET_SLOTS,
     KERNEL_DTYPES,
+    topk_search,
+    topk_search_bracket,
     check_kernel_device,
     default_select_block,
+    default_select_method,
     device_guard,
     interpreting,
     key_bits,
-    topk_search,
 )
 
 # TARGET constexpr codes
@@ -251,6 +257,9 @@ def _palu_fwd_kernel(
     VEC: tl.constexpr,  # elements per 16 bytes when z and r rows align alike, else 1
     G_HINT: tl.constexpr,  # the gradient rows align like z's (VEC applies to the stores)
     NUM_STAGES: tl.constexpr,  # software-pipelining depth of the body loops
+    BRACKET: tl.constexpr = False,  # top-K by the sampled bracket (needs WRITE_GRAD: its
+    #                                 scratch is the row's gradient, written later)
+    RC: tl.constexpr = 32,  # scratch slots per virtual lane of the bracket select
 ):
     row = tl.load(order_ptr + tl.program_id(0)).to(tl.int64)
     kind = tl.load(kind_ptr + row)
@@ -288,6 +297,17 @@ def _palu_fwd_kernel(
         if TOPK_ALL:  # K = V: S is the whole row, no selection
             thr = 0.0
             j_last = V
+        elif BRACKET and WRITE_GRAD:
+            # the bracket's scratch: the 32-bit words inside this row's gradient, which
+            # pass B overwrites entirely afterwards
+            ESZ: tl.constexpr = KEY_BITS // 8
+            CH: tl.constexpr = 128 // KEY_BITS
+            w0 = (g_off * ESZ + 3) // 4
+            cap = ((g_off + V) * ESZ) // 4 - w0
+            R = tl.minimum(cap // (BLOCK_SEL // CH), RC).to(tl.int32)
+            thr, _ties, j_last, _ok = topk_search_bracket(
+                r_row, 1, g_ptr.to(tl.pointer_type(tl.int32)) + w0, R, V, K, BLOCK_SEL,
+                KEY_BITS, RC, NUM_STAGES)
         else:
             thr, _ties, j_last = topk_search(r_row, 1, V, K, BLOCK_SEL, KEY_BITS, NUM_STAGES)
 
@@ -471,21 +491,25 @@ def _vec(z: torch.Tensor, r: torch.Tensor, g: torch.Tensor | None):
 
 def palu_forward(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
                  block_sel: int | None = None, num_warps: int | None = None,
-                 num_stages: int | None = None, vec: int | None = None):
+                 num_stages: int | None = None, vec: int | None = None,
+                 select: str | None = None):
     """Launch the fused kernel: ``[N]`` fp32 weighted per-row losses and the gradient ``[N, V]``
     (or None); the keywords as for :func:`launch`."""
     loss, grad, _ = launch(a, write_grad, block_v=block_v, block_sel=block_sel,
-                           num_warps=num_warps, num_stages=num_stages, vec=vec)
+                           num_warps=num_warps, num_stages=num_stages, vec=vec, select=select)
     return loss, grad
 
 
 def launch(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
            block_sel: int | None = None, num_warps: int | None = None,
-           num_stages: int | None = None, vec: int | None = None):
+           num_stages: int | None = None, vec: int | None = None, select: str | None = None):
     """Launch the fused kernel: ``(loss [N] fp32, gradient [N, V] or None, row kinds [N])``.
     ``block_v``, ``block_sel``, ``num_warps``, ``num_stages`` override the tiles
     and launch shape (for tests and tuning); ``vec`` (interpreter only, for tests) forces the
-    head / body / tail split of rows that a GPU uses for vocabularies not divisible by 16."""
+    head / body / tail split of rows that a GPU uses for vocabularies not divisible by 16.
+    ``select`` (``"radix"`` or ``"bracket"``, None: ``default_select_method()``) picks the
+    top-K selection of the initiating rows; the bracket needs the gradient (its scratch), so
+    without one it is the radix select."""
     z, r = a.logits, a.ref_logits  # [B, T, V] views of the caller's tensors
     if z.stride(2) != 1:  # the kernel walks unit-stride rows (a transposed input is rare)
         z = z.contiguous()
@@ -500,6 +524,9 @@ def launch(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
         return loss, grad, kind
     bv = block_v or default_block_v(v)
     bs = block_sel or default_select_block(v)
+    select = select or default_select_method()
+    if select not in ("radix", "bracket"):
+        raise ValueError(f"select must be 'radix' or 'bracket', got {select!r}")
     vec, g_hint = _vec(z, r, grad)
     if vec_override := (vec if interpreting() else None):
         vec, g_hint = vec_override, False
@@ -511,7 +538,8 @@ def launch(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
             TARGET=_TARGETS[a.target], KL=_KLS[a.kl], TOPK_ALL=a.k >= v,
             WRITE_GRAD=write_grad, KEY_BITS=key_bits(z.dtype), BLOCK_V=bv, BLOCK_SEL=bs,
             VEC=vec, G_HINT=g_hint, NUM_STAGES=num_stages or default_num_stages(),
-            num_warps=num_warps or (8 if bv >= 2048 else 4),
+            BRACKET=select == "bracket" and write_grad and bs >= 128 // key_bits(z.dtype),
+            RC=BRACKET_SLOTS, num_warps=num_warps or (8 if bv >= 2048 else 4),
         )
     return loss, grad, kind
 

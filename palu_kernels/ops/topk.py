@@ -46,6 +46,17 @@ the row (``evict_last``): the local term's passes come next.
 
 Only when a tie straddles the boundary (``ties < #(r == thr)``) does one more pass over the
 row find ``j_last`` (a running count of the entries equal to ``thr``).
+
+Sampled bracket (``topk_search_bracket``, no histogram: the default where triton lowers
+``tl.histogram`` to ballots, ``default_select_method``). Two order statistics of a sample of
+the row (4096 entries, 16-byte runs spread over it) bracket the K-th value, ``[lo, hi]`` in
+keys, 4 binomial deviations wide; one pass counts ``c_gt = #(key > hi)`` and appends the
+column of every key in ``[lo, hi]`` to a small int32 scratch (a few thousand candidates at
+V = 128256, K = 5000); when ``c_gt < K <= c_gt + #candidates`` (and the scratch held them),
+the K-th value is the ``(K - c_gt)``-th largest candidate, found bit by bit with one count per
+bit, and the entries equal to it are all candidates (``ties``, ``n_eq``). Otherwise the radix
+select answers: the sample decides only how fast, never what. ``docs/kernels.md`` has the
+figures.
 """
 
 from __future__ import annotations
@@ -98,7 +109,7 @@ def _digit_bins(x, valid, prefix, shift, FIRST: tl.constexpr, MASKED: tl.constex
 
 
 @triton.jit
-def topk_search(
+def _radix_select(
     r_row,  # pointer to r[row, 0] of one reference row (fp32 / bf16 / fp16)
     stride_v,  # element stride between vocabulary entries of the row
     V,  # vocabulary size (row length)
@@ -107,9 +118,8 @@ def topk_search(
     KEY_BITS: tl.constexpr,  # 32 for fp32 rows, 16 for bf16 / fp16 rows
     NUM_STAGES: tl.constexpr = 1,  # software-pipelining depth of the counting passes
 ):
-    """Return ``(thr, ties, j_last)``: the fp32 K-th largest value of the row, how many of the
-    entries equal to it are in ``S``, and the index of the last of those (``V`` when all of
-    them are in ``S``)."""
+    """Radix select by digit histograms: ``(key*, ties, n_eq)``, the key of the K-th largest
+    entry, how many entries equal to it are in ``S`` and how many there are."""
     offs = tl.arange(0, BLOCK)
     bins = tl.arange(0, 256)
     prefix = tl.zeros([], dtype=tl.uint32)  # key* >> shift: the digits fixed so far
@@ -120,7 +130,7 @@ def topk_search(
     for p in tl.static_range(KEY_BITS // 8):
         shift = KEY_BITS - 8 * (p + 1)
         hist = tl.zeros([256], dtype=tl.int32)
-        for i in tl.range(0, n_full, num_stages=NUM_STAGES):  # LOOP: select
+        for i in tl.range(0, n_full, num_stages=NUM_STAGES):  # LOOP: select_radix
             if p % 2 == 1:  # odd passes walk the row backwards: its last tiles are in L2
                 i = n_full - 1 - i
             cols = i * BLOCK + offs
@@ -139,19 +149,31 @@ def topk_search(
         n_match = tl.sum(tl.where(bins == d, hist, 0), axis=0)
         need -= tl.sum(tl.where(bins > d, hist, 0), axis=0)  # all of them are in S
         prefix = (prefix << 8) | d.to(tl.uint32)
-    n_eq = n_match  # entries equal to thr (the last digit's bin)
-    # prefix is now the key of thr: back to the float's bits (key - 2^(W-1) = +-magnitude)
+    return prefix, need, n_match  # after the last digit: key*, ties, #(r == thr)
+
+
+@triton.jit
+def _key_value(key, r_row, KEY_BITS: tl.constexpr):
+    """The fp32 value of the float (r_row's dtype) whose order key is ``key``."""
+    # key - 2^(W-1) = +-magnitude: back to the float's bits
     if KEY_BITS == 32:
-        k = (prefix ^ 0x80000000).to(tl.int32, bitcast=True)
+        k = (key ^ 0x80000000).to(tl.int32, bitcast=True)
         bits = tl.where(k < 0, (-k) | (-2147483648), k)
         thr = bits.to(tl.float32, bitcast=True)
     else:
-        k = prefix.to(tl.int32, bitcast=True) - 32768
+        k = key.to(tl.int32, bitcast=True) - 32768
         bits = tl.where(k < 0, (-k) | 0x8000, k)
         thr = bits.to(tl.int16).to(r_row.dtype.element_ty, bitcast=True).to(tl.float32)
-    ties = need
+    return thr
+
+
+@triton.jit
+def _last_tied(r_row, stride_v, V, thr, ties, n_eq, BLOCK: tl.constexpr):
+    """``j_last``: ``V`` when every entry equal to ``thr`` is in ``S``; else (a tie straddles
+    the boundary, rare) the index of the ``ties``-th entry equal to ``thr``, one more pass."""
     j_last = V + tl.zeros([], dtype=tl.int32)
     if ties < n_eq:  # a tie straddles the boundary: find the ties-th entry equal to thr
+        offs = tl.arange(0, BLOCK)
         run = tl.zeros([], dtype=tl.int32)
         j_last = tl.full([], -1, tl.int32)
         for start in range(0, V, BLOCK):
@@ -163,7 +185,170 @@ def topk_search(
             hit = eq & (rank == ties)
             j_last = tl.maximum(j_last, tl.max(tl.where(hit, cols, -1), axis=0))
             run += tl.sum(eq.to(tl.int32), axis=0)
-    return thr, ties, j_last
+    return j_last
+
+
+@triton.jit
+def topk_search(
+    r_row,  # pointer to r[row, 0] of one reference row (fp32 / bf16 / fp16)
+    stride_v,  # element stride between vocabulary entries of the row
+    V,  # vocabulary size (row length)
+    K,  # 1 <= K <= V, size of the top-K set
+    BLOCK: tl.constexpr,  # entries per tile (power of two)
+    KEY_BITS: tl.constexpr,  # 32 for fp32 rows, 16 for bf16 / fp16 rows
+    NUM_STAGES: tl.constexpr = 1,  # software-pipelining depth of the counting passes
+):
+    """Return ``(thr, ties, j_last)`` by radix select: the fp32 K-th largest value of the
+    row, how many of the entries equal to it are in ``S``, and the index of the last of those
+    (``V`` when all of them are in ``S``)."""
+    key, ties, n_eq = _radix_select(r_row, stride_v, V, K, BLOCK, KEY_BITS, NUM_STAGES)
+    thr = _key_value(key, r_row, KEY_BITS)
+    return thr, ties, _last_tied(r_row, stride_v, V, thr, ties, n_eq, BLOCK)
+
+
+@triton.jit
+def _kth_key(key, valid, m, lo, hi, KEY_BITS: tl.constexpr):
+    """The m-th largest of the valid keys of a 2-D tile, all of them in ``[lo, hi]`` (uint32),
+    ``1 <= m <= #valid``: the largest ``u`` in ``[lo, hi]`` with ``#(key >= u) >= m``, built
+    one bit of ``u - lo`` at a time (a count per bit, no histogram)."""
+    span = hi - lo
+    off = tl.zeros([], dtype=tl.uint32)
+    for b in tl.static_range(KEY_BITS):
+        bit = tl.full([], 1 << (KEY_BITS - 1 - b), tl.uint32)
+        if bit <= span:  # bits above the span's are 0: no count (a uniform branch)
+            off = _kth_step(key, valid, m, lo, span, off | bit, off)
+    return lo + off
+
+
+@triton.jit
+def _kth_step(key, valid, m, lo, span, c, off):
+    """One bit of ``_kth_key``: ``c`` (``off`` with the bit set) if ``#(key >= lo + c) >= m``."""
+    n = tl.sum(tl.sum((valid & (key >= lo + c)).to(tl.int32), axis=1), axis=0)
+    return tl.where((c <= span) & (n >= m), c, off)
+
+
+@triton.jit
+def _bracket_tile(r_row, stride_v, region, R, cols, V, lo, hi, gt, cnt, NVL: tl.constexpr,
+                  KEY_BITS: tl.constexpr, MASKED: tl.constexpr):
+    """One tile ``[NVL, CH]`` of the bracket pass: ``gt += (key > hi)``, and the column of
+    every key in ``[lo, hi]`` appended to its virtual lane's slots (slot ``cnt + rank``,
+    written only while ``< R``; ``cnt`` counts them all). Slot ``j`` of lane ``v`` is
+    ``region[j * NVL]`` with ``region = s_row + v``: neighbouring lanes write neighbouring
+    words, and (the scratch's layout decides the store's) each lane's CH entries stay in one
+    thread, so the rank is an in-thread running count."""
+    if MASKED:
+        valid = cols < V
+        x = tl.load(r_row + cols.to(tl.int64) * stride_v, mask=valid, other=0.0,
+                    eviction_policy="evict_last")
+    else:
+        x = tl.load(r_row + cols.to(tl.int64) * stride_v, eviction_policy="evict_last")
+    key = _order_key(x, KEY_BITS)
+    above = key > hi
+    inb = (key >= lo) & (key <= hi)
+    if MASKED:
+        above = above & valid
+        inb = inb & valid
+    gt += above.to(tl.int32)
+    pos = cnt[:, None] + tl.cumsum(inb.to(tl.int32), axis=1) - 1
+    tl.store(region + pos * NVL, cols, mask=inb & (pos < R))
+    cnt += tl.sum(inb.to(tl.int32), axis=1)
+    return gt, cnt
+
+
+@triton.jit
+def _bracket_select(
+    r_row,  # pointer to r[row, 0] (fp32 / bf16 / fp16)
+    stride_v,  # element stride of the row
+    s_row,  # int32 scratch of this row: R slots for each of NVL lanes (candidates' columns)
+    R,  # slots per region, R <= RC (0: no scratch, the caller falls back)
+    V,
+    K,
+    NVL: tl.constexpr,  # rows ("virtual lanes") of a tile, BLOCK = NVL * CH
+    CH: tl.constexpr,  # contiguous entries per virtual lane (16 bytes)
+    RC: tl.constexpr,  # power of two >= R
+    KEY_BITS: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """Sampled bracket, one counting pass, exact selection among the few candidates.
+
+    Returns ``(ok, key*, ties, n_eq)`` as ``_radix_select`` does; ``ok`` is False when the
+    bracket missed the K-th value or a virtual lane had more than ``R`` candidates (then
+    the caller runs the radix select: the answer never depends on the sample).
+    """
+    BLOCK: tl.constexpr = NVL * CH
+    KEY_MAX: tl.constexpr = (1 << KEY_BITS) - 1
+    vl = tl.arange(0, NVL)
+    ch = tl.arange(0, CH)
+    # 1. A sample of NVL runs of CH entries spread evenly over the row, and two of its
+    #    order statistics around rank t = K n_s / V, 4 binomial deviations (+2) either side.
+    step = tl.maximum(V // NVL, 1)
+    scol = vl[:, None] * step + ch[None, :]
+    sval = scol < V
+    skey = _order_key(tl.load(r_row + scol.to(tl.int64) * stride_v, mask=sval, other=0.0),
+                      KEY_BITS)
+    n_s = tl.sum(tl.sum(sval.to(tl.int32), axis=1), axis=0)
+    p = K.to(tl.float32) / V
+    t = n_s.to(tl.float32) * p
+    delta = 4.0 * tl.sqrt(t * (1.0 - p)) + 2.0
+    m_hi = tl.floor(t - delta).to(tl.int32)  # < 1: no upper cut
+    m_lo = tl.ceil(t + delta).to(tl.int32)  # > n_s: no lower cut
+    zero = tl.zeros([], dtype=tl.uint32)
+    kmax = tl.full([], KEY_MAX, tl.uint32)
+    hi = kmax
+    if m_hi >= 1:
+        hi = _kth_key(skey, sval, m_hi, zero, kmax, KEY_BITS)
+    lo = zero
+    if m_lo <= n_s:
+        lo = _kth_key(skey, sval, m_lo, zero, kmax, KEY_BITS)
+    # 2. One pass (last tile first, so that the next pass finds the first tiles in L2):
+    #    c_gt = #(key > hi), and the index of every key in [lo, hi] appended to its virtual
+    #    lane's region of the scratch (an in-thread running count, no block-wide scan).
+    gt = tl.zeros([NVL, CH], dtype=tl.int32)
+    cnt = tl.zeros([NVL], dtype=tl.int32)
+    n_full = V // BLOCK
+    lane = vl[:, None] * CH + ch[None, :]
+    region = s_row + vl[:, None]
+    gt, cnt = _bracket_tile(r_row, stride_v, region, R, n_full * BLOCK + lane, V, lo, hi, gt,
+                            cnt, NVL, KEY_BITS, True)  # the masked tail first
+    for j in tl.range(0, n_full, num_stages=NUM_STAGES):  # LOOP: select
+        gt, cnt = _bracket_tile(r_row, stride_v, region, R, (n_full - 1 - j) * BLOCK + lane,
+                                V, lo, hi, gt, cnt, NVL, KEY_BITS, False)
+    c_gt = tl.sum(tl.sum(gt, axis=1), axis=0)
+    n_in = tl.sum(cnt, axis=0)
+    ok = (c_gt < K) & (c_gt + n_in >= K) & (tl.max(cnt, axis=0) <= R)
+    key_thr = lo
+    ties = K - c_gt
+    n_eq = n_in
+    if ok:
+        # 3. The need-th largest of the candidates (all in [lo, hi]), ties by index later.
+        tl.debug_barrier()  # the scratch written by every thread, before it is read
+        jc = tl.arange(0, RC)
+        cval = jc[None, :] < cnt[:, None]
+        cidx = tl.load(s_row + vl[:, None] + jc[None, :] * NVL, mask=cval, other=0)
+        ckey = _order_key(tl.load(r_row + cidx.to(tl.int64) * stride_v, mask=cval, other=0.0),
+                          KEY_BITS)
+        need = K - c_gt
+        key_thr = _kth_key(ckey, cval, need, lo, hi, KEY_BITS)
+        n_eq = tl.sum(tl.sum((cval & (ckey == key_thr)).to(tl.int32), axis=1), axis=0)
+        ties = need - tl.sum(tl.sum((cval & (ckey > key_thr)).to(tl.int32), axis=1), axis=0)
+        tl.debug_barrier()  # every read of the scratch done before anyone overwrites it
+    return ok, key_thr, ties, n_eq
+
+
+@triton.jit
+def topk_search_bracket(r_row, stride_v, s_row, R, V, K, BLOCK: tl.constexpr,
+                         KEY_BITS: tl.constexpr, RC: tl.constexpr,
+                         NUM_STAGES: tl.constexpr = 1):
+    """``(thr, ties, j_last)`` as ``topk_search``, by the sampled bracket (one pass over
+    the row, candidates' indices in the int32 scratch ``s_row``: ``BLOCK / CH`` regions of
+    ``R`` slots), falling back to the radix select when the bracket misses."""
+    CH: tl.constexpr = 128 // KEY_BITS  # 16 bytes of the row per virtual lane
+    ok, key, ties, n_eq = _bracket_select(r_row, stride_v, s_row, R, V, K, BLOCK // CH, CH,
+                                          RC, KEY_BITS, NUM_STAGES)
+    if ok == 0:  # rare: the sample's bracket missed, or a lane's region overflowed
+        key, ties, n_eq = _radix_select(r_row, stride_v, V, K, BLOCK, KEY_BITS, NUM_STAGES)
+    thr = _key_value(key, r_row, KEY_BITS)
+    return thr, ties, _last_tied(r_row, stride_v, V, thr, ties, n_eq, BLOCK), ok
 
 
 @triton.jit(do_not_specialize=["K"])  # one compiled variant for every K
@@ -171,22 +356,37 @@ def _topk_threshold_kernel(
     r_ptr,  # [N, V] reference logits (fp32 / bf16 / fp16), any strides
     thr_ptr,  # [N] out: K-th largest value of each row, in r's dtype (exact)
     ties_ptr,  # [N] out int64: #entries equal to thr that belong to S
+    s_ptr,  # [N, BLOCK / CH * R] int32 scratch of the bracket select (BRACKET only)
+    path_ptr,  # [N] int32 out (BRACKET only): 1 where the bracket answered, 0 radix select
     V,  # vocabulary size
     K,  # 1 <= K <= V
     stride_rn,  # row stride of r (elements)
     stride_rv,  # column stride of r (elements)
+    R,  # scratch slots per virtual lane (BRACKET only)
     BLOCK: tl.constexpr,
     KEY_BITS: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    BRACKET: tl.constexpr,  # sampled bracket + one counting pass (else radix select)
+    RC: tl.constexpr,  # power of two >= R
 ):
     row = tl.program_id(0).to(tl.int64)
-    thr, ties, _ = topk_search(r_ptr + row * stride_rn, stride_rv, V, K, BLOCK, KEY_BITS,
-                               NUM_STAGES)
+    if BRACKET:
+        CH: tl.constexpr = 128 // KEY_BITS
+        thr, ties, _, ok = topk_search_bracket(r_ptr + row * stride_rn, stride_rv,
+                                                s_ptr + row * (BLOCK // CH * R), R, V, K,
+                                                BLOCK, KEY_BITS, RC, NUM_STAGES)
+        tl.store(path_ptr + row, ok.to(tl.int32))
+    else:
+        thr, ties, _ = topk_search(r_ptr + row * stride_rn, stride_rv, V, K, BLOCK,
+                                    KEY_BITS, NUM_STAGES)
     tl.store(thr_ptr + row, thr.to(thr_ptr.dtype.element_ty))
     tl.store(ties_ptr + row, ties.to(tl.int64))
 
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# scratch slots per virtual lane of the bracket select (RC): a lane of a 4096-entry tile sees
+# about V / 4096 * 16 entries, and about 6 of them fall in the bracket at V = 128256, K = 5000
+BRACKET_SLOTS = 32
 
 
 def interpreting() -> bool:
@@ -197,6 +397,30 @@ def interpreting() -> bool:
 def key_bits(dtype: torch.dtype) -> int:
     """Width of the order-preserving key: the float's own width (32 fp32, 16 bf16 / fp16)."""
     return 32 if dtype == torch.float32 else 16
+
+
+def default_select_method() -> str:
+    """Top-K selection of the fused kernel: ``"bracket"`` (sampled bracket, one counting
+    pass) where ``tl.histogram`` lowers to warp ballots (triton before 3.9, the GPU image's
+    3.6: about 81 SASS instructions per element and radix pass, against about 22 per
+    element for the bracket's pass, sm_90a), and under the interpreter (so the tests run
+    the GPU image's path); ``"radix"`` where it lowers to shared-memory atomics (3.9: about
+    12 per element and pass, cheaper than the bracket's pass there). Both give the same set.
+    ``PALU_TOPK_SELECT`` (``radix`` / ``bracket``) overrides it."""
+    env = os.environ.get("PALU_TOPK_SELECT")
+    if env in ("radix", "bracket"):
+        return env
+    if interpreting():
+        return "bracket"
+    return "bracket" if _triton_version() < (3, 9) else "radix"
+
+
+def _triton_version() -> tuple:
+    parts = []
+    for p in triton.__version__.split(".")[:2]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 def default_select_block(v: int) -> int:
@@ -231,7 +455,8 @@ def device_guard(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None = None):
+def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None = None,
+                   method: str = "radix"):
     """Per-row threshold and tie count that define the top-K set, without sorting.
 
     Args:
@@ -239,6 +464,10 @@ def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None
             ``TRITON_INTERPRET=1``), any strides.
         k: size of the set, an int ``>= 1`` (clipped to ``V``) or None for the whole row.
         block: entries per tile (a power of two); None picks one.
+        method: ``"radix"`` (histogram radix select, 2 passes over a 16-bit row, 4 over
+            fp32) or ``"bracket"`` (a sampled bracket, one counting pass, exact selection
+            among the candidates, radix select when the bracket misses: the same answer;
+            it needs ``4 * BRACKET_SLOTS * block / CH`` bytes of scratch per row).
 
     Returns:
         ``(thr, ties)`` of the leading shape: ``thr`` (ref_logits' dtype) is the K-th largest
@@ -255,6 +484,13 @@ def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None
         >>> thr.tolist(), ties.tolist()
         ([3.0], [2])
     """
+    thr, ties, _ = _topk_threshold(ref_logits, k, block=block, method=method)
+    return thr, ties
+
+
+def _topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None = None,
+                    method: str = "radix"):
+    """``topk_threshold`` and, per row, 1 where the bracket answered (0: radix select)."""
     if not isinstance(ref_logits, torch.Tensor):
         raise TypeError(f"ref_logits must be a torch.Tensor, got {type(ref_logits).__name__}")
     if ref_logits.dtype not in KERNEL_DTYPES:
@@ -277,6 +513,8 @@ def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None
     if block is not None and (isinstance(block, bool) or not isinstance(block, int)
                               or block < 1 or block & (block - 1)):
         raise ValueError(f"block must be a power of two, got {block!r}")
+    if method not in ("radix", "bracket"):
+        raise ValueError(f"method must be 'radix' or 'bracket', got {method!r}")
     check_kernel_device("ref_logits", ref_logits)
 
     lead = ref_logits.shape[:-1]
@@ -284,15 +522,21 @@ def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None
     n = r.shape[0]
     thr = torch.empty(n, dtype=ref_logits.dtype, device=r.device)
     ties = torch.empty(n, dtype=torch.int64, device=r.device)
+    path = torch.zeros(n, dtype=torch.int32, device=r.device)
     if n:
         blk = block or default_select_block(v)
+        bits = key_bits(r.dtype)
+        bracket = method == "bracket" and blk >= 128 // bits
+        slots = BRACKET_SLOTS if bracket else 0
+        scratch = torch.empty(n * (blk // (128 // bits)) * slots if bracket else 1,
+                              dtype=torch.int32, device=r.device)
         with device_guard(r):
             _topk_threshold_kernel[(n,)](
-                r, thr, ties, v, k, r.stride(0), r.stride(1),
-                BLOCK=blk, KEY_BITS=key_bits(r.dtype), NUM_STAGES=1 if interpreting() else 3,
-                num_warps=8 if blk >= 1024 else 4,
+                r, thr, ties, scratch, path, v, k, r.stride(0), r.stride(1), slots,
+                BLOCK=blk, KEY_BITS=bits, NUM_STAGES=1 if interpreting() else 3,
+                BRACKET=bracket, RC=BRACKET_SLOTS, num_warps=8 if blk >= 1024 else 4,
             )
-    return thr.reshape(lead), ties.reshape(lead)
+    return thr.reshape(lead), ties.reshape(lead), path.reshape(lead)
 
 
 def topk_mask_from_threshold(ref_logits: torch.Tensor, thr: torch.Tensor,
