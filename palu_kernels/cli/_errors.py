@@ -11,6 +11,7 @@ is on disk and how to continue, and exits with status 130. A warning prints as o
 
 from __future__ import annotations
 
+import gc
 import sys
 import traceback
 import warnings
@@ -84,6 +85,14 @@ def run_cli(prog: str, fn, argv, interrupted=None) -> int:
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
+        message = None
+    finally:
+        warnings.formatwarning = old_format
+    if message is None:
+        # Out of the except block, the interrupt's traceback (and with it the frames holding
+        # the trainer and its progress bars) is released: collect it now, so that no bar
+        # draws itself from a destructor after the last line.
+        gc.collect()
         _close_progress_bars()
         try:
             where = interrupted() if interrupted is not None else None
@@ -91,7 +100,5 @@ def run_cli(prog: str, fn, argv, interrupted=None) -> int:
             where = None
         print(f"\n{prog}: interrupted" + (f"; {where}" if where else ""), file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
-    finally:
-        warnings.formatwarning = old_format
     print(message, file=sys.stderr)
     raise exit_error(message) from None

@@ -92,6 +92,9 @@ _MODEL_DEFAULTS = {
 TUNED = {"palu": {"gamma": 1.0, "alpha": 5.0}, "tpo": {"gamma": 1.0, "beta": 0.3, "alpha": 2.0},
          "npo": {"gamma": 1.0, "beta": 0.1, "alpha": 0.5}, "ga": {"gamma": 1.0}}
 PRETRAINED_WEIGHTS = {"gamma": 2.0, "alpha": 1.0}
+QUICK_WEIGHTS = PRETRAINED_WEIGHTS
+"""``--quick`` (2 epochs): the earlier weights, gamma 2 and alpha 1, for every method; at
+alpha 5 PALU's gentler forgetting needs the full size's 10 epochs."""
 
 
 @dataclass
@@ -138,13 +141,17 @@ def _available_methods() -> List[str]:
 
 def method_options(args, methods) -> Dict[str, dict]:
     """Each method's MethodSpec fields: its :data:`TUNED` setting on the tiny model
-    (:data:`PRETRAINED_WEIGHTS` on a pre-trained one), with ``--gamma`` / ``--alpha`` (when
+    (:data:`QUICK_WEIGHTS` at ``--quick``, :data:`PRETRAINED_WEIGHTS` on a pre-trained one), with ``--gamma`` / ``--alpha`` (when
     given) replacing them for every method."""
     given = {k: getattr(args, k) for k in ("gamma", "alpha") if getattr(args, k) is not None}
     out = {}
     for m in methods:
-        base = dict(TUNED.get(m, {"gamma": 1.0})) if args.model == "tiny" else dict(
-            PRETRAINED_WEIGHTS)
+        if args.model != "tiny":
+            base = dict(PRETRAINED_WEIGHTS)
+        elif args.quick:
+            base = dict(QUICK_WEIGHTS)
+        else:
+            base = dict(TUNED.get(m, {"gamma": 1.0}))
         out[m] = {**base, **given}
     return out
 
