@@ -9,17 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 
-from transformers import TrainerCallback  # noqa: E402
 
 from palu_kernels import outputs  # noqa: E402
 from palu_kernels.cli import experiment as exp_cli  # noqa: E402
@@ -49,15 +46,13 @@ def argv(files, out, *extra, forget=None):
             "--epochs", "1", "--seed", "3", "--eval-retain", "2", "--lr", "1e-2", *extra]
 
 
-def refused(capsys, fn, args, match, code=2, bars=True):
+def refused(capsys, fn, args, match, code=2):
     """``fn(args)`` exits with ``code`` and its last stderr line matches ``match``; no
-    traceback. ``bars=False``: tqdm progress-bar lines are left out first."""
+    traceback."""
     with pytest.raises(SystemExit) as e:
         fn(args)
     assert e.value.code == code
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    if not bars:
-        err = [ln for ln in err if not re.search(r"\d+%\|", ln)]
     assert err and "Traceback" not in "\n".join(err)
     assert re.search(match, err[-1]), err[-1]
     return err[-1]
@@ -328,40 +323,50 @@ def test_methods_without_spans_take_span_less_records_and_raw_passages(files, tm
 
 # ----------------------------------------------------------------------------- 8. Ctrl-C
 
-class _SigInt(TrainerCallback):
-    """A real SIGINT to this process at the end of optimizer step ``step`` (before that
-    step's checkpoint is saved)."""
+_INTERRUPT = """
+import os, signal, sys, time
+from transformers import TrainerCallback
+from palu_kernels.cli import unlearn as cli
 
-    def __init__(self, step):
-        self.step = step
-
+class SigInt(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
-        if state.global_step == self.step:
+        if state.global_step == STEP:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)  # the handler raises KeyboardInterrupt here
 
+real = cli.run_unlearning
+cli.run_unlearning = lambda job, **kw: real(job, **{**kw, "callbacks": [SigInt()]})
+sys.exit(cli.main(ARGV))
+"""
 
-def test_ctrl_c_one_line_exit_130_then_resume_finishes(files, tmp_path, capsys, monkeypatch):
+
+def _interrupted(argv_, step):
+    """``palu-unlearn argv_`` in a fresh process, SIGINT at the end of optimizer step ``step``:
+    ``(exit status, stderr lines without progress-bar redraws)``."""
+    code = _INTERRUPT.replace("STEP", str(step)).replace("ARGV", repr(list(argv_)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=600)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not re.search(r"\d+%\|", ln)]
+    return p.returncode, lines
+
+
+def test_ctrl_c_one_line_exit_130_then_resume_finishes(files, tmp_path):
+    # a fresh process: a real SIGINT, and stderr exactly as a user sees it
     out = tmp_path / "int"
-    real = cli.run_unlearning
-    monkeypatch.setattr(cli, "run_unlearning",
-                        lambda job, **kw: real(job, **{**kw, "callbacks": [_SigInt(2)]}))
-    a = argv(files, out, "--save-steps", "1", "--max-steps", "4")
-    # (in a full-suite run a progress bar of the interrupted save can still draw itself after
-    # the message; bar lines are not counted: see refused(..., bars=False))
-    line = refused(capsys, cli.main, a, r"^palu-unlearn: interrupted; .*int holds checkpoint-1 "
-                                        r"\(the last complete checkpoint; no result yet\); "
-                                        r"continue with: palu-unlearn .* --resume$", code=130,
-                   bars=False)
+    rc, err = _interrupted(argv(files, out, "--save-steps", "1", "--max-steps", "4"), 2)
+    assert rc == 130 and err and "Traceback" not in "\n".join(err)
+    line = err[-1]
+    assert re.search(r"^palu-unlearn: interrupted; .*int holds checkpoint-1 \(the last complete "
+                     r"checkpoint; no result yet\); continue with: palu-unlearn .* --resume$",
+                     line), line
     assert not (out / "run_summary.json").exists() and outputs.LOCK not in os.listdir(out)
-    monkeypatch.setattr(cli, "run_unlearning", real)
     cli.main(line.split("continue with: palu-unlearn ")[1].split())
     assert json.loads((out / "run_summary.json").read_text())["steps"] == 4
     # before any checkpoint: says so
-    monkeypatch.setattr(cli, "run_unlearning",
-                        lambda job, **kw: real(job, **{**kw, "callbacks": [_SigInt(1)]}))
-    refused(capsys, cli.main, argv(files, tmp_path / "int2", "--max-steps", "3"),
-            r"^palu-unlearn: interrupted; no checkpoint was saved in .*int2; rerun", code=130)
+    rc, err = _interrupted(argv(files, tmp_path / "int2", "--max-steps", "3"), 1)
+    assert rc == 130 and re.search(r"^palu-unlearn: interrupted; no checkpoint was saved in "
+                                   r".*int2; rerun", err[-1]), err[-1]
 
 
 def test_ctrl_c_in_palu_experiment(tmp_path, capsys, monkeypatch):

@@ -155,7 +155,10 @@ def check_output(job, source) -> None:
         raise fail("--output-dir", f"{out!r} contains the input model {job.model.path!r}; "
                                    "writing (or --overwrite) there could destroy it; choose "
                                    "another directory")
-    owner = lock_owner(out) if os.path.isdir(out) else None
+    # only the process that writes checks the lock: under torchrun the other ranks would see
+    # their own rank 0's lock when it got there first
+    main = int(os.environ.get("RANK", "0")) == 0
+    owner = lock_owner(out) if main and os.path.isdir(out) else None
     if owner is not None:
         raise in_use_error(out, owner)
     # a killed run's lock file and identity alone (no checkpoint yet) hold nothing to keep
