@@ -115,7 +115,7 @@ def test_lock_released_on_errors_and_stale_files_reclaimed(tmp_path):
     assert lock.reclaimed["pid"] == 999999999
     with pytest.raises(UsageError) as e:
         outputs.OutputLock(d).acquire()
-    assert e.value.option == "--output-dir" and f"pid {os.getpid()}" in str(e.value)
+    assert e.value.option == "output_dir" and f"pid {os.getpid()}" in str(e.value)
     lock.release()
     assert os.listdir(d) == []
 

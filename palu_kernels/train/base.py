@@ -194,7 +194,7 @@ class UnlearningTrainer(Trainer):
         self.add_callback(_FiniteCheckpoints(self))
         if self.palu.fused_linear and not self.supports_fused_linear:
             raise FusedLinearError(
-                f"--fused-linear applies to the PALU loss only; {type(self).__name__} has its "
+                f"fused_linear applies to the PALU loss only; {type(self).__name__} has its "
                 "own forget objective (forget_loss), which needs full logits")
 
     @property

@@ -148,7 +148,7 @@ class PALUTrainer(UnlearningTrainer):
         for name, t in (("lm_head weight", w), ("reference lm_head weight", ref_w)):
             if is_sharded(t):  # the kernels read raw memory: a shard would be read as the whole
                 raise EngineError(
-                    f"--fused-linear: the {name} is an FSDP shard (DTensor) here, not the whole "
+                    f"`fused_linear`: the {name} is an FSDP shard (DTensor) here, not the whole "
                     "[V, H] matrix; the fused loss must run inside the engine's forward of the "
                     "head (palu_kernels.train.distributed.fsdp_call)")
         cfg = self.palu
