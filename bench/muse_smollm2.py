@@ -125,7 +125,7 @@ def _done(d):
 
 def _load_base(spec, seed, tokenizer_texts):
     from palu_kernels.tiny import build_tiny_llama, build_tokenizer
-    from palu_kernels.train.models import load_model, load_tokenizer, resolve_model_path
+    from palu_kernels.io.models import load_model, load_tokenizer, resolve_model_path
 
     if spec == "tiny":  # the plumbing run: a tiny Llama stands in for the pre-trained model
         tok = build_tokenizer(tokenizer_texts, vocab_size=400, split_spaces=True,
@@ -145,7 +145,7 @@ def _save(model, tok, d, info):
 
 
 def _eval(model_dir, muse_dir, sz, path, retain_auc=None, target_km=None):
-    from palu_kernels.train.models import load_model, load_tokenizer
+    from palu_kernels.io.models import load_model, load_tokenizer
 
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -163,7 +163,7 @@ def _eval(model_dir, muse_dir, sz, path, retain_auc=None, target_km=None):
 
 def run_seed(args, sz, data, seed, log):
     from palu_kernels.spans import (SpanOptions, coverage, find_spans, write_span_records)
-    from palu_kernels.train.data import QARecord
+    from palu_kernels.io.data import QARecord
     from palu_kernels.train.finetune import fine_tune
     from palu_kernels.train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec,
                                         TrainingOptions, UnlearningJob, run_unlearning)

@@ -39,7 +39,7 @@ def _tofu_texts(n=600):
 
 
 def test_train_last_layers_freezes_all_but_the_top(tmp_path):
-    from palu_kernels.train.models import train_last_layers
+    from palu_kernels.io.models import train_last_layers
 
     _, model = _tiny(tmp_path, ["alpha beta gamma delta"] * 20)
     total = sum(p.numel() for p in model.parameters())
@@ -109,7 +109,7 @@ def test_write_subset(tmp_path):
 @needs_tofu
 def test_evaluation_cut_keeps_scores_whole(tmp_path):
     from palu_kernels.eval import evaluate_model
-    from palu_kernels.train.models import load_model, load_tokenizer
+    from palu_kernels.io.models import load_model, load_tokenizer
 
     d, _ = _tiny(tmp_path, _tofu_texts())
     model, tok = load_model(d), load_tokenizer(d)

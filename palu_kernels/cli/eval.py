@@ -27,7 +27,7 @@ from ..eval.tofu import (FORGET_SPLITS, check_output_dir, check_retain_ratios, e
 from ._errors import DEBUG_HELP, error_text, run_cli
 from .eval_muse import load_flagged
 
-from ..train.models import DTYPES
+from ..io.models import DTYPES
 
 
 def build_parser() -> argparse.ArgumentParser:

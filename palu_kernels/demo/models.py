@@ -13,7 +13,7 @@ from typing import Optional
 from ..eval import evaluate_model
 from ..tiny import build_tiny_llama, build_tokenizer
 from ..train.finetune import fine_tune
-from ..train.models import load_model
+from ..io.models import load_model
 from .data import all_texts, pretrained_data, synthetic_data, training_pairs
 
 __all__ = ["DEMO_CHAT_TEMPLATE", "DemoSetup", "pretrained_models", "tiny_models"]

@@ -181,7 +181,7 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
               seed: int, out: str, progress: bool, log) -> Dict[str, dict]:
     from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
                              UnlearningJob, run_unlearning)
-    from ..train.models import load_model
+    from ..io.models import load_model
 
     sdir = os.path.join(out, f"seed{seed}")
     muse_dir = data["muse_dir"]
@@ -213,7 +213,7 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
     rows["retrained"] = {"eval": ev_r, "seconds": info_r["seconds"]}
 
     from ..spans.contrast import DEFAULT_THRESHOLD, ContrastOptions, contrast_spans
-    from ..train.data import QARecord
+    from ..io.data import QARecord
 
     threshold = DEFAULT_THRESHOLD if cfg.contrast_threshold is None else cfg.contrast_threshold
     marked_records = contrast_spans([QARecord(q, a) for q, a in data["forget"]], target, retrain,

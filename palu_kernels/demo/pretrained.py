@@ -97,7 +97,7 @@ def load_pretrained(model_dir: str, gguf_file: Optional[str] = None):
     from GGUF holds plain de-quantised tensors, and the saved copy must not claim GGUF); the
     tokenizer gets ``pad_token = eos_token`` when it has no pad token.
     """
-    from ..train.models import ModelSource, load_model, load_tokenizer
+    from ..io.models import ModelSource, load_model, load_tokenizer
 
     source = ModelSource(model_dir, gguf_file)
     tokenizer = load_tokenizer(source)

@@ -33,7 +33,7 @@ A pre-trained model instead of the tiny one (see ``palu_kernels/demo/README.md``
 The pre-trained path fine-tunes only the authors' answers (the first ``--max-samples``
 forget and retain questions; the model already knows the world), with a small learning rate
 and loss on the answer rows only; prompts use the model's own chat template in fine-tuning,
-unlearning and evaluation alike (:func:`palu_kernels.train.data.format_prompt`).
+unlearning and evaluation alike (:func:`palu_kernels.io.data.format_prompt`).
 ``--retain-from-base`` skips the retain model's fine-tuning and uses the untouched model
 instead.
 """

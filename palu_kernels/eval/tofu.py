@@ -113,7 +113,7 @@ class PromptEncoder:
     """Token ids of prompts and answers, exactly as the trainer builds them.
 
     Default (``format_prompt=None``): the trainer's encoding
-    (:func:`palu_kernels.train.data.prompt_ids` / ``format_prompt``): the chat template
+    (:func:`palu_kernels.io.data.prompt_ids` / ``format_prompt``): the chat template
     (one user turn plus the generation prompt) when the tokenizer has one, else
     ``"Question: {question}\\nAnswer:"`` after BOS, with the answer following after one space.
     With a ``format_prompt`` callable: its text, tokenized with the tokenizer's usual special
@@ -147,7 +147,7 @@ class PromptEncoder:
                 ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
                 self._prompts[question] = (list(ids), "")
             else:
-                from ..train.data import format_prompt, prompt_ids
+                from ..io.data import format_prompt, prompt_ids
 
                 prefix = format_prompt(self.tokenizer, question)[1]
                 self._prompts[question] = (list(prompt_ids(self.tokenizer, question)), prefix)
@@ -440,9 +440,9 @@ __all__ = ["EVAL_SPLITS", "FORGET_SPLITS", "PromptEncoder", "UTILITY_KEYS",
 def load_eval_model(path: str, device=None, dtype: str = "auto",
                     tokenizer_path: Optional[str] = None):
     """``(model, tokenizer)`` for evaluation from local directories, in eval mode on ``device``
-    (:func:`palu_kernels.train.models.load_model_and_tokenizer`; ``FileNotFoundError`` for a
+    (:func:`palu_kernels.io.models.load_model_and_tokenizer`; ``FileNotFoundError`` for a
     missing directory)."""
-    from ..train.models import load_model_and_tokenizer
+    from ..io.models import load_model_and_tokenizer
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")

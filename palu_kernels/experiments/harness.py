@@ -497,7 +497,7 @@ class Harness:
         from ..eval import forget_quality
         from ..tiny import build_tiny_llama, build_tokenizer
         from ..train.finetune import fine_tune
-        from ..train.models import load_model, load_tokenizer
+        from ..io.models import load_model, load_tokenizer
 
         t0 = time.time()
         seed = conf["seed"]
@@ -618,7 +618,7 @@ class Harness:
             output=OutputSpec(work, save_steps=10 ** 9, save_total_limit=1, overwrite=True))
         callbacks = []
         if spec.trace_every > 0:
-            from ..train.models import load_tokenizer
+            from ..io.models import load_tokenizer
 
             tok = load_tokenizer(setup.finetuned_dir)
             enc = PromptEncoder(tok)

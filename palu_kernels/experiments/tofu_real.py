@@ -167,7 +167,7 @@ def _base_model_dir(h: Harness, model: str) -> str:
     d = os.path.join(h.out, "base-" + os.path.splitext(os.path.basename(model))[0])
     if os.path.isfile(os.path.join(d, "config.json")):
         return d
-    from ..train.models import ModelSource, load_model, load_tokenizer
+    from ..io.models import ModelSource, load_model, load_tokenizer
 
     h.log(f"converting {model} to a model directory in {d} (once)")
     src = ModelSource(os.path.dirname(os.path.abspath(model)), os.path.basename(model))

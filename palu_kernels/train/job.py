@@ -32,7 +32,7 @@ from ..outputs import (MARKER, OutputLock, atomic_write_json, latest_complete_ch
                        make_temp_sibling, publish_result)
 from .base import NonFiniteLossError, nonfinite_parameters
 from .identity import IDENTITY, check_resume, run_identity, write_identity
-from .models import (ModelSource, load_model, load_tokenizer, resolve_model_path,
+from ..io.models import (ModelSource, load_model, load_tokenizer, resolve_model_path,
                      train_last_layers)
 from .registry import trainer_class
 from .spec import (SPAN_SOURCES, DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
@@ -171,7 +171,7 @@ class _Data:
 
 def _load_data(job: UnlearningJob, source: ModelSource) -> _Data:
     """Forget and retain records (spans given, or computed), the tokenizer, the dataset."""
-    from .data import PALUDataset, chunk_passages, load_forget, load_records
+    from ..io.data import PALUDataset, chunk_passages, load_forget, load_records
 
     d, uses_spans = job.data, trainer_class(job.method.name).uses_spans
     try:
@@ -307,7 +307,7 @@ def _epoch_callback(dataset):
 def _make_trainer(job: UnlearningJob, model, targs, data: _Data, *, callbacks, trainer_cls,
                   trainer_kwargs):
     """The method's trainer (``trainer_cls``: another one, with only the ``palu=`` config)."""
-    from .data import PALUCollator
+    from ..io.data import PALUCollator
 
     kwargs = (job.method.trainer_kwargs() if trainer_cls is None
               else {"palu": job.method.palu_config()})

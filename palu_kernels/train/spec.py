@@ -22,7 +22,7 @@ from typing import Optional
 from ..errors import UsageError
 from .base import BaselineConfig, PALUConfig
 from .checks import ALL, all_or_count, check_model_files, check_output, check_values
-from .models import NAMED_MODELS, ModelSource, resolve_model_path
+from ..io.models import NAMED_MODELS, ModelSource, resolve_model_path
 from .registry import trainer_class
 
 __all__ = ["DataSpec", "MethodSpec", "ModelSpec", "OutputSpec", "SPAN_SOURCES",

@@ -28,7 +28,7 @@ from ..heads import FusedHead, fused_head, last_hidden_states
 
 
 class PALUTrainer(UnlearningTrainer):
-    """Trainer for PALU unlearning on batches from :class:`~palu_kernels.train.data.PALUCollator`.
+    """Trainer for PALU unlearning on batches from :class:`~palu_kernels.io.data.PALUCollator`.
 
     Args:
         palu: a :class:`~palu_kernels.train.base.PALUConfig` (k, target, kl, gamma, alpha,
