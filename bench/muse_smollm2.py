@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 
+from palu_kernels.errors import UsageError
 from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE
 from palu_kernels.eval.muse import MUSE_FILES, evaluate_muse, load_muse
 from palu_kernels.outputs import atomic_write_text
@@ -233,7 +234,7 @@ def run_seed(args, sz, data, seed, log):
                                       save_steps=1000000000))
                 try:
                     run_unlearning(job, verbose=False)
-                except SystemExit as e:  # e.g. PALU with a span source that marked nothing
+                except UsageError as e:  # e.g. PALU with a span source that marked nothing
                     rows[name] = {"skipped": str(e)}
                     log(f"seed {seed}: {name} skipped: {e}")
                     continue

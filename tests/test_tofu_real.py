@@ -57,14 +57,15 @@ def test_train_last_layers_freezes_all_but_the_top(tmp_path):
 
 
 def test_train_layers_flag_checked_before_any_work():
+    from palu_kernels.errors import UsageError
     from palu_kernels.train.checks import check_values
     from palu_kernels.train.job import DataSpec, ModelSpec, OutputSpec, UnlearningJob
 
     job = UnlearningJob(ModelSpec("m", train_layers=0), DataSpec("f"), OutputSpec("o"))
-    with pytest.raises(SystemExit, match="--train-layers"):
+    with pytest.raises(UsageError, match="^train_layers must be >= 1"):
         check_values(job)
     job = UnlearningJob(ModelSpec("m", train_layers=2, lora_r=4), DataSpec("f"), OutputSpec("o"))
-    with pytest.raises(SystemExit, match="--train-layers.*--lora-r"):
+    with pytest.raises(UsageError, match="^train_layers .*`lora_r`"):
         check_values(job)
 
 

@@ -90,7 +90,10 @@ def _one_line(prog: str, e: BaseException) -> str:
     text = lines[0] if lines else type(e).__name__
     if len(lines) > 1:  # e.g. a list of bad records: keep them, they name file:line each
         text = "\n".join(lines)
-    return text if text.startswith(prog) else f"{prog}: error: {text}"
+    if text.startswith(prog):
+        return text
+    # a UsageError names what was wrong itself (``prog: --flag ...``)
+    return f"{prog}: {text}" if isinstance(e, UsageError) else f"{prog}: error: {text}"
 
 
 def one_line_warnings(prog: str):
