@@ -6,9 +6,10 @@ no traceback; ``--debug`` prints the traceback too. Library code below the CLI r
 :class:`palu_kernels.errors.UsageError` naming the argument (``first_n``, ``output_dir``; other
 arguments in its message in backticks, ``` `overwrite=True` ```), or ``ValueError`` /
 ``OSError``; here the argument names become the flags a user types (:func:`flag_of`,
-:func:`cli_text`: ``first_n`` -> ``--first-n``, ``` `overwrite=True` ``` -> ``--overwrite``). An interrupt (Ctrl-C) prints one line saying what
-is on disk and how to continue, and exits with status 130. A warning prints as one line
-``palu-xxx: warning: ...`` (no line of Python source).
+:func:`cli_text`: ``first_n`` -> ``--first-n``, ``` `overwrite=True` ``` ->
+``--overwrite``). An interrupt (Ctrl-C) prints one line saying what is on disk and how to
+continue, and exits with status 130. A warning prints as one line ``palu-xxx: warning: ...``
+(no line of Python source).
 """
 
 from __future__ import annotations
