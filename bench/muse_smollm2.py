@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 
+from palu_kernels.errors import UsageError
 from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE
 from palu_kernels.eval.muse import MUSE_FILES, evaluate_muse, load_muse
 from palu_kernels.outputs import atomic_write_text
@@ -125,7 +126,7 @@ def _done(d):
 
 def _load_base(spec, seed, tokenizer_texts):
     from palu_kernels.tiny import build_tiny_llama, build_tokenizer
-    from palu_kernels.train.models import load_model, load_tokenizer, resolve_model_path
+    from palu_kernels.io.models import load_model, load_tokenizer, resolve_model_path
 
     if spec == "tiny":  # the plumbing run: a tiny Llama stands in for the pre-trained model
         tok = build_tokenizer(tokenizer_texts, vocab_size=400, split_spaces=True,
@@ -145,7 +146,7 @@ def _save(model, tok, d, info):
 
 
 def _eval(model_dir, muse_dir, sz, path, retain_auc=None, target_km=None):
-    from palu_kernels.train.models import load_model, load_tokenizer
+    from palu_kernels.io.models import load_model, load_tokenizer
 
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
@@ -163,7 +164,7 @@ def _eval(model_dir, muse_dir, sz, path, retain_auc=None, target_km=None):
 
 def run_seed(args, sz, data, seed, log):
     from palu_kernels.spans import (SpanOptions, coverage, find_spans, write_span_records)
-    from palu_kernels.train.data import QARecord
+    from palu_kernels.io.data import QARecord
     from palu_kernels.train.finetune import fine_tune
     from palu_kernels.train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec,
                                         TrainingOptions, UnlearningJob, run_unlearning)
@@ -233,7 +234,7 @@ def run_seed(args, sz, data, seed, log):
                                       save_steps=1000000000))
                 try:
                     run_unlearning(job, verbose=False)
-                except SystemExit as e:  # e.g. PALU with a span source that marked nothing
+                except UsageError as e:  # e.g. PALU with a span source that marked nothing
                     rows[name] = {"skipped": str(e)}
                     log(f"seed {seed}: {name} skipped: {e}")
                     continue

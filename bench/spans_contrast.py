@@ -37,9 +37,9 @@ def main(argv=None):
 
     from palu_kernels.spans import ContrastOptions, contrast_spans, score_records
     from palu_kernels.tiny import build_tiny_llama, build_tokenizer
-    from palu_kernels.train.data import load_forget, load_records
+    from palu_kernels.io.data import load_forget, load_records
     from palu_kernels.train.finetune import fine_tune
-    from palu_kernels.train.models import load_model, load_tokenizer
+    from palu_kernels.io.models import load_model, load_tokenizer
 
     torch.set_num_threads(a.threads)
     gold, _ = load_forget(a.forget, merge_overlaps=True)

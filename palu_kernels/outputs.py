@@ -280,8 +280,8 @@ def result_problem(directory: str) -> Optional[str]:
     pass :func:`weights_problem` and ``config.json`` must exist.
     """
     if checkpoints(directory) and not os.path.isfile(os.path.join(directory, MARKER)):
-        return (f"an unfinished palu-unlearn run (checkpoint-* but no {MARKER}); resume it "
-                "with palu-unlearn --resume, or pass one of its checkpoint-* directories")
+        return (f"an unfinished palu-unlearn run (checkpoint-* but no {MARKER}); resume that "
+                "run (`resume=True`), or pass one of its checkpoint-* directories")
     if not os.path.isfile(os.path.join(directory, "config.json")):
         if os.path.isfile(os.path.join(directory, "adapter_config.json")):
             return None  # a PEFT adapter directory: transformers reads its base model
@@ -310,7 +310,7 @@ def _describe_owner(owner: dict) -> str:
     return s
 
 
-def in_use_error(directory: str, owner: dict, option: str = "--output-dir") -> UsageError:
+def in_use_error(directory: str, owner: dict, option: str = "output_dir") -> UsageError:
     """The one-line refusal of a directory locked by ``owner`` (:func:`lock_owner`)."""
     return UsageError(option, f"{directory!r} is in use by another run "
                               f"({_describe_owner(owner)}); wait for it to finish, or choose "
@@ -348,7 +348,7 @@ class OutputLock:
     (also on any exception, as a context manager) deletes the file and drops the lock.
     """
 
-    def __init__(self, directory: str, *, option: str = "--output-dir", command: str = ""):
+    def __init__(self, directory: str, *, option: str = "output_dir", command: str = ""):
         self.directory, self.option, self.command = directory, option, command
         self.path = os.path.join(directory, LOCK)
         self.fd: Optional[int] = None

@@ -33,7 +33,7 @@ def tofu_texts(path: str, limit: int | None = None) -> list[str]:
     """Question and answer strings from a TOFU JSON / JSON-lines file (for tokenizer training).
 
     ``limit`` caps the number of records read. Lines that are not JSON objects are skipped:
-    this helper only gathers text, the trainer's loader (``palu_kernels.train.data``) is the
+    this helper only gathers text, the trainer's loader (``palu_kernels.io.data``) is the
     one that validates records.
     """
     texts: list[str] = []

@@ -72,8 +72,8 @@ def test_parser_defaults():
     args = build_parser().parse_args([])
     assert args.threads == 1 and not args.quick and args.model == "tiny"
     resolved = _resolve(args)
-    assert resolved["source"] is None and args.k == "10" and args.lr == 1e-3
-    assert args.first_n == "all" and args.epochs == 10
+    assert resolved["source"] is None and args.k == 10 and args.lr == 1e-3
+    assert args.first_n is None and args.epochs == 10  # None: every sensitive token (all)
     sizes = resolved["sizes"]  # at least 40 forget questions (4 of 40 authors x 10)
     assert round(sizes["people"] * sizes["forget_fraction"]) * sizes["questions"] >= 40
 
@@ -155,7 +155,7 @@ def test_pretrained_path_end_to_end_with_a_tiny_gguf(tmp_path):
     rows = {r["model"]: r for r in res["table"]}
     assert set(rows) == {"finetuned", "retain", "palu"}
     cfg = res["config"]
-    assert cfg["k"] == "10" and cfg["lr"] == 2e-4 and cfg["epochs"] == 2  # pre-trained defaults
+    assert cfg["k"] == 10 and cfg["lr"] == 2e-4 and cfg["epochs"] == 2  # pre-trained defaults
     # fine-tuning on the facts raised their probability above the retain model's
     assert rows["finetuned"]["forget_probability"] > rows["retain"]["forget_probability"]
     assert res["training"]["finetuned"]["n_pairs"] > res["training"]["retain"]["n_pairs"] > 0

@@ -41,7 +41,7 @@ def test_build_data_is_muse_layout(tmp_path):
 def test_passage_record_is_bos_plus_text():
     from palu_kernels.constants import IGNORE_INDEX
     from palu_kernels.tiny import build_tokenizer
-    from palu_kernels.train.data import QARecord, encode_record
+    from palu_kernels.io.data import QARecord, encode_record
 
     tok = build_tokenizer(["Answer: 1472 was the year."] * 8, vocab_size=300,
                           chat_template=MUSE_CHAT_TEMPLATE, split_spaces=True)

@@ -51,7 +51,7 @@ def test_fsdp_config_on_cpu_is_refused_not_run_unsharded():
 @pytest.mark.parametrize("engine,fused,lora,match", [
     ("deepspeed", False, False, "DeepSpeed is not supported"),
     ("fsdp1", True, False, "fsdp_version: 2"),
-    ("fsdp2", True, True, "--fused-linear with --lora-r under FSDP2"),
+    ("fsdp2", True, True, "`fused_linear` with `lora_r` under FSDP2"),
 ])
 def test_unsupported_engine_combinations_are_refused(engine, fused, lora, match):
     with pytest.raises(EngineError, match=match):

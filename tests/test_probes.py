@@ -11,7 +11,7 @@ from palu_kernels.demo.synth import generate_benchmark
 from palu_kernels.experiments.probes import (probability_change, score_probes,
                                              span_token_offset, synonym_leakage)
 from palu_kernels.tiny import build_tiny_llama, build_tokenizer
-from palu_kernels.train.data import prompt_ids
+from palu_kernels.io.data import prompt_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -125,7 +125,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("extra,match", BAD_VALUES, ids=[" ".join(x) for x, _ in BAD_VALUES])
 def test_bad_values_one_line_before_any_model(files, tmp_path, capsys, monkeypatch, extra, match):
-    import palu_kernels.train.models as models
+    import palu_kernels.io.models as models
 
     def no_loading(*a, **k):
         raise AssertionError("a model was loaded before the values were checked")
@@ -176,8 +176,8 @@ def test_runs_that_would_not_unlearn_and_long_questions(files, tmp_path, capsys)
 def test_long_questions_are_skipped_at_load_time(files):
     """With skip_bad the dataset leaves them out when it is built (retain too), and says so."""
     from palu_kernels.train import load_records
-    from palu_kernels.train.data import PALUDataset, PromptTooLong
-    from palu_kernels.train.models import load_tokenizer
+    from palu_kernels.io.data import PALUDataset, PromptTooLong
+    from palu_kernels.io.models import load_tokenizer
 
     tok = load_tokenizer(files["model"])
     forget, _ = load_records(files["longq"])
@@ -306,7 +306,7 @@ main(sys.argv[1:])
 
 def test_kill_during_the_final_save_then_resume(files, tmp_path):
     """A real process killed halfway through the final ``model.safetensors``."""
-    from palu_kernels.train.models import load_model
+    from palu_kernels.io.models import load_model
 
     out = tmp_path / "fresh"
     a = argv(files, out, "--save-steps", "1", "--max-steps", "2")

@@ -234,7 +234,7 @@ def test_retain_results_are_checked_and_named(tmp_path):
 
     bad = tmp_path / "bad.json"
     bad.write_text("not json\n")
-    with pytest.raises(ValueError, match=r"--retain-result: .*bad\.json is not JSON"):
+    with pytest.raises(ValueError, match=r"^retain_result: .*bad\.json is not JSON"):
         read_retain_result(str(bad), "forget01")
     nan = tmp_path / "nan.json"
     nan.write_text(json.dumps({"forget_truth_ratios": [0.5, float("nan")]}))

@@ -115,7 +115,7 @@ def test_lock_released_on_errors_and_stale_files_reclaimed(tmp_path):
     assert lock.reclaimed["pid"] == 999999999
     with pytest.raises(UsageError) as e:
         outputs.OutputLock(d).acquire()
-    assert e.value.option == "--output-dir" and f"pid {os.getpid()}" in str(e.value)
+    assert e.value.option == "output_dir" and f"pid {os.getpid()}" in str(e.value)
     lock.release()
     assert os.listdir(d) == []
 
@@ -242,7 +242,7 @@ def test_experiment_out_naming_a_file_and_bad_seeds_are_refused_before_any_work(
     refused(capsys, exp_cli.main, ["k", "--data-dir", str(tmp_path), "--out",
                                    str(tmp_path / "o")], r"^palu-experiment: --data-dir .* has no forget01_spans")
     assert not (tmp_path / "o").exists()
-    with pytest.raises(UsageError, match="--out"):
+    with pytest.raises(UsageError, match="^out .* is a file, not a directory"):
         from palu_kernels.experiments.harness import ExperimentConfig, Harness
 
         Harness(ExperimentConfig(out=str(afile), generator=lambda *a, **k: None))
@@ -288,7 +288,7 @@ class _CountingStr(str):
 
 def test_text_spans_of_a_5mb_passage_copy_linear_work():
     from palu_kernels.spans.text import text_spans
-    from palu_kernels.train.data import QARecord
+    from palu_kernels.io.data import QARecord
 
     unit = ('Basil Mahfouz Al-Kuwaiti wrote "The Sand Road" in 1956 for the University of '
             "Karachi. He was 30 years old; his father (a florist) said: 'Go.' ")
@@ -387,7 +387,7 @@ def test_ctrl_c_in_palu_experiment(tmp_path, capsys, monkeypatch):
 
 def test_a_byte_order_mark_is_accepted(files, tmp_path, capsys):
     from palu_kernels.train import load_records
-    from palu_kernels.train.data import load_forget
+    from palu_kernels.io.data import load_forget
 
     lines = open(files["forget"], encoding="utf-8").read()
     bom = tmp_path / "bom.jsonl"

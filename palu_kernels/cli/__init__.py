@@ -8,6 +8,8 @@
 * ``palu-unlearn demo`` (:mod:`.demo`): argv -> :class:`~palu_kernels.demo.run.DemoConfig`;
 * ``python -m palu_kernels.cli.synth``: write the synthetic benchmark.
 
-Layers (each imports only the ones below it): core <- train <- eval <- experiments <- demo
-<- cli (``tests/test_layers.py``).
+Layers (each imports only the ones below it): core <- io <- spans <- train <- eval <-
+experiments <- demo <- cli (``tests/test_layers.py``). Only this layer parses argv and
+names flags: below it a mistake is a :class:`~palu_kernels.errors.UsageError` naming the
+argument, which :mod:`._errors` prints as the flag (``tests/test_no_cli_below_cli.py``).
 """

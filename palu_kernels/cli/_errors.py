@@ -3,20 +3,25 @@
 An ordinary mistake (a bad value, a missing or broken file, a run that would not unlearn)
 prints one line on stderr, ``palu-xxx: ...`` naming the option, and exits with status 2 and
 no traceback; ``--debug`` prints the traceback too. Library code below the CLI raises
-:class:`palu_kernels.errors.UsageError` naming the option (older code: ``SystemExit("palu-xxx:
-...")``), or ``ValueError`` / ``OSError``. An interrupt (Ctrl-C) prints one line saying what
-is on disk and how to continue, and exits with status 130. A warning prints as one line
-``palu-xxx: warning: ...`` (no line of Python source).
+:class:`palu_kernels.errors.UsageError` naming the argument (``first_n``, ``output_dir``; other
+arguments in its message in backticks, ``` `overwrite=True` ```), or ``ValueError`` /
+``OSError``; here the argument names become the flags a user types (:func:`flag_of`,
+:func:`cli_text`: ``first_n`` -> ``--first-n``, ``` `overwrite=True` ``` ->
+``--overwrite``). An interrupt (Ctrl-C) prints one line saying what is on disk and how to
+continue, and exits with status 130. A warning prints as one line ``palu-xxx: warning: ...``
+(no line of Python source).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import re
 import sys
 import traceback
 import warnings
 
-from ..errors import UsageError
+from ..errors import UsageError, starts_with_option
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
@@ -31,12 +36,65 @@ def exit_error(message: str) -> SystemExit:
     return e
 
 
+FLAGS = {"n": "--passages"}  # the MUSE demo's passage count (MuseDemoConfig.n)
+"""Argument names whose command-line flag is not ``--`` + the name with dashes."""
+
+_NAMED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`]*))?`")
+
+
+def flag_of(option: str) -> str:
+    """The flag of an argument name: ``first_n`` -> ``--first-n`` (:data:`FLAGS` where the
+    flag has another name); a flag (``--x``) stays as it is."""
+    if option.startswith("-"):
+        return option
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def in_flags(text: str) -> str:
+    """Argument names written in backticks as flags: ``` `lora_r` ``` -> ``--lora-r``,
+    ``` `overwrite=True` ``` -> ``--overwrite``, ``` `spans=text` ``` -> ``--spans text``."""
+    def flag(m):
+        value = m.group(2)
+        return flag_of(m.group(1)) + ("" if value in (None, "True") else f" {value}")
+    return _NAMED.sub(flag, text)
+
+
+def cli_text(e: UsageError) -> str:
+    """A :class:`~palu_kernels.errors.UsageError` as the command line says it: naming the
+    flag (``first_n must be ...`` -> ``--first-n must be ...``)."""
+    option, message = e.option, e.message
+    if not option:
+        return in_flags(message)
+    rest = message[len(option):] if starts_with_option(message, option) else " " + message
+    return flag_of(option) + in_flags(rest)
+
+
+def error_text(e: BaseException) -> str:
+    """The text of an error as the command line prints it (:func:`cli_text` for a
+    :class:`~palu_kernels.errors.UsageError`)."""
+    return cli_text(e) if isinstance(e, UsageError) else str(e)
+
+
+@contextlib.contextmanager
+def flags_in_errors(prog: str):
+    """Around a command's work called from Python with an argv (``unlearn([...])``): a
+    :class:`~palu_kernels.errors.UsageError` from below becomes ``SystemExit("prog: --flag
+    ...")``, the one line :func:`run_cli` prints (the library error chained to it)."""
+    try:
+        yield
+    except UsageError as e:
+        raise SystemExit(f"{prog}: {cli_text(e)}") from e
+
+
 def _one_line(prog: str, e: BaseException) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    lines = [ln for ln in error_text(e).splitlines() if ln.strip()]
     text = lines[0] if lines else type(e).__name__
     if len(lines) > 1:  # e.g. a list of bad records: keep them, they name file:line each
         text = "\n".join(lines)
-    return text if text.startswith(prog) else f"{prog}: error: {text}"
+    if text.startswith(prog):
+        return text
+    # a UsageError names what was wrong itself (``prog: --flag ...``)
+    return f"{prog}: {text}" if isinstance(e, UsageError) else f"{prog}: error: {text}"
 
 
 def one_line_warnings(prog: str):
@@ -74,11 +132,7 @@ def run_cli(prog: str, fn, argv, interrupted=None) -> int:
         if debug:
             traceback.print_exc()
         message = _one_line(prog, e)
-    except UsageError as e:
-        if debug:
-            raise
-        message = f"{prog}: {e}".splitlines()[0]
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # a UsageError names the flag (cli_text)
         if debug:
             raise
         message = _one_line(prog, e)

@@ -24,7 +24,7 @@ import os
 import sys
 from typing import List, Optional
 
-from ._errors import DEBUG_HELP, run_cli
+from ._errors import DEBUG_HELP, error_text, flags_in_errors, run_cli
 from ..eval.tofu import (EVAL_SPLITS, FORGET_SPLITS, check_retain_ratios, load_split,
                          read_retain_result, split_file)
 from ..experiments.compare import (COLUMNS, DEFAULT_METHODS, Comparison, parse_methods, plot,  # noqa: F401
@@ -85,7 +85,7 @@ def comparison_from_argv(argv: Optional[List[str]] = None) -> Comparison:
     try:
         methods = parse_methods(args.methods)
     except ValueError as e:
-        parser.error(str(e))
+        parser.error(error_text(e))
     for flag in rest:
         if flag.split("=", 1)[0] in _OWN_UNLEARN_FLAGS:
             parser.error(f"{flag.split('=', 1)[0]} is set by palu-compare (use --methods, "
@@ -112,7 +112,7 @@ def comparison_from_argv(argv: Optional[List[str]] = None) -> Comparison:
             n = len(load_split(args.data_dir, "forget", args.forget_split, args.max_samples))
             check_retain_ratios(retain_ratios, n, f"--retain-result {args.retain_result}")
         except (FileNotFoundError, ValueError) as e:
-            parser.error(str(e))
+            parser.error(error_text(e))
 
     base = ["--model", args.model, "--forget", args.forget, "--output-dir", out, *rest]
     if args.retain:
@@ -128,8 +128,10 @@ def comparison_from_argv(argv: Optional[List[str]] = None) -> Comparison:
         import torch
 
         torch.set_num_threads(args.threads)
+    with flags_in_errors("palu-compare"):  # e.g. a bad --k or --first-n
+        job = job_from_args(uargs)
     return Comparison(
-        job=job_from_args(uargs), methods=methods, output_dir=out, data_dir=args.data_dir,
+        job=job, methods=methods, output_dir=out, data_dir=args.data_dir,
         forget_split=args.forget_split, retain_model=args.retain_model,
         retain_truth_ratios=retain_ratios, max_samples=args.max_samples,
         eval_batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens,
@@ -140,8 +142,11 @@ def comparison_from_argv(argv: Optional[List[str]] = None) -> Comparison:
 
 def compare(argv: Optional[List[str]] = None) -> dict:
     """Parse ``argv`` and run the comparison; returns ``{"config", "rows", "table", "plot"}``
-    (also in ``<output-dir>/compare.json``)."""
-    return run_comparison(comparison_from_argv(argv))
+    (also in ``<output-dir>/compare.json``). A mistake: ``SystemExit`` with one line naming
+    the flag."""
+    comparison = comparison_from_argv(argv)
+    with flags_in_errors("palu-compare"):
+        return run_comparison(comparison)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -18,6 +18,8 @@ import sys
 from typing import Optional, Sequence
 
 from ..demo.run import DemoConfig, run
+from ._errors import flags_in_errors
+from .options import FIRST_N_HELP, K_HELP
 
 __all__ = ["build_parser", "main", "run_demo"]
 
@@ -86,13 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unlearning epochs (default 10; pre-trained models 4, --quick 2)")
     p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
     p.add_argument("--k", default=None,
-                   help="PALU top-K set size ('all' = whole vocabulary); default 10 (the best "
-                        "of the K sweep in bench/results/experiments/k on the tiny model's "
-                        "640-token vocabulary; K = all dilutes the local term)")
+                   help=f"PALU {K_HELP}; default 10 (the best of the K sweep in "
+                        "bench/results/experiments/k on the tiny model's 640-token "
+                        "vocabulary; K = all dilutes the local term; --muse: 1)")
     p.add_argument("--first-n", default=None,
-                   help="PALU initiating tokens per span (N; 'all' = every sensitive token); "
-                        "default all on the tiny model (bench/results/experiments/n), 3 on "
-                        "pre-trained models")
+                   help=f"PALU {FIRST_N_HELP}; default all on the tiny model "
+                        "(bench/results/experiments/n), 3 on pre-trained models and --muse")
     p.add_argument("--gamma", type=float, default=None,
                    help="weight of the forget term, for every method (default: each method's "
                         "setting chosen by bench/results/experiments/pareto on the tiny model: "
@@ -126,6 +127,11 @@ def run_demo(argv: Optional[Sequence[str]] = None) -> dict:
     returns the result dict of :func:`palu_kernels.demo.run.run`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    with flags_in_errors("palu-unlearn demo"):
+        return _run_demo(args, argv)
+
+
+def _run_demo(args, argv) -> dict:
     for flag in ("gamma", "alpha"):
         v = getattr(args, flag)
         if v is not None and not (v >= 0 and v != float("inf")):
@@ -163,7 +169,7 @@ def _run_muse(args, argv) -> dict:
         raise SystemExit(f"palu-unlearn demo: --seeds: expected comma-separated integers, got "
                          f"{args.seeds!r}") from None
     kw = {k: getattr(args, k) for k in ("ft_lr", "ft_epochs", "ft_target_nll", "lr", "epochs",
-                                        "k") if getattr(args, k) is not None}
+                                        "k", "first_n") if getattr(args, k) is not None}
     cfg = MuseDemoConfig(data_dir=args.data_dir, out=args.out, quick=args.quick,
                          methods=args.methods, seeds=seeds, n=args.passages,
                          batch_size=args.batch_size,

@@ -24,10 +24,10 @@ from typing import List, Optional
 from ..eval.tofu import (FORGET_SPLITS, check_output_dir, check_retain_ratios, evaluate_model,
                          forget_truth_ratios, load_split, read_retain_result,
                          split_file, write_result)
-from ._errors import DEBUG_HELP, run_cli
+from ._errors import DEBUG_HELP, error_text, run_cli
 from .eval_muse import load_flagged
 
-from ..train.models import DTYPES
+from ..io.models import DTYPES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +129,7 @@ def _main(argv: List[str]) -> int:
     try:
         check_output_dir(output_dir)
     except ValueError as e:
-        parser.error(str(e))
+        parser.error(error_text(e))
     progress = not args.no_progress
     from transformers.utils import logging as hf_logging
 
@@ -183,7 +183,7 @@ def _run(args, device, output_dir: str, progress: bool) -> int:
     except (OSError, ValueError) as e:
         if args.debug:
             raise
-        print(f"palu-eval: error: {e}", file=sys.stderr)
+        print(f"palu-eval: error: {error_text(e)}", file=sys.stderr)
         return 2
     result["config"].update({"model": os.path.abspath(args.model),
                              "retain_model": args.retain_model,
@@ -197,7 +197,7 @@ def _run(args, device, output_dir: str, progress: bool) -> int:
     except (OSError, ValueError) as e:
         if args.debug:
             raise
-        print(f"palu-eval: error: {e}", file=sys.stderr)
+        print(f"palu-eval: error: {error_text(e)}", file=sys.stderr)
         return 2
     with open(md_path, encoding="utf-8") as f:
         md = f.read()

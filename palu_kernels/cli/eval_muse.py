@@ -26,6 +26,8 @@ from ..eval.muse import (KNOWMEM_MAX_NEW_TOKENS, MUSE_FILES, VERBMEM_MAX_NEW_TOK
                          evaluate_muse, read_muse_result, retain_model_auc,
                          target_model_knowmem_retain, write_muse_result)
 from ..eval.tofu import load_eval_model
+from ..errors import UsageError
+from ._errors import error_text
 
 __all__ = ["check_muse_args", "run_muse"]
 
@@ -54,6 +56,8 @@ def load_flagged(flag: str, path: str, device, dtype: str, tokenizer=None):
     """:func:`load_eval_model`, its errors naming ``flag``."""
     try:
         return load_eval_model(path, device, dtype, tokenizer)
+    except UsageError as e:
+        raise UsageError(flag, error_text(e)) from e
     except (OSError, ValueError) as e:
         raise type(e)(f"{flag} {e}") from e
 
@@ -87,7 +91,7 @@ def run_muse(args, device, output_dir: str, progress: bool) -> int:
     except (OSError, ValueError) as e:
         if getattr(args, "debug", False):
             raise
-        print(f"palu-eval: error: {e}", file=sys.stderr)
+        print(f"palu-eval: error: {error_text(e)}", file=sys.stderr)
         return 2
     result["config"].update({"model": os.path.abspath(args.model),
                              "retain_model": args.retain_model,

@@ -122,7 +122,7 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
                                                "example --data-dir ../shared/data/tofu)")
             args.data_dir = os.path.join("..", "shared", "data", "tofu")
     if args.model == "smollm2":
-        from ..train.models import packaged_gguf
+        from ..io.models import packaged_gguf
 
         try:
             args.model = str(packaged_gguf("smollm2"))

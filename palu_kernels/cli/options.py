@@ -9,7 +9,13 @@ from dataclasses import fields
 from ..train.base import BaselineConfig
 from ..train.registry import defaults_of, method_config
 
-__all__ = ["add_method_arguments", "method_kwargs"]
+__all__ = ["FIRST_N_HELP", "K_HELP", "add_method_arguments", "method_kwargs"]
+
+K_HELP = "top-K set size: an integer >= 1, or all (or -1) for the whole vocabulary"
+FIRST_N_HELP = ("initiating rows per sensitive run: an integer >= 1, or all (or -1) for every "
+                "sensitive row")
+"""The help of ``--k`` and ``--first-n`` on every command line: one vocabulary for "all"
+(:func:`palu_kernels.train.checks.all_or_count` reads the values)."""
 
 
 def add_method_arguments(parser) -> None:

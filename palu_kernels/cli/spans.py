@@ -32,9 +32,9 @@ import sys
 from ..spans import (DEFAULT_PREDICTABILITY, DEFAULT_THRESHOLD, METHODS, PASSAGE_MAX_COVERAGE,
                      SpanOptions, coverage, find_spans, read_span_inputs, score_records,
                      spacy_available, write_span_records)
-from ..train.data import load_forget
-from ..train.models import NAMED_MODELS
-from ._errors import run_cli
+from ..io.data import load_forget
+from ..io.models import NAMED_MODELS
+from ._errors import error_text, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,11 +153,11 @@ def run(args) -> dict:
             gold, _ = load_forget(args.score, spans="required", skip_bad=args.skip_bad_records,
                                   merge_overlaps=True)
     except ValueError as e:
-        raise SystemExit(f"palu-spans: {e}") from None
+        raise SystemExit(f"palu-spans: {error_text(e)}") from None
     try:
         pred = find_spans(records, opts)
     except (ValueError, ImportError) as e:
-        raise SystemExit(f"palu-spans: --method {args.method}: {e}") from None
+        raise SystemExit(f"palu-spans: --method {args.method}: {error_text(e)}") from None
     cov = coverage(pred)
     out = {"n_records": len(pred), "method": args.method, "input": report.describe(),
            "n_spans": cov["n_spans"], "coverage": {"chars": cov["chars"], "words": cov["words"]},
@@ -172,7 +172,7 @@ def run(args) -> dict:
         try:
             out["score"] = score_records(pred, gold).to_dict()
         except ValueError as e:
-            raise SystemExit(f"palu-spans: --score {args.score}: {e}") from None
+            raise SystemExit(f"palu-spans: --score {args.score}: {error_text(e)}") from None
     return out
 
 

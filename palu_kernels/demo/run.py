@@ -33,7 +33,7 @@ A pre-trained model instead of the tiny one (see ``palu_kernels/demo/README.md``
 The pre-trained path fine-tunes only the authors' answers (the first ``--max-samples``
 forget and retain questions; the model already knows the world), with a small learning rate
 and loss on the answer rows only; prompts use the model's own chat template in fine-tuning,
-unlearning and evaluation alike (:func:`palu_kernels.train.data.format_prompt`).
+unlearning and evaluation alike (:func:`palu_kernels.io.data.format_prompt`).
 ``--retain-from-base`` skips the retain model's fine-tuning and uses the untouched model
 instead.
 """
@@ -46,6 +46,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
+from ..errors import UsageError
 from .models import DEMO_CHAT_TEMPLATE, DemoSetup, pretrained_models, tiny_models
 from .table import format_table, table_rows
 
@@ -80,8 +81,8 @@ _MODEL_DEFAULTS = {
     "lr": (1e-3, 2e-4),
     # tiny: from bench/results/experiments (pareto, k, n): at K = 10 with every sensitive token
     # initiating (N = all), PALU reached its best Forget Quality at lr 1e-3, 10 epochs
-    "k": ("10", "10"),
-    "first_n": ("all", "3"),
+    "k": (10, 10),
+    "first_n": (None, 3),  # None: every sensitive token
 }
 
 # Each method's setting on the tiny model, from bench/results/experiments/pareto (every
@@ -122,8 +123,8 @@ class DemoConfig:
     lr: Optional[float] = None
     epochs: Optional[float] = None
     batch_size: int = 4
-    k: Optional[str] = None
-    first_n: Optional[str] = None
+    k: object = None  # an integer >= 1, "all" or -1 (all_or_count); None: the model's default
+    first_n: object = None  # the same
     gamma: Optional[float] = None
     alpha: Optional[float] = None
     threads: int = 1
@@ -160,25 +161,29 @@ def method_options(args, methods) -> Dict[str, dict]:
 
 
 def _resolve(args) -> dict:
-    """Sizes and model-dependent defaults from the parsed arguments (``SystemExit`` on bad
-    values, before any work); fills ``args.ft_lr`` ... in place."""
+    """Sizes and model-dependent defaults from the parsed arguments (a
+    :class:`~palu_kernels.errors.UsageError` on bad values, before any work); fills
+    ``args.ft_lr`` ... in place (``k`` and ``first_n`` as :func:`all_or_count` reads them)."""
+    from ..train.checks import all_or_count
     from .pretrained import resolve_model
 
     if args.threads < 1:
-        raise SystemExit(f"palu-unlearn demo: --threads must be >= 1, got {args.threads}")
+        raise UsageError("threads", f"must be >= 1, got {args.threads}")
     if args.max_samples is not None and args.max_samples < 1:
-        raise SystemExit(f"palu-unlearn demo: --max-samples must be >= 1, got {args.max_samples}")
-    source = resolve_model(args.model)  # SystemExit with the pip command when missing
+        raise UsageError("max_samples", f"must be >= 1, got {args.max_samples}")
+    for name in ("k", "first_n"):  # before any work: the same words as palu-unlearn's
+        if getattr(args, name) is not None:
+            setattr(args, name, all_or_count(name, getattr(args, name)) or "all")
+    source = resolve_model(args.model)  # a UsageError with the pip command when missing
     pretrained = source is not None
     if not pretrained:
-        for flag, val in (("--data-dir", args.data_dir), ("--forget-split", args.forget_split),
-                          ("--max-samples", args.max_samples)):
-            if val is not None:
-                raise SystemExit(f"palu-unlearn demo: {flag} needs a pre-trained --model "
-                                 "(smollm2, a model directory or a .gguf file), got --model tiny")
+        for option in ("data_dir", "forget_split", "max_samples"):
+            if getattr(args, option) is not None:
+                raise UsageError(option, "needs a pre-trained `model` (smollm2, a model "
+                                         "directory or a .gguf file), got `model=tiny`")
         if args.retain_from_base:
-            raise SystemExit("palu-unlearn demo: --retain-from-base needs a pre-trained --model "
-                             "(the tiny model's base is random)")
+            raise UsageError("retain_from_base", "needs a pre-trained `model` (the tiny "
+                                                 "model's base is random)")
     if args.data_dir is not None:
         split = args.forget_split or "forget01"
         need = [os.path.join(args.data_dir, f) for f in (
@@ -186,12 +191,12 @@ def _resolve(args) -> dict:
             "retain_perturbed.json", "real_authors_perturbed.json", "world_facts_perturbed.json")]
         missing = [f for f in need if not os.path.isfile(f)]
         if missing:
-            raise SystemExit("palu-unlearn demo: --data-dir: missing TOFU file(s): "
+            raise UsageError("data_dir", "data_dir: missing TOFU file(s): "
                              + ", ".join(missing) + (" (the forget split needs its span "
                                                      "annotations, <split>_spans.jsonl)"))
     elif args.forget_split is not None:
-        raise SystemExit("palu-unlearn demo: --forget-split needs --data-dir (the synthetic "
-                         "split is named by --forget-fraction)")
+        raise UsageError("forget_split", "needs `data_dir` (the synthetic split is named by "
+                                         "`forget_fraction`)")
     key = "quick" if args.quick else "default"
     sizes = dict(_SIZES[{"quick": "pretrained_quick", "default": "pretrained"}[key]
                         if pretrained else key])
@@ -203,10 +208,8 @@ def _resolve(args) -> dict:
     for name, (tiny, pre) in _MODEL_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, pre if pretrained else tiny)
-    if str(args.first_n).lower() != "all" and not (str(args.first_n).isdigit()
-                                                   and int(args.first_n) >= 1):
-        raise SystemExit(f"palu-unlearn demo: --first-n must be an integer >= 1 or 'all', got "
-                         f"{args.first_n!r}")
+    for name in ("k", "first_n"):  # None: all (every sensitive token, the whole vocabulary)
+        setattr(args, name, all_or_count(name, getattr(args, name)))
     if args.epochs is None:
         args.epochs = sizes["unlearn_epochs"] if pretrained else 10
     return {"sizes": sizes, "source": source}
@@ -228,8 +231,8 @@ def run(config: DemoConfig) -> dict:
                else [m.strip() for m in args.methods.split(",") if m.strip()])
     unknown = [m for m in methods if m not in available]
     if unknown or not methods:
-        raise SystemExit(f"palu-unlearn demo: --methods: {unknown or methods} not available; "
-                         f"the trainer offers {available}")
+        raise UsageError("methods", f"methods: {unknown or methods} not available; the "
+                                    f"trainer offers {available}")
     progress = not args.no_progress
     old_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -245,7 +248,7 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
     from ..eval import forget_quality
     from ..experiments.compare import Comparison, plot, run_comparison
     from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
-                             UnlearningJob, parse_k)
+                             UnlearningJob)
     from ..eval.tofu import write_result
 
     t_start = time.time()
@@ -276,16 +279,11 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
     # model, same data, seed and options; TOFU evaluation of each) -------------------------
     log(f"[5/5] unlearning {forget_split} with {', '.join(methods)} and evaluating")
     compare_dir = os.path.join(out, "compare")
-    try:
-        k = parse_k(args.k)
-    except ValueError as e:
-        raise SystemExit(f"palu-unlearn demo: --k: {e}") from None
-    first_n = None if str(args.first_n).lower() == "all" else int(args.first_n)
     job = UnlearningJob(
         model=ModelSpec(st.finetuned_dir),
         data=DataSpec(forget=st.forget_spans, retain=st.retain,
-                      max_length=st.max_length, first_n=first_n),
-        method=MethodSpec(k=k),
+                      max_length=st.max_length, first_n=args.first_n),
+        method=MethodSpec(k=args.k),
         training=TrainingOptions(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                                  warmup_epochs=st.warmup_epochs, seed=args.seed,
                                  logging_steps=1000000),
@@ -338,7 +336,7 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
     missing = [m for m in _BASELINES if m not in _available_methods()]
     notes = []
     if getattr(args, "retain_from_base", False):
-        notes.append("retain = the untouched pre-trained model (--retain-from-base), not a "
+        notes.append("retain = the untouched pre-trained model (retain from base), not a "
                      "model fine-tuned on the retain questions only.")
     if missing:
         notes.append(f"Not run: {', '.join(missing)} (not offered by this trainer).")
@@ -363,7 +361,8 @@ def _run(args, sizes: dict, methods: List[str], progress: bool, source=None) -> 
          f"Forget Quality vs Model Utility ({forget_split}, {st.label})")
     result = {
         "config": {"sizes": sizes, "methods": methods, "seed": args.seed, "ft_lr": args.ft_lr,
-                   "lr": args.lr, "k": args.k, "first_n": args.first_n,
+                   "lr": args.lr, "k": "all" if args.k is None else args.k,
+                   "first_n": "all" if args.first_n is None else args.first_n,
                    "method_options": method_options(args, methods),
                    "epochs": args.epochs,
                    "batch_size": args.batch_size, "model": args.model,

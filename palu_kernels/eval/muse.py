@@ -526,7 +526,7 @@ def read_muse_result(path: str, flag: str, key: str,
     cfg = data.get("config") if isinstance(data, dict) else None
     if not isinstance(cfg, dict) or cfg.get("benchmark") != "muse":
         raise ValueError(f"{flag}: {path} is not the eval.json of a MUSE evaluation (expected "
-                         "the file palu-eval --benchmark muse writes)")
+                         "the file that palu-eval writes for the MUSE benchmark)")
     if cfg.get("conventions") != CONVENTIONS:
         raise ValueError(f"{flag}: {path} was written before palu-eval used MUSE's conventions "
                          "(its AUC has forget as the positive class: 1 - MUSE's); evaluate "
@@ -563,13 +563,14 @@ def muse_summary_markdown(result: dict, title: str = "MUSE evaluation") -> str:
     if cut:
         lines += [f"Cut to the model's context of {cfg['context']} tokens: {cut}.", ""]
     if m["privleak"] is None:
-        lines += ["PrivLeak needs the retrained model (--retain-model or --retain-result).", ""]
+        lines += ["PrivLeak needs the retrained model (or the eval.json of its evaluation).",
+                  ""]
     if m["knowmem_retain_vs_target"] is None and m["target_knowmem_retain"] is not None:
         lines += ["The ratio to the target is undefined: the target model's KnowMem on retain "
                   "is 0.", ""]
     elif m["knowmem_retain_vs_target"] is None:
-        lines += ["The ratio to the target needs the target model (--target-model or "
-                  "--target-result).", ""]
+        lines += ["The ratio to the target needs the target model (or the eval.json of its "
+                  "evaluation).", ""]
     lines += ["MUSE's conventions: AUC of the Min-40% score with forget labelled 0 and holdout "
               "1; PrivLeak = (AUC - AUC_retrain) / AUC_retrain x 100; utility = KnowMem on "
               "retain, absolute (MUSE prints VerbMem, KnowMem and utility x 100). "

@@ -25,6 +25,7 @@ import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from ..errors import UsageError
 from ..jsonio import read_json_objects
 from .metrics import (
     exact_memorisation,
@@ -112,7 +113,7 @@ class PromptEncoder:
     """Token ids of prompts and answers, exactly as the trainer builds them.
 
     Default (``format_prompt=None``): the trainer's encoding
-    (:func:`palu_kernels.train.data.prompt_ids` / ``format_prompt``): the chat template
+    (:func:`palu_kernels.io.data.prompt_ids` / ``format_prompt``): the chat template
     (one user turn plus the generation prompt) when the tokenizer has one, else
     ``"Question: {question}\\nAnswer:"`` after BOS, with the answer following after one space.
     With a ``format_prompt`` callable: its text, tokenized with the tokenizer's usual special
@@ -146,7 +147,7 @@ class PromptEncoder:
                 ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
                 self._prompts[question] = (list(ids), "")
             else:
-                from ..train.data import format_prompt, prompt_ids
+                from ..io.data import format_prompt, prompt_ids
 
                 prefix = format_prompt(self.tokenizer, question)[1]
                 self._prompts[question] = (list(prompt_ids(self.tokenizer, question)), prefix)
@@ -384,32 +385,33 @@ def summary_markdown(result: dict, title: str = "TOFU evaluation") -> str:
               "Utility: harmonic mean of the retain, real-authors and world-facts rows (0 when "
               "any of the nine is 0)."]
     if m["forget_quality"] is None:
-        lines += ["", "Forget Quality needs the retain model (--retain-model or "
-                  "--retain-result)."]
+        lines += ["", "Forget Quality needs the retain model (or the eval.json of its "
+                  "evaluation)."]
     return "\n".join(lines) + "\n"
 
 
 def check_output_dir(output_dir: str) -> None:
-    """``ValueError`` when ``output_dir`` (or a parent) exists and is not a directory: checked
-    before an evaluation, not after it."""
+    """A :class:`~palu_kernels.errors.UsageError` on ``output_dir`` when it (or a parent)
+    exists and is not a directory: checked before an evaluation, not after it."""
     path = os.path.abspath(output_dir)
     while path and not os.path.exists(path):
         path = os.path.dirname(path)
     if path and not os.path.isdir(path):
-        raise ValueError(f"--output-dir {output_dir!r}: {path!r} exists and is not a directory")
+        raise UsageError("output_dir", f"{output_dir!r}: {path!r} exists and is not a directory")
 
 
 def check_retain_ratios(ratios: Sequence[float], n_forget: int, source: str = "") -> None:
-    """The retain model's forget truth ratios must be finite and one per forget question
-    (``ValueError`` naming ``source``, e.g. the ``--retain-result`` file)."""
+    """The retain model's forget truth ratios must be finite and one per forget question (a
+    :class:`~palu_kernels.errors.UsageError` naming ``source``, e.g. the retain result file)."""
     where = f"{source}: " if source else "retain_truth_ratios: "
     if len(ratios) != n_forget:
-        raise ValueError(f"{where}{len(ratios)} retain truth ratios, but the forget set has "
-                         f"{n_forget} questions (another --max-samples or forget split?)")
+        raise UsageError(None, f"{where}{len(ratios)} retain truth ratios, but the forget set "
+                               f"has {n_forget} questions (another `max_samples` or forget "
+                               "split?)")
     bad = [i for i, x in enumerate(ratios) if not math.isfinite(float(x))]
     if bad:
-        raise ValueError(f"{where}{len(bad)} of {len(ratios)} retain truth ratios are not "
-                         f"finite (e.g. index {bad[0]}: {ratios[bad[0]]})")
+        raise UsageError(None, f"{where}{len(bad)} of {len(ratios)} retain truth ratios are "
+                               f"not finite (e.g. index {bad[0]}: {ratios[bad[0]]})")
 
 
 def write_result(result: dict, output_dir: str, title: str = "TOFU evaluation"
@@ -438,9 +440,9 @@ __all__ = ["EVAL_SPLITS", "FORGET_SPLITS", "PromptEncoder", "UTILITY_KEYS",
 def load_eval_model(path: str, device=None, dtype: str = "auto",
                     tokenizer_path: Optional[str] = None):
     """``(model, tokenizer)`` for evaluation from local directories, in eval mode on ``device``
-    (:func:`palu_kernels.train.models.load_model_and_tokenizer`; ``FileNotFoundError`` for a
+    (:func:`palu_kernels.io.models.load_model_and_tokenizer`; ``FileNotFoundError`` for a
     missing directory)."""
-    from ..train.models import load_model_and_tokenizer
+    from ..io.models import load_model_and_tokenizer
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
@@ -453,27 +455,28 @@ def load_eval_model(path: str, device=None, dtype: str = "auto",
 
 def read_retain_result(path: str, forget_split: str) -> List[float]:
     """``forget_truth_ratios`` of the ``eval.json`` of a previous evaluation of the retain
-    model (``FileNotFoundError`` / ``ValueError`` naming ``--retain-result``)."""
+    model (a :class:`~palu_kernels.errors.UsageError` on ``retain_result``)."""
+    def bad(message: str) -> UsageError:
+        return UsageError("retain_result", f"retain_result: {message}")
+
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--retain-result: file not found: {path}")
+        raise bad(f"file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise ValueError(f"--retain-result: {path} is not JSON ({e}); expected the eval.json "
-                         "written by palu-eval") from None
+        raise bad(f"{path} is not JSON ({e}); expected the eval.json written by "
+                  "palu-eval") from None
     ratios = data.get("forget_truth_ratios") if isinstance(data, dict) else None
     if not isinstance(ratios, list) or not ratios:
-        raise ValueError(f"--retain-result: {path} has no 'forget_truth_ratios' list (expected "
-                         "the eval.json written by palu-eval)")
+        raise bad(f"{path} has no 'forget_truth_ratios' list (expected the eval.json written "
+                  "by palu-eval)")
     got = (data.get("config") or {}).get("forget_split")
     if got is not None and got != forget_split:
-        raise ValueError(f"--retain-result: {path} was computed on {got!r}, but "
-                         f"--forget-split is {forget_split!r}")
+        raise bad(f"{path} was computed on {got!r}, but `forget_split` is {forget_split!r}")
     out = []
     for i, x in enumerate(ratios):
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-            raise ValueError(f"--retain-result: {path}: forget_truth_ratios[{i}] is {x!r}, "
-                             "expected a finite number")
+            raise bad(f"{path}: forget_truth_ratios[{i}] is {x!r}, expected a finite number")
         out.append(float(x))
     return out

@@ -57,7 +57,7 @@ def curve_plot(agg, key, xlabel, path, rows, log_x=False, labels=None):
                      marker="o", capsize=3, label="unlearned")
     import statistics as st
 
-    axes[1].axhline(st.fmean(r["retain_mu"] for r in rows), color="gray", ls="--",
+    axes[1].axhline(st.fmean(r["retain_mu"] for r in rows), color="gray", ls="dashed",
                     label="retain model")
     axes[1].set_ylabel("Model Utility (mean +- std)")
     axes[1].legend(fontsize=8)
@@ -99,7 +99,7 @@ def k_experiment(h: Harness) -> Report:
         axes[0, 0].set_ylabel("Forget Quality (median, seed range)")
         axes[0, 1].errorbar(xs, [a["mu_mean"] for a in agg], yerr=[a["mu_std"] for a in agg],
                             marker="o", capsize=3)
-        axes[0, 1].axhline(rows[0]["retain_mu"], color="gray", ls="--", label="retain (seed 0)")
+        axes[0, 1].axhline(rows[0]["retain_mu"], color="gray", ls="dashed", label="retain (seed 0)")
         axes[0, 1].set_ylabel("Model Utility (mean +- std)")
         axes[0, 1].legend(fontsize=8)
         for ax in axes[0]:
@@ -121,7 +121,7 @@ def k_experiment(h: Harness) -> Report:
             tr = res["trace"]
             axes[1, 1].plot([t["step"] for t in tr], [t["forget_probability"] for t in tr],
                             marker=".", color=c, label=f"K={r['k']}")
-        axes[1, 1].axhline(seed0[0]["retain_forget_probability"], color="gray", ls="--",
+        axes[1, 1].axhline(seed0[0]["retain_forget_probability"], color="gray", ls="dashed",
                            label="retain model")
         axes[1, 0].set_yscale("symlog", linthresh=1e-2)
         axes[1, 0].set_title(f"PALU local term (solid) and KL (dotted) per step, seed "
@@ -150,7 +150,7 @@ def k_experiment(h: Harness) -> Report:
                   ("final_p", "final")], dyn)],
         plot=plot,
         notes=references_note(rows) + f"\n\nRun: {describe_spec(items[0][0])}; K = V is the "
-              "whole vocabulary (`--k all`).")
+              "whole vocabulary (K = all).")
 
 
 def describe_spec(spec: RunSpec) -> str:

@@ -58,7 +58,7 @@ def _scores(facts, scores, kind, names):
 
 def _late_offsets(ph: ProbeHarness, rows, probe_rows):
     """Per seed: the smallest token offset of a long fact's late part inside its span."""
-    from ..train.models import load_tokenizer
+    from ..io.models import load_tokenizer
 
     out = {}
     for r, (facts, _, _) in zip(rows, probe_rows):

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
+from ..errors import UsageError
 from ..eval.table import format_number, format_table
 from ..eval.tofu import evaluate_model, forget_truth_ratios, load_eval_model, write_result
 from ..outputs import MARKER, atomic_write_json, atomic_write_text
@@ -61,17 +62,18 @@ class Comparison:
 
 
 def parse_methods(text: str) -> List[str]:
-    """``"palu,ga"`` -> ``["palu", "ga"]``; ``ValueError`` for unknown or repeated names."""
+    """``"palu,ga"`` -> ``["palu", "ga"]``; a :class:`~palu_kernels.errors.UsageError` on
+    ``methods`` for unknown or repeated names."""
     methods = [m.strip() for m in text.split(",") if m.strip()]
     if not methods:
-        raise ValueError(f"--methods: expected a comma-separated list of {tuple(METHODS)}, "
-                         f"got {text!r}")
+        raise UsageError("methods", f"methods: expected a comma-separated list of "
+                                    f"{tuple(METHODS)}, got {text!r}")
     bad = [m for m in methods if m not in METHODS]
     if bad:
-        raise ValueError(f"--methods: unknown method(s) {bad}; expected names from "
-                         f"{tuple(METHODS)}")
+        raise UsageError("methods", f"methods: unknown method(s) {bad}; expected names from "
+                                    f"{tuple(METHODS)}")
     if len(set(methods)) != len(methods):
-        raise ValueError(f"--methods: a method is listed twice in {text!r}")
+        raise UsageError("methods", f"methods: a method is listed twice in {text!r}")
     return methods
 
 
@@ -148,7 +150,7 @@ def run_comparison(c: Comparison) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from ..train.data import load_records
+    from ..io.data import load_records
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = c.output_dir
@@ -165,47 +167,44 @@ def run_comparison(c: Comparison) -> dict:
         if c.job.data.retain:
             load_records(c.job.data.retain, spans="ignore", skip_bad=c.job.data.skip_bad_records)
     except ValueError as e:
-        raise SystemExit(f"palu-compare: --forget/--retain: {e}") from None
+        raise UsageError(None, f"`forget`/`retain`: {e}") from None
     eval_kw = {"max_samples": c.max_samples, "batch_size": c.eval_batch_size,
                "progress": c.progress}
     os.makedirs(out, exist_ok=True)
     t_all = time.perf_counter()
     retain_ratios = c.retain_truth_ratios
-    try:
-        if c.retain_model:
-            rmodel, rtok = load_eval_model(c.retain_model, device)
-            retain_ratios = forget_truth_ratios(rmodel, rtok, c.data_dir, c.forget_split,
-                                                **eval_kw)
-            _free(rmodel)
+    if c.retain_model:
+        rmodel, rtok = load_eval_model(c.retain_model, device)
+        retain_ratios = forget_truth_ratios(rmodel, rtok, c.data_dir, c.forget_split,
+                                            **eval_kw)
+        _free(rmodel)
 
-        def evaluate(model_dir: str, name: str) -> tuple:
-            model, tok = load_eval_model(model_dir, device)
-            result = evaluate_model(model, tok, c.data_dir, c.forget_split,
-                                    max_new_tokens=c.max_new_tokens,
-                                    retain_truth_ratios=retain_ratios, **eval_kw)
-            _free(model)
-            result["config"].update({"model": os.path.abspath(model_dir), "method": name})
-            eval_dir = os.path.join(out, name, f"eval_{c.forget_split}")
-            write_result(result, eval_dir, title=f"TOFU evaluation of {name}")
-            return result, eval_dir
+    def evaluate(model_dir: str, name: str) -> tuple:
+        model, tok = load_eval_model(model_dir, device)
+        result = evaluate_model(model, tok, c.data_dir, c.forget_split,
+                                max_new_tokens=c.max_new_tokens,
+                                retain_truth_ratios=retain_ratios, **eval_kw)
+        _free(model)
+        result["config"].update({"model": os.path.abspath(model_dir), "method": name})
+        eval_dir = os.path.join(out, name, f"eval_{c.forget_split}")
+        write_result(result, eval_dir, title=f"TOFU evaluation of {name}")
+        return result, eval_dir
 
-        rows = []
-        result, eval_dir = evaluate(c.job.model.path, "original")
-        rows.append(_row("original", result, None, None, eval_dir))
-        for method in tqdm(c.methods, desc="palu-compare methods", disable=not c.progress):
-            method_dir = os.path.join(out, method)
-            t0 = time.perf_counter()
-            summary = run_unlearning(jobs[method])
-            train_s = time.perf_counter() - t0
-            if not os.path.isfile(os.path.join(method_dir, MARKER)):
-                raise SystemExit(f"palu-compare: {method_dir}: no {MARKER}; the {method} run "
-                                 "did not finish")
-            result, eval_dir = evaluate(method_dir, method)
-            rows.append(_row(method, result, train_s, summary.get("steps"), eval_dir))
-            if c.delete_models:
-                _delete_weights(method_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"palu-compare: error: {e}") from None
+    rows = []
+    result, eval_dir = evaluate(c.job.model.path, "original")
+    rows.append(_row("original", result, None, None, eval_dir))
+    for method in tqdm(c.methods, desc="palu-compare methods", disable=not c.progress):
+        method_dir = os.path.join(out, method)
+        t0 = time.perf_counter()
+        summary = run_unlearning(jobs[method])
+        train_s = time.perf_counter() - t0
+        if not os.path.isfile(os.path.join(method_dir, MARKER)):
+            raise UsageError(None, f"{method_dir}: no {MARKER}; the {method} run did not "
+                                   "finish")
+        result, eval_dir = evaluate(method_dir, method)
+        rows.append(_row(method, result, train_s, summary.get("steps"), eval_dir))
+        if c.delete_models:
+            _delete_weights(method_dir)
 
     title = f"Forget Quality vs Model Utility ({c.forget_split})"
     table = table_markdown(rows)
@@ -222,7 +221,8 @@ def run_comparison(c: Comparison) -> dict:
     atomic_write_json(os.path.join(out, "compare.json"), report, indent=1, default=str)
     md = [f"# palu-compare on {c.forget_split}", "", table]
     if png is None:
-        md.append("No Forget Quality (pass --retain-model or --retain-result), so no plot.\n")
+        md.append("No Forget Quality (no retain model, nor the eval.json of its evaluation), so "
+                  "no plot.\n")
     else:
         md.append(f"![{title}](compare.png)\n")
     md.append("Forget Quality: KS-test p-value of forget-set truth ratios against the retain "

@@ -408,9 +408,9 @@ class Harness:
         self.cfg = cfg
         self.out = os.path.abspath(cfg.cache or cfg.out)
         self._setups: Dict[str, Setup] = {}
-        for flag, path in (("--out", cfg.out), ("--cache", cfg.cache)):
+        for option, path in (("out", cfg.out), ("cache", cfg.cache)):
             if path is not None and os.path.exists(path) and not os.path.isdir(path):
-                raise UsageError(flag, f"{path!r} is a file, not a directory")
+                raise UsageError(option, f"{path!r} is a file, not a directory")
         os.makedirs(os.path.join(self.out, "runs"), exist_ok=True)
 
     @property
@@ -482,7 +482,7 @@ class Harness:
         s = _read_cached(path, lambda obj: Setup(**obj["setup"]))
         if s is None and not self.cfg.compute:
             raise ValueError(f"cache: setup {key} (seed {conf['seed']}) is not built yet in "
-                             f"{self.out}; run the experiment without --report-only first")
+                             f"{self.out}; run the experiment (not report-only) first")
         if s is None:
             with self._threads():
                 s = self._build_setup(conf, key, d)
@@ -497,7 +497,7 @@ class Harness:
         from ..eval import forget_quality
         from ..tiny import build_tiny_llama, build_tokenizer
         from ..train.finetune import fine_tune
-        from ..train.models import load_model, load_tokenizer
+        from ..io.models import load_model, load_tokenizer
 
         t0 = time.time()
         seed = conf["seed"]
@@ -618,7 +618,7 @@ class Harness:
             output=OutputSpec(work, save_steps=10 ** 9, save_total_limit=1, overwrite=True))
         callbacks = []
         if spec.trace_every > 0:
-            from ..train.models import load_tokenizer
+            from ..io.models import load_tokenizer
 
             tok = load_tokenizer(setup.finetuned_dir)
             enc = PromptEncoder(tok)

@@ -133,8 +133,8 @@ def mask_noise_experiment(h: Harness) -> Report:
                                     yerr=[a["forget_prob_sd"] for a in pts], marker="o",
                                     capsize=3, label=f"lr {lr:g}")
             axes[0, j].set_yscale("log")
-            axes[1, j].axhline(retain_mu, color="gray", ls="--", label="retain model")
-            axes[2, j].axhline(retain_fp, color="gray", ls="--", label="retain model")
+            axes[1, j].axhline(retain_mu, color="gray", ls="dashed", label="retain model")
+            axes[2, j].axhline(retain_fp, color="gray", ls="dashed", label="retain model")
             axes[0, j].set_title({"recall": "recall noise: fraction of spans dropped",
                                   "precision": "precision noise: share of false spans",
                                   "shift": "boundary noise: words shifted"}[kind], fontsize=9)

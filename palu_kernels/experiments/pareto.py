@@ -173,7 +173,7 @@ def pareto_experiment(h: Harness) -> Report:
                         yerr=[[f - fq_floor(p["fq_min"]) for f, p in zip(fq, fr)],
                               [fq_floor(p["fq_max"]) - f for f, p in zip(fq, fr)]],
                         color=c, marker="o", capsize=2, lw=1.5, label=m)
-        ax.axvline(thr, color="black", ls="--", lw=1,
+        ax.axvline(thr, color="black", ls="dashed", lw=1,
                    label=f"{MU_FRACTION} x retain MU ({thr:.3f})")
         ax.scatter([retain_mu], [1.0], marker="*", s=150, color="black", label="retain model")
         fmu = st.fmean(r["finetuned_mu"] for r in rows)

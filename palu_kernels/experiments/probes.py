@@ -5,7 +5,7 @@ A *probe* is ``{"question", "answer", "start", "end"}`` (``text = answer[start:e
 score is ``log P(text | question, answer[:start])`` under teacher forcing, summed over the
 answer tokens whose first non-space character lies in ``[start, end)`` (a byte-level token
 like ``" a"`` belongs to the word it starts), with the prompt and the answer tokenised exactly
-as the trainer does (:func:`palu_kernels.train.data.encode_record`). The
+as the trainer does (:func:`palu_kernels.io.data.encode_record`). The
 synthetic benchmark's extra facts carry such probes in ``synth_meta.json``
 (:mod:`palu_kernels.demo.synth_extra`).
 
@@ -33,7 +33,7 @@ def _encode(tokenizer, probe: dict) -> dict:
     """``input_ids`` as the trainer builds them and ``member``: the answer tokens whose first
     non-space character lies in ``[start, end)`` (so disjoint probes share no token, and
     adjacent probes partition the tokens of their union)."""
-    from ..train.data import QARecord, encode_record, format_prompt
+    from ..io.data import QARecord, encode_record, format_prompt
 
     start, end = probe["start"], probe["end"]
     if not 0 <= start < end <= len(probe["answer"]):

@@ -30,6 +30,7 @@ import os
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..errors import UsageError
 from ..outputs import atomic_write_text
 from .harness import Harness, Report, RunSpec, aggregate
 from .pareto import MU_FRACTION, best_at_utility, select
@@ -166,7 +167,7 @@ def _base_model_dir(h: Harness, model: str) -> str:
     d = os.path.join(h.out, "base-" + os.path.splitext(os.path.basename(model))[0])
     if os.path.isfile(os.path.join(d, "config.json")):
         return d
-    from ..train.models import ModelSource, load_model, load_tokenizer
+    from ..io.models import ModelSource, load_model, load_tokenizer
 
     h.log(f"converting {model} to a model directory in {d} (once)")
     src = ModelSource(os.path.dirname(os.path.abspath(model)), os.path.basename(model))
@@ -191,11 +192,11 @@ def tofu_smollm2_experiment(h: Harness) -> Report:
     cfg = h.cfg
     size = cfg.size()
     if cfg.model is None:
-        raise ValueError("model: tofu-smollm2 needs a pre-trained model (palu-experiment "
-                         "--model smollm2, a .gguf file or a model directory)")
+        raise UsageError("model", "model: tofu-smollm2 needs a pre-trained model (smollm2, a "
+                                  ".gguf file or a model directory)")
     if cfg.data_dir is None:
-        raise ValueError("data_dir: tofu-smollm2 needs the TOFU directory (--data-dir "
-                         "../shared/data/tofu)")
+        raise UsageError("data_dir", "data_dir: tofu-smollm2 needs the TOFU directory (e.g. "
+                                     "../shared/data/tofu)")
     sub = SUBSET[size]
     data = write_subset(cfg.data_dir, os.path.join(h.out, f"tofu-subset-{size}"),
                         retain_authors=sub["retain_authors"], forget=sub["forget"])
@@ -312,7 +313,7 @@ def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh) -> Report
             ax.scatter([r["model_utility"] for r in pts],
                        [fq_floor(r["forget_quality"]) for r in pts], color=colors(i),
                        label=m, alpha=0.8, s=28)
-        ax.axvline(thr, color="black", ls="--", lw=1, label=f"{MU_FRACTION} x retain MU")
+        ax.axvline(thr, color="black", ls="dashed", lw=1, label=f"{MU_FRACTION} x retain MU")
         ax.scatter([retain_mu], [fq_floor(rm["forget_quality"])], marker="*", s=160,
                    color="black", label="retain model")
         ax.scatter([fm["model_utility"]], [fq_floor(fm["forget_quality"])], marker="s", s=60,

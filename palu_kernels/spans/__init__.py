@@ -3,9 +3,10 @@ passage) PALU forgets. ``text`` needs no model (:mod:`.text`), ``predictability`
 words a pre-trained causal LM does not predict from their left context (:mod:`.lm`),
 ``contrast`` compares the model to unlearn with a reference model (:mod:`.contrast`);
 :mod:`.score` measures spans against annotated ones and their coverage; :mod:`.find`
-dispatches and reads / writes the span files. Sits in the ``train`` layer
-(it reads records through :mod:`palu_kernels.train.data` and loads models through
-:mod:`palu_kernels.train.models`).
+dispatches and reads / writes the span files. Its own layer, between :mod:`palu_kernels.io`
+(it reads records through :mod:`palu_kernels.io.data` and loads models through
+:mod:`palu_kernels.io.models`) and :mod:`palu_kernels.train` (``palu-unlearn --spans``
+computes spans on the fly).
 
     from palu_kernels.spans import SpanOptions, find_spans, read_span_inputs, score_records
     records, _ = read_span_inputs("forget.jsonl")          # QA records or raw passages

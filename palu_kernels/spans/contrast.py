@@ -2,7 +2,7 @@
 a reference model that never saw the data.
 
 For every answer token ``y_t`` (its prompt and the answer before it as context, the same
-token sequence the trainer builds, :func:`palu_kernels.train.data.encode_record`):
+token sequence the trainer builds, :func:`palu_kernels.io.data.encode_record`):
 
     llr_t = log p_M(y_t | y_<t) - log p_R(y_t | y_<t)     (nats)
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from ..errors import UsageError
-from ..train.data import QARecord
+from ..io.data import QARecord
 from .lm import load_scorer, per_word, token_log_probs
 from .text import STOPWORDS, spans_from_marks
 
@@ -100,7 +100,7 @@ def contrast_spans(records: Sequence[QARecord], model, reference, *,
     """``records`` with spans from the log-likelihood ratio of ``model`` over ``reference``.
 
     ``model`` / ``reference``: loaded causal LMs, or model directories (loaded through
-    :mod:`palu_kernels.train.models`, float32, eval mode); ``tokenizer``: default ``model``'s
+    :mod:`palu_kernels.io.models`, float32, eval mode); ``tokenizer``: default ``model``'s
     (a directory is needed then). The two vocabularies must have the same size.
     """
     opts = options or ContrastOptions()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..outputs import atomic_write_text
-from ..train.data import QARecord, load_forget
+from ..io.data import QARecord, load_forget
 from .contrast import DEFAULT_THRESHOLD, PASSAGE_MAX_COVERAGE, ContrastOptions, contrast_spans
 from .lm import DEFAULT_PREDICTABILITY, PredictabilityOptions, predictability_spans
 from .text import text_spans
@@ -60,7 +60,7 @@ def find_spans(records: Sequence[QARecord], options: SpanOptions = SpanOptions()
                model=None, reference=None, tokenizer=None) -> list[QARecord]:
     """``records`` with their spans replaced by ``options.method``'s. For ``contrast`` and
     ``predictability``, ``model`` / ``reference`` / ``tokenizer`` may be given loaded (else
-    the paths of ``options`` are loaded through :mod:`palu_kernels.train.models`); for
+    the paths of ``options`` are loaded through :mod:`palu_kernels.io.models`); for
     ``predictability`` a given ``tokenizer`` must be the reference's."""
     if options.method == "text":
         return text_spans(records, use_spacy=options.use_spacy, max_df=options.max_df)
@@ -93,7 +93,7 @@ def find_spans(records: Sequence[QARecord], options: SpanOptions = SpanOptions()
 
 def read_span_inputs(path: str, *, skip_bad: bool = False):
     """Records to find spans in: question/answer records or raw passages
-    (:func:`palu_kernels.train.data.load_forget`; given spans are kept, overlaps merged).
+    (:func:`palu_kernels.io.data.load_forget`; given spans are kept, overlaps merged).
     Returns ``(records, report)``."""
     return load_forget(path, spans="optional", skip_bad=skip_bad, merge_overlaps=True)
 

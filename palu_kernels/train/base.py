@@ -1,6 +1,6 @@
 """``UnlearningTrainer``: the ``transformers.Trainer`` every unlearning method runs on.
 
-Batches come from :class:`~palu_kernels.train.data.PALUCollator`: a forget part (with the
+Batches come from :class:`~palu_kernels.io.data.PALUCollator`: a forget part (with the
 PALU masks I and C) and, optionally, a retain part travel together. One optimisation step on
 an effective batch (all micro-batches of a gradient-accumulation window, on all processes)
 minimises
@@ -138,7 +138,7 @@ def nonfinite_parameters(model) -> list[str]:
 
 
 class UnlearningTrainer(Trainer):
-    """Base trainer of the unlearning methods (batches of :class:`~palu_kernels.train.data.
+    """Base trainer of the unlearning methods (batches of :class:`~palu_kernels.io.data.
     PALUCollator`).
 
     Args:
@@ -194,7 +194,7 @@ class UnlearningTrainer(Trainer):
         self.add_callback(_FiniteCheckpoints(self))
         if self.palu.fused_linear and not self.supports_fused_linear:
             raise FusedLinearError(
-                f"--fused-linear applies to the PALU loss only; {type(self).__name__} has its "
+                f"fused_linear applies to the PALU loss only; {type(self).__name__} has its "
                 "own forget objective (forget_loss), which needs full logits")
 
     @property

@@ -32,14 +32,20 @@ import types
 
 import torch
 
+from ..errors import UsageError
+
 __all__ = ["EngineError", "check_engine", "check_launch", "engine_of", "fsdp_call", "is_fsdp2",
            "is_sharded", "shard_reference"]
 
 _CALL = "_palu_engine_call"
 
 
-class EngineError(ValueError):
-    """A distributed set-up this project does not run (the message says why and what to do)."""
+class EngineError(UsageError):
+    """A distributed set-up this project does not run (the message says why and what to do;
+    a :class:`~palu_kernels.errors.UsageError` of no one option)."""
+
+    def __init__(self, message: str):
+        super().__init__(None, message)
 
 
 def is_fsdp2(module) -> bool:
@@ -91,17 +97,17 @@ def check_launch(*, cuda: bool, environ=None) -> None:
 def check_engine(engine: str, *, fused_linear: bool, lora: bool) -> None:
     """Refuse the combinations of engine and options that are not supported
     (:class:`EngineError`): DeepSpeed and FSDP1 (no reference-model preparation here; use
-    FSDP2), and ``--fused-linear`` with LoRA under FSDP2 (the adapter wrapper's forward is
+    FSDP2), and ``fused_linear`` with LoRA under FSDP2 (the adapter wrapper's forward is
     not the sharded root's)."""
     if engine == "deepspeed":
         raise EngineError("DeepSpeed is not supported (the frozen reference would stay a full "
-                          "copy on every process); use FSDP2: accelerate launch "
-                          "--config_file docs/accelerate_fsdp2.yaml")
+                          "copy on every process); use FSDP2, with the accelerate config "
+                          "docs/accelerate_fsdp2.yaml")
     if engine == "fsdp1":
         raise EngineError("FSDP1 (fsdp_version: 1) is not supported; set fsdp_version: 2 in "
                           "the accelerate config (docs/accelerate_fsdp2.yaml)")
     if engine == "fsdp2" and fused_linear and lora:
-        raise EngineError("--fused-linear with --lora-r under FSDP2 is not supported; drop "
+        raise EngineError("`fused_linear` with `lora_r` under FSDP2 is not supported; drop "
                           "one of them")
 
 

@@ -20,7 +20,7 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
     unlearning and evaluation see the same tokens. ``answer_rows_only``: project only the
     answer rows' hidden states to the vocabulary (same loss, less work with a large vocabulary;
     needs ``get_decoder()`` / ``get_output_embeddings()``). ``train_layers``: train only the
-    last that many decoder layers (:func:`~palu_kernels.train.models.train_last_layers`).
+    last that many decoder layers (:func:`~palu_kernels.io.models.train_last_layers`).
     ``bf16``: the forward under bfloat16 autocast (weights and optimizer stay float32; about
     twice as fast on a CPU with bf16 instructions). ``length_buckets``: each batch holds
     sequences of similar length (chunks of 8 batches of the shuffled order sorted by length,
@@ -31,8 +31,8 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
     import torch
     from tqdm.auto import tqdm
 
-    from .data import IGNORE_INDEX, QARecord, pad_sequences, encode_record
-    from .models import train_last_layers
+    from ..io.data import IGNORE_INDEX, QARecord, pad_sequences, encode_record
+    from ..io.models import train_last_layers
 
     train_last_layers(model, train_layers)
     encs = [encode_record(tokenizer, QARecord(q, a)) for q, a in pairs]

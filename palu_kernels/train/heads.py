@@ -1,4 +1,4 @@
-"""The ``lm_head`` surgery of the fused PALU path (``palu-unlearn --fused-linear``).
+"""The ``lm_head`` surgery of the fused PALU path (``MethodSpec(fused_linear=True)``).
 
 :func:`fused_head` finds a causal LM's decoder body and its plain ``nn.Linear`` output
 projection (or says, with a :class:`FusedLinearError`, why the model cannot use the fused
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UsageError
+
 
 def is_peft_model(model) -> bool:
     """Whether ``model`` is a PEFT model (without importing peft when nobody did)."""
@@ -23,8 +25,12 @@ def is_peft_model(model) -> bool:
     return peft is not None and isinstance(model, peft.PeftModel)
 
 
-class FusedLinearError(ValueError):
-    """The model cannot use ``fused_linear`` (``--fused-linear``); the message says why."""
+class FusedLinearError(UsageError):
+    """The model cannot use ``fused_linear`` (a :class:`~palu_kernels.errors.UsageError` of
+    the option ``fused_linear``); the message says why."""
+
+    def __init__(self, message: str):
+        super().__init__("fused_linear", message)
 
 
 # Config fields that transform the logits after the output projection: (name, what it does,
@@ -70,16 +76,16 @@ def fused_head(model, *, check=True) -> FusedHead:
         cfg = model.peft_config.get(model.active_adapter) if hasattr(model, "peft_config") else None
         if getattr(cfg, "is_prompt_learning", False):
             raise FusedLinearError(
-                f"--fused-linear: the PEFT adapter of {name} is a prompt-learning method "
+                f"fused_linear: the PEFT adapter of {name} is a prompt-learning method "
                 f"({getattr(cfg, 'peft_type', '?')}) that feeds virtual tokens through the "
-                "PEFT forward; use LoRA-style adapters or drop --fused-linear")
+                "PEFT forward; use LoRA-style adapters or drop `fused_linear`")
         base = model.get_base_model()
         name = type(base).__name__
     get_head = getattr(base, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     if type(head) is not torch.nn.Linear:
         raise FusedLinearError(
-            f"--fused-linear needs an output projection that is a plain torch.nn.Linear "
+            f"fused_linear needs an output projection that is a plain torch.nn.Linear "
             f"(model.get_output_embeddings()); {name} has "
             f"{'none' if head is None else type(head).__module__ + '.' + type(head).__qualname__}"
             " (a subclass, quantized or adapter-wrapped layer may compute something else)")
@@ -90,20 +96,20 @@ def fused_head(model, *, check=True) -> FusedHead:
         value = getattr(config, field, None)
         if value not in neutral:
             raise FusedLinearError(
-                f"--fused-linear: {name} sets config.{field}={value!r}, which {what}; the fused "
+                f"fused_linear: {name} sets config.{field}={value!r}, which {what}; the fused "
                 "loss projects hidden states with the lm_head weight only, so it would train "
-                "on different logits. Drop --fused-linear for this model")
+                "on different logits. Drop `fused_linear` for this model")
     params = inspect.signature(base.forward).parameters
     keep = next((k for k in _KEEP_KWARGS if k in params), None)
     if keep is None:
         raise FusedLinearError(
-            f"--fused-linear: {name}.forward takes no logits_to_keep argument, so its logits "
-            "could not be skipped; drop --fused-linear for this model")
+            f"fused_linear: {name}.forward takes no logits_to_keep argument, so its logits "
+            "could not be skipped; drop `fused_linear` for this model")
     get_decoder = getattr(base, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
     if not isinstance(decoder, torch.nn.Module) or decoder is base:
         raise FusedLinearError(
-            f"--fused-linear: cannot find the decoder body of {name} (get_decoder())")
+            f"fused_linear: cannot find the decoder body of {name} (get_decoder())")
     out = FusedHead(decoder=decoder, linear=head, keep_kwarg=keep)
     if check:
         _check_projection(model, out, name)
@@ -130,7 +136,7 @@ def last_hidden_states(model, head: FusedHead, input_ids, attention_mask) -> tor
     finally:
         handle.remove()
     if len(captured) != 1:
-        raise FusedLinearError(f"--fused-linear: the decoder body ran {len(captured)} times in "
+        raise FusedLinearError(f"fused_linear: the decoder body ran {len(captured)} times in "
                                "one forward; expected once")
     return captured[0]
 
@@ -151,15 +157,15 @@ def _check_projection(model, head: FusedHead, name: str) -> None:
         model.train(was_training)
     if proj.shape != logits.shape:
         raise FusedLinearError(
-            f"--fused-linear: lm_head(last hidden states) of {name} has shape "
+            f"fused_linear: lm_head(last hidden states) of {name} has shape "
             f"{list(proj.shape)}, its logits {list(logits.shape)}")
     err = (proj - logits).abs().max().item()
     scale = logits.abs().max().item()
     if not err <= 1e-3 * scale + 1e-6:
         raise FusedLinearError(
-            f"--fused-linear: the logits of {name} are not lm_head(last hidden states): they "
+            f"fused_linear: the logits of {name} are not lm_head(last hidden states): they "
             f"differ by up to {err:.3g} (logits up to {scale:.3g}), so the model transforms "
-            "them after the output projection (scaling, soft-capping, ...); drop --fused-linear")
+            "them after the output projection (scaling, soft-capping, ...); drop `fused_linear`")
 
 
 __all__ = ["FusedHead", "FusedLinearError", "fused_head", "is_peft_model",

@@ -2,11 +2,11 @@
 
 At the start of a run :func:`run_unlearning <palu_kernels.train.job.run_unlearning>` writes
 :data:`IDENTITY` into the output directory: a fingerprint of the start model (its
-``config.json`` and weight files), the SHA-256 of every data file (``--forget``,
-``--retain``, ``--idk-file``) and every setting that changes training (method and its
+``config.json`` and weight files), the SHA-256 of every data file (``forget``,
+``retain``, ``idk_file``) and every setting that changes training (method and its
 hyper-parameters, optimizer, schedule, batch sizes, seed, number of processes, ...). Settings
 that do not change the trained weights (logging, checkpoint cadence, the before/after
-measurement sizes, the loss backend) are left out. ``--resume`` compares the job with the
+measurement sizes, the loss backend) are left out. ``resume`` compares the job with the
 identity of the checkpoint's run (:func:`check_resume`) and refuses a mismatch in one line
 that names every differing setting.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
+import warnings
 from typing import List, Optional
 
 from ..errors import UsageError
@@ -96,30 +96,39 @@ def run_identity(job) -> dict:
     return json.loads(json.dumps(ident, default=str))  # as it reads back from the file
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-") if name != "world_size" else "WORLD_SIZE"
+def _named(name: str) -> str:
+    """A setting as a message names it: the job field in backticks (the command line prints
+    its flag), or the environment variable ``WORLD_SIZE``."""
+    return f"`{name}`" if name != "world_size" else "WORLD_SIZE"
+
+
+def _same_setting(name: str, a, b) -> bool:
+    """``first_n`` / ``k`` of -1 (an older run's "all") equals ``None`` (the same "all")."""
+    if name in ("first_n", "k"):
+        a, b = (None if v == -1 else v for v in (a, b))
+    return a == b
 
 
 def identity_differences(old: dict, new: dict) -> List[str]:
-    """``"--lr 0.001 -> 0.005"``-style descriptions of what differs between two identities
-    (models by fingerprint, data by content)."""
+    """```lr` 0.001 -> 0.005``-style descriptions of what differs between two identities
+    (models by fingerprint, data by content; each setting named in backticks)."""
     out = []
     for key, what in (("model", "fingerprint"), ("spans_reference", "fingerprint"),
                       ("forget", "sha256"), ("retain", "sha256"), ("idk_file", "sha256")):
         a, b = old.get(key), new.get(key)
         if (a or {}).get(what) != (b or {}).get(what):
             if a is None or b is None:
-                out.append(f"{_flag(key)} {a['path'] if a else 'none'} -> "
+                out.append(f"{_named(key)} {a['path'] if a else 'none'} -> "
                            f"{b['path'] if b else 'none'}")
             else:
                 same = a.get("path") == b.get("path")
-                out.append(f"{_flag(key)} {b['path']}" + (" (its content changed)" if same else
+                out.append(f"{_named(key)} {b['path']}" + (" (its content changed)" if same else
                                                           f" (the run used {a.get('path')}, "
                                                           "other content)"))
     sa, sb = old.get("settings", {}), new.get("settings", {})
     for name in sb:
-        if name in sa and sa[name] != sb[name]:
-            out.append(f"{_flag(name)} {sa[name]} -> {sb[name]}")
+        if name in sa and not _same_setting(name, sa[name], sb[name]):
+            out.append(f"{_named(name)} {sa[name]} -> {sb[name]}")
     return out
 
 
@@ -137,8 +146,8 @@ def _recorded(run_dir: str) -> Optional[dict]:
                 with open(path, encoding="utf-8") as f:
                     obj = json.load(f)
             except (OSError, ValueError) as e:
-                raise UsageError("--resume", f"{path} is damaged ({e}); the checkpoint's run "
-                                             "cannot be checked") from None
+                raise UsageError("resume", f"{path} is damaged ({e}); the checkpoint's run "
+                                           "cannot be checked") from None
             obj = obj.get(key) if key else obj
             if isinstance(obj, dict):
                 return obj
@@ -148,16 +157,16 @@ def _recorded(run_dir: str) -> Optional[dict]:
 def check_resume(job, checkpoint: str, identity: Optional[dict] = None) -> None:
     """Refuse to resume ``checkpoint`` with ``job`` when the checkpoint's run (the identity
     recorded next to it) had another model, other data or other training settings:
-    :class:`~palu_kernels.errors.UsageError` on ``--resume`` naming each difference."""
+    :class:`~palu_kernels.errors.UsageError` on ``resume`` naming each difference."""
     ckpt = os.path.abspath(checkpoint)
     old = _recorded(ckpt) or _recorded(os.path.dirname(ckpt))
     if old is None:
-        print(f"palu-unlearn: --resume: warning: {os.path.dirname(ckpt)} records no run identity "
-              f"(no {IDENTITY}: an older palu-unlearn made it): cannot check that {checkpoint} belongs to "
-              "this model, data and settings", file=sys.stderr)
+        warnings.warn(f"resume: {os.path.dirname(ckpt)} records no run identity (no "
+                      f"{IDENTITY}: an older palu-unlearn made it): cannot check that "
+                      f"{checkpoint} belongs to this model, data and settings", stacklevel=2)
         return
     diff = identity_differences(old, identity or run_identity(job))
     if diff:
-        raise UsageError("--resume", f"{checkpoint} belongs to another run: " + "; ".join(diff)
+        raise UsageError("resume", f"{checkpoint} belongs to another run: " + "; ".join(diff)
                          + ". Resume with that run's model, data and settings, or start a new "
-                         "run (another --output-dir, or --overwrite)")
+                         "run (another `output_dir`, or `overwrite=True`)")

@@ -3,8 +3,13 @@
 An :class:`UnlearningJob` is the model (:class:`ModelSpec`), the data (:class:`DataSpec`), the
 method and its hyper-parameters (:class:`MethodSpec`), the optimizer and schedule
 (:class:`TrainingOptions`) and the output (:class:`OutputSpec`); :func:`check_job` validates
-it before any model loads (``SystemExit`` naming the ``palu-unlearn`` option). Every name here
-is also importable from :mod:`palu_kernels.train.job`.
+it before any model loads (a :class:`~palu_kernels.errors.UsageError` naming the field; the
+command line prints its flag). Every name here is also importable from
+:mod:`palu_kernels.train.job`.
+
+``first_n`` (initiating rows per sensitive run) and ``k`` (the top-K set size) take ``None``,
+``-1`` or ``"all"`` for every sensitive row / the whole vocabulary, stored as ``None``
+(:func:`palu_kernels.train.checks.all_or_count`).
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import shlex
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from ..errors import UsageError
 from .base import BaselineConfig, PALUConfig
-from .checks import check_model_files, check_output, check_values
-from .models import NAMED_MODELS, ModelSource, resolve_model_path
+from .checks import ALL, all_or_count, check_model_files, check_output, check_values
+from ..io.models import NAMED_MODELS, ModelSource, resolve_model_path
 from .registry import trainer_class
 
 __all__ = ["DataSpec", "MethodSpec", "ModelSpec", "OutputSpec", "SPAN_SOURCES",
-           "TrainingOptions", "UnlearningJob", "check_job", "parse_k"]
+           "TrainingOptions", "UnlearningJob", "check_job"]
 
 
 @dataclass
@@ -46,17 +52,21 @@ class DataSpec:
     :mod:`palu_kernels.spans`: ``"text"`` (no model), ``"predictability"`` (the words the
     pre-trained ``spans_reference`` does not predict) or ``"contrast"`` (the model to unlearn
     against ``spans_reference``). ``spans_reference``: a directory, a ``.gguf`` file or
-    ``"smollm2"``."""
+    ``"smollm2"``. ``first_n``: initiating rows per sensitive run (``None``, ``-1`` or
+    ``"all"``: every sensitive row; stored as ``None``)."""
 
     forget: str
     retain: Optional[str] = None
     max_length: int = 512
-    first_n: int = 3
+    first_n: Optional[int] = 3
     eval_retain: int = 100
     eval_forget: Optional[int] = None
     skip_bad_records: bool = False
     spans: str = "given"
     spans_reference: Optional[str] = None
+
+    def __post_init__(self):
+        self.first_n = all_or_count("first_n", self.first_n)
 
 
 @dataclass
@@ -65,6 +75,7 @@ class MethodSpec:
 
     ``gamma``/``beta``/``delta``/``idk_file`` ``None``: the method's default. The PALU options
     (``k``, ``target``, ``kl``, ``backend``) also set the PALU terms every method measures.
+    ``k``: ``None``, ``-1`` or ``"all"`` for the whole vocabulary (stored as ``None``).
     """
 
     name: str = "palu"
@@ -79,6 +90,9 @@ class MethodSpec:
     backend: str = "auto"
     fused_linear: bool = False
     chunk_rows: Optional[int] = None
+
+    def __post_init__(self):
+        self.k = all_or_count("k", self.k)
 
     def palu_config(self) -> PALUConfig:
         return PALUConfig(k=self.k, target=self.target, kl=self.kl,
@@ -151,8 +165,8 @@ class UnlearningJob:
         for key, value in self.arguments().items():
             if key in ("model", "forget", "output_dir") or value != defaults[key]:
                 flag = "--" + key.replace("_", "-")
-                if key == "k" and value is None:
-                    argv += [flag, "all"]
+                if key in ("k", "first_n") and value is None:
+                    argv += [flag, ALL]
                 elif value is True:
                     argv.append(flag)
                 elif value is not False and value is not None:
@@ -160,51 +174,40 @@ class UnlearningJob:
         return "palu-unlearn " + shlex.join(argv)
 
 
-def parse_k(value) -> Optional[int]:
-    """A top-K set size from text or a number: ``"all"`` / ``"none"`` / ``None`` -> ``None``
-    (whole vocabulary), else an int >= 1 (``ValueError`` otherwise)."""
-    if value is None or str(value).lower() in ("none", "all"):
-        return None
-    k = int(value)
-    if k < 1:
-        raise ValueError(f"k must be >= 1 or 'all', got {value!r}")
-    return k
-
-
 def check_job(job: UnlearningJob) -> ModelSource:
-    """Validate the job before any work (``SystemExit`` with the option's name): paths, every
-    number finite and in range (:mod:`palu_kernels.train.checks`), the model files, the output
-    directory (not the model, not holding it, not inside it) and the checkpoint to resume;
-    returns where the model is."""
+    """Validate the job before any work (a :class:`~palu_kernels.errors.UsageError` naming
+    the field): paths, every number finite and in range (:mod:`palu_kernels.train.checks`),
+    the model files, the output directory (not the model, not holding it, not inside it) and
+    the checkpoint to resume; returns where the model is."""
     try:
         source = resolve_model_path(job.model.path)
     except ValueError as e:
-        raise SystemExit(f"palu-unlearn: --model {e}") from None
-    for flag, path in (("--forget", job.data.forget), ("--retain", job.data.retain)):
+        raise UsageError("model", str(e)) from None
+    d = job.data
+    for option, path in (("forget", d.forget), ("retain", d.retain)):
         if path is not None and not os.path.isfile(path):
-            raise SystemExit(f"palu-unlearn: {flag} {path!r} is not a file")
-    if job.data.spans not in SPAN_SOURCES:
-        raise SystemExit(f"palu-unlearn: --spans must be one of {', '.join(SPAN_SOURCES)}, got "
-                         f"{job.data.spans!r}")
-    if (job.data.spans in ("contrast", "predictability")) != (job.data.spans_reference
-                                                              is not None):
-        raise SystemExit("palu-unlearn: --spans contrast and --spans predictability need "
-                         "--spans-reference (a model that never saw the forget data), and "
-                         "--spans-reference needs one of them")
-    ref = job.data.spans_reference
+            raise UsageError(option, f"{path!r} is not a file")
+    if d.spans not in SPAN_SOURCES:
+        raise UsageError("spans", f"must be one of {', '.join(SPAN_SOURCES)}, got {d.spans!r}")
+    if (d.spans in ("contrast", "predictability")) != (d.spans_reference is not None):
+        raise UsageError("spans", "contrast and predictability need `spans_reference` (a "
+                                  "model that never saw the forget data), and "
+                                  "`spans_reference` needs one of them")
+    ref = d.spans_reference
     if ref is not None and not os.path.exists(ref) and ref not in NAMED_MODELS:
-        raise SystemExit(f"palu-unlearn: --spans-reference {ref!r} is not a model directory, "
-                         f"a .gguf file or one of {', '.join(NAMED_MODELS)}")
+        raise UsageError("spans_reference", f"{ref!r} is not a model directory, a .gguf file "
+                                            f"or one of {', '.join(NAMED_MODELS)}")
     try:
         trainer_class(job.method.name)
     except ValueError as e:
-        raise SystemExit(f"palu-unlearn: --method: {e}") from None
+        raise UsageError("method", f"method: {e}") from None
     check_values(job)
     check_model_files(source)
     check_output(job, source)
     if job.method.fused_linear and job.method.name != "palu":
-        raise SystemExit(f"palu-unlearn: --fused-linear applies to --method palu only (the PALU "
-                         f"loss from hidden states); --method {job.method.name} needs full logits")
+        raise UsageError("fused_linear", f"applies to `method=palu` only (the PALU loss from "
+                                         f"hidden states); `method={job.method.name}` needs "
+                                         "full logits")
     if job.method.chunk_rows is not None and job.method.chunk_rows < 1:
-        raise SystemExit(f"palu-unlearn: --chunk-rows must be >= 1, got {job.method.chunk_rows}")
+        raise UsageError("chunk_rows", f"must be >= 1, got {job.method.chunk_rows}")
     return source

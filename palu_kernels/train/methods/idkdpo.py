@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import UnlearningTrainer, check_weight, resolve_config
-from ..data import PALUDataset, QARecord, encode_record
+from ...io.data import PALUDataset, QARecord, encode_record
 from .sequence import (check_beta, check_same_shape, forget_logprobs, forget_window, reduce,
                        sequence_logprob, sequence_logs)
 
@@ -95,7 +95,7 @@ def load_refusals(path: str | None = None) -> list[str]:
 
 
 class RefusalDataset(torch.utils.data.Dataset):
-    """A :class:`~palu_kernels.train.data.PALUDataset` whose items also carry ``"idk"``: the
+    """A :class:`~palu_kernels.io.data.PALUDataset` whose items also carry ``"idk"``: the
     forget question answered with a refusal (chosen per record, seeded), encoded like any
     record (same prompt, EOS, ``max_length``)."""
 
@@ -126,7 +126,7 @@ class RefusalDataset(torch.utils.data.Dataset):
 
 
 class RefusalCollator:
-    """Wraps a :class:`~palu_kernels.train.data.PALUCollator`; items with an ``"idk"`` part
+    """Wraps a :class:`~palu_kernels.io.data.PALUCollator`; items with an ``"idk"`` part
     also give ``idk_input_ids``, ``idk_attention_mask`` and ``idk_labels`` (padded the same way).
     """
 
@@ -164,7 +164,7 @@ class IdkDPOTrainer(UnlearningTrainer):
     ``L = gamma * -(2/beta) E[log sigmoid(beta ((logp(r) - logp_ref(r)) - (logp(y) -
     logp_ref(y))))] + alpha * NLL_retain``.
 
-    A :class:`~palu_kernels.train.data.PALUDataset` given as ``train_dataset`` is wrapped in a
+    A :class:`~palu_kernels.io.data.PALUDataset` given as ``train_dataset`` is wrapped in a
     :class:`RefusalDataset` (refusals from ``idk_file``, see :func:`load_refusals`) and the
     collator in a :class:`RefusalCollator`; another dataset must itself provide the ``idk_*``
     batch fields.

@@ -28,7 +28,7 @@ from ..heads import FusedHead, fused_head, last_hidden_states
 
 
 class PALUTrainer(UnlearningTrainer):
-    """Trainer for PALU unlearning on batches from :class:`~palu_kernels.train.data.PALUCollator`.
+    """Trainer for PALU unlearning on batches from :class:`~palu_kernels.io.data.PALUCollator`.
 
     Args:
         palu: a :class:`~palu_kernels.train.base.PALUConfig` (k, target, kl, gamma, alpha,
@@ -148,7 +148,7 @@ class PALUTrainer(UnlearningTrainer):
         for name, t in (("lm_head weight", w), ("reference lm_head weight", ref_w)):
             if is_sharded(t):  # the kernels read raw memory: a shard would be read as the whole
                 raise EngineError(
-                    f"--fused-linear: the {name} is an FSDP shard (DTensor) here, not the whole "
+                    f"`fused_linear`: the {name} is an FSDP shard (DTensor) here, not the whole "
                     "[V, H] matrix; the fused loss must run inside the engine's forward of the "
                     "head (palu_kernels.train.distributed.fsdp_call)")
         cfg = self.palu

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..constants import IGNORE_INDEX
+from ..errors import UsageError
 from ..jsonio import iter_json_objects as _iter_json_objects
 from ..jsonio import iter_json_values as _iter_json_values
 from ..jsonio import strip_bom as _strip_bom
@@ -214,10 +215,11 @@ def _load(path: str, *, spans: str, skip_bad: bool, max_listed: int, merge_overl
             listed += f"\n  ... and {more} more"
         if not skip_bad and len(report.skipped) == 1:  # one line
             ln, why = report.skipped[0]
-            raise ValueError(f"{path}:{ln}: {why} (1 bad record; --skip-bad-records skips it)")
+            raise UsageError(None, f"{path}:{ln}: {why} (1 bad record; "
+                                   "`skip_bad_records=True` skips it)")
         if not skip_bad:
-            raise ValueError(f"{len(report.skipped)} bad record(s) in {path} "
-                             f"(--skip-bad-records skips them):\n{listed}")
+            raise UsageError(None, f"{len(report.skipped)} bad record(s) in {path} "
+                                   f"(`skip_bad_records=True` skips them):\n{listed}")
         warnings.warn(f"skipped {len(report.skipped)} bad record(s) of {report.n_records} in "
                       f"{path}:\n{listed}", stacklevel=2)
     if not records:
