@@ -18,29 +18,31 @@ checked, against the first declaration.
 from __future__ import annotations
 
 from dataclasses import asdict
+from importlib import import_module
 from typing import Dict, Mapping
 
 from ..errors import UsageError
 from .base import PALUConfig
 from .knobs import Knob, check_knob, knobs_of
-from .methods.ga import GATrainer
-from .methods.graddiff import GradDiffTrainer
-from .methods.idkdpo import IdkDPOTrainer
-from .methods.npo import NPOTrainer
-from .methods.palu import PALUTrainer
-from .methods.simnpo import SimNPOTrainer
-from .methods.tpo import TPOTrainer
 
-METHODS: dict[str, type] = {
-    "palu": PALUTrainer,
-    "ga": GATrainer,
-    "graddiff": GradDiffTrainer,
-    "npo": NPOTrainer,
-    "simnpo": SimNPOTrainer,
-    "idkdpo": IdkDPOTrainer,
-    "tpo": TPOTrainer,
-}
-"""``--method`` name -> trainer class (the first is the default)."""
+
+def _trainer(where: str) -> type:
+    """The trainer class ``"<module>.<Class>"`` of :mod:`palu_kernels.train.methods`."""
+    module, name = where.rsplit(".", 1)
+    return getattr(import_module(f"{__package__}.methods.{module}"), name)
+
+
+METHODS: dict[str, type] = {name: _trainer(where) for name, where in {
+    "palu": "palu.PALUTrainer",
+    "ga": "ga.GATrainer",
+    "graddiff": "graddiff.GradDiffTrainer",
+    "npo": "npo.NPOTrainer",
+    "simnpo": "simnpo.SimNPOTrainer",
+    "idkdpo": "idkdpo.IdkDPOTrainer",
+    "tpo": "tpo.TPOTrainer",
+}.items()}
+"""``--method`` name -> trainer class (the first is the default): one line per method, its
+file in :mod:`palu_kernels.train.methods` and its trainer class."""
 
 for _name, _cls in METHODS.items():
     assert _cls.method == _name, (_name, _cls)
