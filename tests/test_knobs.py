@@ -181,6 +181,8 @@ def test_method_spec_takes_settings_as_keywords():
     assert m2.knobs == {"alpha": 5.0}
     with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
         MethodSpec("npo", temprature=1.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'"):
+        MethodSpec("npo", knobs={"temprature": 1.0})
     with pytest.raises(AttributeError):
         m.temprature  # noqa: B018
     job = UnlearningJob(ModelSpec("m"), DataSpec("f"), OutputSpec("o"), m)
@@ -225,6 +227,8 @@ def test_legacy_values_hash_as_they_did():
     assert RunSpec(beta=0.5).beta == 0.5 and RunSpec().alpha == 1.0 and RunSpec().gamma is None
     with pytest.raises(TypeError, match="unexpected keyword argument 'betta'"):
         RunSpec(betta=0.5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'betta'"):
+        RunSpec(knobs=(("betta", 0.5),))
 
 
 def test_the_cached_runs_of_an_experiment_keep_their_keys():

@@ -63,7 +63,7 @@ class RunSpec:
         object.__setattr__(self, "method", method)
         from ..train.registry import knob_kwargs  # (lazy: the harness loads train when it runs)
 
-        given = {**dict(knobs), **knob_kwargs("RunSpec", options)}
+        given = knob_kwargs("RunSpec", {**dict(knobs), **options})
         object.__setattr__(self, "knobs", tuple(sorted(
             (k, v) for k, v in given.items() if not _is_default(k, v))))
 

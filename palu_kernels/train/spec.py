@@ -85,7 +85,7 @@ class MethodSpec:
             if f.name not in ("name", "knobs"):
                 object.__setattr__(self, f.name, options.pop(f.name, f.default))
         self.name = name
-        given = {**(knobs or {}), **knob_kwargs("MethodSpec", options)}
+        given = knob_kwargs("MethodSpec", {**(knobs or {}), **options})
         object.__setattr__(self, "knobs", {k: v for k, v in given.items() if v is not None})
 
     def __getattr__(self, name: str):
