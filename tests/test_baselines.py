@@ -13,14 +13,14 @@ from transformers import TrainingArguments  # noqa: E402
 
 from palu_kernels.train import (PALUCollator, PALUConfig, PALUDataset, PALUTrainer,  # noqa: E402
                                 UnlearningTrainer)
-from palu_kernels.train.base import BaselineConfig  # noqa: E402
 from palu_kernels.train.methods.ga import GATrainer, ga_loss  # noqa: E402
 from palu_kernels.train.methods.graddiff import graddiff_loss  # noqa: E402
 from palu_kernels.train.methods.idkdpo import (BUILTIN_REFUSALS, DEFAULT_IDK_FILE,  # noqa: E402
                                                idkdpo_loss, load_refusals)
-from palu_kernels.train.methods.npo import NPOTrainer, npo_loss  # noqa: E402
+from palu_kernels.train.methods.idkdpo import IdkDPOConfig  # noqa: E402
+from palu_kernels.train.methods.npo import NPOConfig, NPOTrainer, npo_loss  # noqa: E402
 from palu_kernels.train.methods.sequence import sequence_logprob  # noqa: E402
-from palu_kernels.train.methods.simnpo import simnpo_loss  # noqa: E402
+from palu_kernels.train.methods.simnpo import SimNPOConfig, simnpo_loss  # noqa: E402
 from palu_kernels.train.registry import LOSSES, METHODS, method_config, trainer_class  # noqa: E402
 
 from helpers import tiny_llama, tofu_tokenizer_and_records, needs_tofu  # noqa: E402
@@ -132,22 +132,29 @@ def test_registry_complete():
         trainer_class("rmu")
 
 
-def test_method_kwargs_and_cli_options():
+def test_method_kwargs_and_cli_options(tmp_path):
     import argparse
 
     p = argparse.ArgumentParser()
     p.add_argument("--method")
-    p.add_argument("--gamma", type=float, default=None)
     from palu_kernels.cli.options import add_method_arguments, method_kwargs
 
     add_method_arguments(p)
-    args = p.parse_args(["--method", "simnpo", "--beta", "3", "--idk-file", "x.txt"])
-    assert method_kwargs(args) == {"baseline": BaselineConfig(beta=3.0, idk_file="x.txt")}
+    idk = tmp_path / "x.txt"
+    idk.write_text("I do not know.\n", encoding="utf-8")
+    # simnpo has no idk_file: ignored by it
+    args = p.parse_args(["--method", "simnpo", "--beta", "3", "--idk-file", str(idk)])
+    assert method_kwargs(args) == {"baseline": SimNPOConfig(beta=3.0)}
+    args = p.parse_args(["--method", "idkdpo", "--gamma", "2", "--idk-file", str(idk)])
+    assert method_kwargs(args) == {"baseline": IdkDPOConfig(gamma=2.0, idk_file=str(idk))}
     assert method_kwargs(p.parse_args(["--method", "palu", "--beta", "3"])) == {}
-    assert method_config("npo", beta=3.0) == BaselineConfig(beta=3.0)
+    assert method_config("npo", beta=3.0) == NPOConfig(beta=3.0)
+    assert method_config("npo", beta=None, delta=1.0) == NPOConfig()
     assert method_config("palu", beta=3.0) is None
-    with pytest.raises(ValueError, match="unknown baseline option.*'temperature'"):
+    with pytest.raises(ValueError, match="temperature is not a setting of any method"):
         method_config("npo", temperature=2.0)
+    with pytest.raises(ValueError, match="beta must be > 0, got 0"):
+        method_config("npo", beta=0)
 
 
 def test_load_refusals(tmp_path):
@@ -185,7 +192,7 @@ def make_trainer(tmp_path, method, tok, ds, *, bs=4, ga=1, lr=0.5, ref_model=Non
         learning_rate=lr, optim="sgd", max_steps=1, lr_scheduler_type="constant",
         weight_decay=0.0, report_to="none", remove_unused_columns=False, save_strategy="no",
         use_cpu=True, logging_steps=1, disable_tqdm=True, seed=0, dataloader_pin_memory=False)
-    kw = {"baseline": BaselineConfig(**hp)} if method != "palu" else {}
+    kw = {"baseline": method_config(method, **hp)} if method != "palu" else {}
     return METHODS[method](model=tiny(tok), args=args, train_dataset=ds, ref_model=ref_model,
                               data_collator=PALUCollator(tok.pad_token_id),
                               palu=PALUConfig(k=50, backend="torch"), **kw)
@@ -276,12 +283,29 @@ def test_one_training_step_of_each_method(data, tmp_path, method):
 
 def test_bad_config():
     tok = 64  # a vocabulary size: the checks run before the Trainer is built
-    with pytest.raises(ValueError, match="gamma"):
-        GATrainer(model=tiny(tok), baseline=BaselineConfig(gamma=-1.0))
-    with pytest.raises(ValueError, match="beta"):
-        NPOTrainer(model=tiny(tok), baseline=BaselineConfig(beta=0.0))
-    with pytest.raises(TypeError, match="BaselineConfig"):
-        NPOTrainer(model=tiny(tok), baseline={"beta": 1.0})
+    with pytest.raises(ValueError, match="gamma must be >= 0, got -1.0"):
+        GATrainer(model=tiny(tok), baseline={"gamma": -1.0})
+    with pytest.raises(ValueError, match="beta must be > 0, got 0.0"):
+        NPOTrainer(model=tiny(tok), baseline={"beta": 0.0})
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        NPOConfig(beta=0.0)
+    with pytest.raises(TypeError, match=r"npo has no setting\(s\) \['delta'\]; its settings: "
+                                        "beta, gamma, alpha"):
+        NPOTrainer(model=tiny(tok), baseline={"delta": 1.0})
+    with pytest.raises(TypeError, match="must be a NPOConfig or a dict"):
+        NPOTrainer(model=tiny(tok), baseline=[("beta", 1.0)])
+    with pytest.raises(TypeError, match="takes no baseline= settings"):
+        PALUTrainer(model=tiny(tok), baseline={"gamma": 1.0})
+
+
+def test_config_instance_or_overrides(tmp_path):
+    """The library API: a method's own config instance, or a dict of overrides."""
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    cfg = NPOConfig(beta=0.2)
+    assert NPOTrainer(model=tiny(64), args=args, baseline=cfg).method_config is cfg
+    t = NPOTrainer(model=tiny(64), args=args, baseline={"beta": 0.2, "alpha": None})
+    assert t.method_config == NPOConfig(beta=0.2) and t.hparams == {
+        "beta": 0.2, "gamma": 1.0, "alpha": 1.0}
 
 
 def test_cli_method_choices_are_the_registry(tmp_path):
@@ -296,4 +320,4 @@ def test_cli_method_choices_are_the_registry(tmp_path):
                                           "--method", "simnpo", "--beta", "3"])
     from palu_kernels.cli.options import method_kwargs
 
-    assert method_kwargs(args) == {"baseline": BaselineConfig(beta=3.0, alpha=1.0)}
+    assert method_kwargs(args) == {"baseline": SimNPOConfig(beta=3.0)}

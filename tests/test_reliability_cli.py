@@ -215,7 +215,7 @@ def test_exit_status_and_debug_in_a_real_process(files, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # --debug: the traceback too
         cli.main(argv(files, tmp_path / "o", "--gamma", "nan", "--debug"))
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "Traceback" in err and "check_real" in err
+    assert e.value.code == 2 and "Traceback" in err and "check_knob" in err
     assert err.strip().splitlines()[-1].startswith("palu-unlearn: --gamma")
 
 

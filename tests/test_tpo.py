@@ -144,7 +144,7 @@ def test_trainer_loss_is_the_function(synth_files, tmp_path):
     from transformers import TrainingArguments
 
     from palu_kernels.train import PALUCollator, PALUDataset, load_records
-    from palu_kernels.train.base import BaselineConfig, PALUConfig
+    from palu_kernels.train.base import PALUConfig
     from palu_kernels.io.models import load_model, load_tokenizer
     from palu_kernels.train.registry import METHODS
 
@@ -162,7 +162,7 @@ def test_trainer_loss_is_the_function(synth_files, tmp_path):
     tr = METHODS["tpo"](model=load_model(synth_files["model"], float32=True), args=args,
                         train_dataset=ds, data_collator=PALUCollator(tok.pad_token_id),
                         ref_model=ref, palu=PALUConfig(k=10, backend="torch"),
-                        baseline=BaselineConfig(beta=0.5, gamma=0.7, alpha=0.3))
+                        baseline={"beta": 0.5, "gamma": 0.7, "alpha": 0.3})
     batch = tr.data_collator([ds[i] for i in range(4)])
     model = tr.model.eval()
     with torch.no_grad():

@@ -11,9 +11,11 @@ Example (a tiny model on the CPU, two questions per evaluation split)::
 
 The command line becomes a :class:`~palu_kernels.experiments.compare.Comparison`: options
 that ``palu-compare`` does not know itself (``--epochs``, ``--lr``, ``--batch-size``,
-``--max-length``, ``--k``, ``--first-n``, ``--alpha``, ``--gamma``, ``--lora-r``, ...) are
-read with ``palu-unlearn``'s parser into the template :class:`~palu_kernels.train.job.
-UnlearningJob` that every method shares; :func:`~palu_kernels.experiments.compare.
+``--max-length``, ``--k``, ``--first-n``, ``--lora-r``, the method settings ``--gamma``,
+``--alpha``, ``--beta``, ... of :mod:`palu_kernels.cli.options`) are read with
+``palu-unlearn``'s parser into the template :class:`~palu_kernels.train.job.UnlearningJob`
+that every method shares (a method ignores the settings it does not have);
+:func:`~palu_kernels.experiments.compare.
 run_comparison` does the rest (see that module for the outputs).
 """
 
@@ -34,7 +36,7 @@ _OWN_UNLEARN_FLAGS = ("--method", "--model", "--forget", "--retain", "--output-d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .options import add_method_arguments
+    from .options import knob_flags
 
     p = argparse.ArgumentParser(
         prog="palu-compare", allow_abbrev=False,
@@ -42,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "on TOFU and write a table (Forget Quality, Model Utility, forget "
                     "probability, forget ROUGE, time) and a Forget Quality / Model Utility plot.",
         epilog="Any other option (--epochs, --lr, --batch-size, --max-length, --k, --first-n, "
-               "--alpha, --gamma, --grad-accum, --lora-r, --seed, ...) is passed to palu-unlearn "
-               "for every method; see palu-unlearn --help.")
+               "--grad-accum, --lora-r, --seed, ...) is passed to palu-unlearn for every method, "
+               f"the method settings ({', '.join(knob_flags())}) too: each method takes those "
+               "it has and ignores the others; see palu-unlearn --help.")
     p.add_argument("--model", required=True, help="starting model directory (with tokenizer)")
     p.add_argument("--forget", required=True, help="span-annotated forget records (training)")
     p.add_argument("--retain", default=None, help="retain records (training)")
@@ -70,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete each unlearned model's weights and checkpoints after its evaluation")
     p.add_argument("--no-progress", action="store_true", help="hide the evaluation progress bars")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    add_method_arguments(p)
     return p
 
 
@@ -122,8 +124,6 @@ def comparison_from_argv(argv: Optional[List[str]] = None) -> Comparison:
     uparser = unlearn_parser()
     uparser.prog = "palu-compare (options passed to palu-unlearn)"
     uargs = uparser.parse_args(base)  # bad pass-through options fail now, before any training
-    for k in ("beta", "delta", "idk_file"):
-        setattr(uargs, k, getattr(args, k))
     if args.threads:
         import torch
 

@@ -1,15 +1,22 @@
-"""Command-line options shared by ``palu-unlearn`` and ``palu-compare``: the baselines'
-hyper-parameters (``--beta``, ``--delta``, ``--idk-file``) and how parsed options become the
-trainer's ``baseline=`` argument (:func:`palu_kernels.train.registry.method_config`)."""
+"""Command-line options shared by ``palu-unlearn`` and ``palu-compare``: the methods' settings.
+
+One flag per setting of the registered methods (the union of their config dataclasses'
+:func:`~palu_kernels.train.knobs.knob` fields, :func:`palu_kernels.train.registry.all_knobs`),
+generated with its type, help, the methods that have it with their defaults, and its range:
+``--gamma``, ``--alpha``, ``--beta``, ``--delta``, ``--idk-file``, ... A flag not given is
+each method's default; a method ignores a setting it does not declare (so one
+``palu-compare --beta 0.2`` applies to every method with a ``beta``). The values are checked
+against the declarations when the job is (:func:`palu_kernels.train.registry.check_knobs`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
+import argparse
 
-from ..train.base import BaselineConfig
-from ..train.registry import defaults_of, method_config
+from ..train.registry import all_knobs, method_config
 
-__all__ = ["FIRST_N_HELP", "K_HELP", "add_method_arguments", "method_kwargs"]
+__all__ = ["FIRST_N_HELP", "K_HELP", "add_method_arguments", "knob_flags", "knob_values",
+           "method_kwargs"]
 
 K_HELP = "top-K set size: an integer >= 1, or all (or -1) for the whole vocabulary"
 FIRST_N_HELP = ("initiating rows per sensitive run: an integer >= 1, or all (or -1) for every "
@@ -18,21 +25,62 @@ FIRST_N_HELP = ("initiating rows per sensitive run: an integer >= 1, or all (or 
 (:func:`palu_kernels.train.checks.all_or_count` reads the values)."""
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _grouped(per_method: dict, text) -> str:
+    """``"a (m1, m2); b (m3)"``: ``text(knob)`` with the methods that share it (just ``a``
+    when all share one)."""
+    groups: dict = {}
+    for method, k in per_method.items():
+        groups.setdefault(text(k), []).append(method)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{t} ({', '.join(ms)})" for t, ms in groups.items())
+
+
+def knob_help(per_method: dict) -> str:
+    """The help of one setting's flag, from its declarations (``{method: Knob}``)."""
+    text = (_grouped(per_method, lambda k: k.help)
+            + "; defaults: " + ", ".join(f"{m} {'none' if k.default is None else k.default}"
+                                         for m, k in per_method.items()))
+    ranges = _grouped(per_method, lambda k: k.describe_range())
+    if ranges:
+        text += f"; {ranges}"
+    return text.replace("%", "%%")
+
+
+def knob_flags() -> list:
+    """The flags of the methods' settings (``["--gamma", "--alpha", ...]``)."""
+    return [_flag(name) for name in all_knobs()]
+
+
 def add_method_arguments(parser) -> None:
-    """Add ``--beta``, ``--delta`` and ``--idk-file`` (the baselines' options) to ``parser``."""
-    parser.add_argument("--beta", type=float, default=None,
-                        help=f"inverse temperature (defaults: {defaults_of('beta')})")
-    parser.add_argument("--delta", type=float, default=None,
-                        help=f"margin (defaults: {defaults_of('delta')})")
-    parser.add_argument("--idk-file", default=None,
-                        help="idkdpo refusal answers, one per line (e.g. "
-                             "../shared/data/tofu/idontknow.jsonl; default: a built-in list)")
+    """Add one flag per setting of the registered methods to ``parser`` (a group "method
+    settings"); a flag not given leaves no attribute (:func:`knob_values`)."""
+    group = parser.add_argument_group(
+        "method settings", "declared by each method's config (palu_kernels/train/methods); a "
+        "setting applies to the methods listed in its help and is ignored by the others; not "
+        "given: each method's default")
+    for name, per_method in all_knobs().items():
+        first = next(iter(per_method.values()))
+        kw = dict(dest=name, default=argparse.SUPPRESS, help=knob_help(per_method))
+        if first.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw.update(type=first.type, metavar="FILE" if first.file else name.upper())
+        group.add_argument(_flag(name), **kw)
+
+
+def knob_values(args) -> dict:
+    """The method settings given in parsed ``args`` (name -> value)."""
+    return {name: getattr(args, name) for name in all_knobs() if hasattr(args, name)}
 
 
 def method_kwargs(args) -> dict:
     """The trainer keyword arguments of ``args.method`` from parsed options: ``{"baseline":
-    BaselineConfig(...)}`` with the options present (``None`` = the method's default), ``{}``
-    for a method without a ``config_class`` (``palu``)."""
-    config = method_config(args.method, **{f.name: getattr(args, f.name, None)
-                                           for f in fields(BaselineConfig)})
+    <its config>}`` with the settings given (the others: the method's defaults), ``{}`` for
+    a method without a ``config_class`` (``palu``: its settings go in ``palu=``)."""
+    config = method_config(args.method, **knob_values(args))
     return {} if config is None else {"baseline": config}

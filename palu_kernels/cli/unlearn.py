@@ -30,7 +30,7 @@ from ..train.job import (SPAN_SOURCES, DataSpec, MethodSpec, ModelSpec, OutputSp
 from ._errors import DEBUG_HELP, flags_in_errors, run_cli
 from ..train.registry import METHODS as _REGISTRY
 from ..train.registry import method_defaults, trainer_class  # noqa: F401
-from .options import FIRST_N_HELP, K_HELP, add_method_arguments
+from .options import FIRST_N_HELP, K_HELP, add_method_arguments, knob_values
 
 METHODS = tuple(_REGISTRY)
 """``--method`` choices: the keys of :data:`palu_kernels.train.registry.METHODS`."""
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retain", default=None,
                    help="retain records, JSON / JSON lines {question, answer} (optional)")
     p.add_argument("--output-dir", required=True, help="where the unlearned model goes")
-    p.add_argument("--method", default="palu", choices=METHODS, help="forget objective")
+    p.add_argument("--method", default="palu", choices=tuple(_REGISTRY), help="forget objective")
     # --k / --first-n stay text here: the job reads them (all_or_count), as every CLI does
     p.add_argument("--k", default=5000, help=K_HELP)
     p.add_argument("--first-n", default=3, help=FIRST_N_HELP)
@@ -84,12 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local target: mean, mean_detached, topk_mean or a float")
     p.add_argument("--kl", default="reverse", choices=["reverse", "forward", "none"],
                    help="KL on common rows")
-    p.add_argument("--gamma", type=float, default=None,
-                   help="weight of the local term (baselines: of the forget loss); defaults: "
-                        + ", ".join(f"{m} {method_defaults(m)['gamma']}" for m in METHODS))
-    p.add_argument("--alpha", type=float, default=1.0,
-                   help="weight of the KL and retain terms (baselines: of the retain NLL)")
-    add_method_arguments(p)  # --beta, --delta, --idk-file
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--fused-linear", action="store_true",
                    help="palu only: compute the forget loss from the last hidden states and the "
@@ -137,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow code from the model directory (off by default)")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    add_method_arguments(p)  # --gamma, --alpha, --beta, ...: every method's settings
     return p
 
 
@@ -152,10 +147,9 @@ def job_from_args(args) -> UnlearningJob:
                       skip_bad_records=args.skip_bad_records, spans=args.spans,
                       spans_reference=args.spans_reference),
         method=MethodSpec(name=args.method, k=args.k, target=args.target,
-                          kl=None if args.kl == "none" else args.kl, gamma=args.gamma,
-                          alpha=args.alpha, beta=args.beta, delta=args.delta,
-                          idk_file=args.idk_file, backend=args.backend,
-                          fused_linear=args.fused_linear, chunk_rows=args.chunk_rows),
+                          kl=None if args.kl == "none" else args.kl, backend=args.backend,
+                          fused_linear=args.fused_linear, chunk_rows=args.chunk_rows,
+                          knobs=knob_values(args)),
         training=TrainingOptions(lr=args.lr, weight_decay=args.weight_decay, optim=args.optim,
                                  epochs=args.epochs, max_steps=args.max_steps,
                                  warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,

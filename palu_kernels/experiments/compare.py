@@ -57,8 +57,9 @@ class Comparison:
     record: dict = field(default_factory=dict)
     """Extra keys for ``compare.json``'s ``config`` (the command line, the options given)."""
     method_options: Dict[str, dict] = field(default_factory=dict)
-    """Per method, :class:`~palu_kernels.train.job.MethodSpec` fields that replace the
-    template's (``{"palu": {"alpha": 5.0}}``): each method at its own tuned setting."""
+    """Per method, :class:`~palu_kernels.train.job.MethodSpec` fields and method settings
+    that replace the template's (``{"palu": {"alpha": 5.0}}``): each method at its own tuned
+    setting (any setting of the registry, passed on as a keyword of ``MethodSpec``)."""
 
 
 def parse_methods(text: str) -> List[str]:

@@ -51,6 +51,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from ..errors import UsageError
 from ..eval.table import format_number, format_table
 from ..outputs import atomic_write_text
+from .runspec import RunSpec, spec_dict
 
 __all__ = ["CHAT_TEMPLATE", "ExperimentConfig", "Harness", "Report", "RunSpec", "Setup",
            "aggregate", "config_hash", "with_synth", "write_report"]
@@ -143,38 +144,17 @@ class ExperimentConfig:
         return "quick" if self.quick else "full"
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One unlearning job's options (the start model and data come from the seed's setup).
-
-    ``k`` ``None``: the whole vocabulary. ``gamma``/``beta``/``delta`` ``None``: the method's
-    default. ``forget_file``: another span-annotated forget file instead of the setup's (its
-    content is hashed into the run's key). ``synth``: generator overrides (a different setup).
-    ``trace_every``: record the mean forget answer probability every that many steps.
-    """
-
-    method: str = "palu"
-    lr: float = 1e-3
-    epochs: float = 10
-    batch_size: int = 4
-    k: Optional[int] = 1
-    target: object = "mean"
-    kl: Optional[str] = "reverse"
-    first_n: Optional[int] = 3
-    gamma: Optional[float] = None
-    alpha: float = 1.0
-    beta: Optional[float] = None
-    delta: Optional[float] = None
-    warmup_epochs: float = 1.0
-    forget_file: Optional[str] = None
-    synth: Tuple[Tuple[str, object], ...] = ()
-    trace_every: int = 0
-
-
 def config_hash(obj) -> str:
     """16 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _file_knobs() -> List[str]:
+    """The method settings that name a file (hashed by content, like ``forget_file``)."""
+    from ..train.registry import all_knobs
+
+    return [name for name, decl in all_knobs().items() if next(iter(decl.values())).file]
 
 
 def _file_sha(path: str) -> str:
@@ -566,9 +546,10 @@ class Harness:
     # -------------------------------------------------------------- runs
     def run_key(self, spec: RunSpec, seed: int) -> str:
         setup = self.setup(seed, dict(spec.synth))
-        spec_d = asdict(spec)
-        if spec.forget_file:
-            spec_d["forget_file"] = _file_sha(spec.forget_file)
+        spec_d = spec_dict(spec)
+        for name in ("forget_file", *_file_knobs()):  # files by content
+            if spec_d.get(name):
+                spec_d[name] = _file_sha(spec_d[name])
         conf = {"v": HARNESS_VERSION, "setup": setup.key, "spec": spec_d, "seed": seed}
         if self.cfg.train_layers:
             conf["train_layers"] = self.cfg.train_layers
@@ -600,8 +581,8 @@ class Harness:
         from transformers.utils import logging as hf_logging
 
         from ..eval.tofu import PromptEncoder, load_eval_model, read_json_records
-        from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
-                                 UnlearningJob, run_unlearning)
+        from ..train.job import (DataSpec, ModelSpec, OutputSpec, TrainingOptions, UnlearningJob,
+                                 run_unlearning)
 
         work = os.path.join(self.out, "work", key)
         forget = spec.forget_file or setup.forget_spans
@@ -609,9 +590,7 @@ class Harness:
             model=ModelSpec(setup.finetuned_dir, train_layers=self.cfg.train_layers),
             data=DataSpec(forget=forget, retain=setup.retain, first_n=spec.first_n,
                           eval_retain=8),  # the before/after losses only
-            method=MethodSpec(name=spec.method, k=spec.k, target=spec.target, kl=spec.kl,
-                              gamma=spec.gamma, alpha=spec.alpha, beta=spec.beta,
-                              delta=spec.delta),
+            method=spec.method_spec(),
             training=TrainingOptions(lr=spec.lr, epochs=spec.epochs, batch_size=spec.batch_size,
                                      warmup_epochs=spec.warmup_epochs, seed=seed,
                                      logging_steps=1, bf16=self.cfg.bf16),
@@ -645,7 +624,7 @@ class Harness:
             shutil.rmtree(work, ignore_errors=True)
         curve = [{k: v for k, v in h.items() if isinstance(v, (int, float))}
                  for h in summary.get("loss_curve", [])]
-        return {"key": key, "spec": asdict(spec), "seed": seed, "setup": setup.key,
+        return {"key": key, "spec": spec_dict(spec), "seed": seed, "setup": setup.key,
                 "metrics": result["metrics"], "steps": summary.get("steps"),
                 "train_s": round(train_s, 2), "eval_s": round(eval_s, 2), "loss_curve": curve,
                 "trace": callbacks[0].points if callbacks else [],

@@ -7,12 +7,12 @@ function (``finetune.py``). Records, datasets and the model loader are one layer
 Needs the ``train`` extra (transformers, accelerate, safetensors, tqdm; peft for LoRA).
 """
 
-from .base import BaselineConfig, PALUConfig, UnlearningTrainer
+from .base import PALUConfig, UnlearningTrainer
 from ..io.data import (IGNORE_INDEX, LoadReport, PALUCollator, PALUDataset, QARecord, Span,
                    encode_record, format_prompt, load_records, prompt_ids)
 from .heads import FusedLinearError
 from .methods.palu import PALUTrainer
 
-__all__ = ["BaselineConfig", "FusedLinearError", "IGNORE_INDEX", "LoadReport", "PALUCollator",
-           "PALUConfig", "PALUDataset", "PALUTrainer", "QARecord", "Span", "UnlearningTrainer",
-           "encode_record", "format_prompt", "load_records", "prompt_ids"]
+__all__ = ["FusedLinearError", "IGNORE_INDEX", "LoadReport", "PALUCollator", "PALUConfig",
+           "PALUDataset", "PALUTrainer", "QARecord", "Span", "UnlearningTrainer", "encode_record",
+           "format_prompt", "load_records", "prompt_ids"]

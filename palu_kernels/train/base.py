@@ -14,13 +14,15 @@ the window counts, the frozen reference (a deep copy, or the model with its LoRA
 disabled), the retain NLL, the logging of the separate terms and :meth:`UnlearningTrainer.
 measure`. A method (one file in :mod:`palu_kernels.train.methods`, one line in
 :mod:`palu_kernels.train.registry`) overrides :meth:`UnlearningTrainer.forget_loss` only, and
-declares its hyper-parameters as a small dataclass (``config_class``).
+declares its settings as the :func:`~palu_kernels.train.knobs.knob` fields of a small
+dataclass (``config_class``), the one declaration everything else derives from.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, is_dataclass
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -29,10 +31,11 @@ from ..constants import IGNORE_INDEX
 from ..loss import palu_local_entropy_loss
 from .distributed import check_engine, engine_of, is_fsdp2, shard_reference
 from .heads import FusedLinearError, is_peft_model
+from .knobs import MethodConfig, knobs_of, weight_knob
 
 
 @dataclass
-class PALUConfig:
+class PALUConfig(MethodConfig):
     """Options of the PALU objective (see ``palu_local_entropy_loss``).
 
     ``PALUTrainer`` minimises this loss; every other method uses only ``k``, ``target``,
@@ -43,14 +46,16 @@ class PALUConfig:
     ``[B, T, V]`` logits are never materialised; PALU only, for models whose output
     projection is a plain ``torch.nn.Linear`` (see :func:`~palu_kernels.train.heads.
     fused_head`). ``chunk_rows``: rows projected at once on that path (None: chosen from V and
-    the hidden size).
+    the hidden size). ``gamma`` and ``alpha`` are the ``palu`` method's settings
+    (:func:`~palu_kernels.train.knobs.knob` fields); the others are options of the PALU terms
+    every method measures.
     """
 
     k: int | None = 5000
     target: object = "mean"
     kl: str | None = "reverse"
-    gamma: float = 1.0
-    alpha: float = 1.0
+    gamma: float = weight_knob(1.0, "local term")
+    alpha: float = weight_knob(1.0, "KL and retain terms")
     backend: str = "auto"
     fused_linear: bool = False
     chunk_rows: int | None = None
@@ -59,44 +64,24 @@ class PALUConfig:
         return asdict(self)
 
 
-@dataclass
-class BaselineConfig:
-    """Hyper-parameters given to a baseline (``palu-unlearn --beta ...``); ``None`` = the
-    method's default (the defaults of its ``config_class``).
-
-    ``gamma`` weights the forget loss, ``alpha`` the retain NLL; ``idk_file`` is the refusal
-    file of ``idkdpo``. A method takes the fields its ``config_class`` has and ignores the rest.
-    """
-
-    beta: float | None = None
-    delta: float | None = None
-    gamma: float | None = None
-    alpha: float | None = None
-    idk_file: str | None = None
-
-
-def check_weight(name: str, value) -> float:
-    """``value`` as a float, or a ``ValueError`` unless it is a number >= 0."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0
-            or value == float("inf")):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def resolve_config(config_class: type, given):
-    """The ``config_class`` instance of ``given``: a ``config_class`` instance (kept), a
-    :class:`BaselineConfig` (its non-``None`` fields that ``config_class`` has override the
-    defaults) or ``None`` (the defaults)."""
+def resolve_config(config_class: type, given, method: str = ""):
+    """The ``config_class`` instance of ``given``: a ``config_class`` instance (kept), a mapping
+    of setting overrides (``{"beta": 0.2}``; a name ``config_class`` does not declare is a
+    ``TypeError``) or ``None`` (the defaults)."""
     if isinstance(given, config_class):
         return given
     if given is None:
-        given = BaselineConfig()
-    if not isinstance(given, BaselineConfig):
-        raise TypeError(f"baseline must be a BaselineConfig or a {config_class.__name__}, got "
-                        f"{type(given).__name__}")
-    names = {f.name for f in fields(config_class)}
-    return config_class(**{k: v for k, v in asdict(given).items()
-                           if v is not None and k in names})
+        return config_class()
+    owner = method or config_class.__name__
+    if not isinstance(given, Mapping):
+        raise TypeError(f"{owner}: the settings (baseline=) must be a {config_class.__name__} "
+                        f"or a dict of its settings, got {type(given).__name__}")
+    own = knobs_of(config_class)
+    unknown = sorted(set(given) - set(own))
+    if unknown:
+        raise TypeError(f"{owner} has no setting(s) {unknown}; its settings: "
+                        f"{', '.join(own) or 'none'}")
+    return config_class(**{k: v for k, v in given.items() if v is not None})
 
 
 def forget_counts(inputs: dict) -> torch.Tensor:
@@ -147,14 +132,17 @@ class UnlearningTrainer(Trainer):
         ref_model: the frozen reference. Default: for a PEFT model, the same model with its
             adapter disabled (no second copy of the weights); otherwise a deep copy of
             ``model`` made here, in eval mode, without gradients.
-        baseline: the method's hyper-parameters, an instance of its ``config_class`` or a
-            :class:`BaselineConfig` (``None``: the defaults); refused by a method without any.
+        baseline: the method's settings: an instance of its ``config_class`` or a dict of
+            overrides (``{"beta": 0.2}``; ``None``: the defaults); refused by a method without
+            a ``config_class``.
         All other arguments go to ``transformers.Trainer`` (use
         ``remove_unused_columns=False`` in the ``TrainingArguments``).
 
-    A subclass sets ``method`` (its registry name), ``config_class`` (a dataclass of its
-    hyper-parameters, available as ``self.method_config``; ``gamma``/``alpha`` fields weight
-    its forget loss and the retain NLL), ``uses_retain`` and overrides :meth:`forget_loss`.
+    A subclass sets ``method`` (its registry name), ``config_class`` (a
+    :class:`~palu_kernels.train.knobs.MethodConfig` dataclass declaring its settings with
+    :func:`~palu_kernels.train.knobs.knob`, available as ``self.method_config``;
+    ``gamma``/``alpha`` fields weight its forget loss and the retain NLL), ``uses_retain`` and
+    overrides :meth:`forget_loss`.
     Logged next to ``loss``: the raw terms :meth:`forget_loss` returns, ``retain_nll`` (mean
     retain NLL per token), ``n_initiating``, ``n_common``, averaged over the optimizer steps
     since the previous log.
@@ -173,9 +161,9 @@ class UnlearningTrainer(Trainer):
     def __init__(self, *args, palu: PALUConfig | None = None, ref_model=None, baseline=None,
                  **kwargs):
         if self.config_class is not None:
-            self.method_config = resolve_config(self.config_class, baseline)
+            self.method_config = resolve_config(self.config_class, baseline, self.method)
         elif baseline is not None:
-            raise TypeError(f"{type(self).__name__} takes no baseline options")
+            raise TypeError(f"{type(self).__name__} takes no baseline= settings")
         else:
             self.method_config = None
         super().__init__(*args, **kwargs)
@@ -196,6 +184,12 @@ class UnlearningTrainer(Trainer):
             raise FusedLinearError(
                 f"fused_linear applies to the PALU loss only; {type(self).__name__} has its "
                 "own forget objective (forget_loss), which needs full logits")
+
+    @classmethod
+    def settings_class(cls) -> type | None:
+        """The dataclass whose :func:`~palu_kernels.train.knobs.knob` fields are this method's
+        settings (the registry reads them): ``config_class``."""
+        return cls.config_class
 
     @property
     def hparams(self) -> dict:
@@ -434,6 +428,5 @@ class _FiniteCheckpoints(TrainerCallback):
             self.trainer.check_finite_weights()
 
 
-__all__ = ["BaselineConfig", "NonFiniteLossError", "PALUConfig", "UnlearningTrainer",
-           "batch_counts", "check_weight", "forget_counts", "nonfinite_parameters",
-           "resolve_config"]
+__all__ = ["NonFiniteLossError", "PALUConfig", "UnlearningTrainer", "batch_counts",
+           "forget_counts", "nonfinite_parameters", "resolve_config"]

@@ -20,11 +20,11 @@ from typing import Optional
 from ..errors import UsageError
 from ..outputs import (LOCK, checkpoint_problem, in_use_error, is_within,
                        latest_complete_checkpoint, lock_owner, result_problem)
+from .registry import check_knobs
 
 TARGETS = ("mean", "mean_detached", "topk_mean")
 KLS = (None, "reverse", "forward")
 BACKENDS = ("auto", "torch", "triton")
-FP32_MAX = 3.4028234663852886e38  # the loss computes in fp32: a larger weight is inf there
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
                    "spiece.model")
 
@@ -117,10 +117,7 @@ def check_values(job) -> None:
                                f"got {me.target!r}")
     if me.kl not in KLS:
         raise fail("kl", f"must be reverse, forward or none, got {me.kl!r}")
-    check_real("gamma", me.gamma, low=0, high=FP32_MAX, optional=True)
-    check_real("alpha", me.alpha, low=0, high=FP32_MAX)
-    check_real("beta", me.beta, low=0, low_open=True, optional=True)
-    check_real("delta", me.delta, optional=True)
+    check_knobs(me.name, me.knobs)  # each method setting against its declaration
     if me.backend not in BACKENDS:
         raise fail("backend", f"must be one of {BACKENDS}, got {me.backend!r}")
     if me.backend == "triton":
@@ -130,8 +127,6 @@ def check_values(job) -> None:
             raise fail("backend", "triton needs a CUDA GPU (none is available here; "
                                     "TRITON_INTERPRET=1 runs it interpreted); use "
                                     "`backend=torch` or `backend=auto`")
-    if me.idk_file is not None and not os.path.isfile(me.idk_file):
-        raise fail("idk_file", f"{me.idk_file!r} is not a file")
     check_real("lr", tr.lr, low=0, low_open=True)
     check_real("weight_decay", tr.weight_decay, low=0)
     check_real("epochs", tr.epochs, low=0)

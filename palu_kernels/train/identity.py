@@ -21,6 +21,7 @@ from typing import List, Optional
 
 from ..errors import UsageError
 from ..outputs import MARKER, atomic_write_json
+from .registry import all_knobs
 
 __all__ = ["IDENTITY", "check_resume", "identity_differences", "run_identity",
            "write_identity"]
@@ -31,11 +32,16 @@ IDENTITY = "run_identity.json"
 SETTINGS = {  # UnlearningJob part -> fields that change training (palu-unlearn option names)
     "model": ("lora_r", "lora_alpha"),
     "data": ("max_length", "first_n", "skip_bad_records", "spans"),
-    "method": ("name", "k", "target", "kl", "gamma", "alpha", "beta", "delta"),
+    "method": ("name", "k", "target", "kl"),  # and every method setting (run_identity)
     "training": ("lr", "weight_decay", "optim", "epochs", "max_steps", "warmup_epochs",
                  "batch_size", "grad_accum", "bf16", "seed"),
 }
 _EDGE = 1 << 20  # bytes hashed at each end of a weight file (its size is hashed too)
+
+
+def _file_knobs() -> List[str]:
+    """The method settings that name a file (``idk_file``): identified by content."""
+    return [name for name, decl in all_knobs().items() if next(iter(decl.values())).file]
 
 
 def file_sha256(path: str) -> str:
@@ -82,7 +88,7 @@ def run_identity(job) -> dict:
     ident = {"model": {"path": os.path.abspath(job.model.path),
                        "fingerprint": model_fingerprint(job.model.path)},
              "forget": data(job.data.forget), "retain": data(job.data.retain),
-             "idk_file": data(job.method.idk_file),
+             **{name: data(job.method.knobs.get(name)) for name in _file_knobs()},
              "spans_reference": (None if job.data.spans_reference is None else
                                  {"path": os.path.abspath(job.data.spans_reference),
                                   "fingerprint": model_fingerprint(job.data.spans_reference)}),
@@ -92,6 +98,9 @@ def run_identity(job) -> dict:
         for name in names:
             ident["settings"]["method" if (part, name) == ("method", "name") else name] = \
                 getattr(spec, name)
+    for name in all_knobs():
+        if name not in _file_knobs():
+            ident["settings"][name] = job.method.knobs.get(name)
     ident["settings"]["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
     return json.loads(json.dumps(ident, default=str))  # as it reads back from the file
 
@@ -114,7 +123,8 @@ def identity_differences(old: dict, new: dict) -> List[str]:
     (models by fingerprint, data by content; each setting named in backticks)."""
     out = []
     for key, what in (("model", "fingerprint"), ("spans_reference", "fingerprint"),
-                      ("forget", "sha256"), ("retain", "sha256"), ("idk_file", "sha256")):
+                      ("forget", "sha256"), ("retain", "sha256"),
+                      *((name, "sha256") for name in _file_knobs())):
         a, b = old.get(key), new.get(key)
         if (a or {}).get(what) != (b or {}).get(what):
             if a is None or b is None:

@@ -1,37 +1,48 @@
 """The one registry of unlearning methods: ``--method`` name -> trainer class.
 
 Every trainer is a :class:`~palu_kernels.train.base.UnlearningTrainer` subclass in its own
-file of :mod:`palu_kernels.train.methods`; its hyper-parameters and their defaults are the
-dataclass ``config_class`` in that file (``PALUTrainer``: :class:`~palu_kernels.train.base.
-PALUConfig`). ``palu-unlearn --method``, ``palu-compare --methods`` and the demo read
-:data:`METHODS`; :func:`method_config` turns baseline options into the trainer's
-``baseline=`` argument (the command lines' options are in :mod:`palu_kernels.cli.options`).
-A new method is one file in ``methods/`` plus one line in :data:`METHODS`.
+file of :mod:`palu_kernels.train.methods`; its settings (name, type, default, range, help) are
+declared once, as the :func:`~palu_kernels.train.knobs.knob` fields of its config dataclass
+(``config_class``; ``palu``: the ``gamma`` / ``alpha`` of
+:class:`~palu_kernels.train.base.PALUConfig`). Everything else reads them from here: the
+command-line flags (:mod:`palu_kernels.cli.options`, the union of all methods' settings), the
+checks (:func:`check_knobs`), :class:`~palu_kernels.train.spec.MethodSpec` and the trainer's
+keyword arguments (:func:`trainer_kwargs`), the experiments' ``RunSpec``.
+
+A new method is one file in ``methods/`` plus one line in :data:`METHODS`
+(``docs/adding_a_method.md``). A setting a method does not declare is ignored by it (one
+``palu-compare --beta 0.2`` applies to every method that has a ``beta``); its value is still
+checked, against the first declaration.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
+from importlib import import_module
+from typing import Dict, Mapping
 
-from .base import BaselineConfig, PALUConfig
-from .methods.ga import GATrainer
-from .methods.graddiff import GradDiffTrainer
-from .methods.idkdpo import IdkDPOTrainer
-from .methods.npo import NPOTrainer
-from .methods.palu import PALUTrainer
-from .methods.simnpo import SimNPOTrainer
-from .methods.tpo import TPOTrainer
+from ..errors import UsageError
+from .base import PALUConfig
+from .knobs import Knob, check_knob, knobs_of
 
-METHODS: dict[str, type] = {
-    "palu": PALUTrainer,
-    "ga": GATrainer,
-    "graddiff": GradDiffTrainer,
-    "npo": NPOTrainer,
-    "simnpo": SimNPOTrainer,
-    "idkdpo": IdkDPOTrainer,
-    "tpo": TPOTrainer,
-}
-"""``--method`` name -> trainer class (the first is the default)."""
+
+def _trainer(where: str) -> type:
+    """The trainer class ``"<module>.<Class>"`` of :mod:`palu_kernels.train.methods`."""
+    module, name = where.rsplit(".", 1)
+    return getattr(import_module(f"{__package__}.methods.{module}"), name)
+
+
+METHODS: dict[str, type] = {name: _trainer(where) for name, where in {
+    "palu": "palu.PALUTrainer",
+    "ga": "ga.GATrainer",
+    "graddiff": "graddiff.GradDiffTrainer",
+    "npo": "npo.NPOTrainer",
+    "simnpo": "simnpo.SimNPOTrainer",
+    "idkdpo": "idkdpo.IdkDPOTrainer",
+    "tpo": "tpo.TPOTrainer",
+}.items()}
+"""``--method`` name -> trainer class (the first is the default): one line per method, its
+file in :mod:`palu_kernels.train.methods` and its trainer class."""
 
 for _name, _cls in METHODS.items():
     assert _cls.method == _name, (_name, _cls)
@@ -50,34 +61,94 @@ def trainer_class(method: str) -> type:
         raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHODS)}") from None
 
 
+def method_knobs(method: str) -> Dict[str, Knob]:
+    """The settings ``method`` declares (name -> :class:`~palu_kernels.train.knobs.Knob`)."""
+    cls = trainer_class(method).settings_class()
+    return {} if cls is None else knobs_of(cls)
+
+
+def all_knobs() -> Dict[str, Dict[str, Knob]]:
+    """Every setting of the registered methods: name -> {method: its declaration}, in
+    registry order. One name has one type in every method that declares it (``TypeError``
+    otherwise)."""
+    out: Dict[str, Dict[str, Knob]] = {}
+    for method in METHODS:
+        for name, k in method_knobs(method).items():
+            decl = out.setdefault(name, {})
+            first = next(iter(decl.values()), k)
+            if (k.type, k.file) != (first.type, first.file):
+                raise TypeError(f"setting {name!r}: {method} declares it as "
+                                f"{k.type.__name__}, {next(iter(decl))} as "
+                                f"{first.type.__name__}; one name, one type")
+            decl[method] = k
+    return out
+
+
+def knob_kwargs(owner: str, options: Mapping) -> dict:
+    """``options`` (keyword arguments of ``owner``) as method settings; a name that no method
+    declares is a ``TypeError``, as for any unknown keyword argument."""
+    names = all_knobs()
+    unknown = [n for n in options if n not in names]
+    if unknown:
+        raise TypeError(f"{owner} got an unexpected keyword argument {unknown[0]!r} (method "
+                        f"settings: {', '.join(names)})")
+    return dict(options)
+
+
+def check_knobs(method: str, values: Mapping) -> None:
+    """Check each given value (``None``: the method's default) against the declaration of
+    ``method`` or, for a setting ``method`` does not have (and ignores), the first method's
+    that declares it (:class:`~palu_kernels.errors.UsageError` naming the setting)."""
+    union, own = all_knobs(), method_knobs(method)
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name not in union:
+            raise UsageError(name, f"is not a setting of any method (settings: "
+                                   f"{', '.join(union)})")
+        check_knob(own.get(name) or next(iter(union[name].values())), value)
+
+
 def method_defaults(method: str) -> dict:
-    """The default hyper-parameters of ``method`` (its ``config_class``; palu: PALUConfig)."""
-    cls = trainer_class(method)
-    return asdict(cls.config_class() if cls.config_class is not None else PALUConfig())
+    """The default settings of ``method`` (its ``config_class``; palu: PALUConfig)."""
+    return asdict(trainer_class(method).settings_class()())
 
 
 def method_config(method: str, **values):
-    """The baseline options of ``method`` as the trainer's ``baseline=`` argument: a
-    :class:`~palu_kernels.train.base.BaselineConfig` of ``values`` (``None`` = the method's
-    default; unknown names are refused), or ``None`` for a method without a ``config_class``
-    (``palu``: its options go in ``palu=``)."""
-    if trainer_class(method).config_class is None:
+    """The trainer's ``baseline=`` argument for ``method``: its ``config_class`` with the
+    given ``values`` (``None``: the method's default; a setting of another method: ignored;
+    a name no method declares: :class:`~palu_kernels.errors.UsageError`), or ``None`` for a
+    method without a ``config_class`` (``palu``: its settings go in ``palu=``)."""
+    check_knobs(method, values)
+    cls = trainer_class(method).config_class
+    if cls is None:
         return None
-    names = {f.name for f in fields(BaselineConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown baseline option(s) {unknown}; expected some of {sorted(names)}")
-    return BaselineConfig(**values)
+    own = knobs_of(cls)
+    return cls(**{k: v for k, v in values.items() if v is not None and k in own})
 
 
-def defaults_of(field: str) -> str:
-    """``"npo 0.1, simnpo 4.5, ..."``: the methods that have ``field`` and its default."""
-    out = []
-    for name, cls in METHODS.items():
-        if cls.config_class is not None and field in {f.name for f in fields(cls.config_class)}:
-            out.append(f"{name} {method_defaults(name)[field]}")
-    return ", ".join(out)
+def trainer_kwargs(method: str, palu: PALUConfig, values: Mapping) -> dict:
+    """The keyword arguments of ``method``'s trainer: ``palu=`` and, for a method with a
+    ``config_class``, ``baseline=`` (:func:`method_config` of ``values``)."""
+    kw = {"palu": palu}
+    if trainer_class(method).config_class is not None:
+        kw["baseline"] = method_config(method, **values)
+    return kw
 
 
-__all__ = ["LOSSES", "METHODS", "defaults_of", "method_config", "method_defaults",
-           "trainer_class"]
+def defaults_of(name: str) -> str:
+    """``"npo 0.1, simnpo 4.5, ..."``: the methods that declare setting ``name`` and their
+    defaults."""
+    return ", ".join(f"{m} {k.default}" for m, k in all_knobs().get(name, {}).items())
+
+
+def palu_settings(values: Mapping) -> dict:
+    """The given ``values`` that are :class:`~palu_kernels.train.base.PALUConfig` settings
+    (``gamma``, ``alpha``)."""
+    own = knobs_of(PALUConfig)
+    return {k: v for k, v in values.items() if v is not None and k in own}
+
+
+__all__ = ["LOSSES", "METHODS", "all_knobs", "check_knobs", "defaults_of", "knob_kwargs",
+           "method_config", "method_defaults", "method_knobs", "palu_settings",
+           "trainer_class", "trainer_kwargs"]

@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 import shlex
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Dict, Optional
 
 from ..errors import UsageError
-from .base import BaselineConfig, PALUConfig
+from .base import PALUConfig
 from .checks import ALL, all_or_count, check_model_files, check_output, check_values
 from ..io.models import NAMED_MODELS, ModelSource, resolve_model_path
-from .registry import trainer_class
+from .registry import all_knobs, knob_kwargs, palu_settings, trainer_class, trainer_kwargs
 
 __all__ = ["DataSpec", "MethodSpec", "ModelSpec", "OutputSpec", "SPAN_SOURCES",
            "TrainingOptions", "UnlearningJob", "check_job"]
@@ -69,45 +69,63 @@ class DataSpec:
         self.first_n = all_or_count("first_n", self.first_n)
 
 
-@dataclass
+@dataclass(init=False)
 class MethodSpec:
-    """A method of :data:`palu_kernels.train.registry.METHODS` and its hyper-parameters.
+    """A method of :data:`palu_kernels.train.registry.METHODS` and its settings.
 
-    ``gamma``/``beta``/``delta``/``idk_file`` ``None``: the method's default. The PALU options
-    (``k``, ``target``, ``kl``, ``backend``) also set the PALU terms every method measures.
-    ``k``: ``None``, ``-1`` or ``"all"`` for the whole vocabulary (stored as ``None``).
+    ``knobs``: the method settings given (``MethodSpec("npo", beta=0.2)`` puts ``beta`` there;
+    one not given, or ``None``, is the method's default), any setting a registered method
+    declares (:func:`palu_kernels.train.registry.all_knobs`); a method ignores the ones it
+    does not declare. Each also reads as an attribute (``spec.beta``, ``None`` when not
+    given). The PALU options (``k``, ``target``, ``kl``, ``backend``) also set the PALU terms
+    every method measures. ``k``: ``None``, ``-1`` or ``"all"`` for the whole vocabulary
+    (stored as ``None``).
     """
 
     name: str = "palu"
     k: Optional[int] = 5000
     target: object = "mean"
     kl: Optional[str] = "reverse"
-    gamma: Optional[float] = None
-    alpha: float = 1.0
-    beta: Optional[float] = None
-    delta: Optional[float] = None
-    idk_file: Optional[str] = None
+    knobs: Dict[str, object] = field(default_factory=dict)
     backend: str = "auto"
     fused_linear: bool = False
     chunk_rows: Optional[int] = None
 
-    def __post_init__(self):
+    def __init__(self, name: str = "palu", *, knobs: Optional[dict] = None, **options):
+        for f in fields(self):
+            if f.name not in ("name", "knobs"):
+                object.__setattr__(self, f.name, options.pop(f.name, f.default))
+        self.name = name
         self.k = all_or_count("k", self.k)
+        given = knob_kwargs("MethodSpec", {**(knobs or {}), **options})
+        object.__setattr__(self, "knobs", {k: v for k, v in given.items() if v is not None})
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "knobs" or name not in all_knobs():
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.knobs.get(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self.__dataclass_fields__:
+            object.__setattr__(self, name, value)
+        else:  # a method setting
+            self.knobs.update(knob_kwargs("MethodSpec", {name: value}))
+            if value is None:
+                del self.knobs[name]
+
+    def knob_values(self) -> dict:
+        """Every method setting (the registry's), ``None`` where not given."""
+        return {**{name: None for name in all_knobs()}, **self.knobs}
 
     def palu_config(self) -> PALUConfig:
-        return PALUConfig(k=self.k, target=self.target, kl=self.kl,
-                          gamma=1.0 if self.gamma is None else self.gamma, alpha=self.alpha,
-                          backend=self.backend, fused_linear=self.fused_linear,
-                          chunk_rows=self.chunk_rows)
+        return PALUConfig(k=self.k, target=self.target, kl=self.kl, backend=self.backend,
+                          fused_linear=self.fused_linear, chunk_rows=self.chunk_rows,
+                          **palu_settings(self.knobs))
 
     def trainer_kwargs(self) -> dict:
         """The trainer's keyword arguments for this method (``palu=`` and, for a method with a
-        ``config_class``, ``baseline=``)."""
-        kw = {"palu": self.palu_config()}
-        if trainer_class(self.name).config_class is not None:
-            kw["baseline"] = BaselineConfig(beta=self.beta, delta=self.delta, gamma=self.gamma,
-                                            alpha=self.alpha, idk_file=self.idk_file)
-        return kw
+        ``config_class``, ``baseline=``: :func:`palu_kernels.train.registry.trainer_kwargs`)."""
+        return trainer_kwargs(self.name, self.palu_config(), self.knobs)
 
 
 @dataclass
@@ -152,7 +170,9 @@ class UnlearningJob:
         out = {"model": self.model.path, "method": self.method.name}
         for part in (self.model, self.data, self.method, self.training, self.output):
             for f in fields(part):
-                if f.name not in ("path", "name"):
+                if f.name == "knobs":
+                    out.update(part.knob_values())
+                elif f.name not in ("path", "name"):
                     out[f.name] = getattr(part, f.name)
         out["kl"] = "none" if self.method.kl is None else self.method.kl
         return out

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import UnlearningTrainer, check_weight
+from ..base import UnlearningTrainer
+from ..knobs import MethodConfig, weight_knob
 from .sequence import check_same_shape, forget_logprobs, forget_window, reduce, sequence_logs
 
 
@@ -36,13 +37,10 @@ def ga_forget_loss(trainer, model, inputs, counts, gamma: float):
 
 
 @dataclass
-class GAConfig:
-    """``gamma``: weight of the forget loss."""
+class GAConfig(MethodConfig):
+    """GA's settings."""
 
-    gamma: float = 1.0
-
-    def __post_init__(self):
-        self.gamma = check_weight("gamma", self.gamma)
+    gamma: float = weight_knob(1.0, "forget loss")
 
 
 class GATrainer(UnlearningTrainer):

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import UnlearningTrainer, check_weight
+from ..base import UnlearningTrainer
+from ..knobs import MethodConfig, weight_knob
 from .ga import ga_forget_loss, ga_loss
 
 
@@ -21,14 +22,11 @@ def graddiff_loss(logp: torch.Tensor, n_tokens: torch.Tensor, retain_nll: torch.
 
 
 @dataclass
-class GradDiffConfig:
-    """``gamma``: weight of the forget loss; ``alpha``: of the retain NLL."""
+class GradDiffConfig(MethodConfig):
+    """GradDiff's settings."""
 
-    gamma: float = 1.0
-    alpha: float = 1.0
-
-    def __post_init__(self):
-        self.gamma, self.alpha = check_weight("gamma", self.gamma), check_weight("alpha", self.alpha)
+    gamma: float = weight_knob(1.0, "forget loss")
+    alpha: float = weight_knob(1.0, "retain NLL")
 
 
 class GradDiffTrainer(UnlearningTrainer):

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..base import UnlearningTrainer, check_weight, resolve_config
+from ..base import UnlearningTrainer, resolve_config
+from ..knobs import MethodConfig, knob, weight_knob
 from ...io.data import PALUDataset, QARecord, encode_record
 from .sequence import (check_beta, check_same_shape, forget_logprobs, forget_window, reduce,
                        sequence_logprob, sequence_logs)
@@ -145,18 +146,14 @@ class RefusalCollator:
 # ----------------------------------------------------------------------------- trainer
 
 @dataclass
-class IdkDPOConfig:
-    """``beta``: inverse temperature; ``gamma``: weight of the forget loss; ``alpha``: of the
-    retain NLL; ``idk_file``: the refusal answers (:func:`load_refusals`; None: the default)."""
+class IdkDPOConfig(MethodConfig):
+    """IdkDPO's settings (``idk_file``: read by :func:`load_refusals`)."""
 
-    beta: float = 0.1
-    gamma: float = 1.0
-    alpha: float = 1.0
-    idk_file: str | None = None
-
-    def __post_init__(self):
-        self.gamma, self.alpha = check_weight("gamma", self.gamma), check_weight("alpha", self.alpha)
-        check_beta(self.beta)
+    beta: float = knob(0.1, "inverse temperature", gt=0)
+    gamma: float = weight_knob(1.0, "forget loss")
+    alpha: float = weight_knob(1.0, "retain NLL")
+    idk_file: str | None = knob(None, "refusal answers, one per line (e.g. ../shared/data/tofu/"
+                                      "idontknow.jsonl; default: a built-in list)", file=True)
 
 
 class IdkDPOTrainer(UnlearningTrainer):
@@ -175,7 +172,7 @@ class IdkDPOTrainer(UnlearningTrainer):
     loss_function = staticmethod(idkdpo_loss)
 
     def __init__(self, *args, baseline=None, **kwargs):
-        cfg = resolve_config(IdkDPOConfig, baseline)
+        cfg = resolve_config(IdkDPOConfig, baseline, self.method)
         ds = kwargs.get("train_dataset")
         if isinstance(ds, PALUDataset):
             seed = getattr(kwargs.get("args"), "seed", 0)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..base import UnlearningTrainer, check_weight
+from ..base import UnlearningTrainer
+from ..knobs import MethodConfig, knob, weight_knob
 from .sequence import (check_beta, check_same_shape, forget_logprobs, forget_window, reduce,
                        sequence_logs)
 
@@ -30,17 +31,12 @@ def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float = 0.1,
 
 
 @dataclass
-class NPOConfig:
-    """``beta``: inverse temperature; ``gamma``: weight of the forget loss; ``alpha``: of the
-    retain NLL."""
+class NPOConfig(MethodConfig):
+    """NPO's settings."""
 
-    beta: float = 0.1
-    gamma: float = 1.0
-    alpha: float = 1.0
-
-    def __post_init__(self):
-        self.gamma, self.alpha = check_weight("gamma", self.gamma), check_weight("alpha", self.alpha)
-        check_beta(self.beta)
+    beta: float = knob(0.1, "inverse temperature", gt=0)
+    gamma: float = weight_knob(1.0, "forget loss")
+    alpha: float = weight_knob(1.0, "retain NLL")
 
 
 class NPOTrainer(UnlearningTrainer):

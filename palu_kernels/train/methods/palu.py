@@ -46,6 +46,13 @@ class PALUTrainer(UnlearningTrainer):
     uses_spans = True
     supports_fused_linear = True
 
+    @classmethod
+    def settings_class(cls) -> type:
+        """PALU's settings are :class:`~palu_kernels.train.base.PALUConfig`'s ``gamma`` and
+        ``alpha`` (given in ``palu=``, which every method also reads for the PALU terms it
+        measures)."""
+        return PALUConfig
+
     def __init__(self, *args, palu: PALUConfig | None = None, ref_model=None, **kwargs):
         super().__init__(*args, palu=palu, ref_model=ref_model, **kwargs)
         self._fused_heads: dict[int, FusedHead] = {}

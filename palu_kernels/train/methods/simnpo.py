@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..base import UnlearningTrainer, check_weight
+from ..base import UnlearningTrainer
+from ..knobs import MethodConfig, knob, weight_knob
 from .sequence import (check_beta, check_same_shape, forget_logprobs, forget_window, reduce,
                        sequence_logs)
 
@@ -30,18 +31,13 @@ def simnpo_loss(logp: torch.Tensor, n_tokens: torch.Tensor, beta: float = 4.5, d
 
 
 @dataclass
-class SimNPOConfig:
-    """``beta``: inverse temperature; ``delta``: margin; ``gamma``: weight of the forget loss;
-    ``alpha``: of the retain NLL."""
+class SimNPOConfig(MethodConfig):
+    """SimNPO's settings (the SimNPO authors' TOFU configuration)."""
 
-    beta: float = 4.5
-    delta: float = 0.0
-    gamma: float = 0.125
-    alpha: float = 1.0
-
-    def __post_init__(self):
-        self.gamma, self.alpha = check_weight("gamma", self.gamma), check_weight("alpha", self.alpha)
-        check_beta(self.beta)
+    beta: float = knob(4.5, "inverse temperature", gt=0)
+    delta: float = knob(0.0, "margin")
+    gamma: float = weight_knob(0.125, "forget loss")
+    alpha: float = weight_knob(1.0, "retain NLL")
 
 
 class SimNPOTrainer(UnlearningTrainer):

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from ...constants import IGNORE_INDEX
-from ..base import UnlearningTrainer, check_weight
+from ..base import UnlearningTrainer
+from ..knobs import MethodConfig, knob, weight_knob
 from .sequence import check_beta, forget_window, sequence_logprob, sequence_logs
 
 
@@ -108,17 +109,12 @@ def span_rows(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass
-class TPOConfig:
-    """``beta``: inverse temperature of the preference term; ``gamma``: weight of the forget
-    objective (preference term + NLL_G); ``alpha``: of the retain NLL."""
+class TPOConfig(MethodConfig):
+    """TPO's settings."""
 
-    beta: float = 0.3
-    gamma: float = 1.0
-    alpha: float = 1.0
-
-    def __post_init__(self):
-        self.gamma, self.alpha = check_weight("gamma", self.gamma), check_weight("alpha", self.alpha)
-        check_beta(self.beta)
+    beta: float = knob(0.3, "inverse temperature of the preference term", gt=0)
+    gamma: float = weight_knob(1.0, "forget objective (preference term + NLL_G)")
+    alpha: float = weight_knob(1.0, "retain NLL")
 
 
 class TPOTrainer(UnlearningTrainer):
