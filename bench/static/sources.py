@@ -96,8 +96,8 @@ def materialise(source: dict, dest: Path) -> str:
     shutil.copytree(REPO / "palu_kernels", dest / "palu_kernels",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     head = _git("rev-parse", "--short", "HEAD").strip()
-    dirty = _git("status", "--porcelain", "--", "palu_kernels/ops").strip()  # the kernels
-    return f"working tree (HEAD {head}{', palu_kernels/ops/ modified' if dirty else ''})"
+    dirty = _git("status", "--porcelain", "--", "palu_kernels/backends").strip()  # kernels
+    return f"working tree (HEAD {head}{', palu_kernels/backends/ modified' if dirty else ''})"
 
 
 def run_profiles(src: Path, jobs: dict) -> dict:

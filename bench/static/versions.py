@@ -119,8 +119,8 @@ def _triton_version() -> tuple:
 
 
 # The top-K selection the working tree's kernel runs by default under the installed triton
-# (palu_kernels.ops.topk.default_select_method): "bracket" before 3.9 (tl.histogram lowers
-# to warp ballots there), "radix" from 3.9 (shared-memory atomics).
+# (palu_kernels.backends.triton_topk.default_select_method): "bracket" before 3.9
+# (tl.histogram lowers to warp ballots there), "radix" from 3.9 (shared-memory atomics).
 SELECT_NEW = "bracket" if _triton_version() < (3, 9) else "radix"
 
 # _palu_fwd_kernel of the working tree, as the JIT specialises it for the headline case:
@@ -133,7 +133,7 @@ SELECT_NEW = "bracket" if _triton_version() < (3, 9) else "radix"
 # BRACKET), `select_radix` the radix select's histogram passes (the main path with
 # BRACKET False, the rare fallback with BRACKET True: profiled, in no pass of the table).
 _FWD_JOB_NEW = {
-    "kernel": "palu_kernels.ops.palu_loss:_palu_fwd_kernel",
+    "kernel": "palu_kernels.backends.triton_loss:_palu_fwd_kernel",
     "signature": {"z_ptr": "*bf16", "r_ptr": "*bf16", "order_ptr": "*i32", "kind_ptr": "*i32",
                   "w_ptr": "*fp32", "loss_ptr": "*fp32", "g_ptr": "*bf16", "T": "i32",
                   "V": "i32", "K": "i32", "target_value": "fp32", "stride_zb": "i32",
@@ -163,7 +163,7 @@ _FWD_JOB_NEW = {
 # _scale_rows_kernel (in place) of the working tree: one program per row; a row whose
 # grad_output is exactly 1 returns before its loop. Per-row scale (stride_s = 1).
 _BWD_JOB_NEW = {
-    "kernel": "palu_kernels.ops.palu_loss:_scale_rows_kernel",
+    "kernel": "palu_kernels.backends.triton_loss:_scale_rows_kernel",
     "signature": {"g_ptr": "*bf16", "s_ptr": "*fp32", "kind_ptr": "*i32", "V": "i32"},
     "constexprs": {"stride_s": 1, "BLOCK_V": 8192},
     "num_warps": 8,
@@ -173,9 +173,10 @@ _BWD_JOB_NEW = {
 }
 
 # Pass table of the working tree's kernels, headline case (bf16, K < V, no tie across the
-# boundary, so the rare j_last pass of ops/topk.py does not run). Rows are launched through
-# a device-built order, initiating rows first, so the rows in flight together are mostly of
-# one kind; the L2 share per row is L2 / (132 rows in flight x one 256 KB row) = 1.55 rows.
+# boundary, so the rare j_last pass of backends/triton_topk.py does not run). Rows are
+# launched through a device-built order, initiating rows first, so the rows in flight
+# together are mostly of one kind; the L2 share per row is L2 / (132 rows in flight x one
+# 256 KB row) = 1.55 rows.
 # Consecutive passes over a row alternate direction (reverse=True on the second of a pair):
 # the tiles read last are re-read first.
 #
@@ -190,7 +191,7 @@ _SCALE_NEW = Pass("scale", rereads=("grad",), l2_hit=0.0, writes=("grad",),
 
 # The initiating rows' selection passes over r, by method (SELECT_NEW picks one).
 _SELECT_PASSES = {
-    # topk_search_bracket (topk.py): a sample of 4096 entries (16 KB of r, not counted),
+    # topk_search_bracket (triton_topk.py): a sample of 4096 entries (16 KB of r, not counted),
     # then one counting pass (LOOP: select), last tile first: the first touch of r. The
     # candidates (about 3000 at K = 5000: 12 KB of scratch, in the row's gradient, written
     # and read back through L2) and the rare radix fallback (a bracket that misses, about
