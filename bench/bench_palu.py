@@ -104,7 +104,7 @@ def bench_forward_backward(benchmark, provider, inputs):
 def bench_topk(benchmark, provider, inputs):
     fns = topk_providers(DEVICE, CASE.k_eff)
     if provider not in fns:
-        pytest.skip(f"{provider} needs CUDA and palu_kernels.ops.topk")
+        pytest.skip(f"{provider} needs CUDA and palu_kernels.backends.triton_topk")
     rows = inputs[1][: max(1, CASE.n_init)]  # the initiating rows pay the selection
     fn = fns[provider]
     benchmark.group = f"topk {rows.shape[0]}x{CASE.vocab} K={CASE.k_eff} {CASE.dtype} {DEVICE}"

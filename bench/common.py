@@ -133,9 +133,9 @@ def get_provider(name: str, device, k):
         if device.type != "cuda":
             raise Unavailable("triton provider runs on CUDA only")
         try:
-            import palu_kernels.ops.palu_loss  # noqa: F401
+            import palu_kernels.backends.triton_loss  # noqa: F401
         except ImportError as e:
-            raise Unavailable(f"palu_kernels.ops.palu_loss not importable: {e}") from e
+            raise Unavailable(f"palu_kernels.backends.triton_loss not importable: {e}") from e
         from palu_kernels import palu_local_entropy_loss
 
         return lambda z, r, i, c: palu_local_entropy_loss(z, r, i, c, k=k, backend="triton")
@@ -165,12 +165,12 @@ def topk_providers(device, k: int) -> dict:
     (values and indices), ``torch.kthvalue`` (the K-th largest value only) and
     ``topk_membership`` (the torch backend: kthvalue plus the tie rule, a bool mask).
     """
-    from palu_kernels.torch_backend import topk_membership
+    from palu_kernels.backends.torch_rows import topk_membership
 
     fns = {}
     if torch.device(device).type == "cuda":
         try:
-            from palu_kernels.ops.topk import topk_threshold
+            from palu_kernels.backends.triton_topk import topk_threshold
 
             fns["topk_threshold"] = lambda r: topk_threshold(r, k)
         except ImportError:

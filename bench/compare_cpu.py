@@ -19,7 +19,7 @@ import time
 
 import torch
 
-import palu_kernels.torch_backend as tb
+import palu_kernels.backends.torch_rows as tb
 
 from .common import Case, cpu_name, environment
 from .worker import run_in_subprocess
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                     help="torch threads per provider process (default: one per core); 1 "
                          "gives times that a loaded machine disturbs less")
     ap.add_argument("--torch-chunk-elements", type=int,
-                    help="override palu_kernels.torch_backend.CHUNK_ELEMENTS (what-if)")
+                    help="override palu_kernels.backends.torch_rows.CHUNK_ELEMENTS (what-if)")
     ap.add_argument("--json", help="also write the raw records to this file")
     args = ap.parse_args(argv)
 

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(int(spec["threads"]))
     if spec.get("torch_chunk_elements"):  # a what-if knob of the torch backend
-        import palu_kernels.torch_backend as tb
+        import palu_kernels.backends.torch_rows as tb
 
         tb.CHUNK_ELEMENTS = int(spec["torch_chunk_elements"])
     for case in spec["cases"]:

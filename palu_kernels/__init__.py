@@ -21,7 +21,7 @@ __all__ = [
 def __getattr__(name):
     # Triton-backed entry points import triton lazily, so the torch backend works without it.
     if name == "topk_threshold":
-        from .ops.topk import topk_threshold
+        from .backends.triton_topk import topk_threshold
 
         return topk_threshold
     raise AttributeError(f"module 'palu_kernels' has no attribute {name!r}")

@@ -14,12 +14,14 @@ tensors (no device to wait for); on other devices they run only when enabled wit
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 from dataclasses import dataclass
 
 import torch
 
+from .backends.kernel_utils import KERNEL_DTYPES, interpreting
 from .errors import UsageError
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -207,7 +209,7 @@ def check_loss_args(
     r = ref_logits.detach()
     r = r if r.dim() == 3 else r.unsqueeze(0)
 
-    if (logits.device.type == "cpu" or _value_checks_on_device) and not compiling():
+    if value_checks(logits.device):
         both = i_mask & c_mask
         if bool(both.any()):
             row = int(both.nonzero()[0, 0])
@@ -239,6 +241,142 @@ def check_loss_args(
     )
 
 
+def value_checks(device: torch.device) -> bool:
+    """Whether checks that read tensor values run on ``device``: always on the CPU (no device
+    to wait for), elsewhere only when enabled (they cost a host sync); never while
+    ``torch.compile`` traces."""
+    return (device.type == "cpu" or _value_checks_on_device) and not compiling()
+
+
+def _check_projection(name, t, dims, optional=False):
+    if t is None and optional:
+        return None
+    check_float_tensor(name, t)
+    if t.dim() not in dims:
+        want = {(2, 3): "[B, T, H] or [N, H]", (2,): "[V, H]", (1,): "[V]"}[tuple(dims)]
+        raise ValueError(f"{name} must have shape {want}, got {shape_str(t)}")
+    return t
+
+
+def _row_name(flat: int, row_shape: tuple) -> str:
+    """``row 6 ([1, 2])``: a flat row index and, for ``[B, T]`` masks, its position."""
+    pos = f" ([{flat // row_shape[1]}, {flat % row_shape[1]}])" if len(row_shape) == 2 else ""
+    return f"row {flat}{pos}"
+
+
+def check_fused_linear_args(
+    hidden, weight, ref_hidden, ref_weight, initiating_mask, common_mask, *, bias, ref_bias,
+    chunk_rows, k, target, kl, gamma, alpha, reduction, weights=None,
+):
+    """Validate the arguments of :func:`palu_kernels.palu_fused_linear_loss`, once for the
+    whole call (its chunks go to the backend unchecked).
+
+    Shapes, dtypes and devices of the hidden states and projections are checked here; masks,
+    ``weights`` and the loss options go through :func:`check_loss_args` on a ``[..., 1]``
+    stand-in for the logits (same leading shape, no memory), so the messages and rules are
+    those of :func:`palu_kernels.palu_local_entropy_loss`. Value checks (as
+    :func:`check_loss_args`'s: on CPU tensors, or when enabled): no NaN in the rows of
+    ``ref_hidden`` that carry loss, nor in ``ref_weight`` / ``ref_bias`` when a row carries
+    loss (each would make reference logits NaN). Returns ``(PALUArgs, chunk_rows)``; the
+    ``PALUArgs`` carries the flat masks, weights and options (its ``k`` clipped to the real
+    vocabulary, its logits the stand-ins); ``chunk_rows`` is an int >= 1 or None.
+    """
+    _check_projection("hidden", hidden, (2, 3))
+    _check_projection("ref_hidden", ref_hidden, (2, 3))
+    _check_projection("weight", weight, (2,))
+    _check_projection("ref_weight", ref_weight, (2,))
+    _check_projection("bias", bias, (1,), optional=True)
+    _check_projection("ref_bias", ref_bias, (1,), optional=True)
+    dtype, device = hidden.dtype, hidden.device
+    named = [("weight", weight), ("ref_hidden", ref_hidden), ("ref_weight", ref_weight),
+             ("bias", bias), ("ref_bias", ref_bias)]
+    for name, t in named:
+        if t is None:
+            continue
+        if t.dtype != dtype:
+            raise TypeError(
+                f"{name} must have the dtype of hidden {dtype}, got {t.dtype} (under autocast, "
+                "cast hidden and the projections to one dtype before the call)"
+            )
+        if t.device != device:
+            raise ValueError(f"{name} must be on {device} like hidden, got {t.device}")
+    if ref_hidden.shape[:-1] != hidden.shape[:-1]:
+        raise ValueError(
+            f"ref_hidden must have the leading shape of hidden {list(hidden.shape[:-1])}, "
+            f"got {list(ref_hidden.shape[:-1])}"
+        )
+    if hidden.shape[-1] < 1 or ref_hidden.shape[-1] < 1:
+        raise ValueError(f"hidden and ref_hidden must have a hidden size of at least 1, got "
+                         f"{hidden.shape[-1]} and {ref_hidden.shape[-1]}")
+    for name, w, h, hname in (("weight", weight, hidden, "hidden"),
+                              ("ref_weight", ref_weight, ref_hidden, "ref_hidden")):
+        if w.shape[1] != h.shape[-1]:
+            raise ValueError(
+                f"{name} must have shape [V, {h.shape[-1]}] (the hidden size of {hname}), "
+                f"got {list(w.shape)}"
+            )
+    vocab = weight.shape[0]
+    if vocab < 1:
+        raise ValueError(f"weight must have a vocabulary dimension of at least 1, got {vocab}")
+    if ref_weight.shape[0] != vocab:
+        raise ValueError(
+            f"ref_weight must have the vocabulary size of weight ({vocab} rows), "
+            f"got {ref_weight.shape[0]}"
+        )
+    for name, b in (("bias", bias), ("ref_bias", ref_bias)):
+        if b is not None and b.shape[0] != vocab:
+            raise ValueError(f"{name} must have shape [{vocab}] (the vocabulary), "
+                             f"got {shape_str(b)}")
+    chunk_rows, k = as_int(chunk_rows), as_int(k)
+    if chunk_rows is not None:
+        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int):
+            raise TypeError(f"chunk_rows must be a positive int or None, got "
+                            f"{type(chunk_rows).__name__} {chunk_rows!r}")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1 (or None to choose from V), got "
+                             f"{chunk_rows}")
+
+    stand_in = torch.zeros((), dtype=dtype, device=device).expand(*hidden.shape[:-1], 1)
+    args = check_loss_args(
+        stand_in, stand_in, initiating_mask, common_mask, k=k, target=target, kl=kl,
+        gamma=gamma, alpha=alpha, reduction=reduction, weights=weights,
+    )
+    if value_checks(device):
+        loss_rows = args.initiating | args.common
+        bad = loss_rows & torch.isnan(ref_hidden.detach().reshape(-1, ref_hidden.shape[-1])).any(1)
+        if bool(bad.any()):
+            first = _row_name(int(bad.nonzero()[0, 0]), args.row_shape)
+            raise ValueError(f"ref_hidden must not hold NaN in rows that carry loss, got NaN "
+                             f"in {int(bad.sum())} such row(s) (first: {first} of ref_hidden)")
+        if bool(loss_rows.any()):
+            nan_rows = torch.isnan(ref_weight.detach()).any(dim=1)
+            if bool(nan_rows.any()):
+                raise ValueError(f"ref_weight must not hold NaN, got NaN in "
+                                 f"{int(nan_rows.sum())} vocabulary row(s): the reference "
+                                 "logits of every row that carries loss would be NaN")
+            if ref_bias is not None and bool(torch.isnan(ref_bias.detach()).any()):
+                raise ValueError(f"ref_bias must not hold NaN, got NaN in "
+                                 f"{int(torch.isnan(ref_bias.detach()).sum())} entry(ies): the "
+                                 "reference logits of every row that carries loss would be NaN")
+    k_eff = vocab if k is None else min(k, vocab)
+    return dataclasses.replace(args, k=k_eff), chunk_rows
+
+
+def check_projected_ref_rows(r: torch.Tensor, idx: torch.Tensor, row_shape: tuple) -> None:
+    """The reference logits ``r`` ``[R, V]`` that :func:`palu_kernels.palu_fused_linear_loss`
+    projected for its loss rows ``idx`` (flat) hold no NaN (a value check, as
+    :func:`check_loss_args`'s). With finite inputs (checked once up front) a NaN there is an
+    overflow of the projection: ``inf - inf``."""
+    if not value_checks(r.device):
+        return
+    bad = torch.isnan(r).any(dim=1)
+    if bool(bad.any()):
+        row = _row_name(int(idx[int(bad.nonzero()[0, 0])]), row_shape)
+        raise ValueError(f"ref_hidden @ ref_weight.T must not hold NaN in rows that carry "
+                         f"loss, got NaN (inf - inf: an overflow) in {row} of ref_hidden "
+                         f"({int(bad.sum())} such row(s) in its chunk)")
+
+
 def refuse_double_backward() -> None:
     """The loss is differentiable once (its backward hands over a gradient written in the
     forward, a constant): a backward run with ``create_graph=True`` (grad mode on) would give
@@ -258,8 +396,10 @@ def compiling() -> bool:
         return False
 
 
-def check_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
-    """Resolve ``backend`` and check it can run on ``device``.
+def check_backend(backend: str, device: torch.device, dtype: torch.dtype | None = None,
+                  name: str = "logits") -> str:
+    """Resolve ``backend`` and check it can run on ``device`` with ``dtype`` (of the tensor
+    ``name``).
 
     ``"auto"`` picks triton for CUDA tensors of a kernel dtype (fp32/bf16/fp16) and torch
     otherwise (CPU tensors, fp64).
@@ -268,10 +408,54 @@ def check_backend(backend: str, device: torch.device, dtype: torch.dtype | None 
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         return "triton" if device.type == "cuda" and dtype != torch.float64 else "torch"
-    if backend == "triton" and device.type != "cuda":
-        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+    if backend == "triton":
+        if device.type != "cuda" and not interpreting():
             raise ValueError(
                 f"backend='triton' needs CUDA tensors (got tensors on {device}); on the CPU "
                 "set TRITON_INTERPRET=1 before importing triton, or use backend='torch'"
             )
+        if dtype is not None and dtype not in KERNEL_DTYPES:
+            raise TypeError(
+                f"backend='triton' supports float32, bfloat16 and float16 {name}, got {dtype}; "
+                "use backend='torch' for float64"
+            )
     return backend
+
+
+def check_kernel_device(name: str, t: torch.Tensor) -> None:
+    """The Triton kernels need CUDA tensors, or the interpreter (TRITON_INTERPRET=1) on CPU."""
+    if t.device.type != "cuda" and not interpreting():
+        raise ValueError(
+            f"{name} must be a CUDA tensor for the Triton kernels, got one on {t.device}; on "
+            "the CPU set TRITON_INTERPRET=1 before importing triton (or use the torch backend)"
+        )
+
+
+def check_topk_args(ref_logits, k, block, method) -> int:
+    """Validate the arguments of :func:`palu_kernels.topk_threshold`; returns ``k`` as the
+    set's size, ``1 <= k <= V``."""
+    if not isinstance(ref_logits, torch.Tensor):
+        raise TypeError(f"ref_logits must be a torch.Tensor, got {type(ref_logits).__name__}")
+    if ref_logits.dtype not in KERNEL_DTYPES:
+        raise TypeError(
+            "ref_logits must be float32, bfloat16 or float16 for the Triton top-K selection, "
+            f"got {ref_logits.dtype} (for float64 use reference.topk_set_reference)"
+        )
+    if ref_logits.dim() < 1 or ref_logits.shape[-1] < 1:
+        raise ValueError(
+            f"ref_logits must have shape [..., V] with V >= 1, got {list(ref_logits.shape)}"
+        )
+    v = ref_logits.shape[-1]
+    if k is None:
+        k = v
+    elif isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int or None, got {type(k).__name__} {k!r}")
+    elif k < 1:
+        raise ValueError(f"k must be >= 1 (or None for the whole row), got {k}")
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int)
+                              or block < 1 or block & (block - 1)):
+        raise ValueError(f"block must be a power of two, got {block!r}")
+    if method not in ("radix", "bracket"):
+        raise ValueError(f"method must be 'radix' or 'bracket', got {method!r}")
+    check_kernel_device("ref_logits", ref_logits)
+    return min(k, v)

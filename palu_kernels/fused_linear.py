@@ -14,14 +14,16 @@ How it works (forward, reductions ``"mean"`` and ``"sum"``):
   them are never projected. On the CPU this is free; on a GPU it is this function's own
   single host synchronisation (the row count sizes the loop). The ``"triton"`` backend adds
   none; the ``"torch"`` backend on a GPU lists each chunk's rows with its own ``nonzero``;
+* the arguments are validated once, up front (``_validation.check_fused_linear_args``);
 * rows go through in chunks of ``chunk_rows``. Per chunk: both models' logits by one matmul
-  each (the reference side without autograd), the loss and ``dloss/dlogits`` of the chunk by
-  :func:`palu_kernels.palu_local_entropy_loss` with ``reduction="none"`` (so the ``"torch"``
-  and ``"triton"`` backends plug in unchanged and no loss arithmetic is repeated here), then
+  each, then the backend's ``rows`` (:mod:`palu_kernels.backends`, ``"torch"`` or
+  ``"triton"`` unchanged, no loss arithmetic repeated here, no autograd) gives the chunk's
+  weighted per-row values and ``dloss/dlogits``, already weighted, then
   ``grad_hidden[rows] = dlogits @ weight``, ``grad_weight += dlogits^T @ hidden`` and
   ``grad_bias += dlogits.sum(0)``, the last two accumulated in fp32 (fp64 for fp64 inputs);
-* ``"mean"`` weighs each row with ``1 / max(1, |I|)`` or ``1 / max(1, |C|)`` from the global
-  counts (device tensors, no synchronisation);
+* each row's weight goes to the backend as its row weight: ``"mean"``'s ``1 / max(1, |I|)``
+  or ``1 / max(1, |C|)`` from the global counts (device tensors, no synchronisation), times
+  the caller's ``weights`` (as in :func:`palu_kernels.palu_local_entropy_loss`);
 * backward scales the stored gradients by the scalar ``grad_output`` (out of place, so a
   ``retain_graph`` backward can run again; on the CPU a ``grad_output`` of exactly 1 returns
   them as they are, saving a weight-sized copy; on a GPU that test would cost a sync).
@@ -30,18 +32,19 @@ With ``reduction="none"`` the output is one value per row and ``grad_output`` on
 row. The weight gradient ``sum_t g_t dlogits_t^T h_t`` cannot be rebuilt from an unweighted
 sum, so in that case the forward computes values only and the backward recomputes the chunks
 (logits and dlogits) with the per-row weights ``g_t``: 6 matmuls per chunk instead of 4, no
-extra memory. A caller that wants two separately weighted sums (say the local and the KL
-term) gets them cheaper from two ``"sum"`` calls on disjoint masks, each projecting only its
-own rows.
+extra memory. A caller with its own per-row weighting gets it cheaper from ``weights=`` and
+``reduction="sum"``: the gradients are then complete after the forward (4 matmuls per chunk).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from ._validation import as_int, check_backend, check_float_tensor, check_loss_args, shape_str
-from .loss import palu_local_entropy_loss
+from ._validation import check_backend, check_fused_linear_args, check_projected_ref_rows
+from .backends import row_backend
 from .masks import mean_row_weights
 
 # Working-memory budget of one chunk, in bytes, by device type. A chunk holds about
@@ -67,93 +70,6 @@ def default_chunk_rows(vocab: int, hidden_size: int, ref_hidden_size: int | None
     per_row = 4 * (CHUNK_TENSORS * vocab + 2 * (hidden_size + ref_hidden_size))
     rows = max(1, CHUNK_BYTES.get(device_type, CHUNK_BYTES_DEFAULT) // per_row)
     return rows - rows % 16 if rows >= 16 else rows  # whole tiles for the matmuls
-
-
-def _check_tensor(name, t, dims, optional=False):
-    if t is None and optional:
-        return None
-    check_float_tensor(name, t)
-    if t.dim() not in dims:
-        want = {(2, 3): "[B, T, H] or [N, H]", (2,): "[V, H]", (1,): "[V]"}[tuple(dims)]
-        raise ValueError(f"{name} must have shape {want}, got {shape_str(t)}")
-    return t
-
-
-def check_fused_linear_args(
-    hidden, weight, ref_hidden, ref_weight, initiating_mask, common_mask, *, bias, ref_bias,
-    chunk_rows, k, target, kl, gamma, alpha, reduction,
-):
-    """Validate the arguments of :func:`palu_fused_linear_loss`.
-
-    Shapes, dtypes and devices of the hidden states and projections are checked here; masks
-    and loss options go through :func:`palu_kernels._validation.check_loss_args` on a
-    ``[..., 1]`` stand-in for the logits (same leading shape, no memory), so the messages and
-    rules are those of :func:`palu_kernels.palu_local_entropy_loss`. Returns
-    ``(PALUArgs, chunk_rows)``; the ``PALUArgs`` carries the flat masks and options (its
-    ``k`` is clipped to the real vocabulary here, its logits are the stand-ins).
-    """
-    _check_tensor("hidden", hidden, (2, 3))
-    _check_tensor("ref_hidden", ref_hidden, (2, 3))
-    _check_tensor("weight", weight, (2,))
-    _check_tensor("ref_weight", ref_weight, (2,))
-    _check_tensor("bias", bias, (1,), optional=True)
-    _check_tensor("ref_bias", ref_bias, (1,), optional=True)
-    dtype, device = hidden.dtype, hidden.device
-    named = [("weight", weight), ("ref_hidden", ref_hidden), ("ref_weight", ref_weight),
-             ("bias", bias), ("ref_bias", ref_bias)]
-    for name, t in named:
-        if t is None:
-            continue
-        if t.dtype != dtype:
-            raise TypeError(
-                f"{name} must have the dtype of hidden {dtype}, got {t.dtype} (under autocast, "
-                "cast hidden and the projections to one dtype before the call)"
-            )
-        if t.device != device:
-            raise ValueError(f"{name} must be on {device} like hidden, got {t.device}")
-    if ref_hidden.shape[:-1] != hidden.shape[:-1]:
-        raise ValueError(
-            f"ref_hidden must have the leading shape of hidden {list(hidden.shape[:-1])}, "
-            f"got {list(ref_hidden.shape[:-1])}"
-        )
-    if hidden.shape[-1] < 1 or ref_hidden.shape[-1] < 1:
-        raise ValueError(f"hidden and ref_hidden must have a hidden size of at least 1, got "
-                         f"{hidden.shape[-1]} and {ref_hidden.shape[-1]}")
-    for name, w, h, hname in (("weight", weight, hidden, "hidden"),
-                              ("ref_weight", ref_weight, ref_hidden, "ref_hidden")):
-        if w.shape[1] != h.shape[-1]:
-            raise ValueError(
-                f"{name} must have shape [V, {h.shape[-1]}] (the hidden size of {hname}), "
-                f"got {list(w.shape)}"
-            )
-    vocab = weight.shape[0]
-    if vocab < 1:
-        raise ValueError(f"weight must have a vocabulary dimension of at least 1, got {vocab}")
-    if ref_weight.shape[0] != vocab:
-        raise ValueError(
-            f"ref_weight must have the vocabulary size of weight ({vocab} rows), "
-            f"got {ref_weight.shape[0]}"
-        )
-    for name, b in (("bias", bias), ("ref_bias", ref_bias)):
-        if b is not None and b.shape[0] != vocab:
-            raise ValueError(f"{name} must have shape [{vocab}] (the vocabulary), "
-                             f"got {shape_str(b)}")
-    chunk_rows, k = as_int(chunk_rows), as_int(k)
-    if chunk_rows is None:
-        chunk_rows = default_chunk_rows(vocab, hidden.shape[-1], ref_hidden.shape[-1],
-                                        device.type)
-    elif isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int):
-        raise TypeError(f"chunk_rows must be a positive int or None, got {type(chunk_rows).__name__} {chunk_rows!r}")
-    elif chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1 (or None to choose from V), got {chunk_rows}")
-
-    stand_in = torch.zeros((), dtype=dtype, device=device).expand(*hidden.shape[:-1], 1)
-    args = check_loss_args(
-        stand_in, stand_in, initiating_mask, common_mask, k=k, target=target, kl=kl,
-        gamma=gamma, alpha=alpha, reduction=reduction,
-    )
-    k_eff = vocab if k is None else min(k, vocab)
-    return args.__class__(**{**args.__dict__, "k": k_eff}), chunk_rows
 
 
 def _acc_dtype(dtype):
@@ -183,88 +99,61 @@ class _Sweep:
         self.h = hidden.reshape(-1, hidden.shape[-1])
         self.rh = ref_hidden.reshape(-1, ref_hidden.shape[-1])
         self.w, self.b, self.rw, self.rb = weight, bias, ref_weight, ref_bias
-        self.a, self.chunk_rows, self.backend = a, chunk_rows, backend
+        self.a, self.chunk_rows, self.backend = a, chunk_rows, row_backend(backend)
         # One host sync on a GPU (the count of loss rows sizes the loop); none on the CPU.
         if rows is None:
             rows = (a.initiating | a.common).nonzero().squeeze(1)
         self.rows = rows
 
-    def _chunk_loss(self, idx, z):
+    def _chunks(self):
+        for start in range(0, self.rows.numel(), self.chunk_rows):
+            yield self.rows[start:start + self.chunk_rows]
+
+    def _chunk(self, idx, h_c, row_weight, need_grad):
+        """The backend's rows on chunk ``idx`` (flat rows, hidden rows ``h_c``): per-row values
+        ``[R]`` weighted by ``row_weight[idx]`` (None: 1) and gamma / alpha, and with
+        ``need_grad`` the gradient of their sum with respect to the chunk's logits,
+        ``[R, V]`` in the hidden states' dtype."""
         a = self.a
         with torch.no_grad():
+            z = F.linear(h_c, self.w, self.b)
             r = F.linear(self.rh.index_select(0, idx), self.rw, self.rb)
-        try:
-            return palu_local_entropy_loss(
-                z, r, a.initiating.index_select(0, idx),
-                a.common.index_select(0, idx) if a.kl is not None else None,
-                k=a.k, target=a.target_value if a.target == "const" else a.target, kl=a.kl,
-                gamma=a.gamma, alpha=a.alpha, reduction="none", backend=self.backend,
-            )
-        except ValueError as e:
-            raise self._user_error(e, idx, r) from None
+        check_projected_ref_rows(r, idx, a.row_shape)
+        chunk = dataclasses.replace(
+            a, logits=z.unsqueeze(0), ref_logits=r.unsqueeze(0),
+            initiating=a.initiating.index_select(0, idx),
+            common=a.common.index_select(0, idx), reduction="none", row_shape=(idx.numel(),),
+            weights=None if row_weight is None else row_weight.index_select(0, idx))
+        values, dz, _ = self.backend.rows(chunk, need_grad)
+        return values, dz
 
-    def _user_error(self, e: ValueError, idx, r) -> ValueError:
-        """The loss's message about a chunk's ``ref_logits`` row, in the caller's terms: the
-        argument that holds the NaN and the row of ``ref_hidden`` (flat and ``[b, t]``)."""
-        if "ref_logits" not in str(e):
-            return e
-        bad = torch.isnan(r).any(dim=1).nonzero()
-        if bad.numel() == 0:
-            return e
-        flat = int(idx[int(bad[0, 0])])
-        lead = self.a.row_shape
-        pos = (f" ([{flat // lead[1]}, {flat % lead[1]}])" if len(lead) == 2 else "")
-        n = int(bad.numel())
-        row = f"row {flat}{pos} of ref_hidden ({n} such row(s) in its chunk)"
-        if bool(torch.isnan(self.rh[flat]).any()):
-            return ValueError(f"ref_hidden must not hold NaN in rows that carry loss, got NaN "
-                              f"in {row}")
-        if bool(torch.isnan(self.rw).any()):
-            k = int(torch.isnan(self.rw).any(dim=1).sum())
-            return ValueError(f"ref_weight must not hold NaN, got NaN in {k} vocabulary "
-                              f"row(s): the reference logits of {row} are NaN")
-        if self.rb is not None and bool(torch.isnan(self.rb).any()):
-            return ValueError(f"ref_bias must not hold NaN: the reference logits of {row} "
-                              "are NaN")
-        return ValueError(f"ref_hidden @ ref_weight.T must not hold NaN in rows that carry "
-                          f"loss, got NaN (inf - inf: an overflow) in {row}")
-
-    def values(self):
-        """Per-row loss values ``[N]`` (0 outside I and C), no gradient work."""
+    def values(self, row_weight):
+        """Per-row loss values ``[N]`` weighted by ``row_weight`` (0 outside I and C), no
+        gradient work."""
         acc = _acc_dtype(self.h.dtype)
         out = torch.zeros(self.h.shape[0], dtype=acc, device=self.h.device)
-        with torch.no_grad():
-            for start in range(0, self.rows.numel(), self.chunk_rows):
-                idx = self.rows[start:start + self.chunk_rows]
-                z = F.linear(self.h.index_select(0, idx), self.w, self.b)
-                out.index_copy_(0, idx, self._chunk_loss(idx, z).to(acc))
+        for idx in self._chunks():
+            vals, _ = self._chunk(idx, self.h.index_select(0, idx), row_weight, False)
+            out.index_copy_(0, idx, vals.to(acc))
         return out
 
     def grads(self, row_weight, need_h, need_w, need_b, want_values=False):
-        """Gradients of ``sum_t row_weight[t] * loss_t`` (and the per-row values if asked).
+        """Gradients of ``sum_t row_weight[t] * loss_t`` (and those weighted values if asked).
 
         ``row_weight`` is ``[N]`` (acc dtype). Returns ``(values, g_hidden, g_weight,
         g_bias)`` with ``g_weight`` / ``g_bias`` in the accumulation dtype.
         """
-        h, w, b = self.h, self.w, self.b
+        h, w = self.h, self.w
         acc = _acc_dtype(h.dtype)
         values = torch.zeros(h.shape[0], dtype=acc, device=h.device) if want_values else None
         g_h = torch.zeros_like(h, memory_format=torch.contiguous_format) if need_h else None
         g_w = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
         g_b = torch.zeros(w.shape[0], dtype=acc, device=w.device) if need_b else None
-        for start in range(0, self.rows.numel(), self.chunk_rows):
-            idx = self.rows[start:start + self.chunk_rows]
+        for idx in self._chunks():
             h_c = h.index_select(0, idx)
-            with torch.no_grad():
-                z = F.linear(h_c, w, b)
-            z.requires_grad_(True)
-            with torch.enable_grad():
-                loss = self._chunk_loss(idx, z)
-                (dz,) = torch.autograd.grad(
-                    loss, z, grad_outputs=row_weight.index_select(0, idx).to(loss.dtype))
+            vals, dz = self._chunk(idx, h_c, row_weight, True)
             if values is not None:
-                values.index_copy_(0, idx, loss.detach().to(acc))
-            del z, loss
+                values.index_copy_(0, idx, vals.to(acc))
             if g_h is not None:
                 g_h.index_copy_(0, idx, (dz @ w).to(g_h.dtype))
             if g_w is not None:
@@ -276,10 +165,13 @@ class _Sweep:
 
 
 def _row_weight(a, acc):
-    """Weight of each row's value in a "mean" or "sum" loss (global |I|, |C|; no sync)."""
-    if a.reduction == "sum":
-        return torch.ones(a.initiating.shape, dtype=acc, device=a.initiating.device)
-    return mean_row_weights(a.initiating, a.common, dtype=acc)
+    """Weight of each row's value: ``"mean"``'s 1 / max(1, |I|) and 1 / max(1, |C|) (global
+    counts; no sync) or 1 (``"sum"``, ``"none"``), times the caller's ``weights``; None when
+    every weight is 1."""
+    w = mean_row_weights(a.initiating, a.common, dtype=acc) if a.reduction == "mean" else None
+    if a.weights is not None:
+        w = a.weights.to(acc) if w is None else w * a.weights.to(acc)
+    return w
 
 
 class _FusedLinearPALU(torch.autograd.Function):
@@ -290,22 +182,24 @@ class _FusedLinearPALU(torch.autograd.Function):
         sweep = _Sweep(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, a, chunk_rows,
                        backend)
         ctx.reduction, ctx.hidden_shape = a.reduction, hidden.shape
+        acc = _acc_dtype(hidden.dtype)
+        row_weight = _row_weight(a, acc)
         if a.reduction == "none":
             # Per-row grad_output: recompute in backward (see the module docstring).
             ctx.a, ctx.chunk_rows, ctx.backend = a, chunk_rows, backend
             ctx.save_for_backward(hidden, weight, bias, ref_hidden, ref_weight, ref_bias,
                                   sweep.rows)
-            return sweep.values().reshape(a.row_shape)
-        acc = _acc_dtype(hidden.dtype)
-        row_weight = _row_weight(a, acc)
+            return sweep.values(row_weight).reshape(a.row_shape)
+        if row_weight is None:  # "sum" without weights: every row weighs 1
+            row_weight = torch.ones(a.initiating.shape, dtype=acc, device=hidden.device)
         if not (need_h or need_w or need_b):
-            return (sweep.values() * row_weight).sum()
+            return sweep.values(row_weight).sum()
         values, g_h, g_w, g_b = sweep.grads(row_weight, need_h, need_w, need_b,
                                             want_values=True)
         ctx.save_for_backward(
             g_h, None if g_w is None else g_w.to(weight.dtype),
             None if g_b is None else g_b.to(bias.dtype))
-        return (values * row_weight).sum()
+        return values.sum()
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -315,8 +209,10 @@ class _FusedLinearPALU(torch.autograd.Function):
             sweep = _Sweep(hidden, weight, bias, ref_hidden, ref_weight, ref_bias, ctx.a,
                            ctx.chunk_rows, ctx.backend, rows=rows)
             acc = _acc_dtype(hidden.dtype)
-            _, g_h, g_w, g_b = sweep.grads(grad_output.reshape(-1).to(acc),
-                                           *ctx.needs_input_grad[:3])
+            row_weight = grad_output.reshape(-1).to(acc)
+            if ctx.a.weights is not None:  # the caller's weights, on top of grad_output
+                row_weight = row_weight * ctx.a.weights.to(acc)
+            _, g_h, g_w, g_b = sweep.grads(row_weight, *ctx.needs_input_grad[:3])
             g_w = None if g_w is None else g_w.to(weight.dtype)
             g_b = None if g_b is None else g_b.to(bias.dtype)
         elif grad_output.device.type == "cpu" and bool(grad_output == 1):
@@ -345,6 +241,7 @@ def palu_fused_linear_loss(
     gamma: float = 1.0,
     alpha: float = 1.0,
     reduction: str = "mean",
+    weights: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """The PALU forget loss from last hidden states and the output projection, fused.
@@ -367,8 +264,10 @@ def palu_fused_linear_loss(
         chunk_rows: rows projected at once; None picks it from V and the hidden sizes so a
             chunk's working memory stays near ``CHUNK_BYTES`` (64 MiB on the CPU, 1 GiB on
             a GPU; see :func:`default_chunk_rows`).
-        k, target, kl, gamma, alpha, reduction, backend: as in
-            :func:`palu_kernels.palu_local_entropy_loss`.
+        k, target, kl, gamma, alpha, reduction, weights, backend: as in
+            :func:`palu_kernels.palu_local_entropy_loss` (``weights``: optional finite
+            per-row factors shaped like the masks, applied to each row's term before the
+            reduction).
 
     All tensors share one dtype (fp32, bf16, fp16; fp64 on the torch backend) and device.
 
@@ -392,9 +291,12 @@ def palu_fused_linear_loss(
     args, chunk_rows = check_fused_linear_args(
         hidden, weight, ref_hidden, ref_weight, initiating_mask, common_mask, bias=bias,
         ref_bias=ref_bias, chunk_rows=chunk_rows, k=k, target=target, kl=kl, gamma=gamma,
-        alpha=alpha, reduction=reduction,
+        alpha=alpha, reduction=reduction, weights=weights,
     )
-    backend = check_backend(backend, hidden.device, hidden.dtype)
+    backend = check_backend(backend, hidden.device, hidden.dtype, name="hidden")
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(weight.shape[0], hidden.shape[-1], ref_hidden.shape[-1],
+                                        hidden.device.type)
     return _FusedLinearPALU.apply(
         hidden, weight, bias, ref_hidden.detach(), ref_weight.detach(),
         None if ref_bias is None else ref_bias.detach(), args, chunk_rows, backend,

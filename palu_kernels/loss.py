@@ -1,11 +1,13 @@
-"""Public PALU loss: the functional call and its module wrapper."""
+"""Public PALU loss: the functional call and its module wrapper (the dispatcher: every check
+in ``_validation``, then one backend of ``backends/``)."""
 
 from __future__ import annotations
 
 import torch
 
-from ._validation import compiling, check_backend, check_loss_args
-from .torch_backend import palu_loss_torch
+from ._validation import check_backend, check_loss_args, compiling
+from .backends import row_backend
+from .backends.function import PALUFunction
 
 
 def palu_local_entropy_loss(
@@ -58,14 +60,10 @@ def palu_local_entropy_loss(
     )
     backend = check_backend(backend, logits.device, logits.dtype)
     if compiling():  # traced by torch.compile: one opaque custom op, no graph break
-        from ._op import palu_loss_compiled
+        from .backends.compile_op import palu_loss_compiled
 
         return palu_loss_compiled(logits, args, backend)
-    if backend == "triton":
-        from .ops.palu_loss import palu_loss_triton
-
-        return palu_loss_triton(logits, args)
-    return palu_loss_torch(logits, args)
+    return PALUFunction.apply(logits, args, row_backend(backend))
 
 
 class PALULoss(torch.nn.Module):

@@ -1,6 +1,6 @@
 """palu_fused_linear_loss: same loss and gradients as the unfused path, without the logits."""
 
-import importlib.util
+import os
 
 import pytest
 import torch
@@ -8,11 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from palu_kernels.fused_linear import (
-    check_fused_linear_args,
-    default_chunk_rows,
-    palu_fused_linear_loss,
-)
+import palu_kernels.fused_linear as fl
+from palu_kernels.fused_linear import default_chunk_rows, palu_fused_linear_loss
 from palu_kernels.loss import palu_local_entropy_loss
 
 TARGETS = ["mean", "mean_detached", "topk_mean", 0.5]
@@ -242,16 +239,26 @@ def test_loss_without_grad_matches():
             got, palu_local_entropy_loss(z, r, i_mask, c_mask, reduction=reduction))
 
 
-def test_default_chunk_rows():
+def test_default_chunk_rows(monkeypatch):
     assert default_chunk_rows(32000, 512) == 64
     assert default_chunk_rows(128256, 4096, device_type="cuda") == 256
     assert default_chunk_rows(10 ** 9, 8) == 1
-    case = make_case(seed=12)
-    _, rows = check_fused_linear_args(*case[:2], case[3], case[4], case[6], case[7],
-                                      bias=case[2], ref_bias=case[5], chunk_rows=None, k=5,
-                                      target="mean", kl="reverse", gamma=1.0, alpha=1.0,
-                                      reduction="mean")
-    assert rows == default_chunk_rows(23, 6)
+    # chunk_rows=None takes default_chunk_rows of the call's V and hidden sizes: with a budget
+    # of 3 rows (V 23, H 6), no temporary exceeds 3 rows of logits, and a 4th row would
+    monkeypatch.setitem(fl.CHUNK_BYTES, "cpu", 3 * 4 * (fl.CHUNK_TENSORS * 23 + 2 * (6 + 6)))
+    assert default_chunk_rows(23, 6) == 3
+    rows, v, h = 40, 23, 6
+    case = make_case(lead=(rows,), h=h, v=v, seed=12, p_i=0.4, p_c=0.6)
+    hid, w, b = (t.detach().requires_grad_() for t in case[:3])
+    largest = {}
+    for chunk in (None, 4):
+        mode = _MaxOutput(skip={(v, h), (h, v), (rows, h)})
+        with mode:
+            loss = palu_fused_linear_loss(hid, w, case[3], case[4], case[6], case[7], bias=b,
+                                          ref_bias=case[5], chunk_rows=chunk)
+            loss.backward()
+        largest[chunk] = mode.largest
+    assert largest[None] == 3 * v and largest[4] == 4 * v
 
 
 def _call(**over):
@@ -306,13 +313,9 @@ def test_overlapping_masks_and_nan_reference_rows_rejected():
         _call(ref_hidden=rh)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("palu_kernels.ops.palu_loss") is None,
-                    reason="palu_kernels.ops.palu_loss (the Triton backend) is not there yet")
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_triton_backend_matches_torch_backend(reduction):
     if not torch.cuda.is_available():
-        import os
-
         if os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("no CUDA and TRITON_INTERPRET is not 1")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -322,3 +325,63 @@ def test_triton_backend_matches_torch_backend(reduction):
     kw = dict(k=6, reduction=reduction, chunk_rows=5)
     assert_same(run(True, case, grad_out=go, backend="triton", **kw),
                 run(True, case, grad_out=go, backend="torch", **kw), rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- weights=
+
+def _weights(lead, seed, device="cpu"):
+    """Per-row weights in [-1, 2): signs, zeros-ish and values above 1 all occur."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(*lead, generator=g) * 3 - 1).to(device)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_weights_equal_the_unfused_loss_with_the_same_weights_fp32(backend, reduction):
+    """fused_linear(weights=w) is palu_local_entropy_loss(weights=w) on the projected logits:
+    value and the gradients of hidden, weight and bias, fp32, with a per-row grad_output for
+    "none"; and different from the unweighted loss (the weights are used)."""
+    if backend == "triton" and not torch.cuda.is_available() \
+            and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no CUDA and TRITON_INTERPRET is not 1")
+    dev = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    case = tuple(None if t is None else t.to(dev) for t in
+                 make_case(lead=(2, 9), h=8, v=40, dtype=torch.float32, seed=21))
+    w = _weights((2, 9), seed=22, device=dev)
+    go = torch.rand(2, 9, device=dev) + 0.5 if reduction == "none" else None
+    kw = dict(k=6, reduction=reduction, backend=backend, gamma=1.3, alpha=0.6)
+    fused = run(True, case, grad_out=go, chunk_rows=4, weights=w, **kw)
+    unfused = run(False, case, grad_out=go, weights=w, **kw)
+    assert_same(fused, unfused, rtol=1e-4, atol=1e-5)
+    plain = run(True, case, grad_out=go, chunk_rows=4, **kw)
+    assert not torch.allclose(fused[0], plain[0])
+
+
+def test_weights_fp64_every_option_and_without_grad():
+    case = make_case(seed=23)
+    w = _weights((3, 7), seed=24).double()
+    for reduction in REDUCTIONS:
+        for target, kl in (("mean", "reverse"), ("topk_mean", "forward"), (0.5, None)):
+            kw = dict(k=5, target=target, kl=kl, reduction=reduction, weights=w)
+            go = _weights((3, 7), seed=25).double() if reduction == "none" else None
+            assert_same(run(True, case, grad_out=go, chunk_rows=2, **kw),
+                        run(False, case, grad_out=go, **kw))
+            hid, wt, b, rh, rw, rb, i_mask, c_mask = case
+            got = palu_fused_linear_loss(hid, wt, rh, rw, i_mask, c_mask, bias=b, ref_bias=rb,
+                                         chunk_rows=3, **kw)
+            torch.testing.assert_close(got, palu_local_entropy_loss(
+                hid @ wt.T + b, rh @ rw.T + rb, i_mask, c_mask, **kw))
+
+
+@pytest.mark.parametrize("bad, exc, words", [
+    ([1.0] * 21, TypeError, "weights must be a torch.Tensor or None"),
+    (torch.ones(3, 7, dtype=torch.int64), TypeError, "weights must be a floating tensor"),
+    (torch.ones(3, 6, dtype=torch.float64), ValueError, "weights must have shape [3, 7]"),
+    (torch.full((3, 7), float("nan"), dtype=torch.float64), ValueError,
+     "weights must be finite"),
+    (torch.ones(3, 7, device="meta"), ValueError, "weights must be on cpu"),
+])
+def test_bad_weights_are_refused_naming_weights(bad, exc, words):
+    with pytest.raises(exc) as info:
+        _call(weights=bad)
+    assert words in str(info.value) and str(info.value).startswith("weights")

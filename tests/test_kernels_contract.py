@@ -198,7 +198,7 @@ def test_strided_3d_logits_go_in_without_a_copy(backend):
 
 @pytest.mark.skipif(not INTERP, reason="interpreter test")
 def test_row_order_puts_initiating_rows_first():
-    from palu_kernels.ops.palu_loss import row_order
+    from palu_kernels.backends.triton_loss import row_order
 
     kind = torch.tensor([0, 2, 1, 0, 1, 2, 2], dtype=torch.int32)
     assert row_order(kind).tolist() == [2, 4, 1, 5, 6, 0, 3]
@@ -212,7 +212,7 @@ def test_head_body_tail_split_of_unaligned_rows(dtype, kl):
     to the first 16-byte boundary), unmasked full tiles and a masked tail gives the
     reference's loss and gradient, for every kind of row and for ties straddling K."""
     from palu_kernels._validation import check_loss_args
-    from palu_kernels.ops.palu_loss import palu_loss_triton
+    from palu_kernels.backends.triton_loss import palu_loss_triton
 
     z, r, i, c = make_case((16, 37), dtype, seed=7, ties=True, p_init=0.4)
     for k in (5, 36):

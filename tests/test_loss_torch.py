@@ -55,7 +55,7 @@ def test_all_equal_reference_rows():
 
 
 def test_topk_membership_equals_stable_sort_on_ties():
-    from palu_kernels.torch_backend import topk_membership
+    from palu_kernels.backends.torch_rows import topk_membership
 
     g = torch.Generator().manual_seed(5)
     r = torch.randint(0, 3, (64, 23), generator=g).float()
@@ -135,7 +135,7 @@ def test_deterministic_run_to_run():
 
 
 def test_chunking_does_not_change_the_result(monkeypatch):
-    import palu_kernels.torch_backend as tb
+    import palu_kernels.backends.torch_rows as tb
 
     z, r, i, c = make_case((64, 101), seed=13)
     a, ga = loss_and_grad(torch_loss, z, r, i, c, k=9)

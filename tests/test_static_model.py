@@ -1,4 +1,4 @@
-"""The arithmetic of bench/static_model.py (no compilation, no triton: runs in well under a second).
+"""The arithmetic of the static model (bench/static/; no compilation, no triton: well under a second).
 
 The script itself (``python -m bench.static_model``) compiles the kernels with triton's ptxas and
 is not run here.
@@ -8,8 +8,10 @@ import re
 
 import pytest
 
-from bench import static_model as sm
-from bench.static_model import Case, Machine, ModelError, Pass
+from bench import static_model
+from bench.static import model as sm
+from bench.static import report, sources, versions
+from bench.static.model import Case, Machine, ModelError, Pass
 
 
 def _sass_profile():
@@ -154,7 +156,7 @@ def test_pass_table_checks():
 
 
 def test_versions_table_shape():
-    old, new = sm.VERSIONS["old"], sm.VERSIONS["new"]
+    old, new = versions.VERSIONS["old"], versions.VERSIONS["new"]
     assert old["source"] == {"git_ref": "03fcec1"} and new["source"] == {"worktree": True}
     assert set(new["passes"]) == set(old["passes"]) == set(sm.KINDS)
     for kind in sm.KINDS:
@@ -165,7 +167,7 @@ def test_versions_table_shape():
     new_roles = {r: s for job in new["jobs"].values() for r, s in job["loops"].items()}
     # the radix select's loop always (main path or the bracket's fallback), the bracket's
     # counting pass only where it is the default (triton before 3.9)
-    bracket = sm.SELECT_NEW == "bracket"
+    bracket = versions.SELECT_NEW == "bracket"
     assert set(new_roles) == (roles - {"select"}) | {"select_radix"} | ({"select"} if bracket
                                                                          else set())
     assert all(s["fallback"] is None for s in new_roles.values())
@@ -204,21 +206,21 @@ def k(V, BLOCK):
 def test_marker_lookup(tmp_path):
     (tmp_path / "ops").mkdir()
     (tmp_path / "ops" / "topk.py").write_text(FAKE_SRC)
-    found = sm.find_loop_lines(tmp_path, {"select": {"fallback": None},
+    found = sources.find_loop_lines(tmp_path, {"select": {"fallback": None},
                                           "other_loop": {"fallback": "topk.py:5"}})
     assert found == {"select": ("topk.py", 3, "marker"),
                      "other_loop": ("topk.py", 5, "line fallback")}
     with pytest.raises(ModelError, match=r"marker `# LOOP: kl_grad` not found"):
-        sm.find_loop_lines(tmp_path, {"kl_grad": {"fallback": None}})
+        sources.find_loop_lines(tmp_path, {"kl_grad": {"fallback": None}})
     with pytest.raises(ModelError, match=r"fallback topk.py:4 is not a `for` line"):
-        sm.find_loop_lines(tmp_path, {"kl_grad": {"fallback": "topk.py:4"}})
+        sources.find_loop_lines(tmp_path, {"kl_grad": {"fallback": "topk.py:4"}})
     with pytest.raises(ModelError, match=r"not on the line of a `for`"):
-        sm.find_loop_lines(tmp_path, {"not_a_loop": {"fallback": None}})
+        sources.find_loop_lines(tmp_path, {"not_a_loop": {"fallback": None}})
     # a marker wins over the fallback; two markers of one role are an error
-    assert sm.find_loop_lines(tmp_path, {"select": {"fallback": "topk.py:5"}})["select"][1] == 3
+    assert sources.find_loop_lines(tmp_path, {"select": {"fallback": "topk.py:5"}})["select"][1] == 3
     (tmp_path / "ops" / "palu_loss.py").write_text(FAKE_SRC)
     with pytest.raises(ModelError, match=r"appears 2 times"):
-        sm.find_loop_lines(tmp_path, {"select": {"fallback": None}})
+        sources.find_loop_lines(tmp_path, {"select": {"fallback": None}})
 
 
 # ------------------------------------------------------------------------- issue 23
@@ -279,12 +281,12 @@ def test_machines_h100_and_h200():
     p = Pass("a", "x", rereads=("z",), reuse=2.0)
     assert sm.l2_hit_fraction(p, 132, case.row_bytes, h200.l2_bytes) >= \
         sm.l2_hit_fraction(p, 132, case.row_bytes, h100.l2_bytes)
-    assert [m.name for m in sm.parse_machines("both")] == ["H100", "H200"]
-    assert sm.parse_machines("h100") == [h100]
+    assert [m.name for m in report.parse_machines("both")] == ["H100", "H200"]
+    assert report.parse_machines("h100") == [h100]
     with pytest.raises(ModelError, match="--machine 'a100'"):
-        sm.parse_machines("a100")
+        report.parse_machines("a100")
     with pytest.raises(SystemExit) as e:
-        sm.main(["--machine", "a100"])
+        static_model.main(["--machine", "a100"])
     assert e.value.code == 2
 
 

@@ -1,5 +1,5 @@
-"""The sampled-bracket top-K selection (``ops/topk.py``, ``method="bracket"``) against the
-stable-sort definition, on the rows that stress it: ties at the boundary, K = 1, K >= V,
+"""The sampled-bracket top-K selection (``backends/triton_topk.py``, ``method="bracket"``)
+against the stable-sort definition, on the rows that stress it: ties at the boundary, K = 1, K >= V,
 all -inf, every kernel dtype, V not a multiple of the tile; that its fast path (not only the
 radix fallback) answers; and the fused kernel with the bracket (its scratch is the row's
 gradient) against the radix select, bit for bit.
@@ -14,8 +14,8 @@ import torch
 
 import reference
 from palu_kernels._validation import check_loss_args
-from palu_kernels.ops.palu_loss import palu_forward
-from palu_kernels.ops.topk import (
+from palu_kernels.backends.triton_loss import palu_forward
+from palu_kernels.backends.triton_topk import (
     _topk_threshold,
     default_select_method,
     topk_mask_from_threshold,

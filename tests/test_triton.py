@@ -1,4 +1,4 @@
-"""The Triton kernels (``palu_kernels/ops``) against the specification (``reference/``).
+"""The Triton kernels (``palu_kernels/backends``) against the specification (``reference/``).
 
 Without a GPU they run through the Triton interpreter (``TRITON_INTERPRET=1``, set by
 ``conftest.py``); the interpreter is slow, so shapes stay small except for a few rows at
@@ -19,8 +19,8 @@ import palu_kernels as pk
 import reference
 from helpers import assert_matches_reference, loss_and_grad, make_case
 from palu_kernels._validation import check_loss_args
-from palu_kernels.ops.palu_loss import palu_loss_triton
-from palu_kernels.ops.topk import topk_mask_from_threshold, topk_threshold
+from palu_kernels.backends.triton_loss import palu_loss_triton
+from palu_kernels.backends.triton_topk import topk_mask_from_threshold, topk_threshold
 
 pytestmark = [
     pytest.mark.skipif(
@@ -416,8 +416,8 @@ _AOT_SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from palu_kernels.ops.palu_loss import _palu_fwd_kernel, _scale_rows_kernel
-from palu_kernels.ops.topk import _topk_threshold_kernel
+from palu_kernels.backends.triton_loss import _palu_fwd_kernel, _scale_rows_kernel
+from palu_kernels.backends.triton_topk import _topk_threshold_kernel
 
 def fused(dt):
     return {"z_ptr": "*" + dt, "r_ptr": "*" + dt, "order_ptr": "*i32", "kind_ptr": "*i32",

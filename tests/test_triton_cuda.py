@@ -15,7 +15,7 @@ import palu_kernels as pk  # noqa: E402
 import reference  # noqa: E402
 import test_triton as T  # noqa: E402  (the shared check_* functions)
 from helpers import loss_and_grad, make_case  # noqa: E402
-from palu_kernels.ops.topk import topk_mask_from_threshold, topk_threshold  # noqa: E402
+from palu_kernels.backends.triton_topk import topk_mask_from_threshold, topk_threshold  # noqa: E402
 
 DEV = "cuda"
 

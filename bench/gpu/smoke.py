@@ -174,7 +174,7 @@ def sec_smoke(ctx: Context) -> str:
 def _mask_from_threshold(r, thr, ties):
     """The set that ``topk_threshold``'s ``(thr, ties)`` define (its documented rule)."""
     try:
-        from palu_kernels.ops.topk import topk_mask_from_threshold
+        from palu_kernels.backends.triton_topk import topk_mask_from_threshold
 
         return topk_mask_from_threshold(r, thr, ties)
     except ImportError:

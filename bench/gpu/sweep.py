@@ -24,7 +24,7 @@ def sec_sweep(ctx: Context) -> str:
     import itertools
 
     import palu_kernels._validation as val
-    import palu_kernels.ops.palu_loss as pl
+    import palu_kernels.backends.triton_loss as pl
     from bench.common import make_inputs
 
     case = ctx.case

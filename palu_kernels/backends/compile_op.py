@@ -1,13 +1,13 @@
 """The PALU loss as a ``torch.library`` custom op, for ``torch.compile``.
 
-Under ``torch.compile`` the eager path's ``autograd.Function`` bodies (row lists built with
-``nonzero``, Triton launches, in-place hand-over of the gradient) would break the graph.
-``palu_local_entropy_loss`` therefore routes a traced call here: one opaque op,
-``palu_kernels::loss_rows``, runs the chosen backend's forward and returns the weighted
-per-row values ``[N]`` and the weighted gradient ``[N, V]`` it wrote; its fake (meta)
-implementation gives their shapes, and its autograd formula is the same as the eager path's,
-``d loss / d z = grad * grad_output[row]``, written in plain torch so that the compiler can
-fuse it. The reduction is applied outside the op (a sum: the row weights already hold the
+Under ``torch.compile`` the eager path's ``autograd.Function`` (``function.py``: row lists
+built with ``nonzero``, Triton launches, in-place hand-over of the gradient) would break the
+graph. ``palu_local_entropy_loss`` therefore routes a traced call here: one opaque op,
+``palu_kernels::loss_rows``, runs the chosen backend's ``rows`` (the eager path's own) and
+returns the weighted per-row values ``[N]`` and the weighted gradient ``[N, V]`` it wrote; its
+fake (meta) implementation gives their shapes, and its autograd formula is the same as the
+eager path's, ``d loss / d z = grad * grad_output[row]``, written in plain torch so that the
+compiler can fuse it. The reduction is applied outside the op (a sum: the row weights already hold the
 1/|I|, 1/|C| of ``reduction="mean"``).
 
 The eager path does not use this op: it keeps the free backward (grad_output exactly 1
@@ -21,13 +21,15 @@ from typing import Optional
 
 import torch
 
-from ._validation import PALUArgs
+from .._validation import PALUArgs
+from . import row_backend
 
 if not hasattr(torch.library, "custom_op"):  # pragma: no cover - torch < 2.4
     raise RuntimeError(
         f"palu_local_entropy_loss under torch.compile needs torch >= 2.4 (torch.library."
         f"custom_op), got torch {torch.__version__}; call it outside the compiled region"
     )
+
 
 def _args(logits, ref_logits, initiating, common, weights, k, target, target_value, kl,
           gamma, alpha, reduction) -> PALUArgs:
@@ -48,14 +50,7 @@ def loss_rows(logits: torch.Tensor, ref_logits: torch.Tensor, initiating: torch.
     of validated, flattened arguments (``kl=""`` for no KL term)."""
     a = _args(logits, ref_logits, initiating, common, weights, k, target, target_value, kl,
               gamma, alpha, reduction)
-    if backend == "triton":
-        from .ops.palu_loss import palu_forward
-
-        per_row, grad = palu_forward(a, need_grad)
-    else:
-        from .torch_backend import forward_rows
-
-        per_row, grad = forward_rows(a, need_grad)
+    per_row, grad, _ = row_backend(backend).rows(a, need_grad)
     if grad is None:
         grad = logits.new_empty(0)
     return per_row, grad

@@ -7,7 +7,8 @@ Compared with the released formulation (see ``reference.palu_loss_released``):
 * only rows in ``C`` get softmaxes;
 * rows go through in chunks, so no temporary exceeds ``chunk x V``;
 * the analytic gradient of the specification is written during the forward pass (one
-  ``N x V`` tensor, the gradient itself), and backward only scales it by ``grad_output``.
+  ``N x V`` tensor, the gradient itself), and backward only scales it by ``grad_output``
+  (:class:`~palu_kernels.backends.function.PALUFunction`, shared with the Triton backend).
 
 The loss-carrying rows are listed with ``nonzero``. On CPU tensors this costs no device
 synchronisation; on a GPU use the ``"triton"`` backend, which never syncs.
@@ -15,12 +16,11 @@ synchronisation; on a GPU use the ``"triton"`` backend, which never syncs.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from ._validation import PALUArgs, refuse_double_backward
-from .masks import mean_scales
+from .._validation import PALUArgs
+from ..masks import mean_scales
+from .function import RowBackend
 
 # Elements per chunk of fp32 temporaries: 2^22 (16 MiB per chunk x V tensor). Measured on
 # the CPU at 4096 x 32000: 2^22 takes about half the CPU time of 2^24 (temporaries stay in
@@ -91,8 +91,9 @@ def kl_rows(z, r, kl: str):
 
 
 def forward_rows(a: PALUArgs, need_grad: bool):
-    """Per-row weighted values ``[N]`` and the weighted gradient ``[N, V]`` (or None); the
-    loss is their sum (``"mean"``, ``"sum"``) or the values themselves (``"none"``).
+    """Per-row weighted values ``[N]``, the weighted gradient ``[N, V]`` (or None) and None (no
+    row state for :func:`scale_grad_`); the loss is the values' sum (``"mean"``, ``"sum"``) or
+    the values themselves (``"none"``).
 
     The row weights of the reduction (mean: gamma/max(1,|I|), alpha/max(1,|C|); sum and
     none: gamma, alpha) times the caller's ``weights`` are folded into the gradient written
@@ -134,46 +135,18 @@ def forward_rows(a: PALUArgs, need_grad: bool):
                 per_row.index_copy_(0, idx, val)
                 if need_grad:
                     grad.index_copy_(0, idx, g.mul_(gw).to(dtype))
-    return per_row, grad
+    return per_row, grad, None
 
 
-class _PALUTorch(torch.autograd.Function):
-    """Forward writes the gradient (:func:`forward_rows`); backward hands it over, scaled
-    by ``grad_output`` in place (it is not handed out yet), so backward never allocates
-    ``N x V``. A later backward through the same graph (``retain_graph=True``) recomputes
-    it from the saved inputs. Not differentiable twice: a double backward raises.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, a: PALUArgs):
-        per_row, grad = forward_rows(a, ctx.needs_input_grad[0])
-        # mean: the row weights already hold gamma/max(1,|I|) and alpha/max(1,|C|)
-        loss = per_row.reshape(a.row_shape) if a.reduction == "none" else per_row.sum()
-        ctx.shape = logits.shape
-        ctx.grad = grad
-        if grad is not None:
-            ctx.save_for_backward(a.logits, a.ref_logits)
-            ctx.args = dataclasses.replace(a, logits=None, ref_logits=None)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        refuse_double_backward()
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:  # handed over by an earlier backward: recompute (version-checked)
-            z, r = ctx.saved_tensors
-            grad = forward_rows(dataclasses.replace(ctx.args, logits=z, ref_logits=r), True)[1]
-        # mean / sum: one scalar; "none": one value per row (the saved rows hold the
-        # weighted d(per-row loss)/dz). On the CPU a grad_output of exactly 1 (the usual
-        # loss.backward()) costs no pass at all; elsewhere one in-place multiply.
-        go = grad_output.detach().reshape(-1, 1) if grad_output.numel() > 1 else grad_output
-        if not (go.device.type == "cpu" and bool((go == 1).all())):
-            grad.mul_(go.to(grad.dtype) if grad.dtype == torch.float64 else go.float())
-        return grad.reshape(ctx.shape), None
+def scale_grad_(grad: torch.Tensor, grad_output: torch.Tensor, _state=None) -> torch.Tensor:
+    """``grad *= grad_output`` in place (mean / sum: one scalar; "none": one value per row,
+    the saved rows holding the weighted d(per-row loss)/dz). On the CPU a ``grad_output`` of
+    exactly 1 (the usual ``loss.backward()``) costs no pass at all; elsewhere, where that
+    test would cost a host sync, one in-place multiply."""
+    go = grad_output.detach().reshape(-1, 1) if grad_output.numel() > 1 else grad_output
+    if not (go.device.type == "cpu" and bool((go == 1).all())):
+        grad.mul_(go.to(grad.dtype) if grad.dtype == torch.float64 else go.float())
+    return grad
 
 
-def palu_loss_torch(logits: torch.Tensor, a: PALUArgs) -> torch.Tensor:
-    """Run the torch backend on validated arguments (``logits`` is the caller's tensor)."""
-    return _PALUTorch.apply(logits, a)
+TORCH = RowBackend(rows=forward_rows, scale_=scale_grad_)

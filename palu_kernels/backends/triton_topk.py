@@ -67,6 +67,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._validation import check_topk_args
+from .kernel_utils import device_guard, interpreting, key_bits
+
 
 @triton.jit
 def _order_key(x, KEY_BITS: tl.constexpr):
@@ -383,20 +386,9 @@ def _topk_threshold_kernel(
     tl.store(ties_ptr + row, ties.to(tl.int64))
 
 
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # scratch slots per virtual lane of the bracket select (RC): a lane of a 4096-entry tile sees
 # about V / 4096 * 16 entries, and about 6 of them fall in the bracket at V = 128256, K = 5000
 BRACKET_SLOTS = 32
-
-
-def interpreting() -> bool:
-    """True when Triton runs through its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def key_bits(dtype: torch.dtype) -> int:
-    """Width of the order-preserving key: the float's own width (32 fp32, 16 bf16 / fp16)."""
-    return 32 if dtype == torch.float32 else 16
 
 
 def default_select_method() -> str:
@@ -436,25 +428,6 @@ def default_select_block(v: int) -> int:
     return max(64, min(triton.next_power_of_2(v), 4096))
 
 
-def check_kernel_device(name: str, t: torch.Tensor) -> None:
-    """The Triton kernels need CUDA tensors, or the interpreter (TRITON_INTERPRET=1) on CPU."""
-    if t.device.type != "cuda" and not interpreting():
-        raise ValueError(
-            f"{name} must be a CUDA tensor for the Triton kernels, got one on {t.device}; on "
-            "the CPU set TRITON_INTERPRET=1 before importing triton (or use the torch backend)"
-        )
-
-
-def device_guard(t: torch.Tensor):
-    """Context that makes ``t``'s GPU the current one while kernels launch on it (a no-op on
-    the CPU), so that tensors on ``cuda:1`` work whatever the current device is."""
-    if t.device.type == "cuda":
-        return torch.cuda.device(t.device)
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
 def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None = None,
                    method: str = "radix"):
     """Per-row threshold and tie count that define the top-K set, without sorting.
@@ -491,32 +464,8 @@ def topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None
 def _topk_threshold(ref_logits: torch.Tensor, k: int | None, *, block: int | None = None,
                     method: str = "radix"):
     """``topk_threshold`` and, per row, 1 where the bracket answered (0: radix select)."""
-    if not isinstance(ref_logits, torch.Tensor):
-        raise TypeError(f"ref_logits must be a torch.Tensor, got {type(ref_logits).__name__}")
-    if ref_logits.dtype not in KERNEL_DTYPES:
-        raise TypeError(
-            "ref_logits must be float32, bfloat16 or float16 for the Triton top-K selection, "
-            f"got {ref_logits.dtype} (for float64 use reference.topk_set_reference)"
-        )
-    if ref_logits.dim() < 1 or ref_logits.shape[-1] < 1:
-        raise ValueError(
-            f"ref_logits must have shape [..., V] with V >= 1, got {list(ref_logits.shape)}"
-        )
+    k = check_topk_args(ref_logits, k, block, method)  # 1 <= k <= V
     v = ref_logits.shape[-1]
-    if k is None:
-        k = v
-    elif isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int or None, got {type(k).__name__} {k!r}")
-    elif k < 1:
-        raise ValueError(f"k must be >= 1 (or None for the whole row), got {k}")
-    k = min(k, v)
-    if block is not None and (isinstance(block, bool) or not isinstance(block, int)
-                              or block < 1 or block & (block - 1)):
-        raise ValueError(f"block must be a power of two, got {block!r}")
-    if method not in ("radix", "bracket"):
-        raise ValueError(f"method must be 'radix' or 'bracket', got {method!r}")
-    check_kernel_device("ref_logits", ref_logits)
-
     lead = ref_logits.shape[:-1]
     r = ref_logits.detach().reshape(-1, v)
     n = r.shape[0]

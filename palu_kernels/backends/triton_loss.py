@@ -1,73 +1,41 @@
-"""Fused PALU forget loss: local flattening on initiating rows, KL on common rows.
+"""The ``"triton"`` backend: the fused PALU forget loss, local flattening on initiating rows and
+KL on common rows, one program per row of the ``[B, T, V]`` logits ``z`` and reference ``r``.
 
-One program per row of the ``[B, T, V]`` logits ``z`` and reference logits ``r`` (spec:
-``docs/spec.md``; any strides, so ``logits[:, :-1]`` goes in without a copy).
-Programs take their rows through a row order built on the device (initiating rows first,
-then common rows, then the rest: the long rows start first and the tail of the launch is
-short), and each row does only the work its kind needs:
+The math is ``docs/spec.md`` (and the comments beside each pass below); how a row is walked
+(row order, passes, tiles, traffic) and the measured and modelled figures behind the tile
+choices are in ``docs/kernels.md``. In short:
 
-* a row in neither ``I`` nor ``C`` never reads ``z`` or ``r``; it writes a zero gradient row
-  (when a gradient is wanted) and a zero loss;
-* a row in ``I`` (local term):
-    1. top-K threshold ``thr``, tie count and ``j_last`` of ``r`` (``ops/topk.py``), skipped
-       when ``K = V``: by the sampled bracket (one counting pass over ``r``, the candidates'
-       columns kept in the row's gradient, which pass B overwrites later) under triton
-       < 3.9, whose ``tl.histogram`` is costly, and by radix select over keys of the data's
-       width (2 passes over ``r`` for bf16 / fp16, 4 for fp32) from 3.9, without a gradient,
-       or when the bracket misses (``default_select_method``, ``docs/kernels.md``);
-    2. pass A (first tile to last): the target ``c``: mean of ``z`` over V, or over ``S``;
-       for ``"mean"`` also ``s = sum_S z - K c`` for the gradient (``"mean_detached"``
-       reads only ``z``; a constant target skips the pass);
-    3. pass B (last tile to first, so that the tiles pass A read last are still in L2):
-       ``d_j = (z_j - c) [j in S]``, ``L = (1/K) sum_j d_j^2`` (two-pass, so no
-       cancellation), and the gradient ``dL/dz_j = (2/K) (d_j - s dc/dz_j)``.
-* a row in ``C`` (KL term):
-    1. pass 1 (first tile to last), online softmax with ``exp2``: one running maximum per
-       tile (not per lane), per-lane sums rescaled by one scalar factor per tile, the KL
-       numerator ``sum_j p_j (z_j - r_j)``, and no per-entry ``-inf`` guard;
-    2. pass 2 (last tile to first; only with a gradient): ``p`` (and ``q``) and the
-       gradient. The reverse KL's gradient needs only ``lse_z`` and ``sum_j p_j (z_j - r_j)``,
-       so the reference's softmax (``lse_r``, for the loss value alone) is summed here rather
-       than in pass 1: the two passes share the arithmetic (about 16 and 20 SASS
-       instructions per entry, sm_90a).
+* a row in ``I``: top-K threshold of ``r`` (``triton_topk.py``), pass A (the target ``c``),
+  pass B (``L = (1/K) sum_S (z_j - c)^2`` and ``dL/dz_j = (2/K)(d_j - s dc/dz_j)``);
+* a row in ``C``: pass 1 (online softmax of ``z``, and of ``r``, with the KL numerator),
+  pass 2 (the gradient, ``p (log p - log q - KL)`` or ``p - q``);
+* any other row: never read; a zero gradient row.
 
-Traffic. Every tile loop walks aligned full tiles without a mask and one masked tile at each
-end (a row of ``V = 50257`` bf16 values starts at any 2-byte offset: the head tile covers the
-columns up to the first 16-byte boundary, so the body keeps 16-byte vector loads); loads are
-software-pipelined (``tl.range(..., num_stages)``); first passes load with ``evict_last``
-and second passes, which run in reverse tile order, with ``evict_first``.
-
-The gradient is written during the forward pass into a new ``[N, V]`` tensor (never into
-the caller's logits), already multiplied by the row's weight (``gamma`` or ``alpha``, over
-``max(1, |I|)`` / ``max(1, |C|)`` for ``reduction="mean"``, times the caller's per-row
-``weights``), so that backward has nothing to do when ``grad_output`` is 1: its kernel reads
-the scale on the device and returns at once (no host sync); any other scale multiplies the
-saved gradient in place (it is not handed out yet), so backward never allocates ``N x V``.
-Apart from the gradient only per-row values (``[N]``) are allocated. No atomics and a fixed
-summation order: bitwise deterministic. No host synchronisation in the forward pass.
+The gradient is written during the forward pass into a new ``[N, V]`` tensor, already
+weighted (:mod:`palu_kernels.backends.function`); backward scales it in place on the device
+(:func:`scale_rows_`: nothing at all where ``grad_output`` is 1). No atomics and a fixed
+summation order: bitwise deterministic. No host synchronisation in the forward pass; fp32
+accumulation whatever the logits' dtype.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from .._validation import PALUArgs, refuse_double_backward
+from .._validation import PALUArgs
 from ..masks import mean_row_weights
-from .topk import (
+from .function import PALUFunction, RowBackend
+from .kernel_utils import device_guard, interpreting, key_bits
+from .triton_topk import (
     BRACKET_SLOTS,
-    KERNEL_DTYPES,
-    topk_search,
-    topk_search_bracket,
-    check_kernel_device,
     default_select_block,
     default_select_method,
-    device_guard,
-    interpreting,
-    key_bits,
+    topk_search,
+    topk_search_bracket,
 )
 
 # TARGET constexpr codes
@@ -429,18 +397,10 @@ def _palu_fwd_kernel(
 
 
 def default_block_v(v: int) -> int:
-    """Vocabulary tile of the streaming passes: the row in chunks of at most 8192 (2^16
-    under the interpreter, where fewer, larger tiles run faster). Compiled, small
-    vocabularies share one 256-wide tile (fewer kernel variants to compile).
-
-    8192 with 8 warps: 32 entries per thread, which amortises the per-tile work of the KL
-    passes (the cross-warp maximum, the scalar rescale factors, the pipeline bookkeeping;
-    sass_profile, sm_90a: about 16 and 20 SASS instructions per entry). It takes about 210
-    (triton 3.9) to 245 (triton 3.6) registers, so one program per SM: the bytes in flight
-    come from the pipelined loop (``num_stages`` 3: two 32 KB tiles of bf16 z and r ahead
-    per SM), and 132 rows in flight leave each about 380 KB of L2 for the reversed second
-    passes.
-    ``bench/gpu.sh`` sweeps 4096 and 8192 to check this trade on a real H200."""
+    """Vocabulary tile of the streaming passes: the row in chunks of at most 8192 with 8 warps
+    (``docs/kernels.md``, "Tiles"; 2^16 under the interpreter, where fewer, larger tiles run
+    faster). Compiled, small vocabularies share one 256-wide tile (fewer kernel variants to
+    compile)."""
     if interpreting():
         return min(triton.next_power_of_2(v), 1 << 16)
     return max(256, min(triton.next_power_of_2(v), 8192))
@@ -585,56 +545,17 @@ def scale_rows_(grad: torch.Tensor, scale: torch.Tensor, kind: torch.Tensor) -> 
     return grad
 
 
-class _PALUTriton(torch.autograd.Function):
-    """Forward runs the fused kernel (writing the gradient when the logits require grad);
-    backward hands that gradient over, scaled by ``grad_output`` in place on the device
-    (nothing at all happens to rows whose ``grad_output`` is 1).
-
-    The gradient is handed over once (the node keeps no ``N x V`` buffer after its first
-    backward, and autograd may accumulate into it): a later backward through the same graph
-    (``retain_graph=True``, gradcheck) recomputes it from the saved inputs, whose in-place
-    modification autograd detects. The backward is not itself differentiable: a double
-    backward raises instead of returning a silent zero Hessian.
-    """
-
-    @staticmethod
-    def forward(ctx, logits, a: PALUArgs, opts: dict):
-        per_row, grad, ctx.kind = launch(a, ctx.needs_input_grad[0], **opts)
-        loss = per_row.reshape(a.row_shape) if a.reduction == "none" else per_row.sum()
-        ctx.shape = logits.shape
-        ctx.opts, ctx.grad = opts, grad
-        if grad is not None:
-            # the inputs by reference, for a recompute; the rest of the arguments as they are
-            ctx.save_for_backward(a.logits, a.ref_logits)
-            ctx.args = dataclasses.replace(a, logits=None, ref_logits=None)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        refuse_double_backward()
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        grad, ctx.grad = ctx.grad, None
-        if grad is None:  # handed over by an earlier backward: recompute (version-checked)
-            z, r = ctx.saved_tensors
-            a = dataclasses.replace(ctx.args, logits=z, ref_logits=r)
-            grad = palu_forward(a, True, **ctx.opts)[1]
-        # mean / sum: one scalar; "none": one value per row. In place, decided on the device.
-        return scale_rows_(grad, grad_output, ctx.kind).reshape(ctx.shape), None, None
+def triton_backend(**opts) -> RowBackend:
+    """The Triton backend for :class:`~palu_kernels.backends.function.PALUFunction`: the
+    fused kernel (:func:`launch`, ``opts`` its tile keywords) and the in-place scale
+    (:func:`scale_rows_`, by the row kinds the forward returned)."""
+    return RowBackend(rows=functools.partial(launch, **opts), scale_=scale_rows_)
 
 
 def palu_loss_triton(logits: torch.Tensor, args: PALUArgs, **opts) -> torch.Tensor:
-    """The PALU loss with the fused Triton kernels, on validated arguments.
-
-    ``logits`` is the caller's tensor (the gradient flows to it); ``args`` comes from
-    ``palu_kernels._validation.check_loss_args``. ``opts`` (``block_v``, ``block_sel``,
-    ``num_warps``, ``num_stages``) override tile sizes and launch shape, for tests and
-    tuning. Returns an fp32 loss.
-    """
-    if args.logits.dtype not in KERNEL_DTYPES:
-        raise TypeError(
-            f"backend='triton' supports float32, bfloat16 and float16 logits, got "
-            f"{args.logits.dtype}; use backend='torch' for float64"
-        )
-    check_kernel_device("logits", args.logits)
-    return _PALUTriton.apply(logits, args, opts)
+    """The PALU loss with the fused Triton kernels, on validated arguments (from
+    ``palu_kernels._validation.check_loss_args``, with ``check_backend``'s device and dtype
+    checks), with tile overrides: ``opts`` (``block_v``, ``block_sel``, ``num_warps``,
+    ``num_stages``, ``vec``, ``select``) as for :func:`launch`, for tests and tuning.
+    ``logits`` is the caller's tensor (the gradient flows to it). Returns an fp32 loss."""
+    return PALUFunction.apply(logits, args, triton_backend(**opts))
