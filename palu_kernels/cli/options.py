@@ -15,7 +15,7 @@ import argparse
 
 from ..train.registry import all_knobs, method_config
 
-__all__ = ["FIRST_N_HELP", "K_HELP", "add_method_arguments", "knob_flags", "knob_values",
+__all__ = ["FIRST_N_HELP", "HelpFormatter", "K_HELP", "add_method_arguments", "knob_flags", "knob_values",
            "method_kwargs"]
 
 K_HELP = "top-K set size: an integer >= 1, or all (or -1) for the whole vocabulary"
@@ -23,6 +23,17 @@ FIRST_N_HELP = ("initiating rows per sensitive run: an integer >= 1, or all (or 
                 "sensitive row")
 """The help of ``--k`` and ``--first-n`` on every command line: one vocabulary for "all"
 (:func:`palu_kernels.train.checks.all_or_count` reads the values)."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help does not already state the default and there
+    is one to state (every command line's help uses it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def _flag(name: str) -> str:

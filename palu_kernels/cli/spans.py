@@ -35,11 +35,12 @@ from ..spans import (DEFAULT_PREDICTABILITY, DEFAULT_THRESHOLD, METHODS, PASSAGE
 from ..io.data import load_forget
 from ..io.models import NAMED_MODELS
 from ._errors import error_text, run_cli
+from .options import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="palu-spans", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="palu-spans", formatter_class=HelpFormatter,
         description="Sensitive spans of question/answer records or raw passages, in the span "
                     "format palu-unlearn reads; --score compares them with annotated spans.")
     p.add_argument("input", help="records (JSON / JSON lines {question, answer}) or passages "

@@ -30,7 +30,7 @@ from ..train.job import (SPAN_SOURCES, DataSpec, MethodSpec, ModelSpec, OutputSp
 from ._errors import DEBUG_HELP, flags_in_errors, run_cli
 from ..train.registry import METHODS as _REGISTRY
 from ..train.registry import method_defaults, trainer_class  # noqa: F401
-from .options import FIRST_N_HELP, K_HELP, add_method_arguments, knob_values
+from .options import FIRST_N_HELP, K_HELP, HelpFormatter, add_method_arguments, knob_values
 
 METHODS = tuple(_REGISTRY)
 """``--method`` choices: the keys of :data:`palu_kernels.train.registry.METHODS`."""
@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="palu-unlearn",
         description="Unlearn span-annotated facts from a causal LM with the PALU loss "
                     "(local entropy on the first tokens of sensitive spans, KL elsewhere, "
-                    "NLL on a retain set).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                    "NLL on a retain set). `palu-unlearn demo --help`: the demo (fine-tune, "
+                    "unlearn with PALU and baselines, evaluate, one table).",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", required=True,
                    help="local model directory, or a .gguf file (loaded with gguf_file=)")
