@@ -28,7 +28,7 @@ def format_table(heads: Sequence[str], cells: Sequence[Sequence[str]], *,
     """Rows of formatted ``cells`` under ``heads``: a markdown table, or aligned text (first
     column left-aligned, the others right-aligned, a dashed rule under the heads)."""
     if markdown:
-        lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("-" * 3 for _ in heads) + "|"]
         lines += ["| " + " | ".join(c) + " |" for c in cells]
         return "\n".join(lines)
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
