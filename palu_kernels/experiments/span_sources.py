@@ -21,7 +21,8 @@ from ..spans import SpanOptions, find_spans, read_span_inputs, score_records, wr
 from ..spans.text import words_of
 from ..io.data import Span
 from .ablations import AGG_COLUMNS, PALU_BASE, describe_spec, quick_spec, references_note
-from .harness import Harness, Report, aggregate
+from .harness import Harness
+from .report import Report, aggregate
 
 __all__ = ["SOURCES", "random_spans", "spans_experiment"]
 
