@@ -54,7 +54,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import UsageError
-from ..eval.muse import MUSE_FILES, evaluate_muse, knowmem_prompt, load_muse
+from ..eval.muse import evaluate_muse, knowmem_prompt
+from ..eval.muse_files import MUSE_FILES, load_muse
 from ..eval.setups import SetupSpec, build_setup, muse_evaluation
 from ..eval.table import format_number, format_table
 from ..outputs import atomic_write_text
@@ -206,7 +207,7 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
                              "retrained": {"eval": ev_r, "seconds": info_r["seconds"]}}
 
     from ..spans.contrast import DEFAULT_THRESHOLD, ContrastOptions, contrast_spans
-    from ..io.data import QARecord
+    from ..io.records import QARecord
 
     threshold = DEFAULT_THRESHOLD if cfg.contrast_threshold is None else cfg.contrast_threshold
     marked_records = contrast_spans([QARecord(q, a) for q, a in data["forget"]], target, retrain,
