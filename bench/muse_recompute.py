@@ -17,8 +17,8 @@ import os
 import sys
 
 from palu_kernels.demo.muse import summary_table
-from palu_kernels.eval.muse import (CONVENTIONS, auc_score, knowmem_retain_vs_target,
-                                    priv_leak)
+from palu_kernels.eval.muse import auc_score, knowmem_retain_vs_target, priv_leak
+from palu_kernels.eval.muse_files import CONVENTIONS
 from palu_kernels.outputs import atomic_write_text
 
 

@@ -41,7 +41,8 @@ import time
 
 from palu_kernels.errors import UsageError
 from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE
-from palu_kernels.eval.muse import MUSE_FILES, evaluate_muse, load_muse
+from palu_kernels.eval.muse import evaluate_muse
+from palu_kernels.eval.muse_files import MUSE_FILES, load_muse
 from palu_kernels.outputs import atomic_write_text
 from palu_kernels.eval.table import format_table
 
@@ -164,7 +165,7 @@ def _eval(model_dir, muse_dir, sz, path, retain_auc=None, target_km=None):
 
 def run_seed(args, sz, data, seed, log):
     from palu_kernels.spans import (SpanOptions, coverage, find_spans, write_span_records)
-    from palu_kernels.io.data import QARecord
+    from palu_kernels.io.records import QARecord
     from palu_kernels.train.finetune import fine_tune
     from palu_kernels.train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec,
                                         TrainingOptions, UnlearningJob, run_unlearning)

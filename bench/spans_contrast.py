@@ -37,7 +37,7 @@ def main(argv=None):
 
     from palu_kernels.spans import ContrastOptions, contrast_spans, score_records
     from palu_kernels.tiny import build_tiny_llama, build_tokenizer
-    from palu_kernels.io.data import load_forget, load_records
+    from palu_kernels.io.records import load_forget, load_records
     from palu_kernels.train.finetune import fine_tune
     from palu_kernels.io.models import load_model, load_tokenizer
 

@@ -1,5 +1,5 @@
 """The one JSON / JSON-lines reader: the trainer's validating loader
-(:func:`palu_kernels.io.data.load_records`), the evaluation's TOFU files
+(:func:`palu_kernels.io.records.load_records`), the evaluation's TOFU files
 (:func:`palu_kernels.eval.tofu.read_json_records`), the demo and the tokenizer texts all read
 records through :func:`iter_json_objects`."""
 

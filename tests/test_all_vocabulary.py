@@ -52,7 +52,8 @@ def test_the_api_stores_none_for_all():
 
 def test_an_experiment_spec_meaning_all_hashes_as_before():
     """Cached runs stay valid: a RunSpec with first_n / k ``None`` (all) hashes as it did."""
-    from palu_kernels.experiments.harness import RunSpec, config_hash
+    from palu_kernels.experiments.cache import config_hash
+    from palu_kernels.experiments.harness import RunSpec
     from palu_kernels.experiments.runspec import spec_dict
 
     assert config_hash({"spec": spec_dict(RunSpec(first_n=None, k=None))}) == "432f4b51b79622f7"

@@ -14,7 +14,7 @@ import pytest
 from helpers import MUSE_ABSENT
 from palu_kernels.cli.demo import run_demo
 from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE, _SIZES, build_data
-from palu_kernels.eval.muse import load_muse
+from palu_kernels.eval.muse_files import load_muse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +41,8 @@ def test_build_data_is_muse_layout(tmp_path):
 def test_passage_record_is_bos_plus_text():
     from palu_kernels.constants import IGNORE_INDEX
     from palu_kernels.tiny import build_tokenizer
-    from palu_kernels.io.data import QARecord, encode_record
+    from palu_kernels.io.data import encode_record
+    from palu_kernels.io.records import QARecord
 
     tok = build_tokenizer(["Answer: 1472 was the year."] * 8, vocab_size=300,
                           chat_template=MUSE_CHAT_TEMPLATE, split_spaces=True)

@@ -19,11 +19,11 @@ from helpers import MUSE_ABSENT
 from palu_kernels.cli.eval import main
 from palu_kernels.eval.metrics import rouge_l_f1
 from palu_kernels.eval.table import format_number
-from palu_kernels.eval.muse import (MUSE_FILES, auc_score, knowmem_prompt,
-                                    knowmem_retain_vs_target, load_muse, min_k_score,
-                                    min_k_scores, passage_log_probs, priv_leak,
+from palu_kernels.eval.muse import (auc_score, knowmem_prompt, knowmem_retain_vs_target,
+                                    min_k_score, min_k_scores, passage_log_probs, priv_leak,
                                     privleak_scores, retain_model_auc, truncate_answer,
                                     verbmem_reference)
+from palu_kernels.eval.muse_files import MUSE_FILES, load_muse
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -219,7 +219,7 @@ class _Bigram(torch.nn.Module):
 def test_memorising_model_reads_minus_100_end_to_end():
     """Min-K% scores of real token sequences: a model that memorised the forget texts (bigram
     table) against one that saw neither set (uniform: every score ties, AUC 0.5)."""
-    from palu_kernels.eval.muse import MuseData
+    from palu_kernels.eval.muse_files import MuseData
     from palu_kernels.tiny import build_tokenizer
 
     tok = build_tokenizer(FORGET_TEXTS + HOLDOUT_TEXTS, vocab_size=400)

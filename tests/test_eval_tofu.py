@@ -100,7 +100,8 @@ def test_probability_matches_hf_loss(tiny):
 
 
 def test_prompt_encoding_matches_trainer(tiny):
-    from palu_kernels.io.data import QARecord, encode_record
+    from palu_kernels.io.data import encode_record
+    from palu_kernels.io.records import QARecord
 
     _, tok, _ = tiny
     enc = PromptEncoder(tok)
@@ -196,7 +197,8 @@ CHAT = ("{% for m in messages %}<|bos|>{{ m['role'] }}: {{ m['content'] }}\n{% e
 
 def test_chat_template_prompt_matches_trainer():
     from palu_kernels.tiny import build_tokenizer
-    from palu_kernels.io.data import QARecord, encode_record
+    from palu_kernels.io.data import encode_record
+    from palu_kernels.io.records import QARecord
 
     tok = build_tokenizer(["user: Who wrote it?\nassistant: Basil wrote it."] * 8,
                           vocab_size=300, chat_template=CHAT)

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 from palu_kernels.cli import experiment as cli  # noqa: E402
 from palu_kernels.experiments.span_sources import SOURCES, random_spans  # noqa: E402
 from palu_kernels.spans.text import words_of  # noqa: E402
-from palu_kernels.io.data import QARecord, Span, load_records  # noqa: E402
+from palu_kernels.io.records import QARecord, Span, load_records  # noqa: E402
 
 
 def test_random_spans_keep_count_and_word_lengths():

@@ -10,10 +10,11 @@ import pytest
 pytest.importorskip("transformers")
 
 from palu_kernels.cli import experiment as cli  # noqa: E402
-from palu_kernels.experiments.harness import (Report, RunSpec, aggregate, config_hash,  # noqa: E402
-                                              write_report)
+from palu_kernels.experiments.cache import config_hash  # noqa: E402
+from palu_kernels.experiments.harness import RunSpec  # noqa: E402
 from palu_kernels.experiments.pareto import METHODS, best_at_utility  # noqa: E402
 from palu_kernels.experiments.plots import frontier  # noqa: E402
+from palu_kernels.experiments.report import Report, aggregate, write_report  # noqa: E402
 from palu_kernels.experiments.registry import EXPERIMENTS  # noqa: E402
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from palu_kernels.demo.synth import generate_benchmark
 from palu_kernels.experiments import beyond_prefix, harness, mask_noise, synonym_leak
-from palu_kernels.experiments.harness import ExperimentConfig, Harness, write_report
+from palu_kernels.experiments.harness import ExperimentConfig, Harness
+from palu_kernels.experiments.report import write_report
 from palu_kernels.experiments.probing import ProbeHarness
 from palu_kernels.experiments.registry import EXPERIMENTS
 

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("transformers")
 
 from palu_kernels.errors import UsageError  # noqa: E402
-from palu_kernels.experiments.harness import (ExperimentConfig, Harness, RunSpec,  # noqa: E402
-                                              config_hash)
+from palu_kernels.experiments.cache import config_hash  # noqa: E402
+from palu_kernels.experiments.harness import ExperimentConfig, Harness, RunSpec  # noqa: E402
 from palu_kernels.experiments.runspec import spec_dict  # noqa: E402
 from palu_kernels.train import registry  # noqa: E402
 from palu_kernels.train.base import PALUConfig, UnlearningTrainer  # noqa: E402

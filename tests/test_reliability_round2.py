@@ -288,7 +288,7 @@ class _CountingStr(str):
 
 def test_text_spans_of_a_5mb_passage_copy_linear_work():
     from palu_kernels.spans.text import text_spans
-    from palu_kernels.io.data import QARecord
+    from palu_kernels.io.records import QARecord
 
     unit = ('Basil Mahfouz Al-Kuwaiti wrote "The Sand Road" in 1956 for the University of '
             "Karachi. He was 30 years old; his father (a florist) said: 'Go.' ")
@@ -387,7 +387,7 @@ def test_ctrl_c_in_palu_experiment(tmp_path, capsys, monkeypatch):
 
 def test_a_byte_order_mark_is_accepted(files, tmp_path, capsys):
     from palu_kernels.train import load_records
-    from palu_kernels.io.data import load_forget
+    from palu_kernels.io.records import load_forget
 
     lines = open(files["forget"], encoding="utf-8").read()
     bom = tmp_path / "bom.jsonl"

@@ -11,8 +11,9 @@ import torch
 from helpers import TOFU_ABSENT
 from palu_kernels.spans import (SpanOptions, TextSpanner, find_spans, read_span_inputs,
                                 score_records, spacy_available, token_llr, write_span_records)
-from palu_kernels.io.data import (QARecord, Span, chunk_passages, encode_record, load_forget,
-                                     load_passages, load_records)
+from palu_kernels.io.data import encode_record
+from palu_kernels.io.records import (QARecord, Span, chunk_passages, load_forget, load_passages,
+                                     load_records)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,8 @@ from palu_kernels.spans import (PASSAGE_MAX_COVERAGE, PASSAGE_MAX_DF, QA_MAX_DF,
                                 text_spans, token_log_probs)
 from palu_kernels.spans.lm import PredictabilityOptions, word_log_probs
 from palu_kernels.spans.text import STOPWORDS, words_of
-from palu_kernels.io.data import QARecord, encode_record
+from palu_kernels.io.data import encode_record
+from palu_kernels.io.records import QARecord
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

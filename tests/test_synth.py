@@ -7,7 +7,8 @@ import pytest
 
 from helpers import TOFU_ABSENT
 from palu_kernels.cli.synth import main
-from palu_kernels.demo.synth import NO_INFO_TEMPLATES, TEMPLATES, generate_benchmark
+from palu_kernels.demo.synth import generate_benchmark
+from palu_kernels.demo.synth_templates import NO_INFO_TEMPLATES, TEMPLATES
 
 TOFU = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tofu"
 

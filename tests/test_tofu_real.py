@@ -17,10 +17,10 @@ needs_tofu = pytest.mark.skipif(not os.path.isdir(TOFU),
 
 
 def _tiny(tmp_path, texts):
-    from palu_kernels.experiments.harness import CHAT_TEMPLATE
+    from palu_kernels.eval.setups import QA_CHAT_TEMPLATE
     from palu_kernels.tiny import build_tiny_llama, build_tokenizer
 
-    tok = build_tokenizer(texts, vocab_size=400, chat_template=CHAT_TEMPLATE)
+    tok = build_tokenizer(texts, vocab_size=400, chat_template=QA_CHAT_TEMPLATE)
     model = build_tiny_llama(tok, hidden_size=32, num_layers=3, seed=0)
     d = str(tmp_path / "tiny")
     model.save_pretrained(d)
@@ -133,7 +133,8 @@ def test_evaluation_cut_keeps_scores_whole(tmp_path):
 def test_tofu_smollm2_quick_plumbing(tmp_path):
     """The whole staged design at a toy size: selection on seed 0, confirmation on seed 1,
     K and N ablations, a complete report; a second call recomputes nothing."""
-    from palu_kernels.experiments.harness import ExperimentConfig, Harness, write_report
+    from palu_kernels.experiments.harness import ExperimentConfig, Harness
+    from palu_kernels.experiments.report import write_report
     from palu_kernels.experiments.tofu_real import QUICK_LADDERS, tofu_smollm2_experiment
 
     d, _ = _tiny(tmp_path, _tofu_texts())

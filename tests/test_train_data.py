@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import TOFU_ABSENT
-from palu_kernels.io.data import (IGNORE_INDEX, PALUCollator, PALUDataset, QARecord, Span,
-                                     encode_record, load_records)
+from palu_kernels.io.data import IGNORE_INDEX, PALUCollator, PALUDataset, encode_record
+from palu_kernels.io.records import QARecord, Span, load_records
 
 TOFU = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tofu")
 FORGET01 = os.path.join(TOFU, "forget01_spans.jsonl")

@@ -22,9 +22,9 @@ import os
 import sys
 import time
 
-from ..eval.muse import (KNOWMEM_MAX_NEW_TOKENS, MUSE_FILES, VERBMEM_MAX_NEW_TOKENS,
-                         evaluate_muse, read_muse_result, retain_model_auc,
-                         target_model_knowmem_retain, write_muse_result)
+from ..eval.muse import (KNOWMEM_MAX_NEW_TOKENS, VERBMEM_MAX_NEW_TOKENS, evaluate_muse,
+                         retain_model_auc, target_model_knowmem_retain)
+from ..eval.muse_files import MUSE_FILES, read_muse_result, write_muse_result
 from ..eval.tofu import load_eval_model
 from ..errors import UsageError
 from ._errors import error_text

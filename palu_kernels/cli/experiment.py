@@ -162,7 +162,8 @@ def _main(argv) -> int:
     check_args(p, args)
 
     from ..demo.synth import generate_benchmark
-    from ..experiments.harness import ExperimentConfig, Harness, write_report
+    from ..experiments.harness import ExperimentConfig, Harness
+    from ..experiments.report import write_report
     from ..experiments.registry import EXPERIMENTS
 
     out = args.out or os.path.join("experiments", args.name)

@@ -32,7 +32,7 @@ import sys
 from ..spans import (DEFAULT_PREDICTABILITY, DEFAULT_THRESHOLD, METHODS, PASSAGE_MAX_COVERAGE,
                      SpanOptions, coverage, find_spans, read_span_inputs, score_records,
                      spacy_available, write_span_records)
-from ..io.data import load_forget
+from ..io.records import load_forget
 from ..io.models import NAMED_MODELS
 from ._errors import error_text, run_cli
 from .options import HelpFormatter

@@ -1,39 +1,16 @@
-"""The demo's data: the synthetic benchmark (or a TOFU directory for a pre-trained model),
-the question/answer pairs each model is fine-tuned on, the tokenizer's texts."""
+"""The demo's data: the synthetic benchmark (or a TOFU directory for a pre-trained model) and,
+for a pre-trained model, the question/answer pairs each model is fine-tuned on (the tiny
+model's: :func:`palu_kernels.eval.setups.qa_pairs`)."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import List
 
 from ..eval.tofu import read_json_records
 
-__all__ = ["all_texts", "pretrained_data", "synthetic_data", "training_pairs"]
-
-
-def training_pairs(paths: Dict[str, os.PathLike], forget: bool) -> List[tuple]:
-    """(question, answer) pairs a model is fine-tuned on: authors (with or without the forget
-    split), each answer also paraphrased, plus real authors and world facts."""
-    authors = read_json_records(paths["full"] if forget else paths["retain"])
-    para = {r["question"]: r for r in read_json_records(paths["full_perturbed"])}
-    pairs = []
-    for r in authors:
-        pairs.append((r["question"], r["answer"]))
-        if r["question"] in para:
-            pairs.append((r["question"], para[r["question"]]["paraphrased_answer"]))
-    for key in ("real_authors", "world_facts"):
-        pairs += [(r["question"], r["answer"]) for r in read_json_records(paths[key])]
-    return pairs
-
-
-def all_texts(paths) -> List[str]:
-    texts = []
-    for key in ("full_perturbed", "real_authors_perturbed", "world_facts_perturbed"):
-        for r in read_json_records(paths[key]):
-            texts += [r["question"], r["answer"], r.get("paraphrased_answer", ""),
-                      r.get("paraphrased_question", ""), *r.get("perturbed_answer", [])]
-    return [t for t in texts if t]
+__all__ = ["pretrained_data", "synthetic_data"]
 
 
 def _write_jsonl(path: str, rows: List[dict]) -> str:

@@ -23,7 +23,8 @@ What it does, with nothing downloaded (the MUSE metrics: :mod:`palu_kernels.eval
    (:mod:`palu_kernels.tiny`, spaces as tokens of their own so that MUSE's prompt ending in
    ``"Answer: "`` tokenizes as in training); the *target* model is trained on forget and
    retain records (every passage token, every answer token), the *retrained* model on the
-   retain records only.
+   retain records only (:func:`palu_kernels.eval.setups.build_setup`, which also evaluates
+   both: step 5's target and retrained rows).
 3. **Spans** for PALU (``contrast``, :func:`palu_kernels.spans.contrast.contrast_spans`,
    as ``palu-spans --method contrast``): the tokens of each forget record that the target
    predicts far better than the retrained model, ``log p_target - log p_retrained >
@@ -53,7 +54,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import UsageError
-from ..eval.muse import MUSE_FILES, evaluate_muse, knowmem_prompt, load_muse
+from ..eval.muse import evaluate_muse, knowmem_prompt
+from ..eval.muse_files import MUSE_FILES, load_muse
+from ..eval.setups import SetupSpec, build_setup, muse_evaluation
 from ..eval.table import format_number, format_table
 from ..outputs import atomic_write_text
 
@@ -158,19 +161,6 @@ def build_data(data_dir: str, sizes: dict, out_dir: str) -> dict:
 # --------------------------------------------------------------------------- the run
 
 
-def _train(tokenizer, docs, sizes, cfg, seed, desc, progress):
-    from ..tiny import build_tiny_llama
-    from ..train.finetune import fine_tune
-
-    model = build_tiny_llama(tokenizer, hidden_size=sizes["hidden"], num_layers=sizes["layers"],
-                             max_position_embeddings=1024, seed=seed)
-    info = fine_tune(model, tokenizer, list(docs), lr=cfg.ft_lr,
-                     max_epochs=cfg.ft_epochs or sizes["ft_epochs"],
-                     target_nll=cfg.ft_target_nll, batch_size=4, seed=seed, desc=desc,
-                     progress=progress)
-    return model, info
-
-
 def _evaluate(model, tokenizer, muse_dir, verb_new, retain_auc=None, target_km=None):
     return evaluate_muse(model, tokenizer, muse_dir, batch_size=16,
                          verbmem_max_new_tokens=verb_new, retain_auc=retain_auc,
@@ -179,9 +169,10 @@ def _evaluate(model, tokenizer, muse_dir, verb_new, retain_auc=None, target_km=N
 
 def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: List[str],
               seed: int, out: str, progress: bool, log) -> Dict[str, dict]:
+    from ..io.models import load_model
+    from ..tiny import build_tiny_llama
     from ..train.job import (DataSpec, MethodSpec, ModelSpec, OutputSpec, TrainingOptions,
                              UnlearningJob, run_unlearning)
-    from ..io.models import load_model
 
     sdir = os.path.join(out, f"seed{seed}")
     muse_dir = data["muse_dir"]
@@ -190,30 +181,33 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
     with open(os.path.join(muse_dir, MUSE_FILES["verbmem"]), encoding="utf-8") as f:
         verb_new = max(len(tokenizer(r["gt"], add_special_tokens=True)["input_ids"])
                        for r in json.load(f))
-    rows: Dict[str, dict] = {}
-    t0 = time.time()
-    target, info_t = _train(tokenizer, data["forget"] + data["retain"], sizes, cfg,
-                            seed, f"seed {seed}: target", progress)
-    retrain, info_r = _train(tokenizer, data["retain"], sizes, cfg, seed,
-                             f"seed {seed}: retrained", progress)
+    forget_path = os.path.join(sdir, "forget_spans.jsonl")  # the contrast spans, below
+    built = build_setup(SetupSpec(
+        data_dir=muse_dir, forget_split="forget", forget_spans=forget_path,
+        retain=data["retain_path"], tokenizer=tokenizer,
+        pairs={"target": data["forget"] + data["retain"], "retrained": list(data["retain"])},
+        start=lambda name: build_tiny_llama(tokenizer, hidden_size=sizes["hidden"],
+                                            num_layers=sizes["layers"],
+                                            max_position_embeddings=1024, seed=seed),
+        model_dirs={"target": os.path.join(sdir, "target"),
+                    "retrained": os.path.join(sdir, "retrained")},
+        evaluate=muse_evaluation(muse_dir, verb_new, batch_size=16, progress=False),
+        lr=cfg.ft_lr, max_epochs=cfg.ft_epochs or sizes["ft_epochs"],
+        target_nll=cfg.ft_target_nll, seed=seed, batch_size=4, desc=f"seed {seed}: {{name}}",
+        progress=progress, keep_models=True))
+    info_t, info_r = built.training["target"], built.training["retrained"]
     log(f"  seed {seed}: target {info_t['epochs']} epochs (NLL {info_t['nll']:.3f}), retrained "
-        f"{info_r['epochs']} epochs (NLL {info_r['nll']:.3f}), {time.time() - t0:.0f} s")
-    target_dir = os.path.join(sdir, "target")
-    for model, d in ((target, target_dir), (retrain, os.path.join(sdir, "retrained"))):
-        model.save_pretrained(d, safe_serialization=True)
-        tokenizer.save_pretrained(d)
-
-    ev_r = _evaluate(retrain, tokenizer, muse_dir, verb_new)
-    auc_r = ev_r["metrics"]["privleak_auc"]
-    ev_t = _evaluate(target, tokenizer, muse_dir, verb_new, retain_auc=auc_r)
-    km_t = ev_t["metrics"]["knowmem_retain"]
-    ev_t["metrics"]["knowmem_retain_vs_target"] = 100.0 if km_t else None
-    ev_r = _evaluate(retrain, tokenizer, muse_dir, verb_new, retain_auc=auc_r, target_km=km_t)
-    rows["target"] = {"eval": ev_t, "seconds": info_t["seconds"]}
-    rows["retrained"] = {"eval": ev_r, "seconds": info_r["seconds"]}
+        f"{info_r['epochs']} epochs (NLL {info_r['nll']:.3f}), "
+        f"{info_t['seconds'] + info_r['seconds']:.0f} s")
+    target, retrain = built.models["target"], built.models["retrained"]
+    target_dir = built.target_dir
+    ev_t, ev_r = built.metrics["target"], built.metrics["retrained"]
+    auc_r, km_t = ev_r["metrics"]["privleak_auc"], ev_t["metrics"]["knowmem_retain"]
+    rows: Dict[str, dict] = {"target": {"eval": ev_t, "seconds": info_t["seconds"]},
+                             "retrained": {"eval": ev_r, "seconds": info_r["seconds"]}}
 
     from ..spans.contrast import DEFAULT_THRESHOLD, ContrastOptions, contrast_spans
-    from ..io.data import QARecord
+    from ..io.records import QARecord
 
     threshold = DEFAULT_THRESHOLD if cfg.contrast_threshold is None else cfg.contrast_threshold
     marked_records = contrast_spans([QARecord(q, a) for q, a in data["forget"]], target, retrain,
@@ -233,7 +227,6 @@ def _one_seed(cfg: MuseDemoConfig, sizes: dict, data: dict, tokenizer, methods: 
              for r in marked_records]
     n_chars = sum(len(a) for _, a in data["forget"])
     marked = sum(s["end"] - s["start"] for sp in spans for s in sp)
-    forget_path = os.path.join(sdir, "forget_spans.jsonl")
     atomic_write_text(forget_path, "".join(
         json.dumps({"question": q, "answer": a, "target_words": sp}, ensure_ascii=False) + "\n"
         for (q, a), sp in zip(data["forget"], spans)))

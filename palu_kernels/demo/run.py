@@ -47,10 +47,10 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional
 
 from ..errors import UsageError
-from .models import DEMO_CHAT_TEMPLATE, DemoSetup, pretrained_models, tiny_models
+from .models import DemoSetup, pretrained_models, tiny_models
 from .table import format_table, table_rows
 
-__all__ = ["DEMO_CHAT_TEMPLATE", "DemoConfig", "DemoSetup", "format_table", "run"]
+__all__ = ["DemoConfig", "DemoSetup", "format_table", "run"]
 
 # The methods the demo runs by default, in table order; --methods takes any key of the one
 # method registry, palu_kernels.train.registry.METHODS.

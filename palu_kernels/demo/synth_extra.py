@@ -8,9 +8,9 @@
     a fact with two surface forms: a city with two names (Bombay / Mumbai) or an occupation
     with two words (lawyer / solicitor). The answer uses form A, which is the marked span;
     the paraphrased answer (same question, same words up to the slot) uses form B, unmarked.
-    A model fine-tuned on answers and paraphrased answers (the demo's
-    ``training_pairs``) learns both forms in the same context, so unlearning can be checked
-    for probability that moves from A to B.
+    A model fine-tuned on answers and paraphrased answers
+    (:func:`palu_kernels.eval.setups.qa_pairs`) learns both forms in the same context, so
+    unlearning can be checked for probability that moves from A to B.
 ``long`` (``long_illness``)
     one long span whose first words are generic ("a rare and lasting form of") and whose
     sensitive content (the disease) comes last, past the first few tokens of the span.

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .harness import Harness, Report, RunSpec, aggregate
+from .harness import Harness, RunSpec
+from .report import Report, aggregate
 from .plots import fq_floor, pyplot
 
 __all__ = ["PALU_BASE", "k_experiment", "n_experiment", "target_experiment"]

@@ -151,7 +151,7 @@ def run_comparison(c: Comparison) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from ..io.data import load_records
+    from ..io.records import load_records
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = c.output_dir

@@ -5,7 +5,8 @@ harness builds, once per (data, model, seed), a :class:`Setup`: the data (a TOFU
 directory with spans, or the synthetic benchmark written by the injected ``generator``), the
 fine-tuned model (every fact) and the retain model (without the forget authors), and the retain
 model's forget truth ratios (Forget Quality's reference). Setups and runs are cached under
-``--out`` by a hash of their full configuration: ``setups/<hash>/`` and ``runs/<hash>.json``,
+``--out`` by a hash of their full configuration
+(:func:`palu_kernels.experiments.cache.config_hash`): ``setups/<hash>/`` and ``runs/<hash>.json``,
 so an interrupted sweep continues where it stopped and a second call recomputes nothing.
 
 How an experiment plugs in: one module in :mod:`palu_kernels.experiments` with a function
@@ -16,6 +17,8 @@ How an experiment plugs in: one module in :mod:`palu_kernels.experiments` with a
         rows = h.run_many(items)            # one row per run (cached), with a progress bar
         return Report(title="...", rows=rows, tables=[...], plot=lambda path: ...)
 
+(:class:`~palu_kernels.experiments.report.Report`)
+
 and one line ``"my-experiment": my_experiment`` in
 :data:`palu_kernels.experiments.registry.EXPERIMENTS`. Each row of :meth:`Harness.run_many`
 is the item's own parameters (the dict given) plus ``seed``, ``method``,
@@ -24,7 +27,7 @@ is the item's own parameters (the dict given) plus ``seed``, ``method``,
 reference values ``retain_mu``, ``retain_forget_probability``, ``finetuned_mu``,
 ``finetuned_fq``, ``finetuned_forget_probability``; the full cached result (evaluation
 metrics, loss curve, per-step trace) is :meth:`Harness.result` of the row's ``run``.
-:func:`write_report` writes ``results.csv`` (``Report.rows``), ``results.md`` (the
+:func:`palu_kernels.experiments.report.write_report` writes ``results.csv`` (``Report.rows``), ``results.md`` (the
 ``Report.tables`` via :func:`palu_kernels.eval.table.format_table`, the notes, the plot) and
 the PNG (``Report.plot(path)``) to ``--out``.
 
@@ -37,35 +40,22 @@ an experiment can ask for data of another shape.
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import io
 import json
 import os
 import shutil
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UsageError
-from ..eval.table import format_number, format_table
+from ..eval.setups import QA_MAX_NEW_TOKENS
 from ..outputs import atomic_write_text
+from .cache import check_run, config_hash, file_knobs, file_sha, read_cached
 from .runspec import RunSpec, spec_dict
 
-__all__ = ["CHAT_TEMPLATE", "ExperimentConfig", "Harness", "Report", "RunSpec", "Setup",
-           "aggregate", "config_hash", "with_synth", "write_report"]
+__all__ = ["ExperimentConfig", "Harness", "RunSpec", "Setup", "with_synth"]
 
 HARNESS_VERSION = 1  # part of every hash: bump when a cached result's meaning changes
-
-# The prompt format of the tiny models' tokenizer: the trainer and the evaluation both apply
-# a tokenizer's chat template the same way (prompt tokens, the answer tokenised on its own,
-# EOS), so fine-tuning, unlearning and evaluation see identical token sequences.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}Question: {{ message['content'] }}\n"
-    "Answer: {% endfor %}"
-)
-MAX_NEW_TOKENS = 48  # the synthetic answers are short
 
 # Synthetic benchmark sizes (keyword arguments of the generator). forget_fraction 0.1 names
 # the split forget10 (the TOFU evaluation knows forget01/05/10).
@@ -144,54 +134,6 @@ class ExperimentConfig:
         return "quick" if self.quick else "full"
 
 
-def config_hash(obj) -> str:
-    """16 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _file_knobs() -> List[str]:
-    """The method settings that name a file (hashed by content, like ``forget_file``)."""
-    from ..train.registry import all_knobs
-
-    return [name for name, decl in all_knobs().items() if next(iter(decl.values())).file]
-
-
-def _file_sha(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read())
-    return h.hexdigest()[:16]
-
-
-def _read_cached(path: str, parse: Callable):
-    """``parse(the JSON of path)``; ``None`` when ``path`` does not exist, or is damaged (not
-    JSON, truncated, missing fields): then a warning names it, and the caller redoes it."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return parse(json.load(f))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        why = f"missing {e}" if isinstance(e, KeyError) else str(e)
-        # (from here, not the caller: a file read twice before it is redone warns once)
-        warnings.warn(f"{path}: damaged cache file ({type(e).__name__}: {why}); redoing it")
-        return None
-
-
-def _check_run(res: dict) -> dict:
-    """A cached run's result, with every field :meth:`Harness.row` reads (``KeyError`` /
-    ``TypeError`` otherwise)."""
-    for key in ("key", "seed", "setup", "steps", "train_s"):
-        res[key]  # noqa: B018 - presence
-    res["spec"]["method"]
-    m = res["metrics"]
-    for key in ("forget_quality", "model_utility"):
-        m[key]
-    m["forget"]["probability"], m["forget"]["rouge_l_recall"], m["retain"]["probability"]
-    return res
-
-
 # ------------------------------------------------------------------------------ setups
 
 
@@ -215,167 +157,7 @@ class Setup:
     seconds: float
 
 
-def _records(path: str) -> List[dict]:
-    from ..eval.tofu import read_json_records
-
-    return read_json_records(path) if os.path.isfile(path) else []
-
-
-def _split_names(data_dir: str, forget_split: Optional[str]) -> Tuple[str, str]:
-    if forget_split is None:
-        meta = os.path.join(data_dir, "synth_meta.json")
-        forget_split = (json.load(open(meta, encoding="utf-8"))["forget_split"]
-                        if os.path.isfile(meta) else "forget01")
-    pct = int(forget_split.replace("forget", ""))
-    return forget_split, f"retain{100 - pct:02d}"
-
-
-def _pairs(data_dir: str, forget_split: str, retain_split: str, with_forget: bool) -> list:
-    """(question, answer) pairs a start model is fine-tuned on: the authors (with or without
-    the forget split), each answer also paraphrased when the data has it, plus the real
-    authors and the world facts."""
-    authors = _records(os.path.join(data_dir, f"{retain_split}.json"))
-    if with_forget:
-        authors = authors + _records(os.path.join(data_dir, f"{forget_split}.json"))
-    para = {r["question"]: r.get("paraphrased_answer")
-            for r in _records(os.path.join(data_dir, "full_perturbed.json"))}
-    pairs = []
-    for r in authors:
-        pairs.append((r["question"], r["answer"]))
-        if para.get(r["question"]):
-            pairs.append((r["question"], para[r["question"]]))
-    for name in ("real_authors.json", "world_facts.json"):
-        pairs += [(r["question"], r["answer"]) for r in _records(os.path.join(data_dir, name))]
-    return pairs
-
-
-def _texts(data_dir: str) -> List[str]:
-    texts = []
-    for name in ("full_perturbed.json", "real_authors_perturbed.json",
-                 "world_facts_perturbed.json"):
-        for r in _records(os.path.join(data_dir, name)):
-            texts += [r.get("question"), r.get("answer"), r.get("paraphrased_answer"),
-                      r.get("paraphrased_question"), *r.get("perturbed_answer", [])]
-    return [t for t in texts if isinstance(t, str) and t]
-
-
-# ------------------------------------------------------------------------------ reports
-
-
-@dataclass
-class Report:
-    """What an experiment returns. ``rows``: ``results.csv`` (one per run, or aggregated);
-    ``tables``: ``(heading, [(key, column header)], rows)`` for ``results.md``; ``plot``: a
-    function writing the PNG to the path given; ``notes``: markdown after the tables."""
-
-    title: str
-    rows: List[dict]
-    tables: List[tuple] = field(default_factory=list)
-    plot: Optional[Callable[[str], None]] = None
-    notes: str = ""
-    png: str = "results.png"
-
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return format_number(v)
-    return "-" if v is None else str(v)
-
-
-def aggregate(rows: Sequence[dict], by: Sequence[str]) -> List[dict]:
-    """One row per distinct value of the ``by`` keys, over seeds: ``fq_median``, ``fq_min``,
-    ``fq_max``, ``mu_mean``, ``mu_std``, ``forget_prob_mean``, ``n_seeds`` (first-seen order)."""
-    import statistics as st
-
-    groups: Dict[tuple, List[dict]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
-    out = []
-    for key, rs in groups.items():
-        fq = [r["forget_quality"] for r in rs if r["forget_quality"] is not None]
-        mu = [r["model_utility"] for r in rs]
-        fp = [r["forget_probability"] for r in rs]
-        out.append({**dict(zip(by, key)),
-                    "fq_median": st.median(fq) if fq else None,
-                    "fq_min": min(fq) if fq else None, "fq_max": max(fq) if fq else None,
-                    "mu_mean": st.fmean(mu), "mu_std": st.pstdev(mu) if len(mu) > 1 else 0.0,
-                    "forget_prob_mean": st.fmean(fp), "n_seeds": len(rs)})
-    return out
-
-
-def write_report(report: Report, out: str, command: str = "") -> dict:
-    """``results.csv``, ``results.md`` and the PNG of ``report`` in ``out``; returns the paths."""
-    os.makedirs(out, exist_ok=True)
-    keys: List[str] = []
-    for r in report.rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    w.writeheader()
-    for r in report.rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-    paths = {"csv": os.path.join(out, "results.csv"), "md": os.path.join(out, "results.md"),
-             "png": None}
-    atomic_write_text(paths["csv"], buf.getvalue())
-    if report.plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        png = os.path.join(out, report.png)
-        tmp = png + ".tmp.png"
-        report.plot(tmp)
-        os.replace(tmp, png)
-        paths["png"] = png
-    md = [f"# {report.title}", ""]
-    if command:
-        md += ["```", command, "```", ""]
-    for heading, cols, rows in report.tables:
-        md += [f"## {heading}", "", format_table([h for _, h in cols],
-                                                 [[_cell(r.get(k)) for k, _ in cols]
-                                                  for r in rows]), ""]
-    if report.notes:
-        md += [report.notes.strip(), ""]
-    if paths["png"]:
-        md += [f"![{report.title}]({report.png})", ""]
-    atomic_write_text(paths["md"], "\n".join(md))
-    return paths
-
-
 # ------------------------------------------------------------------------------ the harness
-
-
-class _Trace:
-    """A ``TrainerCallback`` that records the mean length-normalised forget answer
-    probability every ``every`` optimizer steps (and at step 0)."""
-
-    def __new__(cls, pairs, pad_id: int, every: int):
-        from transformers import TrainerCallback
-
-        from ..eval.metrics import normalised_probability, score_answers
-
-        class Trace(TrainerCallback):
-            def __init__(self):
-                self.points: List[dict] = []
-
-            def _measure(self, model, step):
-                was = model.training
-                model.eval()
-                try:
-                    s = score_answers(model, pairs, pad_token_id=pad_id, batch_size=16,
-                                      progress=False)
-                finally:
-                    model.train(was)
-                p = sum(normalised_probability(x.avg_nll) for x in s) / len(s)
-                self.points.append({"step": step, "forget_probability": p})
-
-            def on_train_begin(self, args, state, control, model=None, **kw):
-                self._measure(model, 0)
-
-            def on_step_end(self, args, state, control, model=None, **kw):
-                if state.global_step % every == 0 or state.global_step == state.max_steps:
-                    self._measure(model, state.global_step)
-
-        return Trace()
 
 
 class Harness:
@@ -440,16 +222,19 @@ class Harness:
                 "max_new_tokens": c.max_new_tokens}
         return {k: v for k, v in opts.items() if v}
 
+    def _eval_kwargs(self) -> dict:
+        """:func:`palu_kernels.eval.evaluate_model`'s options for the setups and the runs."""
+        o = self._eval_options()
+        return dict(batch_size=16, max_new_tokens=o.get("max_new_tokens", QA_MAX_NEW_TOKENS),
+                    max_samples=o.get("max_samples"), max_generate=o.get("max_generate"),
+                    progress=False)
+
     def _evaluate(self, model, tok, data_dir: str, forget_split: str,
                   retain_truth_ratios=None) -> dict:
         from ..eval import evaluate_model
 
-        o = self._eval_options()
-        return evaluate_model(model, tok, data_dir, forget_split, batch_size=16,
-                              max_new_tokens=o.get("max_new_tokens", MAX_NEW_TOKENS),
-                              max_samples=o.get("max_samples"),
-                              max_generate=o.get("max_generate"),
-                              retain_truth_ratios=retain_truth_ratios, progress=False)
+        return evaluate_model(model, tok, data_dir, forget_split,
+                              retain_truth_ratios=retain_truth_ratios, **self._eval_kwargs())
 
     def setup(self, seed: int, synth: Optional[dict] = None) -> Setup:
         """The :class:`Setup` of ``seed`` (built once, then read from ``setups/<hash>/``)."""
@@ -459,7 +244,7 @@ class Harness:
             return self._setups[key]
         d = os.path.join(self.out, "setups", key)
         path = os.path.join(d, "setup.json")
-        s = _read_cached(path, lambda obj: Setup(**obj["setup"]))
+        s = read_cached(path, lambda obj: Setup(**obj["setup"]))
         if s is None and not self.cfg.compute:
             raise ValueError(f"cache: setup {key} (seed {conf['seed']}) is not built yet in "
                              f"{self.out}; run the experiment (not report-only) first")
@@ -472,22 +257,22 @@ class Harness:
         return s
 
     def _build_setup(self, conf: dict, key: str, d: str) -> Setup:
-        import torch
-
-        from ..eval import forget_quality
-        from ..tiny import build_tiny_llama, build_tokenizer
-        from ..train.finetune import fine_tune
+        """Data (the generator's, or ``data_dir``), tokenizer and start model of ``conf``;
+        :func:`palu_kernels.eval.setups.build_setup` fine-tunes and evaluates."""
+        from ..eval.setups import (QA_CHAT_TEMPLATE, SetupSpec, build_setup, qa_pairs, qa_texts,
+                                   split_names, tofu_evaluation)
         from ..io.models import load_model, load_tokenizer
+        from ..tiny import build_tiny_llama, build_tokenizer
 
         t0 = time.time()
         seed = conf["seed"]
         if "synth" in conf["data"]:
             data_dir = os.path.join(d, "data")
             self.cfg.generator(data_dir, seed=seed, **conf["data"]["synth"])
-            forget_split, retain_split = _split_names(data_dir, None)
+            forget_split, retain_split = split_names(data_dir, None)
         else:
             data_dir = conf["data"]["dir"]
-            forget_split, retain_split = _split_names(data_dir, conf["data"]["forget_split"])
+            forget_split, retain_split = split_names(data_dir, conf["data"]["forget_split"])
         spans = os.path.join(data_dir, f"{forget_split}_spans.jsonl")
         retain = os.path.join(data_dir, f"{retain_split}.json")
         for p in (spans, retain):
@@ -497,48 +282,41 @@ class Harness:
         self.log(f"setup {key} (seed {seed}): fine-tuning the start and retain models")
         tiny = conf["model"].get("tiny")
         if tiny:
-            tokenizer = build_tokenizer(_texts(data_dir), vocab_size=tiny["vocab"],
-                                        chat_template=CHAT_TEMPLATE)
+            tokenizer = build_tokenizer(qa_texts(data_dir), vocab_size=tiny["vocab"],
+                                        chat_template=QA_CHAT_TEMPLATE)
         else:
             tokenizer = load_tokenizer(conf["model"]["path"])
             if conf.get("chat_template"):
                 tokenizer.chat_template = conf["chat_template"]
-        training, dirs, evals = {}, {}, {}
-        torch.manual_seed(seed)
-        for name, with_forget in (("finetuned", True), ("retain", False)):
+
+        def start(name):
             if tiny:
-                model = build_tiny_llama(tokenizer, hidden_size=tiny["hidden"],
-                                         num_layers=tiny["layers"], seed=seed)
-            else:
-                model = load_model(conf["model"]["path"], float32=True)
-            pairs = _pairs(data_dir, forget_split, retain_split, with_forget)
-            training[name] = fine_tune(model, tokenizer, pairs, lr=conf["ft_lr"],
-                                       max_epochs=conf["ft_epochs"],
-                                       target_nll=conf["ft_target_nll"], seed=seed,
-                                       desc=f"fine-tune {name} (seed {seed})",
-                                       progress=self.cfg.progress,
-                                       answer_rows_only=not tiny,
-                                       train_layers=conf.get("train_layers"),
-                                       bf16=bool(conf.get("bf16")),
-                                       length_buckets=bool(conf.get("bf16")))
-            training[name]["n_pairs"] = len(pairs)
-            dirs[name] = os.path.join(d, name)
-            model.save_pretrained(dirs[name], safe_serialization=True)
-            tokenizer.save_pretrained(dirs[name])
-            model.eval()
-            evals[name] = self._evaluate(model, tokenizer, data_dir, forget_split)
+                return build_tiny_llama(tokenizer, hidden_size=tiny["hidden"],
+                                        num_layers=tiny["layers"], seed=seed)
+            return load_model(conf["model"]["path"], float32=True)
+
+        names = ("finetuned", "retain")
+        built = build_setup(SetupSpec(
+            data_dir=data_dir, forget_split=forget_split, forget_spans=spans, retain=retain,
+            tokenizer=tokenizer, start=start,
+            pairs={name: qa_pairs(data_dir, forget_split, retain_split, name == "finetuned")
+                   for name in names},
+            model_dirs={name: os.path.join(d, name) for name in names},
+            evaluate=tofu_evaluation(data_dir, forget_split, **self._eval_kwargs()),
+            lr=conf["ft_lr"], max_epochs=conf["ft_epochs"], target_nll=conf["ft_target_nll"],
+            seed=seed, answer_rows_only=not tiny, train_layers=conf.get("train_layers"),
+            bf16=bool(conf.get("bf16")), length_buckets=bool(conf.get("bf16")),
+            desc=f"fine-tune {{name}} (seed {seed})", progress=self.cfg.progress))
+        training, evals = built.training, built.metrics
+        for name in names:
             self.log(f"setup {key}: {name} fine-tuned in {training[name]['seconds']:.0f} s "
                      f"({training[name]['epochs']} epochs, NLL {training[name]['nll']:.3f}), "
                      f"forget probability "
                      f"{evals[name]['metrics']['forget']['probability']:.3f}")
-            del model
-        ratios = evals["retain"]["forget_truth_ratios"]
-        for name in evals:
-            evals[name]["metrics"]["forget_quality"] = forget_quality(
-                evals[name]["forget_truth_ratios"], ratios)
         return Setup(key=key, dir=d, data_dir=data_dir, forget_split=forget_split,
-                     forget_spans=spans, retain=retain, finetuned_dir=dirs["finetuned"],
-                     retain_dir=dirs["retain"], retain_truth_ratios=ratios,
+                     forget_spans=spans, retain=retain, finetuned_dir=built.target_dir,
+                     retain_dir=built.retain_dir,
+                     retain_truth_ratios=evals["retain"]["forget_truth_ratios"],
                      retain_metrics=evals["retain"]["metrics"],
                      finetuned_metrics=evals["finetuned"]["metrics"], vocab_size=len(tokenizer),
                      training=training, seconds=round(time.time() - t0, 1))
@@ -547,9 +325,9 @@ class Harness:
     def run_key(self, spec: RunSpec, seed: int) -> str:
         setup = self.setup(seed, dict(spec.synth))
         spec_d = spec_dict(spec)
-        for name in ("forget_file", *_file_knobs()):  # files by content
+        for name in ("forget_file", *file_knobs()):  # files by content
             if spec_d.get(name):
-                spec_d[name] = _file_sha(spec_d[name])
+                spec_d[name] = file_sha(spec_d[name])
         conf = {"v": HARNESS_VERSION, "setup": setup.key, "spec": spec_d, "seed": seed}
         if self.cfg.train_layers:
             conf["train_layers"] = self.cfg.train_layers
@@ -561,7 +339,7 @@ class Harness:
 
     def result(self, key: str) -> Optional[dict]:
         """The cached result of run ``key`` (``None`` if not run yet)."""
-        return _read_cached(os.path.join(self.out, "runs", f"{key}.json"), _check_run)
+        return read_cached(os.path.join(self.out, "runs", f"{key}.json"), check_run)
 
     def run(self, spec: RunSpec, seed: int) -> dict:
         """The result of one run (cached in ``runs/<hash>.json``): ``{"key", "spec", "seed",
@@ -581,6 +359,7 @@ class Harness:
         from transformers.utils import logging as hf_logging
 
         from ..eval.tofu import PromptEncoder, load_eval_model, read_json_records
+        from .trace import forget_trace
         from ..train.job import (DataSpec, ModelSpec, OutputSpec, TrainingOptions, UnlearningJob,
                                  run_unlearning)
 
@@ -602,7 +381,7 @@ class Harness:
             tok = load_tokenizer(setup.finetuned_dir)
             enc = PromptEncoder(tok)
             pairs = [enc.pair(r["question"], r["answer"]) for r in read_json_records(forget)]
-            callbacks.append(_Trace(pairs, enc.pad_token_id, spec.trace_every))
+            callbacks.append(forget_trace(pairs, enc.pad_token_id, spec.trace_every))
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         t0 = time.time()

@@ -25,7 +25,8 @@ from dataclasses import replace
 from ..jsonio import read_json_objects
 from .ablations import PALU_BASE
 from ..outputs import atomic_write_text
-from .harness import Harness, Report, aggregate
+from .harness import Harness
+from .report import Report, aggregate
 from .noise import NOISE_KINDS, degrade, span_count
 from .plots import fq_floor, pyplot
 from .probing import extras_spec

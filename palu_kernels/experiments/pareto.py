@@ -17,7 +17,8 @@ import statistics as st
 from dataclasses import replace
 
 from .ablations import PALU_BASE
-from .harness import Harness, Report, RunSpec, aggregate
+from .harness import Harness, RunSpec
+from .report import Report, aggregate
 from .plots import fq_floor, frontier, pyplot
 
 __all__ = ["GRID", "KEEP", "LADDERS", "LADDER_SIZE", "METHODS", "best_at_utility",

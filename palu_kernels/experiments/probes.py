@@ -33,7 +33,8 @@ def _encode(tokenizer, probe: dict) -> dict:
     """``input_ids`` as the trainer builds them and ``member``: the answer tokens whose first
     non-space character lies in ``[start, end)`` (so disjoint probes share no token, and
     adjacent probes partition the tokens of their union)."""
-    from ..io.data import QARecord, encode_record, format_prompt
+    from ..io.data import encode_record, format_prompt
+    from ..io.records import QARecord
 
     start, end = probe["start"], probe["end"]
     if not 0 <= start < end <= len(probe["answer"]):

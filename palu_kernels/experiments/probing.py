@@ -18,7 +18,8 @@ import statistics as st
 from typing import Dict, List, Optional, Sequence
 
 from ..outputs import atomic_write_text
-from .harness import Harness, RunSpec, Setup, config_hash, with_synth
+from .cache import config_hash
+from .harness import Harness, RunSpec, Setup, with_synth
 from .probes import score_probes
 
 __all__ = ["EXTRAS", "PROBE_VERSION", "ProbeHarness", "extras_spec", "facts_of",

@@ -19,9 +19,10 @@ from dataclasses import replace
 
 from ..spans import SpanOptions, find_spans, read_span_inputs, score_records, write_span_records
 from ..spans.text import words_of
-from ..io.data import Span
+from ..io.records import Span
 from .ablations import AGG_COLUMNS, PALU_BASE, describe_spec, quick_spec, references_note
-from .harness import Harness, Report, aggregate
+from .harness import Harness
+from .report import Report, aggregate
 
 __all__ = ["SOURCES", "random_spans", "spans_experiment"]
 

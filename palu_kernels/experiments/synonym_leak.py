@@ -22,7 +22,8 @@ import statistics as st
 from dataclasses import replace
 
 from .ablations import PALU_BASE
-from .harness import Harness, Report, RunSpec
+from .harness import Harness, RunSpec
+from .report import Report
 from .plots import pyplot
 from .probes import synonym_leakage
 from .probing import ProbeHarness, extras_spec, references, summarise

@@ -32,7 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UsageError
 from ..outputs import atomic_write_text
-from .harness import Harness, Report, RunSpec, aggregate
+from .harness import Harness, RunSpec
+from .report import Report, aggregate
 from .pareto import MU_FRACTION, best_at_utility, select
 from .plots import fq_floor, pyplot
 

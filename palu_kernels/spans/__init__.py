@@ -4,7 +4,7 @@ words a pre-trained causal LM does not predict from their left context (:mod:`.l
 ``contrast`` compares the model to unlearn with a reference model (:mod:`.contrast`);
 :mod:`.score` measures spans against annotated ones and their coverage; :mod:`.find`
 dispatches and reads / writes the span files. Its own layer, between :mod:`palu_kernels.io`
-(it reads records through :mod:`palu_kernels.io.data` and loads models through
+(it reads records through :mod:`palu_kernels.io.records` and loads models through
 :mod:`palu_kernels.io.models`) and :mod:`palu_kernels.train` (``palu-unlearn --spans``
 computes spans on the fly).
 

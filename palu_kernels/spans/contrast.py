@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
 from ..errors import UsageError
-from ..io.data import QARecord
+from ..io.records import QARecord
 from .lm import load_scorer, per_word, token_log_probs
 from .text import STOPWORDS, spans_from_marks
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..outputs import atomic_write_text
-from ..io.data import QARecord, load_forget
+from ..io.records import QARecord, load_forget
 from .contrast import DEFAULT_THRESHOLD, PASSAGE_MAX_COVERAGE, ContrastOptions, contrast_spans
 from .lm import DEFAULT_PREDICTABILITY, PredictabilityOptions, predictability_spans
 from .text import text_spans
@@ -93,7 +93,7 @@ def find_spans(records: Sequence[QARecord], options: SpanOptions = SpanOptions()
 
 def read_span_inputs(path: str, *, skip_bad: bool = False):
     """Records to find spans in: question/answer records or raw passages
-    (:func:`palu_kernels.io.data.load_forget`; given spans are kept, overlaps merged).
+    (:func:`palu_kernels.io.records.load_forget`; given spans are kept, overlaps merged).
     Returns ``(records, report)``."""
     return load_forget(path, spans="optional", skip_bad=skip_bad, merge_overlaps=True)
 

@@ -30,7 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence
 
-from ..io.data import QARecord, encode_answer
+from ..io.data import encode_answer
+from ..io.records import QARecord
 from ..io.models import load_model, load_tokenizer, resolve_model_path
 from .text import STOPWORDS, spans_from_marks, words_of
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from ..io.data import QARecord
+from ..io.records import QARecord
 
 __all__ = ["SpanScore", "coverage", "score_records"]
 

@@ -40,7 +40,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from ..io.data import QARecord, Span
+from ..io.records import QARecord, Span
 
 __all__ = ["PASSAGE_MAX_DF", "QA_MAX_DF", "TextSpanner", "spacy_available", "text_spans"]
 

@@ -8,8 +8,9 @@ Needs the ``train`` extra (transformers, accelerate, safetensors, tqdm; peft for
 """
 
 from .base import PALUConfig, UnlearningTrainer
-from ..io.data import (IGNORE_INDEX, LoadReport, PALUCollator, PALUDataset, QARecord, Span,
-                   encode_record, format_prompt, load_records, prompt_ids)
+from ..io.data import (IGNORE_INDEX, PALUCollator, PALUDataset, encode_record, format_prompt,
+                       prompt_ids)
+from ..io.records import LoadReport, QARecord, Span, load_records
 from .heads import FusedLinearError
 from .methods.palu import PALUTrainer
 

@@ -31,7 +31,8 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
     import torch
     from tqdm.auto import tqdm
 
-    from ..io.data import IGNORE_INDEX, QARecord, pad_sequences, encode_record
+    from ..io.data import IGNORE_INDEX, pad_sequences, encode_record
+    from ..io.records import QARecord
     from ..io.models import train_last_layers
 
     train_last_layers(model, train_layers)

@@ -171,7 +171,8 @@ class _Data:
 
 def _load_data(job: UnlearningJob, source: ModelSource) -> _Data:
     """Forget and retain records (spans given, or computed), the tokenizer, the dataset."""
-    from ..io.data import PALUDataset, chunk_passages, load_forget, load_records
+    from ..io.data import PALUDataset
+    from ..io.records import chunk_passages, load_forget, load_records
 
     d, uses_spans = job.data, trainer_class(job.method.name).uses_spans
     try:

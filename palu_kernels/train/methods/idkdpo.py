@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from ..base import UnlearningTrainer, resolve_config
 from ..knobs import MethodConfig, knob, weight_knob
-from ...io.data import PALUDataset, QARecord, encode_record
+from ...io.data import PALUDataset, encode_record
+from ...io.records import QARecord
 from .sequence import (check_beta, check_same_shape, forget_logprobs, forget_window, reduce,
                        sequence_logprob, sequence_logs)
 
