@@ -47,8 +47,8 @@ from palu_kernels.outputs import atomic_write_text
 from palu_kernels.eval.table import format_table
 
 SOURCES = ("text", "predictability", "contrast")
-SIZES = {"default": dict(n=8, prompt_words=32, gt_words=64, window=120, ft_epochs=4,
-                         verb_new=128, know_new=32, steps=8, batch=2),
+SIZES = {"default": dict(n=8, prompt_words=32, gt_words=64, window=120, ft_epochs=12,
+                         verb_new=128, know_new=32, steps=12, batch=2),
          "quick": dict(n=2, prompt_words=8, gt_words=16, window=24, ft_epochs=2,
                        verb_new=8, know_new=4, steps=1, batch=2)}
 
@@ -163,7 +163,39 @@ def _eval(model_dir, muse_dir, sz, path, retain_auc=None, target_km=None):
     return ev
 
 
-def run_seed(args, sz, data, seed, log):
+CELLS = [("palu", s) for s in SOURCES] + [("tpo", "text"), ("npo", None), ("ga", None)]
+
+
+def _cell(method, src):
+    return f"{method}-{src}" if src else method
+
+
+def choose_lrs(rows, lrs, target):
+    """Each cell's rung for the other seeds, chosen on the first seed's ladder: among the rungs
+    that keep utility (KnowMem retain) >= 0.9 x the target's, the one that forgets most (the
+    lowest mean of VerbMem forget and KnowMem forget; the lower learning rate on a tie); when
+    no rung keeps it, the rung with the highest utility. A cell whose every rung was skipped
+    (PALU with a span source that marked nothing) is left out."""
+    out = {}
+    for method, src in CELLS:
+        cell = _cell(method, src)
+        ran = [(lr, rows[f"{cell}-lr{lr}"]) for lr in lrs
+               if "skipped" not in rows.get(f"{cell}-lr{lr}", {"skipped": ""})]
+        if not ran:
+            continue
+        keep = [(lr, m) for lr, m in ran if m["knowmem_retain"] >= 0.9 * target]
+        if keep:
+            lr, _ = min(keep, key=lambda x: (x[1]["verbmem_forget"] + x[1]["knowmem_forget"],
+                                            x[0]))
+        else:
+            lr, _ = max(ran, key=lambda x: (x[1]["knowmem_retain"], -x[0]))
+        out[cell] = lr
+    return out
+
+
+def run_seed(args, sz, data, seed, log, chosen=None):
+    """One seed: the start models (once), the span files, and every cell at each rung of
+    ``args.lrs`` (``chosen is None``: the selection seed) or at its ``chosen[cell]`` rung."""
     from palu_kernels.spans import (SpanOptions, coverage, find_spans, write_span_records)
     from palu_kernels.io.records import QARecord
     from palu_kernels.train.finetune import fine_tune
@@ -187,18 +219,22 @@ def run_seed(args, sz, data, seed, log):
         info = fine_tune(model, tok, docs[name], lr=args.ft_lr, max_epochs=sz["ft_epochs"],
                          target_nll=args.ft_target_nll, batch_size=4,
                          seed=seed if args.models_per_seed else 0,
-                         desc=f"seed {seed}: {name}", progress=not args.no_progress)
+                         desc=f"seed {seed}: {name}", progress=not args.no_progress,
+                         answer_rows_only=args.model != "tiny",
+                         train_layers=args.train_layers, bf16=args.bf16,
+                         length_buckets=args.bf16)
         _save(model, tok, dirs[name], info)
         log(f"seed {seed}: {name} {info}")
     muse_dir = data["muse_dir"]
-    ev_r = _eval(dirs["retrained"], muse_dir, sz, os.path.join(sd, "eval_retrained0.json"))
+    # the start models' evaluations (greedy decoding: one per pair of start models)
+    ev_r = _eval(dirs["retrained"], muse_dir, sz, os.path.join(md, "eval_retrained0.json"))
     auc_r = ev_r["metrics"]["privleak_auc"]
-    ev_t = _eval(dirs["target"], muse_dir, sz, os.path.join(sd, "eval_target.json"),
+    ev_t = _eval(dirs["target"], muse_dir, sz, os.path.join(md, "eval_target.json"),
                  retain_auc=auc_r)
     km_t = ev_t["metrics"]["knowmem_retain"]
     rows = {"target": ev_t["metrics"],
             "retrained": _eval(dirs["retrained"], muse_dir, sz,
-                               os.path.join(sd, "eval_retrained.json"), auc_r,
+                               os.path.join(md, "eval_retrained.json"), auc_r,
                                km_t)["metrics"]}
     recs = [QARecord("", p, raw=True) for p in data["forget"]]
     span_paths, cov = {}, {}
@@ -215,21 +251,22 @@ def run_seed(args, sz, data, seed, log):
 
         span_paths[src] = path
         cov[src] = coverage(read_span_inputs(path)[0])["chars"]
-    cells = [("palu", s) for s in SOURCES] + [("tpo", "text"), ("npo", None), ("ga", None)]
-    for method, src in cells:
-        for lr in args.lrs:
-            name = f"{method}-{src}-lr{lr}" if src else f"{method}-lr{lr}"
+    for method, src in CELLS:
+        if chosen is not None and _cell(method, src) not in chosen:
+            continue  # skipped on every rung of the selection seed
+        for lr in (args.lrs if chosen is None else [chosen[_cell(method, src)]]):
+            name = f"{_cell(method, src)}-lr{lr}"
             rd = os.path.join(sd, "runs", name)
             ev_path = os.path.join(rd, "muse_eval.json")
             if not os.path.isfile(ev_path):
                 job = UnlearningJob(
-                    model=ModelSpec(dirs["target"]),
+                    model=ModelSpec(dirs["target"], train_layers=args.train_layers),
                     data=DataSpec(forget=span_paths[src or "text"], retain=data["retain_path"],
                                   max_length=1024, eval_retain=0, eval_forget=1),
                     method=MethodSpec(name=method, k=args.k, gamma=args.gamma),
                     training=TrainingOptions(lr=lr, max_steps=sz["steps"],
                                              batch_size=sz["batch"],
-                                             warmup_epochs=0, seed=seed,
+                                             warmup_epochs=0, seed=seed, bf16=args.bf16,
                                              logging_steps=1000000),
                     output=OutputSpec(rd, save_total_limit=1, overwrite=True,
                                       save_steps=1000000000))
@@ -239,8 +276,9 @@ def run_seed(args, sz, data, seed, log):
                     rows[name] = {"skipped": str(e)}
                     log(f"seed {seed}: {name} skipped: {e}")
                     continue
+            fresh = not os.path.isfile(ev_path)
             rows[name] = _eval(rd, muse_dir, sz, ev_path, auc_r, km_t)["metrics"]
-            log(f"seed {seed}: {name} done")
+            log(f"seed {seed}: {name} " + ("done" if fresh else "cached"))
     return {"rows": rows, "span_coverage": cov}
 
 
@@ -249,19 +287,31 @@ COLS = (("verbmem_forget", "VerbMem forget"), ("knowmem_forget", "KnowMem forget
         ("knowmem_retain_vs_target", "retain / target % (extra)"))
 
 
-def table(per_seed):
-    names = list(per_seed[0]["rows"])
-    cells = []
+def _cells_of(rows, names):
+    out = []
     for name in names:
+        ran = [m for m in rows(name) if m is not None and "skipped" not in m]
         row = [name]
-        ran = [s["rows"][name] for s in per_seed if "skipped" not in s["rows"][name]]
         for key, _ in COLS:
-            vals = [m[key] for m in ran if m[key] is not None]
+            vals = [m[key] for m in ran if m.get(key) is not None]
             row.append(("skipped" if not ran else "n/a") if not vals else
                        f"{statistics.mean(vals):.3f}" + (
-                f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""))
-        cells.append(row)
-    return format_table(["model"] + [h for _, h in COLS], cells)
+                           f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""))
+        out.append(row)
+    return format_table(["model"] + [h for _, h in COLS], out)
+
+
+def ladder_table(seed_rows):
+    """The selection seed's ladder: every cell at every rung (one seed)."""
+    return _cells_of(lambda n: [seed_rows[n]], list(seed_rows))
+
+
+def table(per_seed, chosen):
+    """Mean ± standard deviation over the seeds: the start models, and each cell at the rung
+    chosen on the first seed (its name carries the rung; "skipped" where every rung was)."""
+    names = ["target", "retrained"] + [f"{c}-lr{chosen[c]}" if c in chosen else c
+                                       for c in (_cell(m, s) for m, s in CELLS)]
+    return _cells_of(lambda n: [s["rows"].get(n) for s in per_seed], names)
 
 
 def main(argv=None) -> int:
@@ -271,9 +321,17 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2", help="smollm2, a directory, a .gguf, or tiny")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--lrs", default="2e-5,1e-4", help="the ladder (same for every method)")
-    p.add_argument("--ft-lr", type=float, default=1e-4)
-    p.add_argument("--ft-target-nll", type=float, default=0.3)
+    p.add_argument("--lrs", default="1e-4,1e-3",
+                   help="the ladder (same for every method), all rungs on the first seed; "
+                        "the other seeds run each cell's chosen rung")
+    p.add_argument("--ft-lr", type=float, default=1e-3)
+    p.add_argument("--ft-target-nll", type=float, default=0.05)
+    p.add_argument("--train-layers", type=int, default=None,
+                   help="fine-tune and unlearn only the last that many decoder layers "
+                        "(default: 4 for a pre-trained model, every layer for tiny)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="train in float32 (default: bfloat16 autocast for a pre-trained "
+                        "model; weights, optimizer and evaluation stay float32)")
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--gamma", type=float, default=1.0)
     p.add_argument("--models-per-seed", action="store_true",
@@ -288,6 +346,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     args.lrs = [float(x) for x in args.lrs.split(",")]
+    if args.model == "tiny":
+        args.bf16 = False
+    elif args.train_layers is None:
+        args.train_layers = 4
     seeds = [int(x) for x in args.seeds.split(",")]
     sz = dict(SIZES["quick" if args.quick else "default"])
     for key in ("steps", "n"):
@@ -297,15 +359,24 @@ def main(argv=None) -> int:
     t0 = time.time()
     data = build_data(args.data_dir, sz, args.out)
     log(f"data: {len(data['forget'])} forget and {len(data['retain'])} retain passages")
-    per_seed = [run_seed(args, sz, data, s, log) for s in seeds]
-    md = "\n".join([f"# MUSE News, {args.model}, seeds {seeds}", "", table(per_seed), "",
+    first = run_seed(args, sz, data, seeds[0], log)
+    target_km = first["rows"]["target"]["knowmem_retain"]
+    chosen = choose_lrs(first["rows"], args.lrs, target_km)
+    log(f"rungs chosen on seed {seeds[0]}: {chosen}")
+    per_seed = [first] + [run_seed(args, sz, data, s, log, chosen) for s in seeds[1:]]
+    md = "\n".join([f"# MUSE News, {args.model}, seeds {seeds}", "",
+                    f"Each cell at the rung chosen on seed {seeds[0]} (mean ± standard "
+                    f"deviation over the seeds):", "", table(per_seed, chosen), "",
+                    f"The ladder on seed {seeds[0]} (lrs {args.lrs}; the rule: "
+                    "`choose_lrs`):", "", ladder_table(first["rows"]), "",
                     "Span coverage (characters) per seed: "
                     + json.dumps([s["span_coverage"] for s in per_seed]), "",
                     f"Command: `python bench/muse_smollm2.py {' '.join(argv or sys.argv[1:])}`",
                     "", f"Wall time: {time.time() - t0:.0f} s.", ""])
     atomic_write_text(os.path.join(args.out, "results.md"), md)
     atomic_write_text(os.path.join(args.out, "results.json"),
-                      json.dumps({"per_seed": per_seed, "sizes": sz, "args": vars(args)},
+                      json.dumps({"per_seed": per_seed, "chosen": chosen, "sizes": sz,
+                                  "args": vars(args)},
                                  default=str))
     print(md)
     return 0
