@@ -232,11 +232,13 @@ def _split_kernel(
             tl.store(loss_ptr + row, 0.0)
 
 
-def default_chunk(v: int, elem_size: int) -> int:
-    """Columns per program: 16384 for 16-bit logits, 8192 for fp32 (32 KB of z and of r per
-    program, 64 / 32 entries per thread at 8 warps, held in registers), never more than the
-    row needs."""
-    return min(triton.next_power_of_2(max(v, 16)), 16384 if elem_size == 2 else 8192)
+def default_chunk(v: int) -> int:
+    """Columns per program: 8192 (32 entries of z and of r per thread at 8 warps, held in
+    registers), never more than the row needs. At 8192 the kernel compiles to 128 registers
+    without spills (bf16, sm_90a, triton 3.6 and 3.9), so two programs share an SM and one
+    streams while the other waits in an exchange (``docs/kernels.md``, section 3); 16384
+    takes 178-186 registers, one program per SM."""
+    return min(triton.next_power_of_2(max(v, 16)), 8192)
 
 
 def default_split(z: torch.Tensor) -> bool:
@@ -291,7 +293,7 @@ def launch_split(z, r, order, kind, w, loss, grad, kl_code: int, *, chunk: int |
     per program, the warps and the grid (tests, tuning)."""
     _, t, v = z.shape
     n = kind.numel()
-    ch = chunk or default_chunk(v, z.element_size())
+    ch = chunk or default_chunk(v)
     g = triton.cdiv(v, ch)
     gp = triton.next_power_of_2(g)
     # device-side counts: no host sync
