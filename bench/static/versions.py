@@ -142,7 +142,7 @@ _FWD_JOB_NEW = {
     "constexprs": {"TARGET": 0, "KL": 1, "TOPK_ALL": False, "WRITE_GRAD": True,
                    "KEY_BITS": 16, "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": 8,
                    "G_HINT": True, "NUM_STAGES": 3, "BRACKET": SELECT_NEW == "bracket",
-                   "RC": 32},
+                   "RC": 32, "LOCAL_ONLY": False},
     "num_warps": 8,
     "num_stages": None,
     "divisible_by_16": ["z_ptr", "r_ptr", "order_ptr", "kind_ptr", "w_ptr", "loss_ptr",

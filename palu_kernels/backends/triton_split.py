@@ -251,17 +251,20 @@ def default_split(z: torch.Tensor) -> bool:
 
 def _occupancy(compiled, num_warps: int, props) -> int:
     """Programs of ``compiled`` one SM holds at once: registers (allocated per warp in units
-    of 256), shared memory and the 64-warp limit; 1 when the compiled kernel does not say."""
+    of 256), shared memory and the thread limit; 1 when the compiled kernel does not say."""
+    init = getattr(compiled, "_init_handles", None)
+    if init is not None:  # n_regs is known once the binary is loaded
+        init()
     regs = getattr(compiled, "n_regs", None)
     if not regs:
         return 1
     per_warp = -(-regs * 32 // 256) * 256
-    by_regs = props.regs_per_multiprocessor // (per_warp * num_warps)
+    by_regs = getattr(props, "regs_per_multiprocessor", 65536) // (per_warp * num_warps)
     shared = getattr(getattr(compiled, "metadata", None), "shared", 0) or 0
     smem = getattr(props, "shared_memory_per_multiprocessor", 0) or 0
     by_smem = smem // shared if shared and smem else by_regs
-    by_warps = props.max_threads_per_multi_processor // (32 * num_warps)
-    return max(1, min(by_regs, by_smem, by_warps))
+    by_threads = getattr(props, "max_threads_per_multi_processor", 2048) // (32 * num_warps)
+    return max(1, min(by_regs, by_smem, by_threads))
 
 
 def launch_grid(kernel, programs, args: tuple, consts: dict, device: torch.device) -> None:
