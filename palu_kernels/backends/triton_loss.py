@@ -11,6 +11,10 @@ choices are in ``docs/kernels.md``. In short:
   pass 2 (the gradient, ``p (log p - log q - KL)`` or ``p - q``);
 * any other row: never read; a zero gradient row.
 
+On CUDA, for rows of at least 128 KiB, the rows not in ``I`` go to the split-row kernel
+(``triton_split.py``: each KL row read from HBM once) and this kernel takes the rows in ``I``
+alone (``LOCAL_ONLY``).
+
 The gradient is written during the forward pass into a new ``[N, V]`` tensor, already
 weighted (:mod:`palu_kernels.backends.function`); backward scales it in place on the device
 (:func:`scale_rows_`: nothing at all where ``grad_output`` is 1). No atomics and a fixed
