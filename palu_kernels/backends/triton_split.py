@@ -63,7 +63,7 @@ from .kernel_utils import device_guard, interpreting
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 NEG_BIG = tl.constexpr(-3.0e38)  # as in triton_loss.py: 0 * -BIG = 0 is 0 log 0 = 0
-NREC = 8  # floats per scratch record (5 used: m_z, s_z, m_r, s_r, acc)
+NREC = 8  # floats per scratch record (5 used: m_z, s_z, m_r, s_r, acc; the kernels' `8`)
 
 # The split path runs where a row of z is at least this long (bytes): the per-row kernel's
 # second pass re-reads z and r from L2 with probability about min(1, L2 / (132 rows in
@@ -302,7 +302,7 @@ def launch_split(z, r, order, kind, w, loss, grad, kl_code: int, *, chunk: int |
     # device-side counts: no host sync
     counts = torch.stack([(kind == 1).sum(), (kind == 2).sum() if kl_code else
                           kind.new_zeros(())]).to(torch.int32)
-    rec = torch.empty(n * gp * 8, dtype=torch.float32, device=z.device)
+    rec = torch.empty(n * gp * NREC, dtype=torch.float32, device=z.device)
     cnt = torch.zeros(n, dtype=torch.int32, device=z.device)
     args = (z, r, order, counts, w, loss, grad if grad is not None else loss, rec, cnt, n, t, v,
             z.stride(0), z.stride(1), r.stride(0), r.stride(1))
