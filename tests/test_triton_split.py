@@ -93,7 +93,8 @@ def _args(z, r, i, c, **opts):
     return check_loss_args(z, r, i, c, k=opts.get("k", 5), target=opts.get("target", "mean"),
                            kl=opts.get("kl", "reverse"), gamma=opts.get("gamma", 1.0),
                            alpha=opts.get("alpha", 1.0),
-                           reduction=opts.get("reduction", "none"), weights=None)
+                           reduction=opts.get("reduction", "none"),
+                           weights=opts.get("weights"))
 
 
 def split_loss(z, r, i, c, *, chunk=16, **opts):
@@ -133,6 +134,27 @@ def test_split_matches_reference_and_the_rowwise_kernel(split_grid, dtype, kl):
     assert torch.equal(grad_s[i], grad_r[i]) and torch.equal(loss_s[i], loss_r[i])
     assert torch.all(grad_s[~i & ~c] == 0) and torch.all(loss_s[~i & ~c] == 0)
     assert split_grid and all(p == 3 * rows for p, rows in split_grid)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_split_with_row_weights_reductions_and_a_grad_output(split_grid, reduction):
+    # the "mean" row weights and the caller's per-row weights reach the split rows through
+    # the same [N] weights as the per-row kernel's; grad_output != 1 scales the gradient
+    # (the reference takes no weights: with them, the per-row path is the comparison, which
+    # tests/test_triton.py checks against the torch backend)
+    z, r, _, _ = make_case((2, 5, 40), torch.float32, seed=6)
+    i, c = _mixed_masks(10, 6)
+    i, c = i.view(2, 5), c.view(2, 5)
+    go = torch.tensor(-1.75)
+    opts = dict(k=5, reduction=reduction, gamma=1.3, alpha=0.6)
+    assert_matches_reference(split_loss, z, r, i, c, grad_out=go, **opts)
+    w = torch.rand(2, 5, generator=torch.Generator().manual_seed(6)) + 0.5
+    loss_s, grad_s = loss_and_grad(split_loss, z, r, i, c, go, weights=w, **opts)
+    loss_r, grad_r = loss_and_grad(rowwise_loss, z, r, i, c, go, weights=w, **opts)
+    assert torch.allclose(loss_s, loss_r, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grad_s, grad_r, rtol=1e-5, atol=1e-7)
+    _, grad_u = loss_and_grad(split_loss, z, r, i, c, go, **opts)
+    assert not torch.allclose(grad_s[c], grad_u[c])  # the weights reached the KL rows
 
 
 def test_split_is_bitwise_deterministic_across_runs(split_grid):
