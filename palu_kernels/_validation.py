@@ -459,3 +459,15 @@ def check_topk_args(ref_logits, k, block, method) -> int:
         raise ValueError(f"method must be 'radix' or 'bracket', got {method!r}")
     check_kernel_device("ref_logits", ref_logits)
     return min(k, v)
+
+
+def check_split_options(split, split_chunk) -> None:
+    """The Triton launch's split-row options (``backends/triton_loss.launch``): ``split``
+    None (the default: ``triton_split.default_split``), True or False; ``split_chunk`` None
+    or a power of two >= 16 (columns per program of the split-row kernel)."""
+    if split is not None and not isinstance(split, bool):
+        raise UsageError("split", f"must be None, True or False, got {split!r}")
+    if split_chunk is not None and (isinstance(split_chunk, bool)
+                                    or not isinstance(split_chunk, int) or split_chunk < 16
+                                    or split_chunk & (split_chunk - 1)):
+        raise UsageError("split_chunk", f"must be a power of two >= 16, got {split_chunk!r}")

@@ -156,27 +156,57 @@ def test_pass_table_checks():
 
 
 def test_versions_table_shape():
-    old, new = versions.VERSIONS["old"], versions.VERSIONS["new"]
-    assert old["source"] == {"git_ref": "03fcec1"} and new["source"] == {"worktree": True}
-    assert set(new["passes"]) == set(old["passes"]) == set(sm.KINDS)
+    old, rowwise = versions.VERSIONS["old"], versions.VERSIONS["rowwise"]
+    new = versions.VERSIONS["new"]
+    assert old["source"] == {"git_ref": "03fcec1"}
+    assert rowwise["source"] == new["source"] == {"worktree": True}
+    assert set(new["passes"]) == set(rowwise["passes"]) == set(old["passes"]) == set(sm.KINDS)
     for kind in sm.KINDS:
         assert set(new["passes"][kind]) == set(old["passes"][kind]) == set(sm.PHASES)
     roles = {r for job in old["jobs"].values() for r in job["loops"]}
     assert roles == {"select", "local_a", "local_b", "kl_stream", "kl_grad", "zero_fill", "scale"}
     sm.check_passes(old["passes"], dict.fromkeys(roles))
-    new_roles = {r: s for job in new["jobs"].values() for r, s in job["loops"].items()}
+    row_roles = {r: s for job in rowwise["jobs"].values() for r, s in job["loops"].items()}
     # the radix select's loop always (main path or the bracket's fallback), the bracket's
     # counting pass only where it is the default (triton before 3.9)
     bracket = versions.SELECT_NEW == "bracket"
-    assert set(new_roles) == (roles - {"select"}) | {"select_radix"} | ({"select"} if bracket
-                                                                         else set())
-    assert all(s["fallback"] is None for s in new_roles.values())
-    assert new["jobs"]["forward"]["constexprs"]["BRACKET"] == bracket
-    sel = [p.loop for p in new["passes"]["initiating"]["forward"] if p.loop.startswith("select")]
+    selects = {"select_radix"} | ({"select"} if bracket else set())
+    assert set(row_roles) == (roles - {"select"}) | selects
+    assert all(s["fallback"] is None for s in row_roles.values())
+    assert rowwise["jobs"]["forward"]["constexprs"]["BRACKET"] == bracket
+    sel = [p.loop for p in rowwise["passes"]["initiating"]["forward"]
+           if p.loop.startswith("select")]
     assert sel == (["select"] if bracket else ["select_radix", "select_radix"])
+    # new: the per-row kernel takes the initiating rows alone (LOCAL_ONLY), the split-row
+    # kernel the others, each read (KL) or written (zero) once
+    assert new["jobs"]["forward"]["constexprs"]["LOCAL_ONLY"] is True
+    new_roles = {r for job in new["jobs"].values() for r in job["loops"]}
+    assert new_roles == {"local_a", "local_b", "split_kl", "split_zero", "scale"} | selects
+    assert new["passes"]["initiating"] == rowwise["passes"]["initiating"]
+    (kl,) = new["passes"]["common"]["forward"]
+    assert (kl.loop, kl.reads, kl.rereads, kl.writes) == ("split_kl", ("z", "r"), (), ("grad",))
+    (zero,) = new["passes"]["other"]["forward"]
+    assert (zero.loop, zero.reads, zero.writes) == ("split_zero", (), ("grad",))
+    split = new["jobs"]["split"]
+    assert split["constexprs"]["G"] * split["constexprs"]["CHUNK"] >= sm.CASE.vocab
     # old: 8 radix levels over r, passes A and B, KL passes 1 and 2, zero fill, scale_rows
     init = old["passes"]["initiating"]["forward"]
     assert sum(p.repeat for p in init if p.loop == "select") == 8
+
+
+def test_a_stated_unroll_factor_is_used_as_it_is():
+    # the split-row loop moves its tensors plus a few records: 244 B per thread-iteration
+    # for 32 elements x 3 tensors x 2 B = 192 B is no whole multiple, so it states unroll 1
+    lp = {"label": "L0", "global_bytes_per_thread": 244, "instructions": 1223,
+          "groups": {"int": 213, "special": 100}}
+    m = sm.MACHINES["h200"]
+    with pytest.raises(ModelError, match="not a whole multiple"):
+        report._loop_figures(lp, 8192, 256, 3, sm.CASE, m)
+    fig = report._loop_figures(lp, 8192, 256, 3, sm.CASE, m, unroll=1)
+    assert fig["unroll"] == 1 and fig["e"] == 32
+    assert fig["instructions_per_element"] == pytest.approx(1223 / 32)
+    assert fig["s_per_element"] == pytest.approx(
+        sm.issue_seconds_per_element(1223, 213, 100, 32, m))
 
 
 def test_last_line_format():

@@ -417,6 +417,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from palu_kernels.backends.triton_loss import _palu_fwd_kernel, _scale_rows_kernel
+from palu_kernels.backends.triton_split import _split_kernel
 from palu_kernels.backends.triton_topk import _topk_threshold_kernel
 
 def fused(dt):
@@ -427,13 +428,26 @@ def fused(dt):
 def full(bits, vec, kl, bracket):
     return {"TARGET": 0, "KL": kl, "TOPK_ALL": False, "WRITE_GRAD": True, "KEY_BITS": bits,
             "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": vec, "G_HINT": vec > 1, "NUM_STAGES": 3,
-            "BRACKET": bracket, "RC": 32}
+            "BRACKET": bracket, "RC": 32, "LOCAL_ONLY": False}
+def split(dt):
+    return {"z_ptr": "*" + dt, "r_ptr": "*" + dt, "order_ptr": "*i32", "counts_ptr": "*i32",
+            "w_ptr": "*fp32", "loss_ptr": "*fp32", "g_ptr": "*" + dt, "rec_ptr": "*fp32",
+            "cnt_ptr": "*i32", "N": "i32", "T": "i32", "V": "i32", "stride_zb": "i64",
+            "stride_zt": "i64", "stride_rb": "i64", "stride_rt": "i64", "pid_base": "i32",
+            "P": "i32", "R": "i32"}
+def split_c(kl, grad):
+    return {"KL": kl, "WRITE_GRAD": grad, "CHUNK": 8192, "G": 16, "GP": 16, "CG": True}
 sel = {"r_ptr": "*fp16", "thr_ptr": "*fp16", "ties_ptr": "*i64", "s_ptr": "*i32",
        "path_ptr": "*i32", "V": "i32", "K": "i32", "stride_rn": "i64", "stride_rv": "i32", "R": "i32"}
 scale = {"g_ptr": "*bf16", "s_ptr": "*fp32", "kind_ptr": "*i32", "V": "i32", "stride_s": "i32"}
 for fn, sig, const in ((_palu_fwd_kernel, fused("bf16"), full(16, 8, 1, True)),
                        (_palu_fwd_kernel, fused("bf16"), full(16, 8, 1, False)),
                        (_palu_fwd_kernel, fused("fp32"), full(32, 1, 2, True)),
+                       (_palu_fwd_kernel, fused("bf16"), {**full(16, 8, 1, True),
+                                                          "LOCAL_ONLY": True}),
+                       (_split_kernel, split("bf16"), split_c(1, True)),
+                       (_split_kernel, split("fp32"), split_c(2, False)),
+                       (_split_kernel, split("fp16"), split_c(0, True)),
                        (_topk_threshold_kernel, sel, {"BLOCK": 4096, "KEY_BITS": 16,
                                                       "NUM_STAGES": 3, "BRACKET": True, "RC": 32}),
                        (_topk_threshold_kernel, {**sel, "r_ptr": "*fp32", "thr_ptr": "*fp32"},

@@ -291,3 +291,69 @@ def test_bf16_subnormals_at_the_top_k_boundary(v):
         got, g_got = loss_and_grad(T.triton_loss, z, r, i, c, **opts)
         same, g_same = loss_and_grad(T.triton_loss, z, mapped, i, c, **opts)
         assert torch.equal(got, same) and torch.equal(g_got, g_same), (v, target, k)
+
+
+# ------------------------------------------------------------- issue 23: the split-row path
+
+
+def _split_case(v, dtype, n=40, seed=0, strided=False):
+    """``n`` rows of every kind (initiating, KL, none) in a mixed order, and -inf entries."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    shape = (2, n // 2 + (1 if strided else 0), v)
+    z = torch.randn(shape, device=DEV, generator=g).mul_(3).to(dtype)
+    r = torch.randn(shape, device=DEV, generator=g).mul_(3).to(dtype)
+    if strided:  # the trainer's logits[:, :-1]: rows start at any offset
+        z, r = z[:, :-1], r[:, :-1]
+    z[0, 1, ::7] = float("-inf")
+    r[0, 1, ::7] = float("-inf")
+    u = torch.rand(z.shape[:2], device=DEV, generator=g)
+    return z, r, u < 0.15, (u >= 0.15) & (u < 0.75)
+
+
+def _split_loss(split):
+    def fn(z, r, i, c, **opts):
+        from palu_kernels._validation import check_loss_args
+        from palu_kernels.backends.triton_loss import palu_loss_triton
+
+        a = check_loss_args(z, r, i, c, k=opts.get("k", 500), target="mean",
+                            kl=opts.get("kl", "reverse"), gamma=1.0, alpha=1.0,
+                            reduction=opts.get("reduction", "none"), weights=None)
+        return palu_loss_triton(z, a, split=split)
+    return fn
+
+
+@pytest.mark.parametrize("v,dtype,strided", [(128256, torch.bfloat16, False),
+                                             (50257, torch.bfloat16, True),
+                                             (40000, torch.float32, False)])
+def test_split_path_matches_the_reference_and_the_rowwise_path(v, dtype, strided):
+    """The split-row kernel (persistent grid, per-row exchange) against the fp64 reference and
+    the per-row kernel, several rounds (the grid holds fewer rows than the batch), and bit
+    for bit the same on a second run (the records are combined in one fixed order)."""
+    from helpers import assert_matches_reference
+    from palu_kernels.backends.triton_split import default_split
+
+    z, r, i, c = _split_case(v, dtype, n=600 if v == 128256 else 80, seed=v, strided=strided)
+    assert default_split(z) == (v * z.element_size() >= 128 * 1024)
+    for kl in ("reverse", "forward"):
+        opts = dict(k=500, kl=kl, reduction="none")
+        assert_matches_reference(_split_loss(True), z, r, i, c, **opts)
+        got, g_got = loss_and_grad(_split_loss(True), z, r, i, c, **opts)
+        again, g_again = loss_and_grad(_split_loss(True), z, r, i, c, **opts)
+        assert torch.equal(got, again) and torch.equal(g_got, g_again)
+        row, g_row = loss_and_grad(_split_loss(False), z, r, i, c, **opts)
+        torch.testing.assert_close(got, row, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g_got.float(), g_row.float(), rtol=1e-2, atol=1e-6)
+        # the initiating rows are the per-row kernel's in both paths: bit for bit
+        assert torch.equal(g_got[i], g_row[i]) and torch.equal(got[i], row[i])
+        assert not g_got[~i & ~c].any() and not got[~i & ~c].any()
+
+
+def test_split_path_is_the_default_at_large_vocabularies():
+    """At V = 128256 bf16 the launcher takes the split path by itself (same answer as forcing
+    it, bit for bit); at V = 32000 the per-row path."""
+    z, r, i, c = _split_case(128256, torch.bfloat16, n=64, seed=3)
+    auto = pk.palu_local_entropy_loss(z, r, i, c, k=500, reduction="none", backend="triton")
+    assert torch.equal(auto, _split_loss(True)(z, r, i, c))
+    z, r, i, c = _split_case(32000, torch.bfloat16, n=16, seed=4)
+    auto = pk.palu_local_entropy_loss(z, r, i, c, k=500, reduction="none", backend="triton")
+    assert torch.equal(auto, _split_loss(False)(z, r, i, c))

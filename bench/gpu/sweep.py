@@ -7,12 +7,17 @@ import os
 
 from bench.gpu.core import SWEEP_CSV, Context, _fraction, _gbps, one_line, time_ms
 
-# The default is 8192-wide tiles, 8 warps, 3 stages (one program per SM: about 230
-# registers); 4096 takes fewer registers (two programs per SM) and more instructions per
-# element: the first points say which wins on the real machine.
+# The default at the headline case is the split-row path (issue 23: triton_split.py for
+# the KL and zero rows, the per-row kernel for the initiating rows); the point after it is
+# the per-row kernel alone (split=False), the comparison of the two paths. The tile points
+# then sweep the per-row kernel alone (split=False on every point): 8192-wide tiles, 8
+# warps, 3 stages is its default (one program per SM: about 230 registers); 4096 takes fewer
+# registers and more instructions per element.
 SWEEP_GRID = {"block_v": [4096, 8192, 2048], "num_warps": [8, 4, 16], "num_stages": [3, 2],
-              "block_sel": []}
-DRY_SWEEP_GRID = {"block_v": [128, 512], "num_warps": [4], "block_sel": [], "num_stages": []}
+              "block_sel": [], "split": [False]}
+DRY_SWEEP_GRID = {"block_v": [128, 512], "num_warps": [4], "block_sel": [], "num_stages": [],
+                  "split": [False]}
+FIRST_POINTS = [{}, {"split": False}]  # the default (split path on CUDA), the per-row path
 SWEEP_LOSS_TOL = 1e-4  # fp32 sums in another order differ by far less
 SWEEP_COLUMNS = ["point", *SWEEP_GRID, "forward_ms", "GBps", "fraction_of_peak",
                  "loss_rel_diff_vs_default", "status"]
@@ -43,7 +48,9 @@ def sec_sweep(ctx: Context) -> str:
     z, r, i, c = make_inputs(case, ctx.device)
     args = val.check_loss_args(z, r, i, c, k=case.k, target="mean", kl="reverse", gamma=1.0,
                                alpha=1.0, reduction="mean")
-    points = [{}] + [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+    first = [p for p in FIRST_POINTS if set(p) <= accepted]
+    points = first + [dict(zip(keys, vals))
+                      for vals in itertools.product(*(grid[k] for k in keys))]
     default_loss = None
     n_ok = disagree = 0
     for n, opts in enumerate(points):

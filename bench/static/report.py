@@ -25,10 +25,13 @@ def _width_text(widths) -> str:
 
 
 def _loop_figures(lp: dict, elements: int, threads: int, tensors: int, case: Case,
-                  m: Machine) -> dict:
-    """One SASS loop's per-element figures (raises ModelError from ``unroll_factor``)."""
-    unroll = unroll_factor(lp["global_bytes_per_thread"], elements / threads,
-                           tensors * case.elem_size)
+                  m: Machine, unroll: int | None = None) -> dict:
+    """One SASS loop's per-element figures (raises ModelError from ``unroll_factor``);
+    ``unroll`` states the unroll factor of a loop that moves more than its tensors (the
+    split-row kernel's rows and records) instead of inferring it from the bytes moved."""
+    if unroll is None:
+        unroll = unroll_factor(lp["global_bytes_per_thread"], elements / threads,
+                               tensors * case.elem_size)
     e = unroll * elements / threads
     g = lp["groups"]
     cycles, bound = issue_cycles(lp["instructions"], g["int"], g["special"], m)
@@ -69,7 +72,8 @@ def loop_table(version: dict, profiles: dict, where: dict, case: Case, machines)
             elements = job["constexprs"][elements] if isinstance(elements, str) else elements
             threads = 32 * job["num_warps"]
             try:
-                fig = _loop_figures(lp, elements, threads, spec["tensors"], case, m)
+                fig = _loop_figures(lp, elements, threads, spec["tensors"], case, m,
+                                    spec.get("unroll"))
             except ModelError as e:
                 raise ModelError(f"loop {role} ({src}): {e}", lines) from None
             # every SASS loop of this source line, in program order: one per pass when the
@@ -78,7 +82,7 @@ def loop_table(version: dict, profiles: dict, where: dict, case: Case, machines)
             for h in sorted(hits, key=lambda x: int(x["head"], 16)):
                 try:
                     instances.append(_loop_figures(h, elements, threads, spec["tensors"], case,
-                                                   m))
+                                                   m, spec.get("unroll")))
                 except ModelError:
                     instances = []
                     break

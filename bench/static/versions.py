@@ -11,7 +11,8 @@ OLD_REF = "03fcec1"  # today's kernels: radix select over int64 keys, scale_rows
 # Each loop of a job: role -> {"elements": elements one program handles per iteration of the
 # source loop (an int, or the name of a constexpr), "tensors": [N, V] tensors it loads +
 # stores per element (to spot a loop that ptxas unrolled), "fallback": "file.py:LINE" of its
-# `for` when the source has no `# LOOP: role` marker (None: the marker is required)}.
+# `for` when the source has no `# LOOP: role` marker (None: the marker is required),
+# optionally "unroll": the unroll factor, stated for a loop that moves more than its tensors}.
 
 # _palu_fwd_kernel as the JIT specialises it for the headline case: bf16 [8192, 128256]
 # contiguous rows (V and the row strides divisible by 16, column strides 1), TARGET 0 ("mean",
@@ -141,7 +142,7 @@ _FWD_JOB_NEW = {
     "constexprs": {"TARGET": 0, "KL": 1, "TOPK_ALL": False, "WRITE_GRAD": True,
                    "KEY_BITS": 16, "BLOCK_V": 8192, "BLOCK_SEL": 4096, "VEC": 8,
                    "G_HINT": True, "NUM_STAGES": 3, "BRACKET": SELECT_NEW == "bracket",
-                   "RC": 32},
+                   "RC": 32, "LOCAL_ONLY": False},
     "num_warps": 8,
     "num_stages": None,
     "divisible_by_16": ["z_ptr", "r_ptr", "order_ptr", "kind_ptr", "w_ptr", "loss_ptr",
@@ -207,7 +208,7 @@ _SELECT_PASSES = {
                    why="selection pass 1 (low byte), reversed")],
 }
 
-_NEW_PASSES = {
+_ROWWISE_PASSES = {
     "initiating": {
         "forward": [
             *_SELECT_PASSES[SELECT_NEW],
@@ -239,9 +240,68 @@ _NEW_PASSES = {
         "backward": [],
     },
 }
-_NEW_PASSES_SCALED = {kind: {"forward": v["forward"],
-                             "backward": [] if kind == "other" else [_SCALE_NEW]}
-                      for kind, v in _NEW_PASSES.items()}
+
+
+# The split-row path (issue 23, item 1; palu_kernels/backends/triton_split.py), which the
+# launcher takes on CUDA for rows of at least 128 KiB (the headline case): _palu_fwd_kernel
+# with LOCAL_ONLY (the initiating rows; the others exit at once) and _split_kernel over the
+# KL and zero rows, on a persistent grid. _split_kernel as launch_split specialises it: bf16,
+# KL 1, gradient written, CHUNK = default_chunk(V) = 8192 columns per program, G = 16 chunks
+# per row (GP 16), CG (records read through L2), 8 warps; pid_base, P and R are not
+# specialised. Its loops: `split_kl` (one round: a chunk of a KL row loaded, its record,
+# the exchange's spin as a nested loop, not charged, the combine, the chunk's gradient) and
+# `split_zero` (one chunk of a zero row). Both move a little more than their tensors per
+# element (the row index, the records, the loss), so their unroll factor is stated (1).
+_FWD_JOB_LOCAL = {
+    **_FWD_JOB_NEW,
+    "constexprs": {**_FWD_JOB_NEW["constexprs"], "LOCAL_ONLY": True},
+    "loops": {k: v for k, v in _FWD_JOB_NEW["loops"].items()
+              if k in ("select", "select_radix", "local_a", "local_b")},
+}
+SPLIT_CHUNK = 8192
+_SPLIT_JOB = {
+    "kernel": "palu_kernels.backends.triton_split:_split_kernel",
+    "signature": {"z_ptr": "*bf16", "r_ptr": "*bf16", "order_ptr": "*i32", "counts_ptr": "*i32",
+                  "w_ptr": "*fp32", "loss_ptr": "*fp32", "g_ptr": "*bf16", "rec_ptr": "*fp32",
+                  "cnt_ptr": "*i32", "N": "i32", "T": "i32", "V": "i32", "stride_zb": "i32",
+                  "stride_zt": "i32", "stride_rb": "i32", "stride_rt": "i32", "pid_base": "i32",
+                  "P": "i32", "R": "i32"},
+    "constexprs": {"KL": 1, "WRITE_GRAD": True, "CHUNK": SPLIT_CHUNK,
+                   "G": -(-128256 // SPLIT_CHUNK), "GP": 16, "CG": True},
+    "num_warps": 8,
+    "num_stages": None,
+    "divisible_by_16": ["z_ptr", "r_ptr", "order_ptr", "counts_ptr", "w_ptr", "loss_ptr",
+                        "g_ptr", "rec_ptr", "cnt_ptr", "N", "T", "V", "stride_zb", "stride_zt",
+                        "stride_rb", "stride_rt"],
+    "loops": {
+        "split_kl": {"elements": "CHUNK", "tensors": 3, "fallback": None, "unroll": 1},
+        "split_zero": {"elements": "CHUNK", "tensors": 1, "fallback": None, "unroll": 1},
+    },
+}
+
+# Pass table of the split-row path, headline case: the initiating rows as in the per-row
+# kernel; every other row read (KL) or written (zero) once.
+_SPLIT_PASSES = {
+    "initiating": _ROWWISE_PASSES["initiating"],
+    "common": {
+        # one round: z and r of the chunk loaded once (the only read), the gradient written
+        # from registers after the exchange. Not in the time: the exchange itself (a round
+        # trip of atomics through L2 and the skew between a row's programs, about 1 us per
+        # round: ceil(4915 / R) rounds; with 2 programs per SM a wait overlaps the other
+        # program's streaming), and the records (G x 32 B per row, through L2).
+        "forward": [Pass("split_kl", reads=("z", "r"), writes=("grad",),
+                         why="split row: z and r read once, exchange, gradient from registers")],
+        "backward": [],
+    },
+    "other": {
+        "forward": [Pass("split_zero", writes=("grad",),
+                         why="no loss: a zero gradient row, chunk by chunk")],
+        "backward": [],
+    },
+}
+_SPLIT_PASSES_SCALED = {kind: {"forward": v["forward"],
+                               "backward": [] if kind == "other" else [_SCALE_NEW]}
+                        for kind, v in _SPLIT_PASSES.items()}
 
 VERSIONS: dict = {
     "old": {
@@ -252,20 +312,33 @@ VERSIONS: dict = {
         "jobs": {"forward": _FWD_JOB_OLD, "backward": _BWD_JOB_OLD},
         "passes": _OLD_PASSES,
     },
-    "new": {
-        "label": "the working tree's kernels (loops by their # LOOP: markers)",
+    "rowwise": {
+        "label": "the working tree's per-row kernel alone, as it runs without the split path "
+                 "(split=False, the interpreter, rows under 128 KiB; loops by their # LOOP: "
+                 "markers)",
         "backward": "the trainer's path: window weights passed in the forward, rows summed, "
                     "so grad_output is 1 (the backward kernel returns at once)",
         "source": {"worktree": True},
         "jobs": {"forward": _FWD_JOB_NEW, "backward": _BWD_JOB_NEW},
-        "passes": _NEW_PASSES,
+        "passes": _ROWWISE_PASSES,
+    },
+    "new": {
+        "label": "the working tree's kernels as the launcher runs them on CUDA at the headline "
+                 "case: the per-row kernel for the initiating rows, the split-row kernel for "
+                 "the others (loops by their # LOOP: markers)",
+        "backward": "the trainer's path: window weights passed in the forward, rows summed, "
+                    "so grad_output is 1 (the backward kernel returns at once)",
+        "source": {"worktree": True},
+        "jobs": {"forward": _FWD_JOB_LOCAL, "split": _SPLIT_JOB, "backward": _BWD_JOB_NEW},
+        "passes": _SPLIT_PASSES,
     },
 }
 # the same kernels, backward with grad_output != 1: only the pass table differs
 VERSIONS["new_scaled"] = {
     **VERSIONS["new"],
-    "label": "the working tree's kernels, backward with grad_output != 1 (in-place scale)",
+    "label": "the working tree's kernels (split path), backward with grad_output != 1 "
+             "(in-place scale)",
     "backward": "grad_output != 1 per row (fp16 loss scaling, several processes, an outside "
                 "weighting): in-place scale of the loss-carrying rows",
-    "passes": _NEW_PASSES_SCALED,
+    "passes": _SPLIT_PASSES_SCALED,
 }

@@ -2,7 +2,8 @@
 
 * ``torch_rows.py``: ``"torch"``, the loss in plain PyTorch (any device, fp64 too).
 * ``triton_loss.py``: ``"triton"``, the fused kernel (one program per row), its launcher and
-  the in-place backward scale; ``triton_topk.py``: the top-K selection it calls (and the public
+  the in-place backward scale; ``triton_split.py``: the split-row kernel the launcher runs on
+  CUDA for the KL and zero rows of long rows (each KL row read once); ``triton_topk.py``: the top-K selection it calls (and the public
   :func:`topk_threshold`); ``kernel_utils.py``: the kernels' helpers.
 * ``function.py``: the one ``autograd.Function`` both backends run under in eager mode.
 * ``compile_op.py``: the ``torch.library`` custom op a ``torch.compile`` trace goes through.

@@ -11,6 +11,10 @@ choices are in ``docs/kernels.md``. In short:
   pass 2 (the gradient, ``p (log p - log q - KL)`` or ``p - q``);
 * any other row: never read; a zero gradient row.
 
+On CUDA, for rows of at least 128 KiB, the rows not in ``I`` go to the split-row kernel
+(``triton_split.py``: each KL row read from HBM once) and this kernel takes the rows in ``I``
+alone (``LOCAL_ONLY``).
+
 The gradient is written during the forward pass into a new ``[N, V]`` tensor, already
 weighted (:mod:`palu_kernels.backends.function`); backward scales it in place on the device
 (:func:`scale_rows_`: nothing at all where ``grad_output`` is 1). No atomics and a fixed
@@ -26,10 +30,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import PALUArgs
+from .._validation import PALUArgs, check_split_options
 from ..masks import mean_row_weights
 from .function import PALUFunction, RowBackend
 from .kernel_utils import device_guard, interpreting, key_bits
+from .triton_split import default_split, launch_split
 from .triton_topk import (
     BRACKET_SLOTS,
     default_select_block,
@@ -228,6 +233,8 @@ def _palu_fwd_kernel(
     BRACKET: tl.constexpr = False,  # top-K by the sampled bracket (needs WRITE_GRAD: its
     #                                 scratch is the row's gradient, written later)
     RC: tl.constexpr = 32,  # scratch slots per virtual lane of the bracket select
+    LOCAL_ONLY: tl.constexpr = False,  # the initiating rows only: the split-row kernel
+    #                                    (triton_split.py) takes the others
 ):
     row = tl.load(order_ptr + tl.program_id(0)).to(tl.int64)
     kind = tl.load(kind_ptr + row)
@@ -324,6 +331,8 @@ def _palu_fwd_kernel(
                                j_last, c, s_over_v, two_w_over_k, sq, TOPK_ALL, WRITE_GRAD,
                                True)
         tl.store(loss_ptr + row, weight * (tl.sum(sq, axis=0) / K))
+    elif LOCAL_ONLY:  # this row is the split-row kernel's (triton_split.py)
+        pass
     elif (KL != 0) & (kind == 2):
         weight = tl.load(w_ptr + row)
         # reverse KL with a gradient: the reference's softmax is summed in pass 2 (below)
@@ -452,24 +461,30 @@ def _vec(z: torch.Tensor, r: torch.Tensor, g: torch.Tensor | None):
 def palu_forward(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
                  block_sel: int | None = None, num_warps: int | None = None,
                  num_stages: int | None = None, vec: int | None = None,
-                 select: str | None = None):
+                 select: str | None = None, split: bool | None = None,
+                 split_chunk: int | None = None):
     """Launch the fused kernel: ``[N]`` fp32 weighted per-row losses and the gradient ``[N, V]``
     (or None); the keywords as for :func:`launch`."""
     loss, grad, _ = launch(a, write_grad, block_v=block_v, block_sel=block_sel,
-                           num_warps=num_warps, num_stages=num_stages, vec=vec, select=select)
+                           num_warps=num_warps, num_stages=num_stages, vec=vec, select=select,
+                           split=split, split_chunk=split_chunk)
     return loss, grad
 
 
 def launch(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
            block_sel: int | None = None, num_warps: int | None = None,
-           num_stages: int | None = None, vec: int | None = None, select: str | None = None):
+           num_stages: int | None = None, vec: int | None = None, select: str | None = None,
+           split: bool | None = None, split_chunk: int | None = None):
     """Launch the fused kernel: ``(loss [N] fp32, gradient [N, V] or None, row kinds [N])``.
     ``block_v``, ``block_sel``, ``num_warps``, ``num_stages`` override the tiles
     and launch shape (for tests and tuning); ``vec`` (interpreter only, for tests) forces the
     head / body / tail split of rows that a GPU uses for vocabularies not divisible by 16.
     ``select`` (``"radix"`` or ``"bracket"``, None: ``default_select_method()``) picks the
     top-K selection of the initiating rows; the bracket needs the gradient (its scratch), so
-    without one it is the radix select."""
+    without one it is the radix select. ``split`` (None: ``default_split``: CUDA rows of at
+    least 128 KiB) runs the rows that are not initiating through the split-row kernel
+    (``triton_split.py``: each KL row read once), ``split_chunk`` its columns per program;
+    the per-row kernel then takes the initiating rows alone."""
     z, r = a.logits, a.ref_logits  # [B, T, V] views of the caller's tensors
     if z.stride(2) != 1:  # the kernel walks unit-stride rows (a transposed input is rare)
         z = z.contiguous()
@@ -487,6 +502,8 @@ def launch(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
     select = select or default_select_method()
     if select not in ("radix", "bracket"):
         raise ValueError(f"select must be 'radix' or 'bracket', got {select!r}")
+    check_split_options(split, split_chunk)
+    split = default_split(z) if split is None else split
     vec, g_hint = _vec(z, r, grad)
     if vec_override := (vec if interpreting() else None):
         vec, g_hint = vec_override, False
@@ -499,8 +516,10 @@ def launch(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
             WRITE_GRAD=write_grad, KEY_BITS=key_bits(z.dtype), BLOCK_V=bv, BLOCK_SEL=bs,
             VEC=vec, G_HINT=g_hint, NUM_STAGES=num_stages or default_num_stages(),
             BRACKET=select == "bracket" and write_grad and bs >= 128 // key_bits(z.dtype),
-            RC=BRACKET_SLOTS, num_warps=num_warps or (8 if bv >= 2048 else 4),
+            RC=BRACKET_SLOTS, LOCAL_ONLY=split, num_warps=num_warps or (8 if bv >= 2048 else 4),
         )
+        if split:
+            launch_split(z, r, order, kind, w, loss, grad, _KLS[a.kl], chunk=split_chunk)
     return loss, grad, kind
 
 
@@ -556,6 +575,6 @@ def palu_loss_triton(logits: torch.Tensor, args: PALUArgs, **opts) -> torch.Tens
     """The PALU loss with the fused Triton kernels, on validated arguments (from
     ``palu_kernels._validation.check_loss_args``, with ``check_backend``'s device and dtype
     checks), with tile overrides: ``opts`` (``block_v``, ``block_sel``, ``num_warps``,
-    ``num_stages``, ``vec``, ``select``) as for :func:`launch`, for tests and tuning.
+    ``num_stages``, ``vec``, ``select``, ``split``, ``split_chunk``) as for :func:`launch`, for tests and tuning.
     ``logits`` is the caller's tensor (the gradient flows to it). Returns an fp32 loss."""
     return PALUFunction.apply(logits, args, triton_backend(**opts))
