@@ -11,7 +11,8 @@ choices are in ``docs/kernels.md``. In short:
   pass 2 (the gradient, ``p (log p - log q - KL)`` or ``p - q``);
 * any other row: never read; a zero gradient row.
 
-On CUDA, for rows of at least 128 KiB, the rows not in ``I`` go to the split-row kernel
+With the split path on (``split=True``, or ``PALU_TRITON_SPLIT=1`` for CUDA rows of at least
+128 KiB: opt-in until it has run on a GPU), the rows not in ``I`` go to the split-row kernel
 (``triton_split.py``: each KL row read from HBM once) and this kernel takes the rows in ``I``
 alone (``LOCAL_ONLY``).
 
@@ -481,8 +482,8 @@ def launch(a: PALUArgs, write_grad: bool, *, block_v: int | None = None,
     head / body / tail split of rows that a GPU uses for vocabularies not divisible by 16.
     ``select`` (``"radix"`` or ``"bracket"``, None: ``default_select_method()``) picks the
     top-K selection of the initiating rows; the bracket needs the gradient (its scratch), so
-    without one it is the radix select. ``split`` (None: ``default_split``: CUDA rows of at
-    least 128 KiB) runs the rows that are not initiating through the split-row kernel
+    without one it is the radix select. ``split`` (None: ``default_split``: with
+    ``PALU_TRITON_SPLIT=1``, CUDA rows of at least 128 KiB; otherwise off) runs the rows that are not initiating through the split-row kernel
     (``triton_split.py``: each KL row read once), ``split_chunk`` its columns per program;
     the per-row kernel then takes the initiating rows alone."""
     z, r = a.logits, a.ref_logits  # [B, T, V] views of the caller's tensors

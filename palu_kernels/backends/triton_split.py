@@ -54,6 +54,8 @@ run each program as its own launch from a Python thread.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -241,12 +243,20 @@ def default_chunk(v: int) -> int:
     return min(triton.next_power_of_2(max(v, 16)), 8192)
 
 
+SPLIT_ENV = "PALU_TRITON_SPLIT"
+"""``1``: the split path is the default where it applies (below); ``0`` or unset: it runs only
+when asked (``split=True``). Opt-in until it has run on a GPU: this kernel has only run in the
+threaded interpreter test (``tests/test_triton_split.py``), and a wrong synchronisation on a
+real GPU would hang or answer wrongly. ``bench/gpu.sh`` runs its CUDA tests and times it
+against the per-row path; flip the default once those pass."""
+
+
 def default_split(z: torch.Tensor) -> bool:
-    """Whether the split path runs by default: compiled CUDA only (the interpreter cannot run
-    programs that wait for each other), and only for rows of at least
-    ``SPLIT_MIN_ROW_BYTES`` (see there)."""
-    return (z.device.type == "cuda" and not interpreting()
-            and z.shape[-1] * z.element_size() >= SPLIT_MIN_ROW_BYTES)
+    """Whether the split path runs when ``split`` is None: only with ``PALU_TRITON_SPLIT=1``
+    (:data:`SPLIT_ENV`), and then only on compiled CUDA (the interpreter cannot run programs
+    that wait for each other) for rows of at least ``SPLIT_MIN_ROW_BYTES`` (see there)."""
+    return (os.environ.get(SPLIT_ENV, "0") == "1" and z.device.type == "cuda"
+            and not interpreting() and z.shape[-1] * z.element_size() >= SPLIT_MIN_ROW_BYTES)
 
 
 def _occupancy(compiled, num_warps: int, props) -> int:
