@@ -194,8 +194,9 @@ def test_tofu_smollm2_quick_plumbing(tmp_path, monkeypatch):
     ref = json.load(open(ev))
     cut = json.load(open(os.path.join(out, "setups", setup, "setup.json")))["setup"]
     assert len(ref["forget_truth_ratios"]) == 6 and len(cut["retain_truth_ratios"]) == 4
-    assert os.path.isfile(ev.replace("retain", "finetuned"))
-    assert all(r["retain_mu"] == ref["metrics"]["model_utility"] for r in full.values())
+    target = json.load(open(ev.replace("retain", "finetuned")))["metrics"]
+    assert all(r["retain_mu"] == ref["metrics"]["model_utility"]
+               and r["finetuned_mu"] == target["model_utility"] for r in full.values())
     md = open(write_report(with_checks, out)["md"]).read()
     assert f"## Check: whole model vs the last 1 layer (seed 0, each method's best setting; " \
            f"{n} of {n} runs done)" in md

@@ -90,8 +90,13 @@ def run_checks(hh, methods: List[str], chosen: Dict[str, List[str]], spec_of: Ca
         res = ch.result(r["run"])
         r["trainable_params"] = res.get("trainable_params")
         r["questions"] = _questions(res["metrics"])
-        if r["stage"] == CHECKS["full"]:
-            r["retain_mu"] = start["retain"] and start["retain"]["model_utility"]
+        if r["stage"] == CHECKS["full"]:  # the references of the full sets, not the cut's
+            ret, fin = start["retain"] or {}, start["finetuned"] or {}
+            r.update(retain_mu=ret.get("model_utility"),
+                     retain_forget_probability=ret.get("forget", {}).get("probability"),
+                     finetuned_mu=fin.get("model_utility"),
+                     finetuned_fq=fin.get("forget_quality"),
+                     finetuned_forget_probability=fin.get("forget", {}).get("probability"))
     out["rows"] = rows
     return out
 
