@@ -130,38 +130,151 @@ def test_evaluation_cut_keeps_scores_whole(tmp_path):
 
 
 @needs_tofu
-def test_tofu_smollm2_quick_plumbing(tmp_path):
+def test_tofu_smollm2_quick_plumbing(tmp_path, monkeypatch):
     """The whole staged design at a toy size: selection on seed 0, confirmation on seed 1,
-    K and N ablations, a complete report; a second call recomputes nothing."""
+    K and N ablations, a complete report without the checks; then the two checks alone; a
+    third call recomputes nothing."""
+    from dataclasses import replace
+
     from palu_kernels.experiments.harness import ExperimentConfig, Harness
     from palu_kernels.experiments.report import write_report
+    from palu_kernels.experiments.tofu_checks import CHECKS, NOT_RUN
     from palu_kernels.experiments.tofu_real import QUICK_LADDERS, tofu_smollm2_experiment
 
-    d, _ = _tiny(tmp_path, _tofu_texts())
+    d, tiny = _tiny(tmp_path, _tofu_texts())
     out = str(tmp_path / "exp")
     cfg = ExperimentConfig(out=out, seeds=(0, 1), quick=True, data_dir=TOFU, model=d,
                            progress=False)
-    report = tofu_smollm2_experiment(Harness(cfg))
+    report = tofu_smollm2_experiment(Harness(replace(cfg, checks=False)))
     assert "INCOMPLETE" not in report.title
     stages = [r["stage"] for r in report.rows]
     n = len(QUICK_LADDERS)
     assert stages.count("selection") == n and stages.count("confirmation") == n
-    assert stages.count("K") == 5 and stages.count("N") == 5
+    assert stages.count("K") == 5 and stages.count("N") == 5 and len(stages) == 2 * n + 10
     assert {r["method"] for r in report.rows} == set(QUICK_LADDERS)
     assert all(r["seed"] == 1 for r in report.rows if r["stage"] == "confirmation")
     paths = write_report(report, out)
-    assert os.path.isfile(paths["png"]) and "Best FQ" in open(paths["md"]).read()
-    h2 = Harness(cfg)
-    again = tofu_smollm2_experiment(h2)
-    assert [r["run"] for r in again.rows] == [r["run"] for r in report.rows]
-    # --report-only reads the same rows and computes nothing; on an empty cache it refuses
-    from dataclasses import replace
+    md = open(paths["md"]).read()
+    assert os.path.isfile(paths["png"]) and "Best FQ" in md
+    # --no-checks: the check tables say what is missing, the title counts the main runs only
+    assert f"(seed 0, each method's best setting; 0 of {n} runs done)" in md
+    assert md.count(NOT_RUN) >= 2 * n + 2 and "Not comparable yet (0 of" in md
 
-    ro = tofu_smollm2_experiment(Harness(replace(cfg, compute=False)))
-    assert [r["run"] for r in ro.rows] == [r["run"] for r in report.rows]
+    # the checks: each method's best setting on seed 0, whole model and full sets
+    with_checks = tofu_smollm2_experiment(Harness(cfg))
+    main = [r["run"] for r in report.rows]
+    assert [r["run"] for r in with_checks.rows][:len(main)] == main
+    assert with_checks.title == report.title
+    h = Harness(cfg)
+    sel = {r["method"]: h.result(r["run"]) for r in report.rows if r["stage"] == "selection"}
+    whole = {r["method"]: r for r in with_checks.rows if r["stage"] == CHECKS["whole"]}
+    full = {r["method"]: r for r in with_checks.rows if r["stage"] == CHECKS["full"]}
+    assert set(whole) == set(full) == set(QUICK_LADDERS)
+    total = sum(p.numel() for p in tiny.parameters())
+    for m, s in sel.items():
+        w, f = h.result(whole[m]["run"]), h.result(full[m]["run"])
+        assert w["spec"]["train_layers"] == "all" and "train_layers" not in s["spec"]
+        assert f["spec"]["evaluation"] == "full" and "evaluation" not in s["spec"]
+        assert w["seed"] == f["seed"] == s["seed"] == 0
+        # the whole model really trains every parameter; the selection run its last layer
+        assert w["trainable_params"] == total > s["trainable_params"] > 0
+        assert whole[m]["trainable_params"] == total
+        # the full-set run trains exactly as the selection run did, and scores and generates
+        # every question where the cut kept 4 and 2
+        assert f["loss_curve"] == s["loss_curve"] and f["loss_curve"]
+        assert f["trainable_params"] == s["trainable_params"]
+        for split in ("forget", "retain", "real_authors", "world_facts"):
+            cut, every = s["metrics"][split], f["metrics"][split]
+            assert cut["n"] == 4 and cut["n_generated"] == 2
+            assert every["n"] == every["n_generated"] > 4
+        assert f["metrics"]["forget"]["n"] == 6  # the quick subset's forget set
+    # the start models' full evaluation is cached apart; setup.json keeps the cut's
+    (setup,) = os.listdir(os.path.join(out, "setups"))  # the one pair of start models
+    ev = os.path.join(out, "setups", setup, "eval-full-retain.json")
+    ref = json.load(open(ev))
+    cut = json.load(open(os.path.join(out, "setups", setup, "setup.json")))["setup"]
+    assert len(ref["forget_truth_ratios"]) == 6 and len(cut["retain_truth_ratios"]) == 4
+    target = json.load(open(ev.replace("retain", "finetuned")))["metrics"]
+    assert all(r["retain_mu"] == ref["metrics"]["model_utility"]
+               and r["finetuned_mu"] == target["model_utility"] for r in full.values())
+    md = open(write_report(with_checks, out)["md"]).read()
+    assert f"## Check: whole model vs the last 1 layer (seed 0, each method's best setting; " \
+           f"{n} of {n} runs done)" in md
+    assert (f"## Check: the evaluation cut vs the full sets (seed 0, each method's best "
+            f"setting; {n} of {n} runs done, start models 2 of 2)") in md
+    assert NOT_RUN not in md and "Not comparable" not in md
+    assert md.count("The same ranking") + md.count("The ranking differs") == 2
+    assert "retain (start)" in md and "target (start)" in md
+    assert f"| {total} |" in md and f"| {sel['palu']['trainable_params']} |" in md
+
+    # a third call, and --report-only, compute nothing and give the same rows
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(Harness, "_run", boom)
+    monkeypatch.setattr(Harness, "_build_setup", boom)
+    monkeypatch.setattr("palu_kernels.eval.evaluate_model", boom)
+    for c in (cfg, replace(cfg, compute=False)):
+        again = tofu_smollm2_experiment(Harness(c))
+        assert [r["run"] for r in again.rows] == [r["run"] for r in with_checks.rows]
     with pytest.raises(ValueError, match="not built yet"):
         tofu_smollm2_experiment(Harness(replace(cfg, compute=False,
                                                 out=str(tmp_path / "empty"))))
+
+
+def test_rank_puts_the_bar_first():
+    from palu_kernels.experiments.tofu_checks import rank
+
+    values = {"a": (0.4, 0.9), "b": (0.9, 0.5), "c": (0.1, 0.95), "d": None, "e": (0.4, 0.85),
+              "f": (None, 0.99)}
+    # over the bar by FQ, then MU (a, e), then f (no FQ); under it by MU alone (b)
+    assert rank(values, 0.8) == {"a": 1, "e": 2, "c": 3, "f": 4, "b": 5}
+    assert rank(values, None) == {"f": 1, "c": 2, "a": 3, "e": 4, "b": 5}
+
+
+def test_run_variants_enter_the_key_only_when_set():
+    from palu_kernels.errors import UsageError
+    from palu_kernels.experiments.cache import config_hash
+    from palu_kernels.experiments.harness import ExperimentConfig
+    from palu_kernels.experiments.runspec import RunSpec, spec_dict
+    from palu_kernels.experiments.variants import unlearn_layers
+
+    base = RunSpec(method="tpo", beta=0.2)
+    assert "train_layers" not in spec_dict(base) and "evaluation" not in spec_dict(base)
+    keys = {config_hash(spec_dict(s)) for s in
+            (base, RunSpec(method="tpo", beta=0.2, train_layers="all"),
+             RunSpec(method="tpo", beta=0.2, train_layers=2),
+             RunSpec(method="tpo", beta=0.2, evaluation="full"))}
+    assert len(keys) == 4
+    assert spec_dict(RunSpec(train_layers="all"))["train_layers"] == "all"
+    cfg = ExperimentConfig(out="x", train_layers=4)
+    assert unlearn_layers(base, cfg) == 4
+    assert unlearn_layers(RunSpec(train_layers="all"), cfg) is None
+    assert unlearn_layers(RunSpec(train_layers=2), cfg) == 2
+    for option, bad in (("train_layers", 0), ("train_layers", True), ("train_layers", "half"),
+                        ("evaluation", "cut")):
+        with pytest.raises(UsageError) as e:
+            RunSpec(**{option: bad})
+        assert e.value.option == option and repr(bad) in str(e.value)
+
+
+@pytest.mark.parametrize("flag, checks", [([], True), (["--no-checks"], False)])
+def test_cli_no_checks(flag, checks, tmp_path, monkeypatch):
+    from palu_kernels.cli import experiment as cli
+    from palu_kernels.experiments import registry
+    from palu_kernels.experiments.report import Report
+
+    seen = []
+    monkeypatch.setitem(registry.EXPERIMENTS, "tofu-smollm2",
+                        lambda h: seen.append(h.cfg.checks) or Report(title="t", rows=[]))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / "d").mkdir()
+    for name in ("forget01_spans.jsonl", "retain99.json"):
+        (tmp_path / "d" / name).write_text("")
+    assert cli.main(["tofu-smollm2", "--model", str(tmp_path / "m"), "--data-dir",
+                     str(tmp_path / "d"), "--out", str(tmp_path / "o"), *flag]) == 0
+    assert seen == [checks]
 
 
 @pytest.mark.parametrize("argv, needle", [

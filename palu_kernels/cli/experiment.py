@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="compute only every N-th run starting at I (0-based), reading the "
                         "others from the cache: several processes share one --cache")
+    p.add_argument("--no-checks", action="store_true",
+                   help="tofu-smollm2: compute none of the two one-seed ranking checks (whole "
+                        "model vs the last 4 layers; the full evaluation sets vs the cut); the "
+                        "report still shows those the cache holds")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest for tiny models on a busy CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -173,7 +177,7 @@ def _main(argv) -> int:
                            forget_split=args.forget_split, model=args.model,
                            generator=generate_benchmark, threads=args.threads,
                            progress=not args.no_progress, shard=args.shard,
-                           compute=not args.report_only,
+                           compute=not args.report_only, checks=not args.no_checks,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
     h = Harness(cfg)
     report = EXPERIMENTS[args.name](h)

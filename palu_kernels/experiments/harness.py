@@ -110,6 +110,7 @@ class ExperimentConfig:
     shard: Optional[Tuple[int, int]] = None
     bf16: bool = False
     compute: bool = True
+    checks: bool = True
 
     # ``threads``: torch CPU threads while setups and runs compute (1: tiny models run
     # faster on one thread, far faster on a busy machine; None: torch's default).
@@ -129,6 +130,8 @@ class ExperimentConfig:
     # evaluation), fine-tuning batches of similar length: about twice as fast on a CPU.
     # ``compute`` False: read what the cache holds and compute nothing (a report of a sweep
     # still running elsewhere; runs not done yet count in ``Harness.missing``).
+    # ``checks`` False: an experiment's optional check stage computes nothing (tofu-smollm2's
+    # one-seed ranking checks; what the cache holds of them is still reported).
 
     def size(self) -> str:
         return "quick" if self.quick else "full"
@@ -230,11 +233,13 @@ class Harness:
                     progress=False)
 
     def _evaluate(self, model, tok, data_dir: str, forget_split: str,
-                  retain_truth_ratios=None) -> dict:
+                  retain_truth_ratios=None, evaluation: Optional[str] = None) -> dict:
         from ..eval import evaluate_model
+        from .variants import eval_kwargs
 
         return evaluate_model(model, tok, data_dir, forget_split,
-                              retain_truth_ratios=retain_truth_ratios, **self._eval_kwargs())
+                              retain_truth_ratios=retain_truth_ratios,
+                              **eval_kwargs(self, evaluation))
 
     def setup(self, seed: int, synth: Optional[dict] = None) -> Setup:
         """The :class:`Setup` of ``seed`` (built once, then read from ``setups/<hash>/``)."""
@@ -343,7 +348,8 @@ class Harness:
 
     def run(self, spec: RunSpec, seed: int) -> dict:
         """The result of one run (cached in ``runs/<hash>.json``): ``{"key", "spec", "seed",
-        "metrics", "steps", "train_s", "loss_curve", "trace", "summary_after"}``."""
+        "metrics", "steps", "train_s", "loss_curve", "trace", "summary_after",
+        "trainable_params"}`` (the last: runs cached since it was added)."""
         key = self.run_key(spec, seed)
         cached = self.result(key)
         if cached is not None:
@@ -360,13 +366,15 @@ class Harness:
 
         from ..eval.tofu import PromptEncoder, load_eval_model, read_json_records
         from .trace import forget_trace
+        from .variants import reference_ratios, trainable_count, unlearn_layers
         from ..train.job import (DataSpec, ModelSpec, OutputSpec, TrainingOptions, UnlearningJob,
                                  run_unlearning)
 
         work = os.path.join(self.out, "work", key)
         forget = spec.forget_file or setup.forget_spans
+        ref = reference_ratios(self, setup, spec.evaluation)  # (before the training)
         job = UnlearningJob(
-            model=ModelSpec(setup.finetuned_dir, train_layers=self.cfg.train_layers),
+            model=ModelSpec(setup.finetuned_dir, train_layers=unlearn_layers(spec, self.cfg)),
             data=DataSpec(forget=forget, retain=setup.retain, first_n=spec.first_n,
                           eval_retain=8),  # the before/after losses only
             method=spec.method_spec(),
@@ -374,14 +382,15 @@ class Harness:
                                      warmup_epochs=spec.warmup_epochs, seed=seed,
                                      logging_steps=1, bf16=self.cfg.bf16),
             output=OutputSpec(work, save_steps=10 ** 9, save_total_limit=1, overwrite=True))
-        callbacks = []
+        count, trace = trainable_count(), None
         if spec.trace_every > 0:
             from ..io.models import load_tokenizer
 
             tok = load_tokenizer(setup.finetuned_dir)
             enc = PromptEncoder(tok)
             pairs = [enc.pair(r["question"], r["answer"]) for r in read_json_records(forget)]
-            callbacks.append(forget_trace(pairs, enc.pad_token_id, spec.trace_every))
+            trace = forget_trace(pairs, enc.pad_token_id, spec.trace_every)
+        callbacks = [count] + ([trace] if trace else [])
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         t0 = time.time()
@@ -394,7 +403,7 @@ class Harness:
             model, tok = load_eval_model(work)
             t1 = time.time()
             result = self._evaluate(model, tok, setup.data_dir, setup.forget_split,
-                                    retain_truth_ratios=setup.retain_truth_ratios)
+                                    retain_truth_ratios=ref, evaluation=spec.evaluation)
             eval_s = time.time() - t1
             extra = self.after_run(model, tok, setup, spec, seed)
             del model
@@ -406,9 +415,9 @@ class Harness:
         return {"key": key, "spec": spec_dict(spec), "seed": seed, "setup": setup.key,
                 "metrics": result["metrics"], "steps": summary.get("steps"),
                 "train_s": round(train_s, 2), "eval_s": round(eval_s, 2), "loss_curve": curve,
-                "trace": callbacks[0].points if callbacks else [],
+                "trace": trace.points if trace else [],
                 "summary_after": summary.get("after"), "before": summary.get("before"),
-                "extra": extra}
+                "extra": extra, "trainable_params": count.n}
 
     def after_run(self, model, tokenizer, setup: Setup, spec: RunSpec, seed: int
                   ) -> Optional[dict]:

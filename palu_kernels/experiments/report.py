@@ -19,7 +19,8 @@ __all__ = ["Report", "aggregate", "write_report"]
 @dataclass
 class Report:
     """What an experiment returns. ``rows``: ``results.csv`` (one per run, or aggregated);
-    ``tables``: ``(heading, [(key, column header)], rows)`` for ``results.md``; ``plot``: a
+    ``tables``: ``(heading, [(key, column header)], rows)`` for ``results.md``, optionally with
+    a fourth element, markdown shown under the table; ``plot``: a
     function writing the PNG to the path given; ``notes``: markdown after the tables."""
 
     title: str
@@ -83,10 +84,11 @@ def write_report(report: Report, out: str, command: str = "") -> dict:
     md = [f"# {report.title}", ""]
     if command:
         md += ["```", command, "```", ""]
-    for heading, cols, rows in report.tables:
+    for heading, cols, rows, *after in report.tables:
         md += [f"## {heading}", "", format_table([h for _, h in cols],
                                                  [[_cell(r.get(k)) for k, _ in cols]
                                                   for r in rows]), ""]
+        md += [text.strip() + "\n" for text in after if text]
     if report.notes:
         md += [report.notes.strip(), ""]
     if paths["png"]:

@@ -15,7 +15,11 @@ settings of each method's own knob at one (lr, epochs) point, :data:`GRID`):
 2. **confirmation**, the other seeds: each method's best :data:`KEEP` settings on seed 0
    (the highest Forget Quality with Model Utility >= 0.95 x the retain model's, then the
    highest Model Utility);
-3. **ablations** on the real vocabulary, seed 0: K and N around PALU's best setting.
+3. **ablations** on the real vocabulary, seed 0: K and N around PALU's best setting;
+4. **checks**, seed 0 (:mod:`palu_kernels.experiments.tofu_checks`): each method's best
+   setting unlearned with every layer trainable, and evaluated on the full sets, each ranked
+   against its selection run (``ExperimentConfig.checks`` False, ``--no-checks``: computes
+   none of them). The report's title counts the main runs (1-3); the checks say their own.
 
 Seeds vary the unlearning (data order) from one shared pair of fine-tuned models
 (``ExperimentConfig.shared_setup``). Every run is cached under ``--cache``; ``--shard i/n``
@@ -36,14 +40,16 @@ from .harness import Harness, RunSpec
 from .report import Report, aggregate
 from .pareto import MU_FRACTION, best_at_utility, select
 from .plots import fq_floor, pyplot
+from .tofu_checks import check_tables, run_checks
 
 __all__ = ["CHAT_TEMPLATE_IM", "GRID", "KEEP", "LADDERS", "merge_overlapping_spans",
            "tofu_smollm2_experiment", "write_subset"]
 
 GRID = {"full": (1e-4, 5), "quick": (1e-3, 2)}
 """The one (learning rate, epochs) point every method runs at."""
-TRAIN_LAYERS = {"full": 4, "quick": None}
-"""Decoder layers trained (fine-tuning and unlearning); the rest stay frozen (CPU cost)."""
+TRAIN_LAYERS = {"full": 4, "quick": 1}
+"""Decoder layers trained (fine-tuning and unlearning); the rest stay frozen (CPU cost).
+The whole-model check unlearns with every layer trainable."""
 KEEP = 2
 FT_LR = {"full": 1e-3, "quick": 3e-3}
 """Fine-tuning learning rate of the target and retain models (only the top layers train)."""
@@ -248,15 +254,18 @@ def tofu_smollm2_experiment(h: Harness) -> Report:
                 + len(K_ABLATION) + len(N_ABLATION))
     done = len(all_rows)
     title = "TOFU forget01 on SmolLM2-135M-Instruct: every method with the same tuning budget"
-    if hh.missing or done < expected:
+    if hh.missing or done < expected:  # the main runs only (the checks count their own)
         title += f" (INCOMPLETE: {done} of {expected} runs done; rerun to continue)"
-    return _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh)
+    checks = run_checks(hh, list(ladders), chosen,
+                        lambda m, label: _spec(m, dict(ladders[m])[label], size), first,
+                        [r for r in rows if r["stage"] == "selection"])
+    return _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks)
 
 
 # ------------------------------------------------------------------------------ the report
 
 
-def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh) -> Report:
+def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks) -> Report:
     agg = aggregate(rows, ["method", "setting"])
     best = best_at_utility(agg, thr)
     table = []
@@ -336,4 +345,7 @@ def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh) -> Report
                [r for r in rows if r["stage"] == "confirmation"]),
               ("K on the real vocabulary (PALU's best setting, seed 0)", abl_cols, ktab),
               ("N (PALU's best setting, seed 0)", abl_cols, ntab)]
-    return Report(title=title, rows=rows + abl, tables=tables, plot=plot, notes=notes)
+    tables += check_tables(checks, chosen, list(LADDERS), setup, thr, MU_FRACTION,
+                           TRAIN_LAYERS[size])
+    return Report(title=title, rows=rows + abl + checks["rows"], tables=tables, plot=plot,
+                  notes=notes)

@@ -1,0 +1,195 @@
+"""``tofu-smollm2``'s two one-seed ranking checks (issue 19), run after the main 60 runs.
+
+On the first seed, each method's best setting on that seed (``chosen[m][0]``):
+
+1. **whole model** (``RunSpec.train_layers="all"``): unlearned with every layer trainable,
+   from the same start models (fine-tuned on the last 4 layers), evaluated like every other
+   run; against the selection run of that setting (the last 4 layers).
+2. **full sets** (``RunSpec.evaluation="full"``): the selection run's training again (the last
+   4 layers), evaluated with no question cut (every question scored and generated; the 64 new
+   tokens kept, so only the question cut differs); against the selection run (the cut). The
+   start models are evaluated on the full sets too (cached apart from ``setup.json``:
+   :func:`palu_kernels.experiments.variants.start_evaluation`): the retain model's forget
+   truth ratios are those runs' Forget Quality reference and its Model Utility their bar.
+
+Each check's table ranks the methods under both (:func:`rank`: best Forget Quality among
+those with Model Utility >= 0.95 x the retain model's, then utility; then those under the
+bar, by utility) and says whether the ranking is the same. Runs not done are "not run yet";
+the checks' count is their own (the report's title counts the main runs only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, Dict, List, Optional
+
+from .runspec import FULL
+from .variants import START_MODELS, start_metrics
+
+__all__ = ["CHECKS", "NOT_RUN", "check_tables", "rank", "run_checks"]
+
+CHECKS = {"whole": "check: whole model", "full": "check: full sets"}
+"""The ``stage`` of each check's rows."""
+NOT_RUN = "not run yet"
+
+
+def rank(values: Dict[str, Optional[tuple]], bar: Optional[float]) -> Dict[str, int]:
+    """``{method: 1-based rank}`` of ``{method: (FQ, MU)}`` (``None``: not ranked): Model
+    Utility >= ``bar`` first, by Forget Quality then utility; then the others by utility."""
+    def key(m):
+        fq, mu = values[m]
+        ok = bar is not None and mu >= bar
+        fq = -1.0 if fq is None else fq
+        return (ok, fq if ok else mu, mu)
+
+    order = sorted((m for m, v in values.items() if v is not None), key=key, reverse=True)
+    return {m: i + 1 for i, m in enumerate(order)}
+
+
+def run_checks(hh, methods: List[str], chosen: Dict[str, List[str]], spec_of: Callable,
+               seed: int, selection_rows: List[dict]) -> dict:
+    """Run (or read from the cache) both checks of ``methods`` at their ``chosen`` settings
+    (best first; empty: the selection is not complete, and nothing is run) on ``seed``.
+    ``spec_of(m, label)``: the setting's :class:`RunSpec`; ``selection_rows``: the selection
+    runs of ``seed`` (what the checks compare with). ``hh.cfg.checks`` False: read only.
+
+    Returns ``{"rows": [...], "selection": {method: its chosen selection row},
+    "start": {name: full-set metrics or None}, "expected": n, "seed": seed}``; each row
+    with the run's ``trainable_params`` (``None``: not recorded) and ``questions``. With ``--shard``, the retain model's full evaluation is shard 0's, the
+    target's shard 1's; the full-set runs fall on shard 0 (they need the retain model's),
+    the whole-model runs on shard 1."""
+    from .harness import Harness
+
+    cfg = hh.cfg
+    out = {"rows": [], "start": {n: None for n in START_MODELS},
+           "expected": 2 * len(methods), "seed": seed,
+           "selection": {r["method"]: dict(r) for r in selection_rows
+                         if chosen.get(r["method"]) and r["setting"] == chosen[r["method"]][0]}}
+    ch = hh if cfg.checks else Harness(replace(cfg, compute=False))
+    ready = [m for m in methods if chosen.get(m)]
+    if not ready:
+        return out
+    setup = hh.setup(seed)
+    mine = {n: bool(cfg.checks and cfg.compute and (
+        cfg.shard is None or i % cfg.shard[1] == cfg.shard[0]))
+        for i, n in enumerate(START_MODELS)}
+    start_metrics(hh, setup, FULL, compute=mine)
+    items = []
+    for m in ready:
+        label = chosen[m][0]
+        params = {"method_label": m, "setting": label}
+        spec = spec_of(m, label)
+        items += [(replace(spec, evaluation=FULL), seed, {**params, "stage": CHECKS["full"]}),
+                  (replace(spec, train_layers="all"), seed,
+                   {**params, "stage": CHECKS["whole"]})]
+    rows = ch.run_many(items, desc=f"checks (seed {seed})")
+    out["start"] = start = start_metrics(hh, setup, FULL)  # (a run may have made the retain's)
+    for r in rows:
+        r["method"] = r.pop("method_label")
+    for r in rows + list(out["selection"].values()):
+        res = ch.result(r["run"])
+        r["trainable_params"] = res.get("trainable_params")
+        r["questions"] = _questions(res["metrics"])
+        if r["stage"] == CHECKS["full"]:  # the references of the full sets, not the cut's
+            ret, fin = start["retain"] or {}, start["finetuned"] or {}
+            r.update(retain_mu=ret.get("model_utility"),
+                     retain_forget_probability=ret.get("forget", {}).get("probability"),
+                     finetuned_mu=fin.get("model_utility"),
+                     finetuned_fq=fin.get("forget_quality"),
+                     finetuned_forget_probability=fin.get("forget", {}).get("probability"))
+    out["rows"] = rows
+    return out
+
+
+def _questions(metrics: dict) -> str:
+    """'scored / generated' over the four splits."""
+    splits = ("forget", "retain", "real_authors", "world_facts")
+    scored = sum(metrics[s]["n"] for s in splits)
+    generated = sum(metrics[s].get("n_generated", 0) for s in splits)
+    return f"{scored} / {generated}"
+
+
+def _side(row: Optional[dict], bar: Optional[float], suffix: str, extra: str) -> dict:
+    if row is None:
+        return {f"fq_{suffix}": NOT_RUN}
+    return {f"fq_{suffix}": row["forget_quality"], f"mu_{suffix}": row["model_utility"],
+            f"bar_{suffix}": "-" if bar is None else (
+                "pass" if row["model_utility"] >= bar else "fail"),
+            f"{extra}_{suffix}": row.get(extra)}
+
+
+def _compare(selection: Dict[str, dict], checked: Dict[str, dict], methods, bars, labels,
+             extra: str, chosen) -> tuple:
+    """The table rows of one check and its one-line verdict."""
+    ranks = [rank({m: (s[m]["forget_quality"], s[m]["model_utility"]) if m in s else None
+                   for m in methods}, bar) for s, bar in zip((selection, checked), bars)]
+    table = []
+    for m in methods:
+        t = {"method": m, "setting": chosen[m][0] if chosen.get(m) else "-",
+             **_side(selection.get(m), bars[0], "a", extra),
+             **_side(checked.get(m), bars[1], "b", extra)}
+        t.update(rank_a=ranks[0].get(m), rank_b=ranks[1].get(m))
+        table.append(t)
+    order = [sorted(r, key=r.get) for r in ranks]
+    done = sum(m in checked for m in methods)
+    rule = (f"Ranking (best FQ at MU >= the bar, then MU; under the bar by MU): "
+            f"{labels[0]}: {' > '.join(order[0]) or '-'}; {labels[1]}: "
+            f"{' > '.join(order[1]) or '-'}. ")
+    if not chosen or done < len(methods) or len(order[0]) < len(methods):
+        rule += f"Not comparable yet ({done} of {len(methods)} check runs done)."
+    else:
+        rule += ("**The same ranking.**" if order[0] == order[1]
+                 else "**The ranking differs.**")
+    return table, rule
+
+
+def check_tables(checks: dict, chosen, methods, setup, thr: float, fraction: float,
+                 layers: Optional[int]) -> List[tuple]:
+    """The report's two check tables (``(heading, cols, rows, text)``) of :func:`run_checks`'s
+    result; ``setup``: the start models, ``thr``: the cut's utility bar (``fraction`` x the
+    retain model's MU), ``layers``: the main runs' trained layers."""
+    sel = checks["selection"]
+    by = {k: {r["method"]: r for r in checks["rows"] if r["stage"] == stage}
+          for k, stage in CHECKS.items()}
+    start, n, seed = checks["start"], checks["expected"] // 2, checks["seed"]
+    full_bar = fraction * start["retain"]["model_utility"] if start["retain"] else None
+    trained = (f"last {layers} layer{'s' if layers != 1 else ''}" if layers
+               else "whole model")
+
+    def cols(a, b, extra, extra_head):
+        return ([("method", "method"), ("setting", "setting")]
+                + [(f"{k}_{s}", f"{h} ({lab})") for s, lab in (("a", a), ("b", b))
+                   for k, h in (("fq", "FQ"), ("mu", "MU"), ("bar", "MU >= bar"), ("rank", "rank"),
+                                (extra, extra_head))])
+
+    whole, rule1 = _compare(sel, by["whole"], methods, (thr, thr), (trained, "whole model"),
+                            "trainable_params", chosen)
+    full, rule2 = _compare(sel, by["full"], methods, (thr, full_bar), ("cut", "full sets"),
+                           "questions", chosen)
+    for name, label in (("finetuned", "target (start)"), ("retain", "retain (start)")):
+        cut = setup.finetuned_metrics if name == "finetuned" else setup.retain_metrics
+        f = start[name]
+        full.append({"method": label, "setting": "-", "fq_a": cut["forget_quality"],
+                     "mu_a": cut["model_utility"], "questions_a": _questions(cut),
+                     **({"fq_b": NOT_RUN} if f is None else
+                        {"fq_b": f["forget_quality"], "mu_b": f["model_utility"],
+                         "questions_b": _questions(f)})})
+    full_bar_text = (f"{full_bar:.3f}, {fraction} x the retain model's full-set MU"
+                     if full_bar is not None else NOT_RUN)
+    text1 = (f"{rule1} Both columns: the same start models (fine-tuned on the {trained}), "
+             f"the same setting and seed, the same evaluation (MU bar {thr:.3f}); only the "
+             "unlearning's trainable layers differ.")
+    text2 = (f"{rule2} Both columns: the same training (the selection run's, run again); the "
+             "cut scores the whole forget set but only the first questions of the utility "
+             f"splits, and generates (ROUGE) for only the first questions of each (MU bar "
+             f"{thr:.3f}); the full sets score and generate every question (MU bar "
+             f"{full_bar_text}). The generation limit (new tokens) is the same, so only the "
+             "question cut differs. Questions: scored / generated, over the four splits.")
+    n_start = sum(v is not None for v in start.values())
+    where = f"seed {seed}, each method's best setting"
+    return [(f"Check: whole model vs the {trained} ({where}; {len(by['whole'])} of {n} runs "
+             "done)", cols(trained, "whole model", "trainable_params", "trained params"),
+             whole, text1),
+            (f"Check: the evaluation cut vs the full sets ({where}; {len(by['full'])} of {n} "
+             f"runs done, start models {n_start} of 2)",
+             cols("cut", "full sets", "questions", "questions"), full, text2)]
