@@ -240,12 +240,11 @@ def tofu_smollm2_experiment(h: Harness) -> Report:
         best = dict(ladders["palu"])[chosen["palu"][0]]
         ks = [("K", k, dict(best, k=k)) for k in K_ABLATION]
         ns = [("N", n, dict(best, first_n=n)) for n in N_ABLATION]
-        for knob, value, o in ks + ns:
-            label = f"{knob} {value or 'all'}"
-            for r in hh.run_many([(_spec("palu", o, size), first,
-                                   {"method_label": "palu", "setting": label, "stage": knob,
-                                    "knob": knob, "value": value or "all"})], desc=label):
-                abl.append(r)
+        # one list, so that --shard i/n shares the ablation runs between the processes
+        abl = hh.run_many([(_spec("palu", o, size), first,
+                            {"method_label": "palu", "setting": f"{knob} {value or 'all'}",
+                             "stage": knob, "knob": knob, "value": value or "all"})
+                           for knob, value, o in ks + ns], desc=f"ablations (seed {first})")
     for r in rows + abl:
         r["method"] = r.pop("method_label")
         r["retain_mu"] = retain_mu
