@@ -277,6 +277,9 @@ def _occupancy(compiled, num_warps: int, props) -> int:
     return max(1, min(by_regs, by_smem, by_threads))
 
 
+_GRID_SIZES: dict = {}  # (device, dtype, constexprs) -> co-resident programs
+
+
 def launch_grid(kernel, programs, args: tuple, consts: dict, device: torch.device) -> None:
     """Launch ``kernel`` on a persistent grid of ``programs`` programs (``programs`` None:
     sized here from the SM count and the compiled kernel's occupancy), cooperatively, so that
@@ -288,11 +291,15 @@ def launch_grid(kernel, programs, args: tuple, consts: dict, device: torch.devic
                            "Triton interpreter runs them one after another; it runs on CUDA "
                            "(tests/test_triton_split.py launches it from threads)")
     g, nw = consts["G"], consts["num_warps"]
-    if programs is None:
-        props = torch.cuda.get_device_properties(device)
-        compiled = kernel.warmup(*args, 0, g, 1, grid=(1,), launch_cooperative_grid=True,
-                                 **consts)
-        programs = props.multi_processor_count * _occupancy(compiled, nw, props)
+    if programs is None:  # sized once per device, dtype and compiled variant (host work)
+        key = (device, args[0].dtype, tuple(sorted(consts.items())))
+        programs = _GRID_SIZES.get(key)
+        if programs is None:
+            props = torch.cuda.get_device_properties(device)
+            compiled = kernel.warmup(*args, 0, g, 1, grid=(1,), launch_cooperative_grid=True,
+                                     **consts)
+            programs = _GRID_SIZES[key] = (props.multi_processor_count
+                                           * _occupancy(compiled, nw, props))
     rows = max(1, programs // g)
     kernel[(rows * g,)](*args, 0, rows * g, rows, launch_cooperative_grid=True, **consts)
 
