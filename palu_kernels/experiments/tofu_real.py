@@ -42,8 +42,9 @@ from .pareto import MU_FRACTION, best_at_utility, select
 from .plots import fq_floor, pyplot
 from .tofu_checks import check_tables, run_checks
 
-__all__ = ["CHAT_TEMPLATE_IM", "GRID", "KEEP", "LADDERS", "merge_overlapping_spans",
-           "tofu_smollm2_experiment", "write_subset"]
+__all__ = ["CHAT_TEMPLATE_IM", "GRID", "KEEP", "LADDERS", "TOFU_SCALE_SETTINGS",
+           "merge_overlapping_spans", "tofu_scale_experiment", "tofu_smollm2_experiment",
+           "write_subset"]
 
 GRID = {"full": (1e-4, 5), "quick": (1e-3, 2)}
 """The one (learning rate, epochs) point every method runs at."""
@@ -89,6 +90,26 @@ questions of each split with 64 new tokens."""
 SUBSET = {"full": dict(forget=None, retain_authors=18, ft_epochs=15),
           "quick": dict(forget=6, retain_authors=1, ft_epochs=2)}
 
+# ---- TOFU's scale (``forget_split`` forget05 or forget10; the GPU section, bench/gpu_tofu.sh)
+TOFU_SCALE_SPLITS = ("forget05", "forget10")
+TOFU_SCALE_SETTINGS = {"palu": "alpha 0.5, N 3", "tpo": "beta 0.2", "npo": "beta 0.2",
+                       "graddiff": "alpha 0.5", "simnpo": "beta 2.5"}
+"""At TOFU's scale each method runs one setting: its best Forget Quality at Model Utility
+>= 0.95 x retain over the three seeds of the subset's staged design
+(``bench/results/experiments/tofu-smollm2``), so every method again gets the same budget
+(one setting, chosen by the same rule). In this order: a run cut short by the GPU budget
+keeps PALU and TPO, the paper's comparison."""
+TOFU_SCALE = {"full": dict(forget=None, retain_authors=None, ft_epochs=10, ft_lr=1e-4,
+                           eval=dict(max_new_tokens=64)),
+              "quick": dict(forget=6, retain_authors=1, ft_epochs=2, ft_lr=3e-3,
+                            eval=EVAL["quick"])}
+"""The design at TOFU's scale: the whole forget split (forget05: 200 questions of 10
+authors) with its released spans, TOFU's own retain set (every other author: 3,800
+questions for forget05), the whole model fine-tuned (lr 1e-4, to NLL < 0.05, at most 10
+epochs) and unlearned at the subset's (lr, epochs) point, every question of every
+evaluation split scored and generated (64 new tokens). ``quick``: the toy size of the dry
+run (a tiny model on the CPU, seconds)."""
+
 
 # ------------------------------------------------------------------------------ data
 
@@ -119,47 +140,57 @@ def merge_overlapping_spans(record: dict) -> dict:
     return {**record, "target_words": merged} if record.get("target_words") else record
 
 
-def write_subset(tofu_dir: str, out: str, *, retain_authors: int = 18,
-                 forget: Optional[int] = None) -> str:
+def write_subset(tofu_dir: str, out: str, *, retain_authors: Optional[int] = 18,
+                 forget: Optional[int] = None, split: str = "forget01") -> str:
     """Write the TOFU subset into ``out`` (a TOFU-layout directory) and return ``out``.
 
-    forget01 (its 40 questions, or the first ``forget``) with its released spans (overlapping
-    spans merged: :func:`merge_overlapping_spans`) and perturbed answers; ``retain99.json``: the questions of the first ``retain_authors``
-    authors of ``full.json`` (20 questions each), and ``retain_perturbed.json`` restricted to
-    them; the real-author and world-fact evaluation files as they are. Fine-tuning pairs are
-    the authors' questions only (no ``real_authors.json`` / ``world_facts.json`` /
+    ``split`` (forget01, forget05 or forget10: its questions, or the first ``forget``) with
+    its released spans (overlapping spans merged: :func:`merge_overlapping_spans`) and
+    perturbed answers; the retain file of its complement (``retain99.json`` for forget01,
+    ``retain95.json`` for forget05, ...): the questions of the first ``retain_authors``
+    authors of ``full.json`` (20 questions each; ``None``: every author outside the forget
+    split, TOFU's own retain set), and ``retain_perturbed.json`` restricted to them; the
+    real-author and world-fact evaluation files as they are. Fine-tuning pairs are the
+    authors' questions only (no ``real_authors.json`` / ``world_facts.json`` /
     ``full_perturbed.json`` here, so the harness adds none).
     """
-    need = ["full.json", "forget01.json", "forget01_spans.jsonl", "forget01_perturbed.json",
+    from ..eval.setups import split_names
+
+    if split not in ("forget01", "forget05", "forget10"):
+        raise ValueError(f"split: expected forget01, forget05 or forget10, got {split!r}")
+    need = ["full.json", f"{split}.json", f"{split}_spans.jsonl", f"{split}_perturbed.json",
             "retain_perturbed.json", "real_authors_perturbed.json",
             "world_facts_perturbed.json"]
     missing = [n for n in need if not os.path.isfile(os.path.join(tofu_dir, n))]
     if missing:
         raise FileNotFoundError(f"data_dir: {tofu_dir} is not a TOFU directory with PALU spans "
                                 f"(missing {', '.join(missing)})")
-    if not (isinstance(retain_authors, int) and 1 <= retain_authors <= 198):
-        raise ValueError(f"retain_authors: expected an integer in 1..198, got {retain_authors!r}")
+    if retain_authors is not None and not (isinstance(retain_authors, int)
+                                           and 1 <= retain_authors <= 198):
+        raise ValueError(f"retain_authors: expected an integer in 1..198 or None, got "
+                         f"{retain_authors!r}")
     os.makedirs(out, exist_ok=True)
     full = _read(os.path.join(tofu_dir, "full.json"))
-    forget_q = {r["question"] for r in _read(os.path.join(tofu_dir, "forget01.json"))}
+    forget_q = {r["question"] for r in _read(os.path.join(tofu_dir, f"{split}.json"))}
     retain = [r for i, r in enumerate(full)
-              if i // 20 < retain_authors and r["question"] not in forget_q]
+              if (retain_authors is None or i // 20 < retain_authors)
+              and r["question"] not in forget_q]
     keep = {r["question"] for r in retain}
 
     def cut(records):
         return records if forget is None else records[:forget]
 
-    for name in ("forget01.json", "forget01_perturbed.json"):
+    for name in (f"{split}.json", f"{split}_perturbed.json"):
         _write_jsonl(os.path.join(out, name), cut(_read(os.path.join(tofu_dir, name))))
     spans = [merge_overlapping_spans(r) for r in _read(os.path.join(tofu_dir,
-                                                                    "forget01_spans.jsonl"))]
-    _write_jsonl(os.path.join(out, "forget01_spans.jsonl"), cut(spans))
-    _write_jsonl(os.path.join(out, "retain99.json"), retain)
+                                                                    f"{split}_spans.jsonl"))]
+    _write_jsonl(os.path.join(out, f"{split}_spans.jsonl"), cut(spans))
+    _write_jsonl(os.path.join(out, f"{split_names(out, split)[1]}.json"), retain)
     rp = [r for r in _read(os.path.join(tofu_dir, "retain_perturbed.json"))
           if r["question"] in keep]
     if not rp:
         raise ValueError(f"data_dir: retain_perturbed.json of {tofu_dir} has no question of the "
-                         f"first {retain_authors} authors")
+                         f"retain authors")
     _write_jsonl(os.path.join(out, "retain_perturbed.json"), rp)
     for name in ("real_authors_perturbed.json", "world_facts_perturbed.json"):
         _write_jsonl(os.path.join(out, name), _read(os.path.join(tofu_dir, name)))
@@ -198,6 +229,8 @@ def _spec(method: str, overrides: dict, size: str) -> RunSpec:
 def tofu_smollm2_experiment(h: Harness) -> Report:
     cfg = h.cfg
     size = cfg.size()
+    if cfg.forget_split in TOFU_SCALE_SPLITS:
+        return tofu_scale_experiment(h)
     if cfg.model is None:
         raise UsageError("model", "model: tofu-smollm2 needs a pre-trained model (smollm2, a "
                                   ".gguf file or a model directory)")
@@ -261,6 +294,96 @@ def tofu_smollm2_experiment(h: Harness) -> Report:
     return _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks)
 
 
+def tofu_scale_experiment(h: Harness) -> Report:
+    """``tofu-smollm2`` at TOFU's scale (``forget_split`` forget05 or forget10): the whole
+    forget split, TOFU's retain set, the whole model trained, every evaluation question; one
+    run per method (:data:`TOFU_SCALE_SETTINGS`) on each seed. Sized for a lent GPU
+    (``--device cuda``, ``bench/gpu_tofu.sh``); ``--quick`` is its toy size on the CPU."""
+    cfg = h.cfg
+    size = cfg.size()
+    if cfg.model is None:
+        raise UsageError("model", "model: tofu-smollm2 needs a pre-trained model (smollm2, a "
+                                  ".gguf file or a model directory)")
+    if cfg.data_dir is None:
+        raise UsageError("data_dir", "data_dir: tofu-smollm2 needs the TOFU directory (e.g. "
+                                     "../shared/data/tofu)")
+    split = cfg.forget_split
+    sc = TOFU_SCALE[size]
+    data = write_subset(cfg.data_dir, os.path.join(h.out, f"tofu-{split}-{size}"),
+                        retain_authors=sc["retain_authors"], forget=sc["forget"], split=split)
+    base = _base_model_dir(h, cfg.model)
+    ev = sc["eval"]
+    hh = Harness(replace(cfg, data_dir=data, forget_split=split, model=base, cache=h.out,
+                         train_layers=None,
+                         ft_lr=cfg.ft_lr if cfg.ft_lr is not None else sc["ft_lr"],
+                         ft_epochs=sc["ft_epochs"], shared_setup=True, bf16=size == "full",
+                         chat_template=CHAT_TEMPLATE_IM if size == "full" else None,
+                         eval_max_samples=ev.get("eval_max_samples"),
+                         eval_max_generate=ev.get("eval_max_generate"),
+                         max_new_tokens=ev.get("max_new_tokens")))
+    hh.missing = 0
+    settings = {m: dict(LADDERS[m])[label] for m, label in TOFU_SCALE_SETTINGS.items()}
+    items = [(_spec(m, settings[m], size), seed,
+              {"method_label": m, "setting": TOFU_SCALE_SETTINGS[m], "stage": "tofu-scale"})
+             for seed in h.seeds for m in TOFU_SCALE_SETTINGS]
+    rows = hh.run_many(items, desc=f"{split}, whole model")
+    setup = hh.setup(h.seeds[0])
+    retain_mu = setup.retain_metrics["model_utility"]
+    thr = MU_FRACTION * retain_mu
+    for r in rows:
+        r["method"] = r.pop("method_label")
+        r["retain_mu"] = retain_mu
+        r["at_bar"] = "yes" if r["model_utility"] >= thr else "no"
+    n_forget = len(_read(os.path.join(data, f"{split}.json")))
+    n_retain = len(_read(setup.retain))
+    where = cfg.device or "cpu"
+    title = (f"TOFU {split} at TOFU's scale ({n_forget} forget, {n_retain} retain questions, "
+             f"the whole model trained) on {os.path.basename(cfg.model)}, {where}")
+    if hh.missing or len(rows) < len(items):
+        title += (f" (INCOMPLETE: {len(rows)} of {len(items)} runs done; rerun to "
+                  "continue)")
+    fm, rm = setup.finetuned_metrics, setup.retain_metrics
+    tr = setup.training
+    start = [{"model": name, "forget_quality": m["forget_quality"],
+              "model_utility": m["model_utility"], "forget_prob": m["forget"]["probability"],
+              "forget_rouge": m["forget"].get("rouge_l_recall"),
+              "retain_prob": m["retain"]["probability"],
+              "retain_rouge": m["retain"].get("rouge_l_recall"),
+              "ft_epochs": tr[key]["epochs"], "ft_nll": tr[key]["nll"],
+              "ft_s": tr[key]["seconds"]}
+             for name, key, m in ((f"target (fine-tuned on {n_forget + n_retain})", "finetuned",
+                                   fm), (f"retain ({n_retain})", "retain", rm))]
+    start_cols = [("model", "model"), ("forget_quality", "FQ"), ("model_utility", "MU"),
+                  ("forget_prob", "forget prob."), ("forget_rouge", "forget ROUGE-L"),
+                  ("retain_prob", "retain prob."), ("retain_rouge", "retain ROUGE-L"),
+                  ("ft_epochs", "fine-tuning epochs"), ("ft_nll", "final NLL"),
+                  ("ft_s", "fine-tuning s")]
+    run_cols = [("method", "method"), ("setting", "setting"), ("seed", "seed"),
+                ("forget_quality", "FQ"), ("model_utility", "MU"),
+                ("at_bar", f"MU >= {MU_FRACTION} x retain"),
+                ("forget_probability", "forget prob."), ("forget_rouge", "forget ROUGE-L"),
+                ("retain_probability", "retain prob."), ("train_s", "train s"),
+                ("eval_s", "eval s")]
+    lr, epochs = GRID[size]
+    spent = setup.seconds + sum(r["train_s"] + (r["eval_s"] or 0) for r in rows)
+    notes = (f"Device: {where}. Every method at the subset's (lr, epochs) point: lr {lr}, "
+             f"{epochs} epochs, batch 4, every layer trained; each with one setting, its best "
+             f"at MU >= {MU_FRACTION} x retain over the subset's three seeds: "
+             + "; ".join(f"{m} {label}" for m, label in TOFU_SCALE_SETTINGS.items())
+             + f". Bar: {MU_FRACTION} x retain MU {retain_mu:.3f} = {thr:.3f}. Evaluation: "
+             + ("every question of every split, " if not ev.get("eval_max_samples")
+                else "the toy cut, ")
+             + f"{ev.get('max_new_tokens') or 48} new tokens. Compute: setups "
+             f"{setup.seconds:.0f} s (fine-tuning both models and their evaluation), runs "
+             f"{spent - setup.seconds:.0f} s (training and evaluation), {spent:.0f} s in all.")
+    tables = [("The start: target and retain models", start_cols, start),
+              (f"Each method's run (bar: MU >= {thr:.3f})", run_cols, rows)]
+    return Report(title=title, rows=rows, tables=tables, notes=notes,
+                  plot=lambda path: _scatter(path, rows, thr, retain_mu, rm, fm,
+                                             f"SmolLM2-135M, TOFU {split}, whole model: "
+                                             f"every run ({where})"))
+
+
 # ------------------------------------------------------------------------------ the report
 
 
@@ -318,30 +441,6 @@ def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks) -
              "ratios; the first 60 questions of retain, real authors and world facts; ROUGE "
              "on the first 40 questions of each split, 64 new tokens.")
 
-    def plot(path):
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(8.5, 6))
-        colors = plt.get_cmap("tab10")
-        for i, m in enumerate(LADDERS):
-            pts = [r for r in rows if r["method"] == m]
-            ax.scatter([r["model_utility"] for r in pts],
-                       [fq_floor(r["forget_quality"]) for r in pts], color=colors(i),
-                       label=m, alpha=0.8, s=28)
-        ax.axvline(thr, color="black", ls="dashed", lw=1, label=f"{MU_FRACTION} x retain MU")
-        ax.scatter([retain_mu], [fq_floor(rm["forget_quality"])], marker="*", s=160,
-                   color="black", label="retain model")
-        ax.scatter([fm["model_utility"]], [fq_floor(fm["forget_quality"])], marker="s", s=60,
-                   color="gray", label="target (start)")
-        ax.set_yscale("log")
-        ax.set_xlabel("Model Utility")
-        ax.set_ylabel("Forget Quality (log)")
-        ax.set_title("SmolLM2-135M, TOFU forget01: every run (all seeds)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-
     tables = [("The start: target and retain models", start_cols, start),
               (f"Best FQ at MU >= {MU_FRACTION} x retain, over seeds (each method's settings "
                "run on the most seeds)", cols, table),
@@ -352,5 +451,35 @@ def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks) -
               ("N (PALU's best setting, seed 0)", abl_cols, ntab)]
     tables += check_tables(checks, chosen, list(LADDERS), setup, thr, MU_FRACTION,
                            TRAIN_LAYERS[size])
+    def plot(path):
+        _scatter(path, rows, thr, retain_mu, rm, fm,
+                 "SmolLM2-135M, TOFU forget01: every run (all seeds)")
+
     return Report(title=title, rows=rows + abl + checks["rows"], tables=tables, plot=plot,
                   notes=notes)
+
+
+def _scatter(path, rows, thr, retain_mu, rm, fm, title) -> None:
+    """Every run's (MU, FQ) per method, the bar, the retain and target models."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.5, 6))
+    colors = plt.get_cmap("tab10")
+    for i, m in enumerate(LADDERS):
+        pts = [r for r in rows if r["method"] == m]
+        ax.scatter([r["model_utility"] for r in pts],
+                   [fq_floor(r["forget_quality"]) for r in pts], color=colors(i),
+                   label=m, alpha=0.8, s=28)
+    ax.axvline(thr, color="black", ls="dashed", lw=1, label=f"{MU_FRACTION} x retain MU")
+    ax.scatter([retain_mu], [fq_floor(rm["forget_quality"])], marker="*", s=160,
+               color="black", label="retain model")
+    ax.scatter([fm["model_utility"]], [fq_floor(fm["forget_quality"])], marker="s", s=60,
+               color="gray", label="target (start)")
+    ax.set_yscale("log")
+    ax.set_xlabel("Model Utility")
+    ax.set_ylabel("Forget Quality (log)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

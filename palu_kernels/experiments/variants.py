@@ -77,7 +77,7 @@ def start_evaluation(h, setup, name: str, evaluation: str = FULL, *,
     kw = eval_kwargs(h, evaluation)
     with h._threads():
         model, tok = load_eval_model(setup.finetuned_dir if name == "finetuned"
-                                     else setup.retain_dir)
+                                     else setup.retain_dir, device=h.cfg.device)
         t0 = time.time()
         out = evaluate_model(model, tok, setup.data_dir, setup.forget_split, **kw)
         seconds = round(time.time() - t0, 1)

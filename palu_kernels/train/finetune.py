@@ -46,6 +46,7 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
         opt, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps)
                                                             / total_steps)))
     gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device  # the batches go where the model is
     model.train()
     t0 = time.time()
     nll = float("inf")
@@ -65,9 +66,9 @@ def fine_tune(model, tokenizer, pairs, *, lr: float, max_epochs: int, target_nll
         total, count = 0.0, 0
         for idx in batches:
             b = [encs[i] for i in idx]
-            ids = pad_sequences([e["input_ids"] for e in b], tokenizer.pad_token_id)
-            att = pad_sequences([e["attention_mask"] for e in b], 0)
-            lab = pad_sequences([e["labels"] for e in b], IGNORE_INDEX)[:, 1:]
+            ids = pad_sequences([e["input_ids"] for e in b], tokenizer.pad_token_id).to(device)
+            att = pad_sequences([e["attention_mask"] for e in b], 0).to(device)
+            lab = pad_sequences([e["labels"] for e in b], IGNORE_INDEX)[:, 1:].to(device)
             with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
                 if answer_rows_only:
                     hidden = model.get_decoder()(input_ids=ids, attention_mask=att)[0][:, :-1]
