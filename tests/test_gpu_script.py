@@ -95,11 +95,14 @@ def test_the_first_lines_give_the_planned_budget_and_the_versions(clean_run):
     out, proc = clean_run
     first = proc.stdout.splitlines()[:3]
     m = re.match(r"=== plan: budget (\d+) s \(GPU_TOTAL_S\): environment (\d+) \+ warmup (\d+) "
-                 r"\+ cuda_tests (\d+) \+ gpu_check (\d+) \+ fsdp (\d+) = (\d+) s planned, "
+                 r"\+ cuda_tests (\d+) \+ gpu_check (\d+) \+ fsdp (\d+) \+ tofu (\d+) = (\d+) s "
+                 r"planned, "
                  r"(\d+) s margin", first[0])
     assert m, first
     total, *steps, planned, margin = map(int, m.groups())
     assert total == 480 and sum(steps) == planned <= total and margin == total - planned > 0
+    assert steps[5] == 0  # the TOFU-scale step is not in the dry run: it says so
+    assert "=== tofu: skipped in --dry-run" in proc.stdout
     assert first[1].startswith("=== versions: "), first
     for name in VERSIONED:
         assert re.search(rf"\b{name} \S+", first[1]), (name, first[1])

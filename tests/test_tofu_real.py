@@ -357,6 +357,10 @@ def test_cli_no_checks(flag, checks, tmp_path, monkeypatch):
     (["tofu-smollm2", "--shard", "x"], "--shard"),
     (["tofu-smollm2", "--model", "/nonexistent/m", "--data-dir", "."], "--model"),
     (["tofu-smollm2", "--model", ".", "--data-dir", "/nonexistent/d"], "--data-dir"),
+    (["tofu-smollm2", "--device", "tpu"], "--device"),
+    pytest.param(["tofu-smollm2", "--device", "cuda", "--model", ".", "--data-dir", "."],
+                 "--device cuda: torch", marks=pytest.mark.skipif(
+                     torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_cli_refuses_bad_values_in_one_line(argv, needle, capsys):
     from palu_kernels.cli import experiment as cli

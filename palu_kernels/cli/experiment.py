@@ -123,6 +123,11 @@ def _on_disk(argv) -> str:
 def check_args(p: argparse.ArgumentParser, args) -> None:
     """Every value, before any work (:class:`~palu_kernels.errors.UsageError`: one line, exit
     status 2)."""
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device", f"cuda: torch {torch.__version__} sees no CUDA device")
     if args.name in REAL_MODEL:
         if args.model is None:
             args.model = REAL_MODEL[args.name]
@@ -161,11 +166,6 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
                                            "TOFU-layout directory with spans)")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads", f"expected an integer >= 1, got {args.threads}")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device", f"cuda: torch {torch.__version__} sees no CUDA device")
     for flag, path in (("--out", args.out), ("--cache", args.cache)):
         if path is not None and os.path.exists(path) and not os.path.isdir(path):
             raise UsageError(flag, f"{path!r} is a file, not a directory")

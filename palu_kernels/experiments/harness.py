@@ -241,7 +241,9 @@ class Harness:
     def _eval_kwargs(self) -> dict:
         """:func:`palu_kernels.eval.evaluate_model`'s options for the setups and the runs."""
         o = self._eval_options()
-        return dict(batch_size=16, max_new_tokens=o.get("max_new_tokens", QA_MAX_NEW_TOKENS),
+        # a GPU scores and generates 64 questions at a time (the CPU 16: no faster wider)
+        return dict(batch_size=64 if self.cfg.device == "cuda" else 16,
+                    max_new_tokens=o.get("max_new_tokens", QA_MAX_NEW_TOKENS),
                     max_samples=o.get("max_samples"), max_generate=o.get("max_generate"),
                     progress=False)
 
