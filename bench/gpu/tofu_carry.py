@@ -27,7 +27,6 @@ differs); ``tiny OUT --data-dir D``: a tiny Llama and tokenizer for the dry run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -45,11 +44,9 @@ class CarryError(Exception):
 
 
 def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from palu_kernels.train.identity import file_sha256
+
+    return file_sha256(path)
 
 
 def split(gguf: str, carry: str, parts: int = PARTS) -> list:

@@ -226,17 +226,21 @@ def _spec(method: str, overrides: dict, size: str) -> RunSpec:
     return replace(base, **overrides)
 
 
-def tofu_smollm2_experiment(h: Harness) -> Report:
-    cfg = h.cfg
-    size = cfg.size()
-    if cfg.forget_split in TOFU_SCALE_SPLITS:
-        return tofu_scale_experiment(h)
+def _check_inputs(cfg) -> None:
     if cfg.model is None:
         raise UsageError("model", "model: tofu-smollm2 needs a pre-trained model (smollm2, a "
                                   ".gguf file or a model directory)")
     if cfg.data_dir is None:
         raise UsageError("data_dir", "data_dir: tofu-smollm2 needs the TOFU directory (e.g. "
                                      "../shared/data/tofu)")
+
+
+def tofu_smollm2_experiment(h: Harness) -> Report:
+    cfg = h.cfg
+    size = cfg.size()
+    if cfg.forget_split in TOFU_SCALE_SPLITS:
+        return tofu_scale_experiment(h)
+    _check_inputs(cfg)
     sub = SUBSET[size]
     data = write_subset(cfg.data_dir, os.path.join(h.out, f"tofu-subset-{size}"),
                         retain_authors=sub["retain_authors"], forget=sub["forget"])
@@ -301,12 +305,7 @@ def tofu_scale_experiment(h: Harness) -> Report:
     (``--device cuda``, ``bench/gpu_tofu.sh``); ``--quick`` is its toy size on the CPU."""
     cfg = h.cfg
     size = cfg.size()
-    if cfg.model is None:
-        raise UsageError("model", "model: tofu-smollm2 needs a pre-trained model (smollm2, a "
-                                  ".gguf file or a model directory)")
-    if cfg.data_dir is None:
-        raise UsageError("data_dir", "data_dir: tofu-smollm2 needs the TOFU directory (e.g. "
-                                     "../shared/data/tofu)")
+    _check_inputs(cfg)
     split = cfg.forget_split
     sc = TOFU_SCALE[size]
     data = write_subset(cfg.data_dir, os.path.join(h.out, f"tofu-{split}-{size}"),
