@@ -390,6 +390,11 @@ def test_shard_computes_only_its_runs(tmp_path, monkeypatch):
     rows = h.run_many(items)
     assert done == [1.0, 3.0] and [r["i"] for r in rows] == [1, 3] and h.missing == 3
 
+    # --reverse: the same runs from the other end, the rows still in the list's order
+    h.cfg.reverse, h.missing, done[:] = True, 0, []
+    rows = h.run_many(items)
+    assert done == [3.0, 1.0] and [r["i"] for r in rows] == [1, 3] and h.missing == 3
+
 
 def test_merge_overlapping_spans():
     from palu_kernels.experiments.tofu_real import merge_overlapping_spans

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
                    help="compute only every N-th run starting at I (0-based), reading the "
                         "others from the cache: several processes share one --cache")
+    p.add_argument("--reverse", action="store_true",
+                   help="compute each list of runs from its last to its first: a second "
+                        "process on the same --cache (and --shard) works from the other end")
     p.add_argument("--no-checks", action="store_true",
                    help="tofu-smollm2: compute none of the two one-seed ranking checks (whole "
                         "model vs the last 4 layers; the full evaluation sets vs the cut); the "
@@ -189,7 +192,7 @@ def _main(argv) -> int:
                            generator=generate_benchmark, threads=args.threads,
                            progress=not args.no_progress, shard=args.shard,
                            compute=not args.report_only, checks=not args.no_checks,
-                           device=args.device,
+                           device=args.device, reverse=args.reverse,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
     h = Harness(cfg)
     report = EXPERIMENTS[args.name](h)

@@ -112,6 +112,7 @@ class ExperimentConfig:
     compute: bool = True
     checks: bool = True
     device: Optional[str] = None
+    reverse: bool = False
 
     # ``threads``: torch CPU threads while setups and runs compute (1: tiny models run
     # faster on one thread, far faster on a busy machine; None: torch's default).
@@ -136,7 +137,10 @@ class ExperimentConfig:
     # ``device``: where the setups' fine-tuning and every evaluation run (``"cuda"``: the
     # GPU; ``None``: the CPU, as before). The unlearning runs through the Hugging Face
     # Trainer, which takes the GPU whenever one is visible. It enters the cache keys only
-    # when set: a GPU's numbers are other numbers.
+    # when set: a GPU's numbers are other numbers. ``reverse``: each list of runs is computed
+    # from its last run to its first (rows still come back in order): a second process on
+    # the same cache and shard then works from the other end, and the two meet in the
+    # middle (at most the one run both reach at once is computed twice).
 
     def size(self) -> str:
         return "quick" if self.quick else "full"
@@ -468,18 +472,23 @@ class Harness:
 
     def run_many(self, items: Sequence[Tuple[RunSpec, int, dict]], desc: str = "runs"
                  ) -> List[dict]:
-        """Rows of every ``(spec, seed, params)`` item, run in order (setups first), cached
-        ones read back; a tqdm bar counts runs, with the cache hits in its postfix."""
+        """Rows of every ``(spec, seed, params)`` item, in order, run in order (setups first;
+        from the last with ``reverse``), cached ones read back; a tqdm bar counts runs, with
+        the cache hits in its postfix."""
         from tqdm.auto import tqdm
 
         with self._threads():
             for seed in sorted({seed for _, seed, _ in items}):
                 for synth in {spec.synth for spec, s, _ in items if s == seed}:
                     self.setup(seed, dict(synth))
-            rows, hits = [], 0
+            hits = 0
             self.missing = getattr(self, "missing", 0)
-            bar = tqdm(items, desc=desc, disable=not self.cfg.progress, dynamic_ncols=True)
-            for i, (spec, seed, params) in enumerate(bar):
+            order = list(enumerate(items))
+            if self.cfg.reverse:
+                order.reverse()
+            bar = tqdm(order, desc=desc, disable=not self.cfg.progress, dynamic_ncols=True)
+            done: Dict[int, dict] = {}
+            for i, (spec, seed, params) in bar:
                 key = self.run_key(spec, seed)
                 res = self.result(key)
                 if res is None and (not self.cfg.compute or (
@@ -491,7 +500,8 @@ class Harness:
                 else:
                     hits += 1
                 bar.set_postfix(cached=hits)
-                rows.append(self.row(res, params))
+                done[i] = self.row(res, params)
+            rows = [done[i] for i in sorted(done)]
             self.cache_hits = hits
             return rows
 
