@@ -410,3 +410,36 @@ def test_merge_overlapping_spans():
     assert all(a[w["start"]:w["end"]] == w["word"] for w in out)
     plain = {"answer": "x", "target_words": []}
     assert merge_overlapping_spans(plain) is plain
+
+
+def test_whole_second_ranks_each_methods_best_of_two(monkeypatch):
+    """The whole-model follow-up runs each method's second confirmed setting whole, and ranks
+    the methods by their better setting: at the bar by FQ, under it by MU."""
+    from palu_kernels.experiments import harness as H
+    from palu_kernels.experiments.tofu_checks import (CHECKS, NOT_RUN, WHOLE_SECOND,
+                                                      run_whole_second, whole_second_table)
+
+    h = H.Harness(H.ExperimentConfig(out="unused", generator=object(), progress=False))
+    seen = []
+    monkeypatch.setattr(h, "run_many", lambda items, desc="": seen.extend(items) or [
+        {**p, "forget_quality": 0.5, "model_utility": 0.3} for _, _, p in items])
+    chosen = {"a": ["a1", "a2"], "b": ["b1", "b2"], "c": ["c1"]}
+    rows = run_whole_second(h, ["a", "b", "c"], chosen,
+                            lambda m, label: H.RunSpec(method="palu", lr=float(len(label))), 0)
+    assert [(s.train_layers, p["setting"], p["stage"]) for s, _, p in seen] == [
+        ("all", "a2", WHOLE_SECOND), ("all", "b2", WHOLE_SECOND)]  # c has no second
+    assert [r["method"] for r in rows] == ["a", "b"]
+
+    def run(m, label, fq, mu):
+        return {"method": m, "setting": label, "forget_quality": fq, "model_utility": mu,
+                "stage": CHECKS["whole"]}
+
+    checks = {"seed": 0, "rows": [run("a", "a1", 0.9, 0.1), run("b", "b1", 0.2, 0.5),
+                                  run("c", "c1", 0.1, 0.5)]}
+    second = [{**run("a", "a2", 0.4, 0.5), "stage": WHOLE_SECOND}]  # b's second: not yet
+    heading, cols, table, text = whole_second_table(checks, second, chosen, ["a", "b", "c"], 0.3)
+    by = {t["method"]: t for t in table}
+    assert by["a"]["best"] == "a2" and by["a"]["bar_1"] == "fail"  # a1 forgets, under the bar
+    assert by["b"]["fq_2"] == NOT_RUN and by["c"]["fq_2"] == "-" and by["c"]["best"] == "c1"
+    assert [by[m]["rank"] for m in "abc"] == [1, 2, 3]  # 0.4 > 0.2 > 0.1, all at the bar
+    assert "a > b > c (not final: 4 of 5 runs done)" in text and "4 of 5 runs done" in heading

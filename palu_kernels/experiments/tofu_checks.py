@@ -26,9 +26,11 @@ from typing import Callable, Dict, List, Optional
 from .runspec import FULL
 from .variants import START_MODELS, start_metrics
 
-__all__ = ["CHECKS", "NOT_RUN", "check_tables", "rank", "run_checks"]
+__all__ = ["CHECKS", "NOT_RUN", "check_tables", "rank", "run_checks", "run_whole_second",
+           "whole_second_table"]
 
 CHECKS = {"whole": "check: whole model", "full": "check: full sets"}
+WHOLE_SECOND = "check: whole model, 2nd setting"
 """The ``stage`` of each check's rows."""
 NOT_RUN = "not run yet"
 
@@ -193,3 +195,69 @@ def check_tables(checks: dict, chosen, methods, setup, thr: float, fraction: flo
             (f"Check: the evaluation cut vs the full sets ({where}; {len(by['full'])} of {n} "
              f"runs done, start models {n_start} of 2)",
              cols("cut", "full sets", "questions", "questions"), full, text2)]
+
+
+def run_whole_second(hh, methods: List[str], chosen: Dict[str, List[str]], spec_of: Callable,
+                     seed: int) -> List[dict]:
+    """The whole-model check's follow-up: each method's second confirmed setting
+    (``chosen[m][1]``) unlearned with every layer trainable on ``seed``, so that every method
+    has its two confirmed settings under whole-model training (the same budget each; the
+    first is :func:`run_checks`'s). ``hh.cfg.checks`` False: read only. Rows with stage
+    :data:`WHOLE_SECOND`."""
+    from .harness import Harness
+
+    ch = hh if hh.cfg.checks else Harness(replace(hh.cfg, compute=False))
+    items = [(replace(spec_of(m, chosen[m][1]), train_layers="all"), seed,
+              {"method_label": m, "setting": chosen[m][1], "stage": WHOLE_SECOND})
+             for m in methods if len(chosen.get(m) or []) > 1]
+    rows = ch.run_many(items, desc=f"whole model, 2nd settings (seed {seed})") if items else []
+    for r in rows:
+        r["method"] = r.pop("method_label")
+    return rows
+
+
+def whole_second_table(checks: dict, second: List[dict], chosen, methods, thr: float
+                       ) -> tuple:
+    """``(heading, cols, rows, text)``: each method's two confirmed settings under
+    whole-model training, its best of the two (FQ at MU >= ``thr``, then MU; under the bar
+    by MU) and the methods ranked by that best."""
+    first = {r["method"]: r for r in checks["rows"] if r["stage"] == CHECKS["whole"]}
+    snd = {r["method"]: r for r in second}
+    best, table = {}, []
+    for m in methods:
+        runs = [r for r in (first.get(m), snd.get(m)) if r is not None]
+        if runs:
+            best[m] = max(runs, key=lambda r: (r["model_utility"] >= thr,
+                                               r["forget_quality"] if r["model_utility"] >= thr
+                                               else r["model_utility"], r["model_utility"]))
+    ranks = rank({m: (b["forget_quality"], b["model_utility"]) for m, b in best.items()}, thr)
+    for m in methods:
+        t = {"method": m}
+        for i, side in ((0, "1"), (1, "2")):
+            r = (first, snd)[i].get(m)
+            label = chosen[m][i] if chosen.get(m) and len(chosen[m]) > i else "-"
+            t.update({f"setting_{side}": label,
+                      f"fq_{side}": ("-" if label == "-" else NOT_RUN) if r is None
+                      else r["forget_quality"],
+                      f"mu_{side}": None if r is None else r["model_utility"],
+                      f"bar_{side}": None if r is None else (
+                          "pass" if r["model_utility"] >= thr else "fail")})
+        t["best"] = best[m]["setting"] if m in best else "-"
+        t["rank"] = ranks.get(m)
+        table.append(t)
+    cols = [("method", "method")] + [(f"{k}_{s}", f"{h} ({n})") for s, n in (("1", "1st"),
+                                                                            ("2", "2nd"))
+                                     for k, h in (("setting", "setting"), ("fq", "FQ"),
+                                                  ("mu", "MU"), ("bar", "MU >= bar"))]
+    cols += [("best", "best of the two"), ("rank", "rank")]
+    done = len(first) + len(snd)
+    n = sum(min(2, len(chosen.get(m) or [])) for m in methods)
+    order = sorted(ranks, key=ranks.get)
+    text = (f"Ranking by each method's best of its two confirmed settings, trained whole "
+            f"(MU bar {thr:.3f}): {' > '.join(order) or '-'}"
+            + ("." if done == n else f" (not final: {done} of {n} runs done).")
+            + " The settings were chosen under last-layers training; no method was tuned for "
+              "whole-model training beyond these two.")
+    heading = (f"Check: whole model, each method's two confirmed settings (seed "
+               f"{checks['seed']}; {done} of {n} runs done)")
+    return heading, cols, table, text

@@ -20,6 +20,9 @@ settings of each method's own knob at one (lr, epochs) point, :data:`GRID`):
    setting unlearned with every layer trainable, and evaluated on the full sets, each ranked
    against its selection run (``ExperimentConfig.checks`` False, ``--no-checks``: computes
    none of them). The report's title counts the main runs (1-3); the checks say their own.
+   Their follow-up: each method's second confirmed setting unlearned whole too
+   (:func:`~palu_kernels.experiments.tofu_checks.run_whole_second`), so that every method
+   has two settings under whole-model training.
 
 Seeds vary the unlearning (data order) from one shared pair of fine-tuned models
 (``ExperimentConfig.shared_setup``). Every run is cached under ``--cache``; ``--shard i/n``
@@ -40,7 +43,7 @@ from .harness import Harness, RunSpec
 from .report import Report, aggregate
 from .pareto import MU_FRACTION, best_at_utility, select
 from .plots import fq_floor, pyplot
-from .tofu_checks import check_tables, run_checks
+from .tofu_checks import check_tables, run_checks, run_whole_second, whole_second_table
 
 __all__ = ["CHAT_TEMPLATE_IM", "GRID", "KEEP", "LADDERS", "TOFU_SCALE_SETTINGS",
            "merge_overlapping_spans", "tofu_scale_experiment", "tofu_smollm2_experiment",
@@ -295,7 +298,10 @@ def tofu_smollm2_experiment(h: Harness) -> Report:
     checks = run_checks(hh, list(ladders), chosen,
                         lambda m, label: _spec(m, dict(ladders[m])[label], size), first,
                         [r for r in rows if r["stage"] == "selection"])
-    return _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks)
+    second = run_whole_second(hh, list(ladders), chosen,
+                              lambda m, label: _spec(m, dict(ladders[m])[label], size), first
+                              ) if chosen else []
+    return _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks, second)
 
 
 def tofu_scale_experiment(h: Harness) -> Report:
@@ -386,7 +392,8 @@ def tofu_scale_experiment(h: Harness) -> Report:
 # ------------------------------------------------------------------------------ the report
 
 
-def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks) -> Report:
+def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks, second
+            ) -> Report:
     agg = aggregate(rows, ["method", "setting"])
     # the comparison over seeds: among each method's settings run on the most seeds (the
     # confirmed ones, once the confirmation seeds ran), never a one-seed setting beside them
@@ -450,11 +457,14 @@ def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks) -
               ("N (PALU's best setting, seed 0)", abl_cols, ntab)]
     tables += check_tables(checks, chosen, list(LADDERS), setup, thr, MU_FRACTION,
                            TRAIN_LAYERS[size])
+    if chosen:
+        tables.append(whole_second_table(checks, second, chosen, list(LADDERS), thr))
     def plot(path):
         _scatter(path, rows, thr, retain_mu, rm, fm,
                  "SmolLM2-135M, TOFU forget01: every run (all seeds)")
 
-    return Report(title=title, rows=rows + abl + checks["rows"], tables=tables, plot=plot,
+    return Report(title=title, rows=rows + abl + checks["rows"] + second, tables=tables,
+                  plot=plot,
                   notes=notes)
 
 
