@@ -96,12 +96,13 @@ SUBSET = {"full": dict(forget=None, retain_authors=18, ft_epochs=15),
 # ---- TOFU's scale (``forget_split`` forget05 or forget10; the GPU section, bench/gpu_tofu.sh)
 TOFU_SCALE_SPLITS = ("forget05", "forget10")
 TOFU_SCALE_SETTINGS = {"palu": "alpha 0.5, N 3", "tpo": "beta 0.2", "npo": "beta 0.2",
-                       "graddiff": "alpha 0.5", "simnpo": "beta 2.5"}
-"""At TOFU's scale each method runs one setting: its best Forget Quality at Model Utility
->= 0.95 x retain over the three seeds of the subset's staged design
-(``bench/results/experiments/tofu-smollm2``), so every method again gets the same budget
-(one setting, chosen by the same rule). In this order: a run cut short by the GPU budget
-keeps PALU and TPO, the paper's comparison."""
+                       "graddiff": "alpha 0.5", "simnpo": "beta 1.0"}
+"""At TOFU's scale each method runs one setting: the better of its two confirmed settings
+when the whole model trains (the subset's whole-model follow-up check, seed 0, in
+``bench/results/experiments/tofu-smollm2``: FQ at MU >= 0.95 x retain, else MU), so every
+method again gets the same budget (one setting, chosen by the same rule, from two tried
+each). In this order: a run cut short by the GPU budget keeps PALU and TPO, the paper's
+comparison."""
 TOFU_SCALE = {"full": dict(forget=None, retain_authors=None, ft_epochs=10, ft_lr=1e-4,
                            eval=dict(max_new_tokens=64)),
               "quick": dict(forget=6, retain_authors=1, ft_epochs=2, ft_lr=3e-3,
@@ -372,8 +373,9 @@ def tofu_scale_experiment(h: Harness) -> Report:
     lr, epochs = GRID[size]
     spent = setup.seconds + sum(r["train_s"] + (r["eval_s"] or 0) for r in rows)
     notes = (f"Device: {where}. Every method at the subset's (lr, epochs) point: lr {lr}, "
-             f"{epochs} epochs, batch 4, every layer trained; each with one setting, its best "
-             f"at MU >= {MU_FRACTION} x retain over the subset's three seeds: "
+             f"{epochs} epochs, batch 4, every layer trained; each with one setting, the "
+             f"better of its two confirmed settings when the subset's whole model trained "
+             f"(seed 0): "
              + "; ".join(f"{m} {label}" for m, label in TOFU_SCALE_SETTINGS.items())
              + f". Bar: {MU_FRACTION} x retain MU {retain_mu:.3f} = {thr:.3f}. Evaluation: "
              + ("every question of every split, " if not ev.get("eval_max_samples")
