@@ -20,6 +20,14 @@ Data (``<out>/data``, the MUSE layout :func:`palu_kernels.eval.muse.evaluate_mus
   retain questions (``n``), plus ``n`` leading windows of those articles;
 * holdout: ``n`` leading windows of ``privleak/holdout.json`` articles (never trained on).
 
+``--facts``: a 135M model fine-tuned on passages alone does not learn to answer KnowMem's
+questions about them (KnowMem forget stays at the retrained model's level), so this variant
+also trains the KnowMem question/answer pairs, each as the answer to MUSE's KnowMem prompt
+(``FACTS_ICL`` in-context examples, the prompt the evaluation uses), as the CI-sized demo does:
+the forget pairs into the target and the forget set (their spans found apart from the
+passages', with the question/answer defaults), the retain pairs into both models and the
+retain set. KnowMem then measures recall of trained answers.
+
 Everything is cached under ``--out`` (models, span files, unlearning runs, evaluations, each
 written atomically or marked done) and an interrupted run continues where it stopped::
 
@@ -38,6 +46,7 @@ import re
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 from palu_kernels.errors import UsageError
 from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE
@@ -51,6 +60,7 @@ SIZES = {"default": dict(n=8, prompt_words=32, gt_words=64, window=120, ft_epoch
                          verb_new=128, know_new=32, steps=12, batch=2),
          "quick": dict(n=2, prompt_words=8, gt_words=16, window=24, ft_epochs=2,
                        verb_new=8, know_new=4, steps=1, batch=2)}
+FACTS_ICL = 3  # in-context examples of the KnowMem prompt with --facts (MUSE's files hold 10)
 
 
 def _words(t):
@@ -75,7 +85,13 @@ def _best_article(articles, q, a):
     return max(found, key=lambda t: len(qw & {w.lower() for w in re.findall(r"\w+", t)}))
 
 
-def build_data(data_dir, sz, out):
+def build_data(data_dir, sz, out, facts=False):
+    """The MUSE-layout data under ``out`` and the training documents as ``(prompt, text)``
+    pairs (a passage has no prompt). ``facts``: the KnowMem question/answer pairs are trained
+    too, each as an answer to MUSE's KnowMem prompt with the first ``sz["icl"]`` in-context
+    examples (the forget ones with the target, the retain ones with both models)."""
+    from palu_kernels.eval.muse import knowmem_prompt
+
     full = load_muse(data_dir)
     with open(os.path.join(data_dir, "raw/forget.json"), encoding="utf-8") as f:
         forget_articles = [t for t in json.load(f) if t.strip()]
@@ -105,20 +121,27 @@ def build_data(data_dir, sz, out):
     forget += kf_docs
     retain = kr_docs + [" ".join(_words(t)[:sz["window"]]) for t in retain_articles[:n]]
     holdout = [" ".join(_words(t)[:sz["window"]]) for t in full.privleak_holdout[:n]]
-    files = {"verbmem": verbmem, "knowmem_forget": kf, "knowmem_forget_icl":
-             full.knowmem_forget_icl, "knowmem_retain": kr,
-             "knowmem_retain_icl": full.knowmem_retain_icl, "privleak_forget": forget,
+    icl_f, icl_r = full.knowmem_forget_icl, full.knowmem_retain_icl
+    if facts:
+        icl_f, icl_r = icl_f[:sz["icl"]], icl_r[:sz["icl"]]
+    files = {"verbmem": verbmem, "knowmem_forget": kf, "knowmem_forget_icl": icl_f,
+             "knowmem_retain": kr, "knowmem_retain_icl": icl_r, "privleak_forget": forget,
              "privleak_holdout": holdout}
     muse_dir = os.path.join(out, "data", "muse")
     for key, rel in MUSE_FILES.items():
         path = os.path.join(muse_dir, rel)
         if not os.path.isfile(path):
             atomic_write_text(path, json.dumps(files[key], ensure_ascii=False, indent=1))
+    forget_facts = [(knowmem_prompt(r["question"], icl_f), r["answer"]) for r in kf] \
+        if facts else []
+    retain_docs = [("", p) for p in retain] + (
+        [(knowmem_prompt(r["question"], icl_r), r["answer"]) for r in kr] if facts else [])
     retain_path = os.path.join(out, "data", "retain.jsonl")
-    atomic_write_text(retain_path, "".join(json.dumps({"question": "", "answer": p}) + "\n"
-                                           for p in retain))
-    return {"muse_dir": muse_dir, "forget": forget, "retain": retain,
-            "retain_path": retain_path}
+    atomic_write_text(retain_path, "".join(
+        json.dumps({"question": q, "answer": a}, ensure_ascii=False) + "\n"
+        for q, a in retain_docs))
+    return {"muse_dir": muse_dir, "forget": forget, "forget_facts": forget_facts,
+            "retain": retain, "retain_docs": retain_docs, "retain_path": retain_path}
 
 
 def _done(d):
@@ -206,8 +229,8 @@ def run_seed(args, sz, data, seed, log, chosen=None):
     md = sd if args.models_per_seed else args.out  # fine-tuned once, or once per seed
     dirs = {"target": os.path.join(md, "target"), "retrained": os.path.join(md, "retrained"),
             "base": os.path.join(args.out, "base")}  # one pre-trained copy for all seeds
-    docs = {"target": [("", p) for p in data["forget"] + data["retain"]],
-            "retrained": [("", p) for p in data["retain"]]}
+    docs = {"target": [("", p) for p in data["forget"]] + data["forget_facts"]
+            + data["retain_docs"], "retrained": data["retain_docs"]}
     texts = data["forget"] + data["retain"]
     if not _done(dirs["base"]):
         base, tok = _load_base(args.model, seed, texts)
@@ -237,6 +260,7 @@ def run_seed(args, sz, data, seed, log, chosen=None):
                                os.path.join(md, "eval_retrained.json"), auc_r,
                                km_t)["metrics"]}
     recs = [QARecord("", p, raw=True) for p in data["forget"]]
+    facts = [QARecord(q, a) for q, a in data["forget_facts"]]
     span_paths, cov = {}, {}
     for src in SOURCES:
         path = os.path.join(sd, "spans", f"{src}.jsonl")
@@ -246,7 +270,10 @@ def run_seed(args, sz, data, seed, log, chosen=None):
                                                   reference=dirs["base"]),
                     "contrast": SpanOptions(method="contrast", model=dirs["target"],
                                             reference=dirs["base"])}[src]
-            write_span_records(path, find_spans(recs, opts))
+            found = find_spans(recs, opts)  # the passages with the passage defaults
+            if facts:  # the facts apart, with the question/answer defaults; one QA-form file
+                found = [replace(r, raw=False) for r in found] + find_spans(facts, opts)
+            write_span_records(path, found)
         from palu_kernels.spans import read_span_inputs
 
         span_paths[src] = path
@@ -339,6 +366,10 @@ def main(argv=None) -> int:
                         "once, seed 0; the seeds then vary the unlearning only)")
     p.add_argument("--steps", type=int, default=None, help="unlearning steps per run")
     p.add_argument("--n", type=int, default=None, help="items per MUSE set")
+    p.add_argument("--facts", action="store_true",
+                   help="train the KnowMem question/answer pairs too (in MUSE's KnowMem prompt, "
+                        f"{FACTS_ICL} in-context examples): the forget ones into the target and "
+                        "the forget set, the retain ones into both models and the retain set")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -351,20 +382,23 @@ def main(argv=None) -> int:
     elif args.train_layers is None:
         args.train_layers = 4
     seeds = [int(x) for x in args.seeds.split(",")]
-    sz = dict(SIZES["quick" if args.quick else "default"])
+    sz = dict(SIZES["quick" if args.quick else "default"], icl=FACTS_ICL)
     for key in ("steps", "n"):
         if getattr(args, key) is not None:
             sz[key] = getattr(args, key)
     log = lambda m: print(m, flush=True)  # noqa: E731
     t0 = time.time()
-    data = build_data(args.data_dir, sz, args.out)
-    log(f"data: {len(data['forget'])} forget and {len(data['retain'])} retain passages")
+    data = build_data(args.data_dir, sz, args.out, facts=args.facts)
+    log(f"data: {len(data['forget'])} forget and {len(data['retain'])} retain passages"
+        + (f", {len(data['forget_facts'])} forget and "
+           f"{len(data['retain_docs']) - len(data['retain'])} retain facts" if args.facts else ""))
     first = run_seed(args, sz, data, seeds[0], log)
     target_km = first["rows"]["target"]["knowmem_retain"]
     chosen = choose_lrs(first["rows"], args.lrs, target_km)
     log(f"rungs chosen on seed {seeds[0]}: {chosen}")
     per_seed = [first] + [run_seed(args, sz, data, s, log, chosen) for s in seeds[1:]]
-    md = "\n".join([f"# MUSE News, {args.model}, seeds {seeds}", "",
+    md = "\n".join([f"# MUSE News, {args.model}" + (" with the facts trained" if args.facts
+                                                     else "") + f", seeds {seeds}", "",
                     f"Each cell at the rung chosen on seed {seeds[0]} (mean ± standard "
                     f"deviation over the seeds):", "", table(per_seed, chosen), "",
                     f"The ladder on seed {seeds[0]} (lrs {args.lrs}; the rule: "

@@ -78,3 +78,30 @@ def test_plumbing_selects_on_the_first_seed_and_resumes(tmp_path, capsys):
     assert sum(ln.endswith(" cached") for ln in log) == len(before) + len(chosen)
     after = {d: os.path.getmtime(os.path.join(runs, d, "muse_eval.json")) for d in before}
     assert before == after
+
+
+@pytest.mark.skipif(not os.path.isdir(DATA), reason=MUSE_ABSENT)
+def test_facts_variant_trains_and_unlearns_the_knowmem_pairs(tmp_path):
+    out = str(tmp_path / "facts")
+    argv = ["--out", out, "--data-dir", DATA, "--model", "tiny", "--quick", "--seeds", "0",
+            "--lrs", "1e-3", "--threads", "1", "--no-progress", "--facts"]
+    assert main(argv) == 0
+    muse = os.path.join(out, "data", "muse", "knowmem")
+    kf = json.load(open(os.path.join(muse, "forget_qa.json")))
+    kr = json.load(open(os.path.join(muse, "retain2_qa.json")))
+    icl = json.load(open(os.path.join(muse, "forget_qa_icl.json")))
+    assert len(icl) == 3  # the KnowMem prompt the facts are trained in is the one evaluated
+    retain = [json.loads(ln) for ln in open(os.path.join(out, "data", "retain.jsonl"))]
+    facts = [r for r in retain if r["question"]]
+    assert [r["answer"] for r in facts] == [r["answer"] for r in kr]
+    assert all(r["question"].endswith(f"Question: {q['question']}\nAnswer: ")
+               for r, q in zip(facts, kr))
+    # every span file: the passages (no question) then the forget facts, each with its spans
+    for src in ("text", "predictability"):
+        recs = [json.loads(ln) for ln in open(os.path.join(out, "seed0", "spans",
+                                                            f"{src}.jsonl"))]
+        got = [r["answer"] for r in recs if r["question"]]
+        assert got == [r["answer"] for r in kf]
+        assert all(not r["question"] for r in recs[:len(recs) - len(got)])
+    md = open(os.path.join(out, "results.md")).read()
+    assert md.startswith("# MUSE News, tiny with the facts trained")
