@@ -144,6 +144,19 @@ def build_data(data_dir, sz, out, facts=False):
             "retain": retain, "retain_docs": retain_docs, "retain_path": retain_path}
 
 
+def _drop_weights(run_dir):
+    """Delete an evaluated run's weights and trainer checkpoints (about 2 GB for SmolLM2: 36
+    runs would fill a disk); its evaluation, summary and identity stay, and they are the cache."""
+    import shutil
+
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name)
+        if name.startswith("checkpoint-") and os.path.isdir(path):
+            shutil.rmtree(path)
+        elif name.endswith((".safetensors", ".bin")):
+            os.remove(path)
+
+
 def _done(d):
     return os.path.isfile(os.path.join(d, "done.json"))
 
@@ -305,6 +318,8 @@ def run_seed(args, sz, data, seed, log, chosen=None):
                     continue
             fresh = not os.path.isfile(ev_path)
             rows[name] = _eval(rd, muse_dir, sz, ev_path, auc_r, km_t)["metrics"]
+            if not args.keep_models:
+                _drop_weights(rd)
             log(f"seed {seed}: {name} " + ("done" if fresh else "cached"))
     return {"rows": rows, "span_coverage": cov}
 
@@ -370,6 +385,9 @@ def main(argv=None) -> int:
                    help="train the KnowMem question/answer pairs too (in MUSE's KnowMem prompt, "
                         f"{FACTS_ICL} in-context examples): the forget ones into the target and "
                         "the forget set, the retain ones into both models and the retain set")
+    p.add_argument("--keep-models", action="store_true",
+                   help="keep each unlearned model's weights and checkpoint after its "
+                        "evaluation (default: deleted; the evaluation is the cache)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

@@ -65,6 +65,13 @@ def test_plumbing_selects_on_the_first_seed_and_resumes(tmp_path, capsys):
         assert f"{cell}-lr0.001" in first["rows"] and f"{cell}-lr0.01" in first["rows"]
         assert set(n for n in second["rows"] if n.startswith(cell + "-lr")) == {
             f"{cell}-lr{lr}"}
+    # an evaluated run keeps its evaluation, not its weights or checkpoints
+    for seed in ("seed0", "seed1"):
+        for d in os.listdir(os.path.join(out, seed, "runs")):
+            left = os.listdir(os.path.join(out, seed, "runs", d))
+            assert "muse_eval.json" in left or "skipped" in json.dumps(res["per_seed"])
+            assert not [f for f in left if f.endswith(".safetensors")
+                        or f.startswith("checkpoint-")], (d, left)
     md = open(os.path.join(out, "results.md")).read()
     assert "The ladder on seed 0" in md and "Utility (KnowMem retain)" in md
     # a rerun trains and evaluates nothing: every step is cached
