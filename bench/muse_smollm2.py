@@ -363,7 +363,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2", help="smollm2, a directory, a .gguf, or tiny")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--lrs", default="1e-4,1e-3",
+    p.add_argument("--lrs", default="1e-4,2e-4,5e-4,1e-3",
                    help="the ladder (same for every method), all rungs on the first seed; "
                         "the other seeds run each cell's chosen rung")
     p.add_argument("--ft-lr", type=float, default=1e-3)
