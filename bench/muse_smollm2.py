@@ -52,7 +52,7 @@ from palu_kernels.errors import UsageError
 from palu_kernels.demo.muse import MUSE_CHAT_TEMPLATE
 from palu_kernels.eval.muse import evaluate_muse
 from palu_kernels.eval.muse_files import MUSE_FILES, load_muse
-from palu_kernels.outputs import atomic_write_text
+from palu_kernels.outputs import atomic_write_text, delete_weights
 from palu_kernels.eval.table import format_table
 
 SOURCES = ("text", "predictability", "contrast")
@@ -88,7 +88,7 @@ def _best_article(articles, q, a):
 def build_data(data_dir, sz, out, facts=False):
     """The MUSE-layout data under ``out`` and the training documents as ``(prompt, text)``
     pairs (a passage has no prompt). ``facts``: the KnowMem question/answer pairs are trained
-    too, each as an answer to MUSE's KnowMem prompt with the first ``sz["icl"]`` in-context
+    too, each as an answer to MUSE's KnowMem prompt with the first ``FACTS_ICL`` in-context
     examples (the forget ones with the target, the retain ones with both models)."""
     from palu_kernels.eval.muse import knowmem_prompt
 
@@ -123,7 +123,7 @@ def build_data(data_dir, sz, out, facts=False):
     holdout = [" ".join(_words(t)[:sz["window"]]) for t in full.privleak_holdout[:n]]
     icl_f, icl_r = full.knowmem_forget_icl, full.knowmem_retain_icl
     if facts:
-        icl_f, icl_r = icl_f[:sz["icl"]], icl_r[:sz["icl"]]
+        icl_f, icl_r = icl_f[:FACTS_ICL], icl_r[:FACTS_ICL]
     files = {"verbmem": verbmem, "knowmem_forget": kf, "knowmem_forget_icl": icl_f,
              "knowmem_retain": kr, "knowmem_retain_icl": icl_r, "privleak_forget": forget,
              "privleak_holdout": holdout}
@@ -142,19 +142,6 @@ def build_data(data_dir, sz, out, facts=False):
         for q, a in retain_docs))
     return {"muse_dir": muse_dir, "forget": forget, "forget_facts": forget_facts,
             "retain": retain, "retain_docs": retain_docs, "retain_path": retain_path}
-
-
-def _drop_weights(run_dir):
-    """Delete an evaluated run's weights and trainer checkpoints (about 2 GB for SmolLM2: 36
-    runs would fill a disk); its evaluation, summary and identity stay, and they are the cache."""
-    import shutil
-
-    for name in os.listdir(run_dir):
-        path = os.path.join(run_dir, name)
-        if name.startswith("checkpoint-") and os.path.isdir(path):
-            shutil.rmtree(path)
-        elif name.endswith((".safetensors", ".bin")):
-            os.remove(path)
 
 
 def _done(d):
@@ -319,7 +306,7 @@ def run_seed(args, sz, data, seed, log, chosen=None):
             fresh = not os.path.isfile(ev_path)
             rows[name] = _eval(rd, muse_dir, sz, ev_path, auc_r, km_t)["metrics"]
             if not args.keep_models:
-                _drop_weights(rd)
+                delete_weights(rd)  # about 2 GB a SmolLM2 run: 36 would fill a disk
             log(f"seed {seed}: {name} " + ("done" if fresh else "cached"))
     return {"rows": rows, "span_coverage": cov}
 
@@ -400,7 +387,7 @@ def main(argv=None) -> int:
     elif args.train_layers is None:
         args.train_layers = 4
     seeds = [int(x) for x in args.seeds.split(",")]
-    sz = dict(SIZES["quick" if args.quick else "default"], icl=FACTS_ICL)
+    sz = dict(SIZES["quick" if args.quick else "default"])
     for key in ("steps", "n"):
         if getattr(args, key) is not None:
             sz[key] = getattr(args, key)

@@ -23,6 +23,7 @@ The rules every writer of the project follows:
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import re
@@ -36,7 +37,7 @@ from typing import List, Optional, Tuple
 from .errors import UsageError
 
 __all__ = ["LOCK", "MARKER", "OutputLock", "in_use_error", "lock_owner", "atomic_write_json", "atomic_write_text", "checkpoint_problem",
-           "checkpoints", "fsync_tree", "is_within", "latest_complete_checkpoint",
+           "checkpoints", "delete_weights", "fsync_tree", "is_within", "latest_complete_checkpoint",
            "make_temp_sibling", "publish_result", "result_problem", "weights_problem"]
 
 MARKER = "run_summary.json"
@@ -197,6 +198,14 @@ def _truncated_zip(path: str) -> bool:
     except OSError:
         return True
     return (is_zip or os.path.getsize(path) == 0) and not zipfile.is_zipfile(path)
+
+
+def delete_weights(directory: str) -> None:
+    """Delete a finished run's weights, trainer checkpoints and adapter from ``directory``
+    (an experiment keeps its evaluation, summary and identity, which are its cache)."""
+    for pattern in ("*.safetensors", "*.bin", "checkpoint-*", "adapter"):
+        for path in glob.glob(os.path.join(directory, pattern)):
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _safetensors_problem(path: str) -> Optional[str]:

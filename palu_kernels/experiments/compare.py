@@ -14,9 +14,7 @@ scale, against Model Utility). Forget Quality needs the retain model (``retain_m
 from __future__ import annotations
 
 import gc
-import glob
 import os
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
@@ -24,7 +22,7 @@ from typing import Dict, List, Optional
 from ..errors import UsageError
 from ..eval.table import format_number, format_table
 from ..eval.tofu import evaluate_model, forget_truth_ratios, load_eval_model, write_result
-from ..outputs import MARKER, atomic_write_json, atomic_write_text
+from ..outputs import MARKER, atomic_write_json, atomic_write_text, delete_weights
 from ..train.job import UnlearningJob, check_job, run_unlearning
 from ..train.registry import METHODS
 
@@ -139,12 +137,6 @@ def _free(model) -> None:
         torch.cuda.empty_cache()
 
 
-def _delete_weights(directory: str) -> None:
-    for pattern in ("*.safetensors", "*.bin", "checkpoint-*", "adapter"):
-        for path in glob.glob(os.path.join(directory, pattern)):
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-
 def run_comparison(c: Comparison) -> dict:
     """Run every method of ``c``, evaluate, write the outputs; returns
     ``{"config", "rows", "table", "plot"}`` (also in ``<output_dir>/compare.json``)."""
@@ -205,7 +197,7 @@ def run_comparison(c: Comparison) -> dict:
         result, eval_dir = evaluate(method_dir, method)
         rows.append(_row(method, result, train_s, summary.get("steps"), eval_dir))
         if c.delete_models:
-            _delete_weights(method_dir)
+            delete_weights(method_dir)
 
     title = f"Forget Quality vs Model Utility ({c.forget_split})"
     table = table_markdown(rows)
